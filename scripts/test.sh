@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: set up, check notebooks are output-free and the library is in sync, run every notebook
+# (nbdev-test) and the pytest suite. Exits non-zero on any failure.
+source "$(dirname "$0")/setup.sh"
+fail=0
+echo "== notebooks carry no outputs"
+if ! nbstripout --verify --keep-id nbs/*.ipynb; then
+  echo "FAIL: notebooks carry outputs — run: nbstripout --keep-id nbs/*.ipynb && nbdev-clean"; fail=1
+fi
+before=$(cat nbs/*.ipynb | sha1sum); nbdev-clean >/dev/null 2>&1 || true; after=$(cat nbs/*.ipynb | sha1sum)
+if [ "$before" != "$after" ]; then echo "FAIL: nbdev-clean changed notebooks — commit the cleaned notebooks"; fail=1; fi
+echo "== exported library in sync with the notebooks"
+snap=$(mktemp -d); cp -r longcat_nb "$snap/"
+nbdev-export
+if ! diff -r -x __pycache__ "$snap/longcat_nb" longcat_nb >/dev/null; then
+  diff -r -x __pycache__ "$snap/longcat_nb" longcat_nb | head -20
+  echo "FAIL: longcat_nb/ was out of sync with nbs/ — run nbdev-export and commit"; fail=1
+fi
+rm -rf "$snap"
+echo "== notebooks (nbdev-test)"
+nbdev-test --n-workers "${NB_WORKERS:-2}" --timing || fail=1
+echo "== pytest"
+rc=0; python -m pytest -q tests || rc=$?
+[ $rc -eq 0 ] || [ $rc -eq 5 ] || fail=1
+[ $fail -eq 0 ] && echo "ALL CHECKS PASSED" || echo "SOME CHECKS FAILED"
+exit $fail

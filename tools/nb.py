@@ -1,0 +1,67 @@
+"""Round-trip notebooks and percent-format scripts, so notebooks can be written in a text editor.
+
+    python tools/nb.py py2nb nbs/00_config.pct.py    # -> nbs/00_config.ipynb (output-free)
+    python tools/nb.py nb2py nbs/00_config.ipynb     # -> nbs/00_config.pct.py
+
+Format: `# %%` starts a code cell, `# %% [markdown]` a markdown cell (each line behind `# `);
+`# %% tags=["parameters"]` sets cell tags. The .ipynb is the source of truth that git keeps; the
+.pct.py files are scratch (git-ignored). Cell ids are derived from the notebook name and the cell's
+position so that regenerating a notebook does not churn them.
+"""
+import hashlib, json, re, sys
+from pathlib import Path
+
+_HDR = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
+
+
+def _cell_id(name, i):
+    return hashlib.sha1(f"{name}:{i}".encode()).hexdigest()[:8]
+
+
+def py2nb(src: Path) -> Path:
+    name = src.name.removesuffix(".pct.py")
+    cells, cur = [], None
+    for line in src.read_text().splitlines():
+        m = _HDR.match(line)
+        if m:
+            cur = {"md": bool(m["md"]), "tags": json.loads(m["tags"]) if m["tags"] else [], "lines": []}
+            cells.append(cur)
+        elif cur is not None:
+            cur["lines"].append(line)
+    out = []
+    for i, c in enumerate(cells):
+        lines = c["lines"]
+        while lines and not lines[-1].strip(): lines.pop()
+        while lines and not lines[0].strip(): lines.pop(0)
+        if c["md"]: lines = [l[2:] if l.startswith("# ") else l.lstrip("#") for l in lines]
+        text = "\n".join(lines)
+        src_lines = [l + "\n" for l in text.split("\n")]
+        if src_lines: src_lines[-1] = src_lines[-1][:-1]
+        cell = {"cell_type": "markdown" if c["md"] else "code", "id": _cell_id(name, i),
+                "metadata": {"tags": c["tags"]} if c["tags"] else {}, "source": src_lines}
+        if not c["md"]: cell.update(execution_count=None, outputs=[])
+        out.append(cell)
+    nb = {"cells": out, "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    dst = src.with_name(name + ".ipynb")
+    dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return dst
+
+
+def nb2py(src: Path) -> Path:
+    nb = json.loads(src.read_text())
+    parts = []
+    for c in nb["cells"]:
+        tags = c.get("metadata", {}).get("tags")
+        hdr = "# %%" + (" [markdown]" if c["cell_type"] == "markdown" else "") + (f" tags={json.dumps(tags)}" if tags else "")
+        body = "".join(c["source"])
+        if c["cell_type"] == "markdown": body = "\n".join(("# " + l) if l else "#" for l in body.split("\n"))
+        parts.append(hdr + "\n" + body + "\n")
+    dst = src.with_name(src.stem + ".pct.py")
+    dst.write_text("\n".join(parts))
+    return dst
+
+
+if __name__ == "__main__":
+    cmd, *paths = sys.argv[1:]
+    for p in paths: print({"py2nb": py2nb, "nb2py": nb2py}[cmd](Path(p)))
