@@ -4,7 +4,7 @@
 source "$(dirname "$0")/setup.sh"
 fail=0
 echo "== notebooks carry no outputs"
-if ! nbstripout --verify --keep-id nbs/*.ipynb; then
+if ! nbstripout --verify --keep-id nbs/*.ipynb examples/*.ipynb; then
   echo "FAIL: notebooks carry outputs — run: nbstripout --keep-id nbs/*.ipynb && nbdev-clean"; fail=1
 fi
 before=$(cat nbs/*.ipynb | sha1sum); nbdev-clean >/dev/null 2>&1 || true; after=$(cat nbs/*.ipynb | sha1sum)
