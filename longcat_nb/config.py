@@ -137,10 +137,10 @@ VIDEO_KEYS = [
 ]
 
 DATASET_KEYS = [
-    Key("id", None, "str", "Unique dataset id."),
+    Key("id", None, "str", "Unique dataset id (required).", nullable=True),
     Key("type", "local", "str", "Storage backend.", ("local",)),
     Key("dataset_type", "video", "str", "What the folder holds.", ("video", "image", "conditioning")),
-    Key("instance_data_dir", None, "path", "Folder of clips (or images, or start frames)."),
+    Key("instance_data_dir", None, "path", "Folder of clips (or images, or start frames) (required).", nullable=True),
     Key("caption_strategy", "textfile", "str", "Where captions come from (null for conditioning datasets).", ("textfile", "filename", "instanceprompt"), nullable=True),
     Key("instance_prompt", None, "str", "The caption of every sample, for caption_strategy instanceprompt.", nullable=True),
     Key("resolution", 480, "float", "Target size; its meaning depends on resolution_type.", minimum=0),
@@ -281,7 +281,8 @@ def parse_dataset(e: dict, source: str, base_dir=None) -> DatasetConfig:
         if v[req] is None: _fail(source, req, None, "is required", f"add \"{req}\" to the entry")
     src = f"{source} (id {v['id']!r})"
     video = _check_entry(v.pop("video") or {}, VIDEO_KEYS, src, " in \"video\"")
-    is_i2v = v.pop("is_i2v") or video.pop("is_i2v")
+    top_i2v, video_i2v = v.pop("is_i2v"), video.pop("is_i2v")
+    is_i2v = top_i2v or video_i2v
     if video["num_frames"] is not None: check_frames(video["num_frames"], "video.num_frames", src)
     if v["caption_strategy"] == "instanceprompt" and not v["instance_prompt"]:
         _fail(src, "instance_prompt", v["instance_prompt"], "caption_strategy instanceprompt needs a prompt", "set instance_prompt to the caption every sample should get")

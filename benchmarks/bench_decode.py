@@ -1,0 +1,107 @@
+"""Decoding throughput on the CPU: a 93-frame 832×480 H.264 clip (generated here) through the data chapter's
+decoder, with and without the resize + centre crop into its bucket, and the data check's probe.
+
+    python benchmarks/bench_decode.py            # print the table
+    python benchmarks/bench_decode.py --write    # also (re)write the "## Decoding (CPU)" section of RESULTS.md
+
+Each row is the median of --repeats runs (default 5) after one warm-up run.
+"""
+import argparse, datetime, os, platform, re, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from longcat_nb.config import DatasetConfig
+from longcat_nb.data import bucket_for, check_datasets, decode_video, load_sample_frames, probe_media, write_video
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Decoding (CPU)"
+
+
+def make_clip(path: Path, frames: int, fps: float, width: int = 832, height: int = 480) -> Path:
+    "A clip that compresses like real footage: a drifting smooth gradient, a moving square and light grain."
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    video = np.empty((frames, height, width, 3), np.uint8)
+    for i in range(frames):
+        base = np.stack([128 + 100 * np.sin((x + 4 * i) / 97), 128 + 100 * np.cos((y - 3 * i) / 71),
+                         128 + 100 * np.sin((x + y + 5 * i) / 131)], -1)
+        base[100:200, 40 + 6 * i:140 + 6 * i] = 240
+        video[i] = np.clip(base + rng.normal(0, 6, base.shape), 0, 255)
+    return write_video(path, video, fps=fps)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter(); fn(); runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
+def cpu_model() -> str:
+    try: out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError: return platform.processor() or "unknown CPU"
+    m = re.search(r"Model name:\s*(.+)", out)
+    return m.group(1).strip() if m else "unknown CPU"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    load = os.getloadavg()[0]
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "clips").mkdir()
+    clip15 = make_clip(tmp / "clips" / "clip15.mp4", 93, 15)
+    (tmp / "clips" / "clip15.txt").write_text("a benchmark clip")
+    clip30 = make_clip(tmp / "clip30.mp4", 186, 30)
+    ds = DatasetConfig(id="bench", instance_data_dir=tmp / "clips")          # defaults: 480 pixel_area, 93 frames @ 15 fps
+    bucket = bucket_for(832, 480, 93, ds)
+    size = (bucket.width, bucket.height)
+    sample = check_datasets([ds]).samples[0]
+
+    rows = [  # (what, frames out, seconds)
+        ("decode 15 fps source, 832×480 RGB (no resize)", 93, timed(lambda: decode_video(clip15, 15, 93), args.repeats)),
+        (f"decode 15 fps source + resize/crop to {bucket.width}×{bucket.height}", 93,
+         timed(lambda: decode_video(clip15, 15, 93, size), args.repeats)),
+        (f"decode 30 fps source (186 frames → 93 at 15 fps) + resize/crop", 93,
+         timed(lambda: decode_video(clip30, 15, 93, size), args.repeats)),
+        (f"load_sample_frames (decode + resize/crop + float [-1, 1] tensor, bucket {bucket})", 93,
+         timed(lambda: load_sample_frames(sample), args.repeats)),
+        ("probe_media (the data check's per-clip probe)", 0, timed(lambda: probe_media(clip15), args.repeats)),
+    ]
+    with av.open(str(clip15)) as container: decoded = list(container.decode(video=0))
+    cover = (round(832 * bucket.height / 480), bucket.height) if 832 / 480 > bucket.width / bucket.height else \
+        (bucket.width, round(480 * bucket.width / 832))
+    for interp in ("AREA", "BICUBIC"):    # the choice in data._fit: swscale's filter for the scaling step alone
+        rows.append((f"scaling only, 93 decoded frames → {cover[0]}×{cover[1]} RGB, swscale {interp}", 93,
+                     timed(lambda: [f.reformat(width=cover[0], height=cover[1], format="rgb24", interpolation=interp)
+                                    .to_ndarray() for f in decoded], args.repeats)))
+    size_mb = clip15.stat().st_size / 1e6
+    lines = [f"Run {datetime.date.today().isoformat()} on {cpu_model()}, {torch.get_num_threads()} threads "
+             f"(`nproc` = {len(os.sched_getaffinity(0))}), Python {platform.python_version()}, "
+             f"PyAV {__import__('av').__version__}, torch {torch.__version__}; load average at the start "
+             f"{load:.1f} (a shared machine: other jobs share these cores).",
+             f"Command: `python benchmarks/bench_decode.py --repeats {args.repeats}{' --write' if args.write else ''}`. "
+             f"Clip: 93 frames 832×480 H.264 (libx264 defaults, {size_mb:.1f} MB), generated by the script; "
+             f"median of {args.repeats} runs after a warm-up.", "",
+             "| what | s / clip | frames / s |", "|---|---|---|"]
+    lines += [f"| {what} | {s:.3f} | {n / s:.0f} |" if n else f"| {what} | {s:.4f} | – |" for what, n, s in rows]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+        block = f"{SECTION}\n\n{text}\n"
+        pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+        new = pattern.sub(lambda _: block + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + block
+        RESULTS.write_text(new.rstrip("\n") + "\n")
+        print(f"\nwrote {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
