@@ -1,0 +1,139 @@
+"""End-to-end training tests on the tiny checkpoint: resume reproduces the run, NaN stops it cleanly, a one-clip
+run memorises, image-to-video frame 0 is outside the loss, batches never mix T2V/I2V, and a 2-process (gloo) DDP
+run computes what one process computes on the same global batch."""
+import json, math, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+from fastcore.test import test_eq as eq_, test_close as close_
+from safetensors.torch import load_file
+
+import longcat_nb.training as training
+from longcat_nb.caching import build_cache
+from longcat_nb.config import load_config
+from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
+from longcat_nb.training import TrainingError, list_checkpoints, train
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    "The example dataset (2 T2V + 2 I2V clips, 64×64, 9 frames) with its cache built once."
+    root = tmp_path_factory.mktemp("train")
+    path = make_example_dataset(root / "example", n_clips=2, checkpoint=tiny_checkpoint())
+    build_cache(load_config(path), progress=False)
+    return path
+
+
+def config(path, out, **kw):
+    "The example config, validation and TensorBoard off, writing to `out`, with `kw` overrides."
+    cfg = load_config(path)
+    cfg.output_dir, cfg.validation_prompt, cfg.report_to = Path(out), None, "none"
+    for k, v in kw.items(): setattr(cfg, k, v)
+    return cfg
+
+
+def interrupt_at(monkeypatch, call, exc):
+    "Make the `call`-th flow_matching_loss call (1-based) raise `exc` (or return it when it is a tensor)."
+    real, n = training.flow_matching_loss, [0]
+    def patched(*a, **k):
+        n[0] += 1
+        loss = real(*a, **k)
+        if n[0] != call: return loss
+        if isinstance(exc, torch.Tensor): return loss * exc
+        raise exc
+    monkeypatch.setattr(training, "flow_matching_loss", patched)
+
+
+def test_resume_reproduces_losses(example, tmp_path, monkeypatch):
+    kw = dict(max_train_steps=6, checkpointing_steps=3, gradient_accumulation_steps=2, caption_dropout_probability=0.5)
+    full = train(config(example, tmp_path / "full", **kw))
+    eq_(len(full.losses), 6)
+    interrupt_at(monkeypatch, 9, KeyboardInterrupt())          # step 5, 1st micro-batch: after checkpoint-3
+    with pytest.raises(KeyboardInterrupt): train(config(example, tmp_path / "cut", **kw))
+    eq_([p.name for p in list_checkpoints(tmp_path / "cut")], ["checkpoint-3"])
+    monkeypatch.undo()
+    resumed = train(config(example, tmp_path / "cut", resume_from_checkpoint="latest", **kw))
+    eq_(resumed.losses, full.losses)                           # exactly: same data, noise, dropout, optimizer state
+    eq_(resumed.grad_norms, full.grad_norms)
+    a, b = load_file(full.lora_paths[0]), load_file(resumed.lora_paths[0])
+    for k in a: assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_stops_with_last_checkpoint_intact(example, tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 3, torch.tensor(float("nan")))
+    with pytest.raises(TrainingError, match=r"step 3: loss = nan.*checkpoint-2"):
+        train(config(example, tmp_path, max_train_steps=4, checkpointing_steps=2))
+    eq_([p.name for p in list_checkpoints(tmp_path)], ["checkpoint-2"])
+    assert not list(tmp_path.glob(".checkpoint-*")) and not list(tmp_path.glob("lora_*.safetensors"))
+    state = load_file(tmp_path / "checkpoint-2" / "lora.safetensors")
+    assert state and all(torch.isfinite(v).all() for v in state.values())
+    monkeypatch.undo()
+    resumed = train(config(example, tmp_path, max_train_steps=4, checkpointing_steps=2, resume_from_checkpoint="latest"))
+    eq_(resumed.steps, 4)
+
+
+def test_memorises_one_clip(tmp_path, monkeypatch):
+    "One clip, the same σ and noise every step (the memorisation set-up): the loss must fall well below its start."
+    real = training.draw_step_noise
+    monkeypatch.setattr(training, "draw_step_noise", lambda g, *a: real(torch.Generator().manual_seed(0), *a))
+    path = make_example_dataset(tmp_path / "one", i2v=False, n_clips=1, checkpoint=tiny_checkpoint())
+    cfg = config(path, tmp_path / "out", max_train_steps=40, learning_rate=1e-2, lora_rank=8,
+                 caption_dropout_probability=0.0, checkpointing_steps=1000)
+    r = train(cfg)
+    assert r.losses[-1] < 0.6 * r.losses[0], r.losses
+    assert sum(b < a for a, b in zip(r.losses, r.losses[1:])) >= 35, r.losses   # falls step after step
+
+
+def test_i2v_frame0_outside_the_loss():
+    from longcat_nb.model import LongCatVideoTransformer3DModel, TINY_DIT_CONFIG
+    torch.manual_seed(0)
+    model = LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG)
+    g = torch.Generator().manual_seed(0)
+    batch = {"latents": torch.randn(2, 16, 3, 4, 4, generator=g), "num_cond_latents": 1,
+             "text_emb": torch.randn(2, 512, 32, generator=g), "text_mask": torch.ones(2, 512, dtype=torch.long)}
+    empty = (torch.zeros(512, 32), torch.zeros(512, dtype=torch.long))
+    sigma, drop, noise = torch.tensor([0.3, 0.8]), torch.tensor([False, True]), torch.randn(2, 16, 3, 4, 4, generator=g)
+    seen = {}
+    def look(m, args, kwargs): seen.update(x=args[0].clone(), t=args[1].clone(), emb=args[2].clone())
+    h = model.register_forward_pre_hook(look, with_kwargs=True)
+    base = training.flow_matching_loss(model, batch, sigma, drop, noise, empty).detach()
+    h.remove()
+    eq_(seen["x"][:, :, 0], batch["latents"][:, :, 0])          # frame 0 goes in clean ...
+    eq_(seen["t"][:, 0], torch.zeros(2))                        # ... at timestep 0
+    close_(seen["t"][:, 1:], 1000 * sigma[:, None].expand(2, 2))
+    eq_(seen["emb"][1], empty[0]); eq_(seen["emb"][0], batch["text_emb"][0])   # caption dropout → the empty prompt
+    def bump(m, args, kwargs, out): out.sample[:, :, 0] += 50.0
+    h = model.register_forward_hook(bump, with_kwargs=True)
+    eq_(training.flow_matching_loss(model, batch, sigma, drop, noise, empty).detach(), base)   # frame 0 does not count
+    h.remove()
+
+
+def test_batches_never_mix_t2v_and_i2v(example):
+    from longcat_nb.data import check_datasets
+    samples = check_datasets(load_config(example)).samples
+    for epoch in range(3):
+        for key in training.epoch_batches(samples, 2, 42, epoch):
+            eq_(len({samples[i].is_i2v for i in key.indices}), 1)
+            eq_(len({samples[i].bucket for i in key.indices}), 1)
+
+
+def test_ddp_two_processes_match_one(example, tmp_path):
+    "Two gloo processes × 1 clip compute the loss, gradient and update one process computes with 2 clips."
+    one = train(config(example, tmp_path / "one", max_train_steps=2, train_batch_size=2, caption_dropout_probability=0.5))
+    d = json.loads(Path(example).read_text())
+    d.update(output_dir=str(tmp_path / "two"), max_train_steps=2, train_batch_size=1, caption_dropout_probability=0.5,
+             validation_prompt=None, report_to="none")
+    cfg_path = tmp_path / "ddp.json"
+    cfg_path.write_text(json.dumps(d))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "longcat_nb.training", "--config", str(cfg_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    state = next(s for f in (tmp_path / "two" / "checkpoint-2").glob("custom_checkpoint_*.pkl")
+                 if "losses" in (s := torch.load(f, weights_only=False)))
+    close_(torch.tensor(state["losses"]), torch.tensor(one.losses), eps=1e-5)
+    close_(torch.tensor(state["grad_norms"]), torch.tensor(one.grad_norms), eps=1e-4)
+    a, b = load_file(one.lora_paths[0]), load_file(tmp_path / "two" / "lora_peft.safetensors")
+    for k in a: close_(b[k], a[k], eps=1e-5)
