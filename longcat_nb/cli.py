@@ -68,7 +68,7 @@ def cmd_sample(args) -> int:
     return 0
 
 # %% ../nbs/08_cli.ipynb #02e2a611
-def run_demo(output="runs/demo", steps: int = 6) -> dict:
+def run_demo(output="runs/demo", steps: int = 120, learning_rate: float = 3e-3) -> dict:
     "Build the tiny checkpoint and example data under `output`, then check, cache and train; returns a summary."
     from longcat_nb.tiny import build_tiny_checkpoint, make_example_dataset
     from longcat_nb.data import check_datasets
@@ -76,14 +76,18 @@ def run_demo(output="runs/demo", steps: int = 6) -> dict:
     from longcat_nb.training import train
     out, t0 = Path(output).resolve(), time.time()
     ckpt = build_tiny_checkpoint(out / "checkpoint")
-    cfg = load_config(make_example_dataset(out / "data", checkpoint=ckpt, max_train_steps=steps, output_dir=out / "output"))
+    cfg = load_config(make_example_dataset(out / "data", checkpoint=ckpt, max_train_steps=steps, learning_rate=learning_rate,
+                                           checkpointing_steps=max(1, steps // 2), validation_steps=max(1, steps // 2),
+                                           output_dir=out / "output"))
     report = check_datasets(cfg)
     print(report)
     if not report.ok: raise SystemExit(1)
     print(build_cache(cfg))
     result = train(cfg)
+    k = max(1, min(10, len(result.losses) // 4))
     summary = {"checkpoint": str(ckpt), "output_dir": str(cfg.output_dir), "steps": result.steps,
-               "first_loss": result.losses[0], "last_loss": result.losses[-1],
+               f"mean_loss_first_{k}_steps": round(sum(result.losses[:k]) / k, 4),
+               f"mean_loss_last_{k}_steps": round(sum(result.losses[-k:]) / k, 4),
                "loras": [str(p) for p in result.lora_paths], "videos": [str(p) for p in result.videos],
                "seconds": round(time.time() - t0, 1)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
@@ -92,7 +96,7 @@ def run_demo(output="runs/demo", steps: int = 6) -> dict:
 
 def cmd_demo(args) -> int:
     "Run the embedded-default demo."
-    print(json.dumps(run_demo(args.output, args.steps), indent=2))
+    print(json.dumps(run_demo(args.output, args.steps, args.learning_rate), indent=2))
     return 0
 
 # %% ../nbs/08_cli.ipynb #6584ec44
@@ -125,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default="sample.mp4")
     d = sub.add_parser("demo", help="Run the whole job on the embedded tiny checkpoint (CPU, minutes).")
     d.add_argument("--output", default="runs/demo")
-    d.add_argument("--steps", type=int, default=6)
+    d.add_argument("--steps", type=int, default=120)
+    d.add_argument("--learning-rate", dest="learning_rate", type=float, default=3e-3)
     d.set_defaults(fn=cmd_demo)
     return p
 

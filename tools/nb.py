@@ -44,7 +44,7 @@ def py2nb(src: Path) -> Path:
     nb = {"cells": out, "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
           "nbformat": 4, "nbformat_minor": 5}
     dst = src.with_name(name + ".ipynb")
-    dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    dst.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     return dst
 
 
