@@ -52,6 +52,10 @@ def cmd_sample(args) -> int:
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     pipe = LongCatVideoPipeline.from_pretrained(ckpt, torch_dtype=dtype)
     if torch.cuda.is_available(): pipe.to("cuda")
+    if args.distilled:
+        distill = ckpt / "lora" / "cfg_step_lora.safetensors"
+        if not distill.is_file(): raise ConfigError(f"--distilled: {distill} not found — the released checkpoint ships lora/cfg_step_lora.safetensors; copy it there")
+        pipe.load_lora(distill)
     for spec in args.lora or []:
         path, _, mult = spec.partition(":")
         pipe.load_lora(path, float(mult or 1.0))
@@ -59,11 +63,12 @@ def cmd_sample(args) -> int:
     if args.image:
         from PIL import Image
         image = Image.open(args.image).convert("RGB")
+    # --distilled brings its own 16 steps and guidance 1.0 unless given explicitly; otherwise the config's validation_*
+    steps = args.steps or (None if args.distilled else cfg.validation_num_inference_steps)
+    guidance = args.guidance if args.guidance is not None else (None if args.distilled else cfg.validation_guidance)
     frames = pipe(args.prompt, negative_prompt=args.negative_prompt, image=image, width=width, height=height,
-                  num_frames=args.frames or cfg.validation_num_video_frames,
-                  num_inference_steps=args.steps or cfg.validation_num_inference_steps,
-                  guidance_scale=cfg.validation_guidance if args.guidance is None else args.guidance,
-                  generator=torch.Generator().manual_seed(args.seed), distilled=args.distilled).frames[0]
+                  num_frames=args.frames or cfg.validation_num_video_frames, num_inference_steps=steps,
+                  guidance_scale=guidance, generator=torch.Generator().manual_seed(args.seed), distilled=args.distilled).frames[0]
     print(save_video(frames, args.output))
     return 0
 

@@ -47,3 +47,22 @@ def test_papermill_notebook_runs_headless(tmp_path):
                         parameters=dict(config=str(cfg), max_train_steps=4, results_json=str(results)), progress_bar=False, cwd=str(tmp_path))
     figures = json.loads(results.read_text())
     assert figures["steps"] == 4 and len(figures["loras"]) == 3 and figures["videos"]
+
+
+def test_sample_t2v_with_lora_and_i2v(tmp_path):
+    import numpy as np
+    from PIL import Image
+    s = run_demo(tmp_path / "demo", steps=4)
+    cfg = str(tmp_path / "demo" / "data" / "config.json")
+    out = tmp_path / "t2v.mp4"
+    assert main(["sample", "--config", cfg, "--prompt", "a red ball", "--lora", f"{s['loras'][1]}:0.5",
+                 "--size", "64x48", "--frames", "5", "--steps", "2", "--output", str(out)]) == 0
+    with av.open(str(out)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 5 and (frames[0].width, frames[0].height) == (64, 48)
+    img = tmp_path / "start.png"
+    Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(img)
+    out = tmp_path / "i2v.mp4"
+    assert main(["sample", "--config", cfg, "--prompt", "a red ball", "--image", str(img), "--distilled",
+                 "--size", "64x48", "--frames", "5", "--output", str(out)]) == 0
+    assert out.stat().st_size > 0
