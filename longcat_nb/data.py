@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['VIDEO_CODECS', 'ALIGN', 'MAX_UPSCALE', 'MAX_ASPECT', 'VIDEO_EXTS', 'IMAGE_EXTS', 'RULES', 'write_video',
-           'demo_frames', 'frames_at_rate', 'usable_frames', 'MediaError', 'decode_video', 'read_image', 'Bucket',
-           'bucket_size', 'bucket_for', 'MediaInfo', 'probe_media', 'Problem', 'Sample', 'DatasetSummary', 'DataReport',
-           'check_datasets', 'load_sample_frames', 'BatchKey', 'BucketBatchSampler', 'SampleDataset', 'data_loader']
+           'demo_frames', 'frames_at_rate', 'usable_frames', 'MediaError', 'decode_video', 'fit_rgb', 'upright_rgb',
+           'read_image', 'Bucket', 'bucket_size', 'bucket_for', 'MediaInfo', 'probe_media', 'Problem', 'Sample',
+           'DatasetSummary', 'DataReport', 'check_datasets', 'load_sample_frames', 'BatchKey', 'BucketBatchSampler',
+           'SampleDataset', 'data_loader']
 
 # %% ../nbs/01_data.ipynb #a94e6336
 import json, math, random, statistics
@@ -149,12 +150,21 @@ def decode_video(path, fps: float = 15.0, num_frames: int | None = None, size: t
     return np.stack(frames)
 
 
+def fit_rgb(rgb: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    "RGB uint8 `[H, W, 3]` resized to cover `size=(W, H)` and centre-cropped, exactly as clip frames are."
+    return _fit(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), size)
+
+
+def upright_rgb(image: Image.Image) -> np.ndarray:
+    "A PIL image as uint8 `[H, W, 3]` RGB with its EXIF orientation applied."
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
 def read_image(path, size: tuple[int, int] | None = None) -> np.ndarray:
     """An image file as uint8 `[1, H, W, 3]` RGB, EXIF orientation applied, resized + centre-cropped like a video
     frame when `size=(W, H)` is given."""
     with Image.open(path) as im:
-        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    return _fit(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), size)[None]
+        return fit_rgb(upright_rgb(im), size)[None]
 
 # %% ../nbs/01_data.ipynb #1e75807f
 ALIGN = 64          # aspect_bucket_alignment: forced to 64 for LongCat-Video

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_sampling.ipynb #d7c43e71
 from __future__ import annotations
-import contextlib, dataclasses, gc, io, warnings
+import contextlib, dataclasses, gc, warnings
 from dataclasses import dataclass
 from fastcore.basics import patch
 from pathlib import Path
@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from .config import check_frames, parse_resolution, resolve_checkpoint
-from .data import check_datasets, decode_video, read_image
+from .data import check_datasets, decode_video, fit_rgb, read_image, upright_rgb
 from .caching import (
     clean_prompt, decode_latents, denormalize_latents, encode_frames, encode_prompts, load_text_encoder, load_vae)
 from .model import LongCatVideoTransformer3DModel
@@ -181,10 +181,9 @@ def start_image_pixels(image, width: int, height: int) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8: image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         image = Image.fromarray(image.squeeze())
-    if isinstance(image, Image.Image):   # through the same file path as training start frames (EXIF, resize, crop)
-        buf = io.BytesIO(); image.save(buf, format="PNG"); image = buf
-    rgb = read_image(image, (width, height))
-    return torch.from_numpy(rgb).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    # the same orientation, resize and crop as training start frames
+    rgb = fit_rgb(upright_rgb(image), (width, height)) if isinstance(image, Image.Image) else read_image(image, (width, height))[0]
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
 
 
 @patch
