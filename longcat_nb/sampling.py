@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from .config import check_frames, parse_resolution, resolve_checkpoint
-from .data import check_datasets, decode_video, fit_rgb, read_image, upright_rgb
+from .data import check_datasets, decode_video, fit_rgb, read_image, upright_rgb, write_video
 from .caching import (
     clean_prompt, decode_latents, denormalize_latents, encode_frames, encode_prompts, load_text_encoder, load_vae)
 from .model import LongCatVideoTransformer3DModel
@@ -274,7 +274,7 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
 
 # %% ../nbs/06_sampling.ipynb #48febf8f
 def _video_array(frames) -> np.ndarray:
-    "One video as `[F, H, W, 3]` from the pipeline's 'np' or 'pt' output or a plain array."
+    "One video as uint8 `[F, H, W, 3]` from the pipeline's 'np' or 'pt' output (float in [0, 1]) or a plain array."
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu()
         if frames.ndim >= 4 and frames.shape[-3] in (1, 3) and frames.shape[-1] not in (1, 3):
@@ -286,7 +286,7 @@ def _video_array(frames) -> np.ndarray:
         frames = frames[0]
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames of shape {frames.shape}: expected [F, H, W, 3] (or [1, F, H, W, 3])")
-    return frames
+    return frames if frames.dtype == np.uint8 else (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
 
 def _mediapy():
@@ -299,8 +299,7 @@ def save_video(frames, path, fps: float = 15.0) -> Path:
     "Write frames (`[F, H, W, 3]` or `[1, F, H, W, 3]`, float in [0, 1] or uint8) to an H.264 mp4 at `fps`."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _mediapy().write_video(path, _video_array(frames), fps=fps)
-    return path
+    return write_video(path, _video_array(frames), fps=fps)
 
 
 def show_video(frames, fps: float = 15.0, **kwargs):

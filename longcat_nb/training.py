@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_training.ipynb #b4bb7e9d
 from __future__ import annotations
-import argparse, contextlib, json, math, os, shutil, sys, time
+import argparse, contextlib, json, math, os, shutil, sys, tempfile, time
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, ProjectConfiguration,
+                              set_seed)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor, distribute_tensor
 from diffusers.optimization import get_scheduler
 
 from .caching import CachedDataset, build_cache, clean_prompt, load_empty_prompt, load_prompts
@@ -27,7 +31,8 @@ from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, va
 # %% auto #0
 __all__ = ['shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss', 'check_training_config',
            'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss', 'TrainState', 'checkpoint_step',
-           'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'TrainResult',
+           'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin',
+           'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'TrainResult',
            'load_trainable_transformer', 'steps_plan', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
@@ -191,8 +196,16 @@ class TrainingError(RuntimeError):
     "Training stopped: a non-finite loss, or a checkpoint that does not fit the run."
 
 
+def _assign(param, full: torch.Tensor):
+    "Copy the whole tensor `full` into `param` in place; an FSDP-sharded (DTensor) parameter takes its own shard of it."
+    if isinstance(param, DTensor):      # every process holds `full`: cut locally, no communication (src_data_rank=None)
+        full = distribute_tensor(full.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(full)
+
+
 def restore_lora(model, path):
-    "Copy the LoRA factors of the peft-format file `path` into `model`'s trainable adapter `default`, in place."
+    """Copy the LoRA factors of the peft-format file `path` into `model`'s trainable adapter `default`, in place
+    (FSDP: each process keeps its shard)."""
     _, factors = read_lora(path)
     layers = lora_layers(model)
     if set(factors) != set(layers):
@@ -205,15 +218,88 @@ def restore_lora(model, path):
             if a.shape != f.down.shape or b.shape != f.up.shape:
                 raise TrainingError(f"{path}: {name} has LoRA shapes {tuple(f.down.shape)}/{tuple(f.up.shape)}, the model "
                                     f"{tuple(a.shape)}/{tuple(b.shape)} — resume with the checkpoint's lora_rank")
-            a.copy_(f.down); b.copy_(f.up)
+            _assign(a, f.down); _assign(b, f.up)
+
+# %% ../nbs/07_training.ipynb #ce6cbcea
+def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
+    """accelerate's FSDP plugin as the `accelerate launch` config set it up (environment), checked and set for LoRA:
+    FSDP2, one unit per `LongCatBlock`, stored dtypes in the forward, fp32 gradient reduction. None without FSDP."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true": return None
+    plugin = FullyShardedDataParallelPlugin()
+    fix = "see examples/accelerate_fsdp.yaml"
+    if plugin.fsdp_version != 2:
+        raise TrainingError(f"accelerate config: fsdp_version = {plugin.fsdp_version}: this trainer shards with FSDP2 (a block "
+                            f"holds the bf16 base and the fp32 LoRA; FSDP1 flattens them into one dtype) — set fsdp_version: 2 ({fix})")
+    if plugin.activation_checkpointing and cfg.gradient_checkpointing:
+        raise TrainingError("accelerate config: fsdp_activation_checkpointing = true and config gradient_checkpointing = true both "
+                            f"checkpoint every block — keep one: set fsdp_activation_checkpointing: false ({fix})")
+    if cfg.validation_distilled:
+        _refuse(cfg, "validation_distilled", True, "the distilled validation preview adds a LoRA to the model, which cannot be "
+                "done to an FSDP-sharded one", "set it to false for FSDP runs (or train with DDP)")
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = transformer_auto_wrap_policy, ["LongCatBlock"]
+    plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+    return plugin
 
 
-def _atomic_save(accelerator, output_dir: Path, step: int, cfg) -> Path:
+@contextlib.contextmanager
+def gathered_lora(model, keep: bool = True):
+    """`model` with whole LoRA factors, for `lora.save_lora`: FSDP-sharded factors (DTensors) are all-gathered — a
+    collective, every process must enter — and, where `keep` (the main process), swapped in as CPU tensors until
+    the block ends; elsewhere dropped. An unsharded model passes through unchanged."""
+    swapped = []
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            for lin in (layer.lora_A["default"], layer.lora_B["default"]):
+                if not isinstance(w := lin.weight, DTensor): continue
+                full = w.full_tensor().cpu()
+                if keep:
+                    swapped.append((lin, w))
+                    lin._parameters["weight"] = torch.nn.Parameter(full, requires_grad=False)
+    try: yield model
+    finally:
+        for lin, w in swapped: lin._parameters["weight"] = w
+
+
+@contextlib.contextmanager
+def _state_without_model(accelerator):
+    "FSDP: `save_state` / `load_state` skip model and optimizer (accelerate would write the whole sharded base)."
+    if accelerator.distributed_type != DistributedType.FSDP:
+        yield
+        return
+    models, optimizers = accelerator._models, accelerator._optimizers
+    accelerator._models, accelerator._optimizers = [], []
+    try: yield
+    finally: accelerator._models, accelerator._optimizers = models, optimizers
+
+
+def save_sharded_training_state(model, optimizer, out, main: bool):
+    """FSDP checkpoint part: the gathered LoRA (`lora.safetensors`, peft) and the full optimizer state (`optimizer.bin`,
+    by parameter name), written by the main process; every process must call this."""
+    opt = getattr(optimizer, "optimizer", optimizer)              # accelerate's wrapper → the torch optimizer
+    state = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    with gathered_lora(model, main) as m:
+        if main:
+            save_lora(m, Path(out) / "lora.safetensors", format="peft")
+            torch.save(state, Path(out) / "optimizer.bin")
+
+
+def load_sharded_training_state(model, optimizer, inp, main: bool):
+    "Restore what `save_sharded_training_state` wrote: each process takes its shards; every process must call this."
+    restore_lora(model, Path(inp) / "lora.safetensors")
+    opt = getattr(optimizer, "optimizer", optimizer)
+    state = torch.load(Path(inp) / "optimizer.bin", weights_only=True) if main else {}
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+# %% ../nbs/07_training.ipynb #0f2af4aa
+def _atomic_save(accelerator, output_dir: Path, step: int, cfg, model=None, optimizer=None) -> Path:
     "Write `checkpoint-{step}` through a temporary directory and a rename; every process must call this."
     final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists(): shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _state_without_model(accelerator): accelerator.save_state(str(tmp))
+    if accelerator.distributed_type == DistributedType.FSDP:
+        save_sharded_training_state(model, optimizer, tmp, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -225,7 +311,7 @@ def _atomic_save(accelerator, output_dir: Path, step: int, cfg) -> Path:
     accelerator.wait_for_everyone()
     return final
 
-# %% ../nbs/07_training.ipynb #ce6cbcea
+# %% ../nbs/07_training.ipynb #2640f2d7
 @dataclass
 class TrainResult:
     "What `train` returns: the exported LoRA files, the loss (and gradient-norm) history by step, validation videos."
@@ -243,7 +329,7 @@ class TrainResult:
                           *[f"  LoRA: {p}" for p in self.lora_paths], *[f"  video: {p}" for p in self.videos],
                           f"  last checkpoint: {self.checkpoint}"])
 
-# %% ../nbs/07_training.ipynb #7e3cf633
+# %% ../nbs/07_training.ipynb #a0fed085
 def _make_optimizer(cfg, params, device):
     "AdamW (fused on CUDA; torch's defaults: betas (0.9, 0.999), weight decay 0.01) or bitsandbytes' AdamW8bit."
     if cfg.optimizer == "adamw8bit":
@@ -252,9 +338,14 @@ def _make_optimizer(cfg, params, device):
     return torch.optim.AdamW(params, lr=cfg.learning_rate, fused=device.type == "cuda")
 
 
-def load_trainable_transformer(cfg, ckpt, dtype):
-    "The frozen transformer of checkpoint `ckpt` in `dtype`, with the config's LoRA attached (fp32, trainable)."
-    model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
+def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
+    """The frozen transformer of checkpoint `ckpt` in `dtype`, with the config's LoRA attached (fp32, trainable).
+    `on_meta`: only the structure, on the meta device (no memory, no file read) — FSDP fills it from the main process."""
+    if on_meta:
+        with torch.device("meta"):
+            model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(ckpt, subfolder="dit"))
+        model.to(dtype)
+    else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
     model.requires_grad_(False)
     if cfg.attention_implementation != "auto": model.set_attention_backend(cfg.attention_implementation)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
@@ -271,7 +362,7 @@ def steps_plan(cfg, n_batches: int, world_size: int = 1) -> tuple[int, int]:
                           f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps} — lower either, or add samples/repeats")
     return per_epoch, cfg.max_train_steps or per_epoch * cfg.num_train_epochs
 
-# %% ../nbs/07_training.ipynb #da9da665
+# %% ../nbs/07_training.ipynb #f5bfd711
 class _Validator:
     "Validation videos with the training transformer, the VAE and cached prompt embeddings (no text encoder)."
     def __init__(self, cfg, ckpt, model, dtype, device):
@@ -286,25 +377,30 @@ class _Validator:
         emb, mask = load_prompts(cfg, prompts, ckpt)
         for p, e, m in zip(prompts, emb, mask): self.pipe.prompt_cache[clean_prompt(p)] = (e.float(), m)
 
-    def __call__(self, step: int) -> list[Path]:
-        "Render the validation videos at `step`, leaving every random state as it was."
+    def __call__(self, step: int, output_dir=None) -> list[Path]:
+        "Render the validation videos at `step` into `output_dir` (default: the run's), leaving every random state as it was."
         if not self.jobs: return []
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-            return run_validation(self.cfg, self.pipe, step, self.cfg.output_dir, eval_samples=self.eval_samples)
+            return run_validation(self.cfg, self.pipe, step, output_dir or self.cfg.output_dir, eval_samples=self.eval_samples)
 
-# %% ../nbs/07_training.ipynb #0f2af4aa
+# %% ../nbs/07_training.ipynb #4315c24d
 def _accelerator(cfg) -> Accelerator:
     """bf16 autocast on GPUs (fp32 on the CPU), gloo on the CPU, TensorBoard, a long timeout for validation pauses.
-    One process or DDP; sharded set-ups (FSDP, DeepSpeed) are refused: the LoRA hooks need whole parameters."""
+    One process, DDP, or FSDP2 when the `accelerate launch` config asks for FSDP (`fsdp_plugin`); DeepSpeed is refused."""
     cuda = torch.cuda.is_available()
-    acc = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no",
+    plugin = fsdp_plugin(cfg)
+    acc = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no", fsdp_plugin=plugin,
                       log_with=None if cfg.report_to == "none" else cfg.report_to,
                       project_config=ProjectConfiguration(str(cfg.output_dir), str(Path(cfg.output_dir) / "logs")),
                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
-    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise TrainingError(f"accelerate is configured for {acc.distributed_type.value}, which this trainer does not support "
-                            "yet — LoRA training runs on one GPU or data-parallel (DDP): `accelerate launch --multi_gpu "
-                            "--num_processes N -m longcat_nb.training --config ...`; the bf16 base needs ~27 GB per GPU")
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        raise TrainingError("accelerate is configured for DeepSpeed, which this trainer does not support — use DDP "
+                            "(`accelerate launch --multi_gpu --num_processes N -m longcat_nb.training --config ...`) or, when "
+                            "the 27 GB bf16 base does not fit one GPU, FSDP (`--config_file examples/accelerate_fsdp.yaml`)")
+    if plugin is not None and acc.distributed_type != DistributedType.FSDP:
+        raise TrainingError(f"the accelerate config asks for FSDP, but accelerate set up {acc.distributed_type.value} with "
+                            f"{acc.num_processes} process(es): FSDP needs several GPUs — set num_processes to the GPU count, "
+                            "or launch without the FSDP config")
     return acc
 
 
@@ -342,7 +438,7 @@ def _progress(loss, lr, seconds, device) -> dict:
     if device.type == "cuda": d["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
     return d
 
-# %% ../nbs/07_training.ipynb #efd442b9
+# %% ../nbs/07_training.ipynb #84411fb6
 def train(cfg) -> TrainResult:
     """Train the LoRA `cfg` (a `TrainConfig`) describes, from the caches (built first where missing or stale);
     returns a `TrainResult`. Launch with `accelerate launch -m longcat_nb.training --config ...` for several GPUs."""
@@ -358,23 +454,29 @@ def train(cfg) -> TrainResult:
 
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = load_trainable_transformer(cfg, ckpt, dtype).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(cfg, params, device)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
+    model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
+                                       and not main)
+    model = (model if fsdp else model.to(device)).train()
+    optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
     per_epoch, total = steps_plan(cfg, len(epoch_batches(dataset.samples, cfg.train_batch_size, cfg.seed, 0, world)), world)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total)
     model, optimizer = accelerator.prepare(model, optimizer)     # the scheduler steps once per optimizer step: ours
+    params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP replaced them by shards
+    if fsdp: optimizer.param_groups[0]["params"] = params        # accelerate maps by data_ptr: all 0 on meta models
     state = TrainState(generator=torch.Generator().manual_seed(cfg.seed))
     accelerator.register_for_checkpointing(scheduler, state)
     _checkpoint_lora_hooks(accelerator)
     last_ckpt = find_checkpoint(output_dir, cfg.resume_from_checkpoint)
     if last_ckpt is not None:
-        accelerator.load_state(str(last_ckpt))
+        with _state_without_model(accelerator): accelerator.load_state(str(last_ckpt))
+        if fsdp: load_sharded_training_state(model, optimizer, last_ckpt, main)
         if main: print(f"resumed from {last_ckpt} at step {state.step}")
     elif cfg.resume_from_checkpoint and main: print(f"no checkpoint in {output_dir} yet: starting at step 0")
 
     unwrapped = accelerator.unwrap_model(model)
-    validate = _Validator(cfg, ckpt, unwrapped, dtype, device) if main else None
+    validate = _Validator(cfg, ckpt, unwrapped, dtype, device) if main or fsdp else None   # FSDP: all processes render
+    scratch = Path(tempfile.mkdtemp(prefix="longcat_nb_val_")) if fsdp and not main else None   # ... the others: scratch
     if cfg.report_to != "none": accelerator.init_trackers("longcat_nb")
     videos, acc = [], cfg.gradient_accumulation_steps
     bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not main)
@@ -388,7 +490,8 @@ def train(cfg) -> TrainResult:
             for _ in range(len(keys) // acc):
                 t0, step = time.time(), state.step + 1
                 loss = _optimizer_step_grads(accelerator, model, batches, state, cfg, empty_prompt)
-                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     raise TrainingError(f"step {step}: loss = {loss}, gradient norm = {grad_norm} (not finite) — training stopped "
                                         f"before this update; the last good checkpoint is {last_ckpt or 'none (none written yet)'}. "
@@ -400,22 +503,26 @@ def train(cfg) -> TrainResult:
                 bar.update(1); bar.set_postfix(_progress(loss, lr, time.time() - t0, device))
                 if cfg.report_to != "none": accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
                 if step % cfg.checkpointing_steps == 0 or step == total:
-                    last_ckpt = _atomic_save(accelerator, output_dir, step, cfg)
-                if main and (step == total or (cfg.validation_steps and step % cfg.validation_steps == 0)):
-                    for p in (new := validate(step)): bar.write(f"validation video: {p}")
-                    videos += new
+                    last_ckpt = _atomic_save(accelerator, output_dir, step, cfg, model, optimizer)
+                if validate and (step == total or (cfg.validation_steps and step % cfg.validation_steps == 0)):
+                    new = validate(step, scratch)
+                    if main:
+                        for p in new: bar.write(f"validation video: {p}")
+                        videos += new
                 accelerator.wait_for_everyone()
                 if step >= total: break
             if state.step < total: state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     finally:
         bar.close()
         for tracker in accelerator.trackers: tracker.finish()    # flush TensorBoard, also after an error
-    lora_paths = [save_lora(unwrapped, output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": state.step})
-                  for fmt in cfg.lora_export_formats] if main else []
+        if scratch: shutil.rmtree(scratch, ignore_errors=True)
+    with gathered_lora(unwrapped, main) as whole:                # FSDP: gather the LoRA shards (every process)
+        lora_paths = [save_lora(whole, output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": state.step})
+                      for fmt in cfg.lora_export_formats] if main else []
     accelerator.end_training()
     return TrainResult(lora_paths, list(state.losses), state.step, output_dir, videos, list(state.grad_norms), last_ckpt)
 
-# %% ../nbs/07_training.ipynb #a0fed085
+# %% ../nbs/07_training.ipynb #b6e21381
 def main(argv=None) -> int:
     "`python -m longcat_nb.training --config config.json [--max-train-steps N] [--resume-from-checkpoint latest]`."
     p = argparse.ArgumentParser(prog="python -m longcat_nb.training", description="Train a LongCat-Video LoRA.")
