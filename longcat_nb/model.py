@@ -369,3 +369,10 @@ def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encod
             x = block(x, y, t, rope, key_mask, num_cond, backend)
     out = unpatchify(self.final_layer(x, t), grid, (pt, ph, pw), self.config.out_channels)
     return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+# %% ../nbs/03_model.ipynb #ad8a7cd0
+@patch
+def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
+    "Compile every transformer block in place with `torch.compile(**compile_kwargs)`; returns the model."
+    for block in self.blocks: block.compile(**compile_kwargs)
+    return self

@@ -236,6 +236,8 @@ def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
     if cfg.validation_distilled:
         _refuse(cfg, "validation_distilled", True, "the distilled validation preview adds a LoRA to the model, which cannot be "
                 "done to an FSDP-sharded one", "set it to false for FSDP runs (or train with DDP)")
+    if cfg.compile_transformer:
+        _refuse(cfg, "compile_transformer", True, "compiled blocks are not tested with FSDP sharding yet", "set it to false for FSDP runs (or train with DDP)")
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
     plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = transformer_auto_wrap_policy, ["LongCatBlock"]
     plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
@@ -350,6 +352,7 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
     if cfg.attention_implementation != "auto": model.set_attention_backend(cfg.attention_implementation)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing: model.enable_gradient_checkpointing()
+    if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
     return model
 
 
