@@ -81,6 +81,8 @@ def same_format(a: Path, b: Path):
             {k: (fb.get_slice(k).get_shape(), fb.get_slice(k).get_dtype()) for k in fb.keys()})
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-exact comparison: with a GPU present the in-process baseline "
+                    "trains on it in bf16; test_fsdp_cuda covers GPU hosts")
 def test_fsdp_two_processes_match_one_and_resume(example, tmp_path):
     kw = dict(max_train_steps=3, checkpointing_steps=2, caption_dropout_probability=0.5)
     one = train(load_config(run_config(example, tmp_path / "one", tmp_path / "one.json", train_batch_size=2, **kw)))
@@ -137,8 +139,8 @@ def test_fsdp_cuda(example, tmp_path):
     for fmt in ("peft", "comfyui", "official"):
         same_format(tmp_path / "two" / f"lora_{fmt}.safetensors", tmp_path / "one" / f"lora_{fmt}.safetensors")
     ref, got = load_file(tmp_path / "one" / "lora_peft.safetensors"), load_file(tmp_path / "two" / "lora_peft.safetensors")
-    for k in ref:
-        assert (got[k] - ref[k]).abs().max() <= 5e-2 * ref[k].abs().max() + 1e-4, k
+    for k in ref:   # relative Frobenius error: Adam turns bf16 noise in near-zero gradients into lr-sized steps
+        assert (got[k] - ref[k]).norm() <= 5e-2 * ref[k].norm() + 1e-6, (k, float((got[k] - ref[k]).norm() / ref[k].norm()))
     # resume checkpoint-2 on the GPUs (full optimizer state broadcast over NCCL): the same run, up to GPU nondeterminism
     shutil.copytree(tmp_path / "two" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     cfg = run_config(example, tmp_path / "resumed", tmp_path / "resume.json", train_batch_size=1,
