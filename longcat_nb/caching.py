@@ -22,8 +22,8 @@ __all__ = ['MAX_TEXT_TOKENS', 'WAN_LATENTS_MEAN', 'WAN_LATENTS_STD', 'CACHE_FORM
            'load_vae', 'load_text_encoder', 'clean_prompt', 'encode_prompts', 'latent_stats', 'normalize_latents',
            'denormalize_latents', 'encode_frames', 'decode_latents', 'fingerprint', 'write_entry', 'CacheError',
            'check_entry', 'read_entry', 'LatentEntry', 'latent_entries', 'text_key', 'text_meta', 'CacheSummary',
-           'free_memory', 'cached_captions', 'build_cache', 'CachedDataset', 'cached_data_loader', 'load_prompts',
-           'load_empty_prompt']
+           'free_memory', 'cached_captions', 'build_cache', 'training_samples', 'CachedDataset', 'cached_data_loader',
+           'load_prompts', 'load_empty_prompt']
 
 # %% ../nbs/02_caching.ipynb #8ca1d5a2
 def default_device() -> torch.device:
@@ -405,18 +405,25 @@ def _collate(items: list[dict]) -> dict:
             "captions": [i["caption"] for i in items], "ids": [i["id"] for i in items], "bucket": first["bucket"]}
 
 
+def training_samples(cfg, report=None) -> list:
+    "The usable samples training sees: every enabled dataset's, except the held-out validation split `eval_dataset_id`."
+    report = report or check_datasets(cfg)
+    if not report.ok: raise CacheError(f"the data check found errors:\n{report}")
+    samples = [s for s in report.samples if s.dataset_id != cfg.eval_dataset_id]
+    if report.samples and not samples:
+        raise CacheError(f"eval_dataset_id = {cfg.eval_dataset_id!r} is held out from training as the validation split, which "
+                         "leaves no training samples — add a dataset to train on, or point eval_dataset_id at a separate split")
+    return samples
+
+
 class CachedDataset(torch.utils.data.Dataset):
     """The cached training samples of `cfg`. `ds[i]` → `{latents [16, T, h, w] fp32 (normalised; for I2V frame 0 is
     the start-frame latent), cond_latents [16, 1, h, w] | None, num_cond_latents 1 | 0, text_emb [512, C],
     text_mask [512] int64, caption, bucket, id}`; `ds[batch_key]` (from `BucketBatchSampler`) → the same, stacked
-    (`latents [B, 16, T, h, w]` ...) with `captions`, `ids`, `epoch`, `position`. `samples` defaults to the data
-    check's usable samples; raises `CacheError` when cache files are missing or stale."""
+    (`latents [B, 16, T, h, w]` ...) with `captions`, `ids`, `epoch`, `position`. `samples` defaults to
+    `training_samples(cfg)`; raises `CacheError` when cache files are missing or stale."""
     def __init__(self, cfg, samples=None, ckpt=None):
-        if samples is None:
-            report = check_datasets(cfg)
-            if not report.ok: raise CacheError(f"the data check found errors:\n{report}")
-            samples = report.samples
-        self.cfg, self.samples = cfg, list(samples)
+        self.cfg, self.samples = cfg, list(training_samples(cfg) if samples is None else samples)
         ckpt = ckpt or resolve_checkpoint(cfg, parts=("vae", "text_encoder", "tokenizer"))
         self.latent_files = {(e.sample.id, e.kind): e for e in latent_entries(cfg, self.samples, ckpt)}
         self.text_meta = text_meta(ckpt)

@@ -90,7 +90,7 @@ TRAIN_KEYS = [
     Key("validation_num_inference_steps", 40, "int", "Sampling steps for validation videos.", minimum=1),
     Key("validation_guidance", 4.0, "float", "Classifier-free guidance scale (CFG-Zero*); 1.0 turns CFG off.", minimum=0),
     Key("validation_using_datasets", False, "bool", "Take validation captions (and I2V start frames) from eval_dataset_id."),
-    Key("eval_dataset_id", None, "str", "Dataset id used for validation when validation_using_datasets is true.", nullable=True),
+    Key("eval_dataset_id", None, "str", "The validation split: its captions (and I2V start frames) drive validation when validation_using_datasets is true; it is never trained on.", nullable=True),
     Key("validation_prompt", None, "str|strs", "Prompt(s) for validation videos.", nullable=True),
     Key("validation_negative_prompt", None, "str", "Negative prompt; null → the empty prompt.", nullable=True),
     Key("validation_seed", 42, "int", "Seed of the validation noise."),
