@@ -16,9 +16,7 @@ from fastcore.test import test_eq as eq_, test_close as close_
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from longcat_nb.caching import build_cache
 from longcat_nb.config import load_config
-from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 from longcat_nb.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +39,6 @@ class CpuFSDPAccelerator(Accelerator):
 training.Accelerator = CpuFSDPAccelerator
 sys.exit(training.main(sys.argv[1:]))
 '''
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    "The example dataset (2 T2V + 2 I2V clips, 64×64, 9 frames) with its cache built once."
-    root = tmp_path_factory.mktemp("fsdp")
-    path = make_example_dataset(root / "example", n_clips=2, checkpoint=tiny_checkpoint())
-    build_cache(load_config(path), progress=False)
-    return path
 
 
 def run_config(example, out, path, **kw) -> Path:

@@ -10,19 +10,9 @@ from fastcore.test import test_eq as eq_, test_close as close_
 from safetensors.torch import load_file
 
 import longcat_nb.training as training
-from longcat_nb.caching import build_cache
 from longcat_nb.config import load_config
 from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 from longcat_nb.training import TrainingError, list_checkpoints, train
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    "The example dataset (2 T2V + 2 I2V clips, 64×64, 9 frames) with its cache built once."
-    root = tmp_path_factory.mktemp("train")
-    path = make_example_dataset(root / "example", n_clips=2, checkpoint=tiny_checkpoint())
-    build_cache(load_config(path), progress=False)
-    return path
 
 
 def config(path, out, **kw):
