@@ -66,3 +66,15 @@ def test_sample_t2v_with_lora_and_i2v(tmp_path):
     assert main(["sample", "--config", cfg, "--prompt", "a red ball", "--image", str(img), "--distilled",
                  "--size", "64x48", "--frames", "5", "--output", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_cache_and_train_subcommands(tmp_path, capsys):
+    cfg = make_example_dataset(tmp_path / "data", checkpoint=tiny_checkpoint(), max_train_steps=2, validation_steps=2,
+                               output_dir=tmp_path / "out")
+    assert main(["cache", "--config", str(cfg)]) == 0
+    assert "21 encoded" in capsys.readouterr().out
+    assert main(["train", "--config", str(cfg), "--max-train-steps", "3", "--output-dir", str(tmp_path / "out3")]) == 0
+    assert (tmp_path / "out3" / "lora_peft.safetensors").is_file() and (tmp_path / "out3" / "checkpoint-3").is_dir()
+    assert main(["train", "--config", str(cfg), "--max-train-steps", "4", "--output-dir", str(tmp_path / "out3"),
+                 "--resume-from-checkpoint", "latest"]) == 0
+    assert (tmp_path / "out3" / "checkpoint-4").is_dir()
