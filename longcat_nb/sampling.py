@@ -120,17 +120,21 @@ def load_lora(self: LongCatVideoPipeline, path, multiplier: float = 1.0, adapter
 
 # %% ../nbs/06_sampling.ipynb #4b11fdae
 @patch
+def cache_prompts(self: LongCatVideoPipeline, prompts: list[str], emb: torch.Tensor, mask: torch.Tensor):
+    "Remember embeddings `[B, L, C]` and masks `[B, L]` of `prompts` (keyed by the cleaned prompt) for sampling without the text encoder."
+    for p, e, m in zip(prompts, emb, mask): self.prompt_cache[clean_prompt(p)] = (e.float().cpu(), m.cpu())
+
+
+@patch
 def _embed(self: LongCatVideoPipeline, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     "Embeddings [B, L, C] fp32 and masks [B, L] for `prompts`, from `prompt_cache` or the text encoder."
     keys = [clean_prompt(p) for p in prompts]
-    missing = [k for k in dict.fromkeys(keys) if k not in self.prompt_cache]
+    missing = list({k: p for k, p in zip(keys, prompts) if k not in self.prompt_cache}.values())   # one raw prompt a key
     if missing and self.text_encoder is None:
         raise ValueError(f"prompt {missing[0]!r} is not in pipe.prompt_cache and the text encoder is not loaded — "
                          "encode every prompt with pipe.encode_prompt([...]) before free_text_encoder(), "
-                         "or pass prompt_embeds / prompt_attention_mask")
-    if missing:
-        emb, mask = encode_prompts(missing, self.tokenizer, self.text_encoder)
-        for k, e, m in zip(missing, emb.cpu(), mask.cpu()): self.prompt_cache[k] = (e, m)
+                         "pass prompt_embeds / prompt_attention_mask, or add them with pipe.cache_prompts(...)")
+    if missing: self.cache_prompts(missing, *encode_prompts(missing, self.tokenizer, self.text_encoder))
     return (torch.stack([self.prompt_cache[k][0] for k in keys]).to(device),
             torch.stack([self.prompt_cache[k][1] for k in keys]).to(device))
 

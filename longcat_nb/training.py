@@ -21,7 +21,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor, distribute_tensor
 from diffusers.optimization import get_scheduler
 
-from .caching import CachedDataset, build_cache, clean_prompt, load_empty_prompt, load_prompts
+from .caching import CachedDataset, build_cache, load_empty_prompt, load_prompts
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import add_lora, lora_layers, read_lora, save_lora
@@ -377,8 +377,7 @@ class _Validator:
                                                          transformer=model)
         self.pipe.set_progress_bar_config(disable=True)
         prompts = list(dict.fromkeys([j.prompt for j in self.jobs] + [cfg.validation_negative_prompt or ""]))
-        emb, mask = load_prompts(cfg, prompts, ckpt)
-        for p, e, m in zip(prompts, emb, mask): self.pipe.prompt_cache[clean_prompt(p)] = (e.float(), m)
+        self.pipe.cache_prompts(prompts, *load_prompts(cfg, prompts, ckpt))
 
     def __call__(self, step: int, output_dir=None) -> list[Path]:
         "Render the validation videos at `step` into `output_dir` (default: the run's), leaving every random state as it was."
