@@ -20,12 +20,17 @@ from longcat_nb.config import LORA_TARGETS
 from longcat_nb.model import ATTENTION_BACKENDS, TINY_DIT_CONFIG, LongCatVideoTransformer3DModel
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shape_args(p: argparse.ArgumentParser):
+    "The attention backend and video shape options shared by the GPU benchmarks (default 832×480, 93 frames)."
     p.add_argument("--attn", default="auto", choices=ATTENTION_BACKENDS, help="attention backend")
     p.add_argument("--frames", type=int, default=93, help="video frames; (frames - 1) % 4 == 0")
     p.add_argument("--width", type=int, default=832, help="pixels, multiple of 16")
     p.add_argument("--height", type=int, default=480, help="pixels, multiple of 16")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shape_args(p)
     p.add_argument("--steps", type=int, default=40, help="sampling steps, for the estimated CFG sampling time")
     p.add_argument("--repeats", type=int, default=5, help="timed forwards (after one warm-up)")
     p.add_argument("--train-steps", type=int, default=3, help="timed LoRA steps (after one warm-up)")

@@ -19,18 +19,15 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import build_model  # one way to materialise a random full-size model on the GPU
+from bench_model import add_shape_args, build_model, sync  # one way to build a random full-size model on the GPU
 
-from longcat_nb.model import ATTENTION_BACKENDS, TINY_DIT_CONFIG
+from longcat_nb.model import TINY_DIT_CONFIG
 from longcat_nb.sampling import LongCatVideoPipeline, latent_shape
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--attn", default="auto", choices=ATTENTION_BACKENDS, help="attention backend")
-    p.add_argument("--frames", type=int, default=93, help="video frames; (frames - 1) % 4 == 0")
-    p.add_argument("--width", type=int, default=832, help="pixels, multiple of 16")
-    p.add_argument("--height", type=int, default=480, help="pixels, multiple of 16")
+    add_shape_args(p)
     p.add_argument("--steps", type=int, default=3, help="timed denoising steps per run (after the warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed denoising steps at the start of each run")
     p.add_argument("--valid-tokens", type=int, default=120, help="real (unpadded) prompt tokens of 512")
@@ -40,10 +37,6 @@ def parse_args(argv=None):
     if args.tiny: args.frames, args.width, args.height, args.valid_tokens = 9, 64, 48, 5
     if args.steps < 1 or args.warmup < 1: p.error("--steps and --warmup must be at least 1")
     return args
-
-
-def sync(device):
-    if device.type == "cuda": torch.cuda.synchronize()
 
 
 def prompt_embeds(channels, valid_tokens, device, dtype, seed):
