@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_lora.ipynb #7d4f5325
 from __future__ import annotations
-import json, re, warnings
+import json, os, re, warnings
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -18,15 +18,16 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .config import LORA_TARGETS
+
 # %% auto #0
-__all__ = ['DEFAULT_LORA_TARGETS', 'REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT',
-           'LORA_FORMATS', 'lora_target_names', 'lora_layers', 'add_lora', 'LoraFactors', 'lora_factors',
-           'fused_splits', 'official_key', 'fused_form', 'lora_format', 'read_lora', 'lora_delta', 'lora_state_dict',
-           'check_lora_export', 'save_lora', 'attach_lora', 'load_lora', 'write_official_lora']
+__all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'LORA_FORMATS', 'lora_target_names',
+           'lora_layers', 'add_lora', 'LoraFactors', 'lora_factors', 'fused_splits', 'official_key', 'fused_form',
+           'lora_format', 'read_lora', 'lora_delta', 'lora_state_dict', 'check_lora_export', 'save_lora', 'attach_lora',
+           'load_lora', 'write_official_lora']
 
 # %% ../nbs/05_lora.ipynb #b8482ecc
-DEFAULT_LORA_TARGETS = ["attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "ffn.w1", "ffn.w2", "ffn.w3"]
-REFINEMENT_LORA_TARGETS = DEFAULT_LORA_TARGETS + ["adaLN_modulation.1", "final_layer.linear"]
+REFINEMENT_LORA_TARGETS = LORA_TARGETS + ["adaLN_modulation.1", "final_layer.linear"]
 
 
 def _is_suffix(name: str, target: str) -> bool:
@@ -41,7 +42,7 @@ def _base_linear(m: nn.Module) -> nn.Module:
 
 def lora_target_names(model: nn.Module, targets=None) -> list[str]:
     "Paths of the linears of `model` that the suffixes in `targets` name; raises on a target that names none."
-    targets = DEFAULT_LORA_TARGETS if targets is None else list(targets)
+    targets = LORA_TARGETS if targets is None else list(targets)
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
     inside = tuple(w + "." for w in wrapped)  # PEFT's own base_layer / lora_A linears are not targets
     linears = [n for n, m in model.named_modules()
@@ -75,8 +76,8 @@ def _inject(model: nn.Module, config: LoraConfig, adapter_name: str):
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0, target_modules=None,
              adapter_name: str = "default") -> LoraConfig:
-    "Wrap the `target_modules` linears of `model` (default `DEFAULT_LORA_TARGETS`) with a trainable fp32 LoRA; all else frozen."
-    targets = DEFAULT_LORA_TARGETS if target_modules is None else list(target_modules)
+    "Wrap the `target_modules` linears of `model` (default `LORA_TARGETS`) with a trainable fp32 LoRA; all else frozen."
+    targets = LORA_TARGETS if target_modules is None else list(target_modules)
     lora_target_names(model, targets)  # a target that names no layer is an error, not a silent no-op
     config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout, target_modules=targets)
     _inject(model, config, adapter_name)
@@ -291,7 +292,11 @@ def save_lora(model: nn.Module, path, format: str = "peft", adapter_name: str = 
     check_lora_export(state, model, adapter_name, meta)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
+    tmp = path.with_name(path.name + ".tmp")         # atomic: a killed run never leaves a half-written LoRA file
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
     return path
 
 # %% ../nbs/05_lora.ipynb #dbf1f362
@@ -343,7 +348,7 @@ def load_lora(model: nn.Module, path, multiplier: float = 1.0, adapter_name: str
     src = "LoRA state dict" if isinstance(path, dict) else str(path)
     return attach_lora(model, factors, adapter_name or _adapter_name(path), multiplier, src, fmt)
 
-# %% ../nbs/05_lora.ipynb #70a979d5
+# %% ../nbs/05_lora.ipynb #13335458
 def write_official_lora(path, model: nn.Module, rank: int, seed: int = 0, targets=None, alpha_scale: float = 0.5) -> Path:
     "Write a random official-format LoRA (rank `rank` per chunk) for the `targets` linears of `model` — a test/demo fixture."
     g = torch.Generator().manual_seed(seed)

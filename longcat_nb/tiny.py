@@ -93,8 +93,8 @@ def _write_dit(path: Path):
 
 def _write_loras(path: Path, model, seed: int):
     "Random official-format `cfg_step_lora` and `refinement_lora` files for the tiny transformer (released targets)."
-    from longcat_nb.lora import DEFAULT_LORA_TARGETS, REFINEMENT_LORA_TARGETS, write_official_lora
-    write_official_lora(path / "cfg_step_lora.safetensors", model, rank=4, seed=seed, targets=DEFAULT_LORA_TARGETS)
+    from longcat_nb.lora import LORA_TARGETS, REFINEMENT_LORA_TARGETS, write_official_lora
+    write_official_lora(path / "cfg_step_lora.safetensors", model, rank=4, seed=seed, targets=LORA_TARGETS)
     write_official_lora(path / "refinement_lora.safetensors", model, rank=4, seed=seed + 1,
                         targets=REFINEMENT_LORA_TARGETS)
 
