@@ -48,10 +48,9 @@ def cmd_sample(args) -> int:
     width, height = parse_resolution(args.size or cfg.validation_resolution, "--size", "command line")
     ckpt = resolve_checkpoint(cfg)
     import torch
+    from longcat_nb.caching import default_device, default_dtype
     from longcat_nb.sampling import LongCatVideoPipeline, save_video
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    pipe = LongCatVideoPipeline.from_pretrained(ckpt, torch_dtype=dtype)
-    if torch.cuda.is_available(): pipe.to("cuda")
+    pipe = LongCatVideoPipeline.from_pretrained(ckpt, torch_dtype=default_dtype(default_device()))   # on the GPU when there is one
     if args.compile or cfg.compile_transformer: pipe.transformer.compile_blocks()
     if args.distilled:
         distill = ckpt / "lora" / "cfg_step_lora.safetensors"

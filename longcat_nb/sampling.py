@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_sampling.ipynb #d7c43e71
 from __future__ import annotations
-import contextlib, dataclasses, gc, warnings
+import contextlib, dataclasses, warnings
 from dataclasses import dataclass
 from fastcore.basics import patch
 from pathlib import Path
@@ -20,7 +20,8 @@ from diffusers.video_processor import VideoProcessor
 from .config import check_frames, parse_resolution, resolve_checkpoint
 from .data import check_datasets, decode_video, fit_rgb, read_image, upright_rgb, write_video
 from .caching import (
-    clean_prompt, decode_latents, denormalize_latents, encode_frames, encode_prompts, load_text_encoder, load_vae)
+    clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory,
+    load_text_encoder, load_vae)
 from .model import LongCatVideoTransformer3DModel
 
 # %% auto #0
@@ -95,7 +96,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
         """Load from a checkpoint directory in the released layout (or a local hub cache id) — the transformer in
         `torch_dtype`, VAE and text encoder in `vae_dtype`/`text_encoder_dtype` (default: bf16 on CUDA, fp32 on
         CPU). Pass `transformer=` to reuse one already in memory (e.g. the one being trained)."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(device) if device else default_device()
         ckpt = resolve_checkpoint(checkpoint, parts=("dit", "vae", "scheduler") +
                                   (("text_encoder", "tokenizer") if with_text_encoder else ()))
         if transformer is None:
@@ -159,8 +160,7 @@ def encode_prompt(self: LongCatVideoPipeline, prompt, negative_prompt=None, do_c
 def free_text_encoder(self: LongCatVideoPipeline):
     "Delete the text encoder and tokenizer (prompts already in `prompt_cache` stay usable) and free their memory."
     self.text_encoder = self.tokenizer = None
-    gc.collect()
-    if torch.cuda.is_available(): torch.cuda.empty_cache()
+    free_memory()
 
 
 @patch

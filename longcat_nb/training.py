@@ -21,7 +21,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor, distribute_tensor
 from diffusers.optimization import get_scheduler
 
-from .caching import CachedDataset, build_cache, load_empty_prompt, load_prompts
+from .caching import CachedDataset, build_cache, default_dtype, load_empty_prompt, load_prompts
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import add_lora, lora_layers, read_lora, save_lora
@@ -455,7 +455,7 @@ def train(cfg) -> TrainResult:
     dataset, empty_prompt = CachedDataset(cfg, ckpt=ckpt), load_empty_prompt(cfg, ckpt)
 
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = default_dtype(device)                                # bf16 on GPUs, fp32 on the CPU
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
                                        and not main)
