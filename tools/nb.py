@@ -4,17 +4,22 @@
     python tools/nb.py nb2py nbs/00_config.ipynb     # -> nbs/00_config.pct.py
 
 Format: `# %%` starts a code cell, `# %% [markdown]` a markdown cell (each line behind `# `);
-`# %% tags=["parameters"]` sets cell tags. The .ipynb is the source of truth that git keeps; the
-.pct.py files are scratch (git-ignored). Cell ids are derived from the notebook name and the cell's
-position so that regenerating a notebook does not churn them.
+`# %% tags=["parameters"]` sets cell tags; `id=abcd1234` keeps a cell's id (nb2py writes it for every cell).
+The .ipynb is the source of truth that git keeps; the .pct.py files are scratch (git-ignored). Existing cells
+keep their ids through a round trip, so inserting or moving a cell does not renumber the others (the exported
+modules name cells by id); a new cell without an id gets one from the notebook name and its text.
 """
 import hashlib, json, re, sys
 from pathlib import Path
 
-_HDR = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
+_HDR = re.compile(r"^# %%(?P<md> \[markdown\])?(?: id=(?P<id>[0-9a-f]{8}))?(?: tags=(?P<tags>\[.*\]))?\s*$")
 
 
-def _cell_id(name, i):
+def _cell_id(name, i, text="", taken=()):
+    "A stable new id: from the notebook name and the cell's text (its position only breaks ties)."
+    for salt in range(1000):
+        h = hashlib.sha1(f"{name}:{text}:{salt or ''}".encode()).hexdigest()[:8]
+        if h not in taken: return h
     return hashlib.sha1(f"{name}:{i}".encode()).hexdigest()[:8]
 
 
@@ -24,11 +29,11 @@ def py2nb(src: Path) -> Path:
     for line in src.read_text().splitlines():
         m = _HDR.match(line)
         if m:
-            cur = {"md": bool(m["md"]), "tags": json.loads(m["tags"]) if m["tags"] else [], "lines": []}
+            cur = {"md": bool(m["md"]), "id": m["id"], "tags": json.loads(m["tags"]) if m["tags"] else [], "lines": []}
             cells.append(cur)
         elif cur is not None:
             cur["lines"].append(line)
-    out = []
+    out, taken = [], {c["id"] for c in cells if c["id"]}
     for i, c in enumerate(cells):
         lines = c["lines"]
         while lines and not lines[-1].strip(): lines.pop()
@@ -37,7 +42,9 @@ def py2nb(src: Path) -> Path:
         text = "\n".join(lines)
         src_lines = [l + "\n" for l in text.split("\n")]
         if src_lines: src_lines[-1] = src_lines[-1][:-1]
-        cell = {"cell_type": "markdown" if c["md"] else "code", "id": _cell_id(name, i),
+        cid = c["id"] or _cell_id(name, i, text, taken)
+        taken.add(cid)
+        cell = {"cell_type": "markdown" if c["md"] else "code", "id": cid,
                 "metadata": {"tags": c["tags"]} if c["tags"] else {}, "source": src_lines}
         if not c["md"]: cell.update(execution_count=None, outputs=[])
         out.append(cell)
@@ -53,7 +60,8 @@ def nb2py(src: Path) -> Path:
     parts = []
     for c in nb["cells"]:
         tags = c.get("metadata", {}).get("tags")
-        hdr = "# %%" + (" [markdown]" if c["cell_type"] == "markdown" else "") + (f" tags={json.dumps(tags)}" if tags else "")
+        hdr = ("# %%" + (" [markdown]" if c["cell_type"] == "markdown" else "") + (f" id={c['id']}" if c.get("id") else "")
+               + (f" tags={json.dumps(tags)}" if tags else ""))
         body = "".join(c["source"])
         if c["cell_type"] == "markdown": body = "\n".join(("# " + l) if l else "#" for l in body.split("\n"))
         parts.append(hdr + "\n" + body + "\n")
