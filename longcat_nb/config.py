@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'PRECISIONS', 'FLAVOURS', 'TRAIN_KEYS', 'VIDEO_KEYS', 'DATASET_KEYS', 'CHECKPOINT_PARTS',
-           'ConfigError', 'strip_jsonc', 'read_jsonc', 'Key', 'check_value', 'check_keys', 'check_frames',
-           'parse_resolution', 'resolve_path', 'VideoSettings', 'DatasetConfig', 'parse_dataset', 'parse_datasets',
-           'load_datasets', 'TrainConfig', 'parse_config', 'load_config', 'resolve_checkpoint', 'config_reference']
+__all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'PRECISIONS', 'FLAVOURS', 'TRAIN_KEYS', 'VIDEO_KEYS',
+           'DATASET_KEYS', 'CHECKPOINT_PARTS', 'ConfigError', 'strip_jsonc', 'read_jsonc', 'Key', 'check_value',
+           'check_keys', 'check_frames', 'parse_resolution', 'resolve_path', 'VideoSettings', 'DatasetConfig',
+           'parse_dataset', 'parse_datasets', 'load_datasets', 'TrainConfig', 'parse_config', 'load_config',
+           'resolve_checkpoint', 'config_reference']
 
 # %% ../nbs/00_config.ipynb #10a04cfa
 class ConfigError(ValueError):
@@ -65,6 +66,8 @@ class Key:
 
 # %% ../nbs/00_config.ipynb #a4c0c638
 LORA_TARGETS = ["attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "ffn.w1", "ffn.w2", "ffn.w3"]
+LORA_FORMATS = ("peft", "kohya", "official")
+LORA_FORMAT_ALIASES = {"comfyui": "kohya"}   # the name earlier versions gave the kohya-style file
 PRECISIONS = ("bf16", "int8-quanto", "int4-quanto", "fp8-torchao")
 FLAVOURS = {"final": "meituan-longcat/LongCat-Video"}
 
@@ -80,7 +83,7 @@ TRAIN_KEYS = [
     Key("lora_alpha", None, "float", "LoRA alpha; null → lora_rank (scale 1).", nullable=True, minimum=0),
     Key("lora_dropout", 0.0, "float", "Dropout on the LoRA input.", minimum=0),
     Key("lora_target_modules", None, "strs", f"Module-path suffixes to adapt; null → {', '.join(LORA_TARGETS)}.", nullable=True),
-    Key("lora_export_formats", ["peft", "comfyui", "official"], "strs", "LoRA files written at the end of training.", ("peft", "comfyui", "official")),
+    Key("lora_export_formats", list(LORA_FORMATS), "strs", "LoRA files written at the end of training, `lora_<format>.safetensors`: `peft` (diffusers/PEFT keys), `kohya` (kohya-style `diffusion_model.<module path>` keys; `comfyui` is an alias), `official` (the release's format at rank 128).", LORA_FORMATS + tuple(LORA_FORMAT_ALIASES)),
     Key("learning_rate", 1e-4, "float", "Peak learning rate.", minimum=0),
     Key("output_dir", "output", "path", "Where checkpoints, LoRAs, logs and validation videos go."),
     Key("cache_dir", "cache", "path", "Root of the caches: text embeddings in `cache_dir/text`, latents in `cache_dir/vae/<dataset id>` unless a dataset sets cache_dir_vae."),
@@ -110,13 +113,16 @@ TRAIN_KEYS = [
     Key("num_train_epochs", 1, "int", "Epochs when max_train_steps is null.", minimum=1),
     Key("optimizer", "adamw", "str", "Optimizer (`adamw` is fused on CUDA; `adamw8bit` needs bitsandbytes).", ("adamw", "adamw8bit")),
     Key("lr_scheduler", "constant", "str", "Learning-rate schedule.", ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")),
-    Key("lr_warmup_steps", 0, "int", "Warm-up steps.", minimum=0),
+    Key("lr_warmup_steps", 0, "int", "Linear warm-up steps (also under `constant`, which then warms up and holds).", minimum=0),
     Key("gradient_accumulation_steps", 1, "int", "Micro-batches per optimizer step.", minimum=1),
     Key("max_grad_norm", 1.0, "float", "Gradient clipping norm; 0 turns clipping off.", minimum=0),
     Key("caption_dropout_probability", 0.1, "float", "Chance a caption is replaced by the empty prompt (keeps CFG working).", minimum=0),
     Key("seed", 42, "int", "Seed for data order, noise and LoRA init."),
-    Key("mixed_precision", "bf16", "str", "Autocast precision on GPUs (CPU runs in fp32).", ("bf16", "fp16", "no")),
-    Key("flow_schedule_shift", 12.0, "float", "Shift of the flow-matching σ schedule (12.0, as released).", minimum=0),
+    Key("mixed_precision", "bf16", "str", "Autocast of the transformer on GPUs, in training and sampling: `bf16` (LoRA matmuls in bf16, the fp32 parts stay fp32) or `no` (LoRA in fp32, slower). `fp16` is refused: the base is bf16. CPU runs in fp32.", ("bf16", "fp16", "no")),
+    Key("flow_schedule_shift", 12.0, "float", "Shift of the flow-matching σ schedule (12.0, as released); > 0."),
+    Key("flow_sigma_sampling", "logit_normal", "str", "How training draws σ before the shift: `logit_normal` (σ = sigmoid(N(flow_logit_mean, flow_logit_std)), as released) or `uniform` (σ ~ U(0, 1)).", ("logit_normal", "uniform")),
+    Key("flow_logit_mean", 0.0, "float", "Mean of the logit-normal σ draw."),
+    Key("flow_logit_std", 1.0, "float", "Standard deviation of the logit-normal σ draw; > 0."),
     Key("resume_from_checkpoint", None, "str", "`latest` or a checkpoint directory to continue from.", nullable=True),
     Key("report_to", "tensorboard", "str", "Metrics logger.", ("tensorboard", "none")),
     Key("vae_batch_size", 1, "int", "Clips per VAE encode batch while caching.", minimum=1),
@@ -360,6 +366,16 @@ class TrainConfig:
         return f"TrainConfig({changed}, datasets={[d.id for d in self.datasets]})"
 
 # %% ../nbs/00_config.ipynb #4f4f23d7
+def _check_training_choices(v: dict, source: str):
+    "Rules between training keys, and the canonical LoRA format names (`comfyui` → `kohya`, duplicates dropped)."
+    if v["mixed_precision"] == "fp16":
+        _fail(source, "mixed_precision", "fp16", "the released base is bf16: fp16 would cast its weights to fp16 (5 exponent "
+              "bits; activations of a 13.6B bf16 model can exceed fp16's 65504) and need a loss scaler", 'use "bf16" (or "no")')
+    for k in ("flow_schedule_shift", "flow_logit_std"):
+        if v[k] <= 0: _fail(source, k, v[k], "must be > 0", f"use e.g. {next(x.default for x in TRAIN_KEYS if x.name == k)}")
+    v["lora_export_formats"] = list(dict.fromkeys(LORA_FORMAT_ALIASES.get(f, f) for f in v["lora_export_formats"]))
+
+
 def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: list[DatasetConfig] | None = None) -> TrainConfig:
     "Validate a config dict (as read from `config.json`) into a `TrainConfig`, loading its dataset list."
     if not isinstance(d, dict): raise ConfigError(f"{source}: expected a JSON object {{...}} at the top level")
@@ -372,6 +388,7 @@ def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: lis
         v["aspect_bucket_alignment"] = 64
     for k in ("caption_dropout_probability", "lora_dropout"):
         if v[k] >= 1: _fail(source, k, v[k], "must be below 1", "use a probability such as 0.1")
+    _check_training_choices(v, source)
     for k in ("output_dir", "cache_dir"): v[k] = resolve_path(v[k], base_dir)
     if datasets is None and v["data_backend_config"] is not None:
         p = resolve_path(v["data_backend_config"], base_dir)

@@ -20,9 +20,9 @@ from diffusers.video_processor import VideoProcessor
 from .config import check_frames, parse_resolution, resolve_checkpoint
 from .data import check_datasets, decode_video, fit_rgb, read_image, upright_rgb, write_video
 from .caching import (
-    clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory,
+    clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory, normalize_latents,
     load_text_encoder, load_vae)
-from .model import LongCatVideoTransformer3DModel
+from .model import LongCatVideoTransformer3DModel, compute_autocast
 
 # %% auto #0
 __all__ = ['DISTILL_GRID_STEPS', 'check_video_size', 'latent_shape', 'sampling_sigmas', 'flow_timesteps', 'cfg_zero_star',
@@ -89,13 +89,16 @@ class LongCatVideoPipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(vae_scale_factor=8)
         self.prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.loaded_loras: list[Path] = []
+        self.mixed_precision = "bf16"   # the transformer's autocast (`model.compute_autocast`), as in training
 
     @classmethod
     def from_pretrained(cls, checkpoint, torch_dtype: torch.dtype = torch.bfloat16, device=None,
-                        with_text_encoder: bool = True, transformer=None, vae_dtype=None, text_encoder_dtype=None):
+                        with_text_encoder: bool = True, transformer=None, vae_dtype=None, text_encoder_dtype=None,
+                        mixed_precision: str = "bf16"):
         """Load from a checkpoint directory in the released layout (or a local hub cache id) — the transformer in
         `torch_dtype`, VAE and text encoder in `vae_dtype`/`text_encoder_dtype` (default: bf16 on CUDA, fp32 on
-        CPU). Pass `transformer=` to reuse one already in memory (e.g. the one being trained)."""
+        CPU). Pass `transformer=` to reuse one already in memory (e.g. the one being trained). `mixed_precision`: the
+        transformer's autocast ("bf16" or "no"), the trainer's config key of that name."""
         device = torch.device(device) if device else default_device()
         ckpt = resolve_checkpoint(checkpoint, parts=("dit", "vae", "scheduler") +
                                   (("text_encoder", "tokenizer") if with_text_encoder else ()))
@@ -107,7 +110,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
         tokenizer, text_encoder = load_text_encoder(ckpt, text_encoder_dtype, device) if with_text_encoder else (None, None)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(ckpt, subfolder="scheduler")
         pipe = cls(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-        pipe.checkpoint_dir = ckpt
+        pipe.checkpoint_dir, pipe.mixed_precision = ckpt, mixed_precision
         return pipe
 
 # %% ../nbs/06_sampling.ipynb #4b83e4b8
@@ -228,6 +231,17 @@ def decode(self: LongCatVideoPipeline, latents: torch.Tensor, output_type: str =
 
 # %% ../nbs/06_sampling.ipynb #b182dc35
 @patch
+def _step_callback(self: LongCatVideoPipeline, callback, i: int, t, latents: torch.Tensor, n_cond: int) -> torch.Tensor:
+    "Call `callback(pipe, i, t, {'latents': de-normalised})`; returned `'latents'` replace these (conditioning frames kept)."
+    given = denormalize_latents(latents, self.vae)
+    out = callback(self, i, t, {"latents": given}) or {}
+    new = out.get("latents", given)
+    if new is given: return latents
+    new = normalize_latents(new.to(latents.device), self.vae)
+    return torch.cat([latents[:, :, :n_cond], new[:, :, n_cond:]], dim=2)
+
+
+@patch
 @torch.no_grad()
 def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, image=None, width: int = 832,
              height: int = 480, num_frames: int = 93, num_inference_steps: int | None = None,
@@ -254,7 +268,7 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
     if latents is None:
         latents = randn_tensor(latent_shape(width, height, num_frames, B), generator=generator, device=device,
                                dtype=torch.float32)
-    latents = latents.to(device, torch.float32)
+    latents = latents.to(device, torch.float32, copy=True)       # never write into the caller's tensor
     n_cond = 0 if cond is None else 1
     if n_cond: latents[:, :, :1] = cond
     text, text_mask = (torch.cat([neg_emb, emb]), torch.cat([neg_mask, mask])) if do_cfg else (emb, mask)
@@ -264,14 +278,14 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
         x = torch.cat([latents, latents]) if do_cfg else latents
         timestep = t.expand(x.shape[0], x.shape[2]).clone().float()
         timestep[:, :n_cond] = 0                                   # the start frame is clean: t = 0
-        v = self.transformer(x.to(self.transformer.dtype), timestep, text, text_mask, num_cond_latents=n_cond).sample
+        with compute_autocast(device, self.mixed_precision):
+            v = self.transformer(x.to(self.transformer.dtype), timestep, text, text_mask, num_cond_latents=n_cond).sample
         if do_cfg:
             v_uncond, v_cond = v.float().chunk(2)
             v = cfg_zero_star(v_cond, v_uncond, guidance)
         stepped = self.scheduler.step(-v[:, :, n_cond:].float(), t, latents[:, :, n_cond:], return_dict=False)[0]
         latents = torch.cat([latents[:, :, :n_cond], stepped], dim=2)
-        if callback_on_step_end is not None:
-            callback_on_step_end(self, i, t, {"latents": denormalize_latents(latents, self.vae)})
+        if callback_on_step_end is not None: latents = self._step_callback(callback_on_step_end, i, t, latents, n_cond)
     frames = latents if output_type == "latent" else self.decode(latents, output_type)
     self.maybe_free_model_hooks()
     return LongCatVideoPipelineOutput(frames=frames) if return_dict else (frames,)

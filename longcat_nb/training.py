@@ -25,7 +25,7 @@ from .caching import CachedDataset, build_cache, default_dtype, load_empty_promp
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import add_lora, lora_layers, read_lora, save_lora
-from .model import LongCatVideoTransformer3DModel
+from .model import LongCatVideoTransformer3DModel, compute_autocast
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
@@ -33,7 +33,7 @@ __all__ = ['shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flo
            'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss', 'TrainState', 'checkpoint_step',
            'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin',
            'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'TrainResult',
-           'load_trainable_transformer', 'steps_plan', 'train', 'main']
+           'load_trainable_transformer', 'steps_plan', 'make_lr_scheduler', 'seed_process', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -41,9 +41,14 @@ def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def sample_sigmas(n: int, shift: float = 12.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    "`n` training noise levels σ' `[n]` fp32 (CPU): logit-normal σ = sigmoid(N(0, 1)), then `shift_sigmas`."
-    return shift_sigmas(torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float32)), shift)
+def sample_sigmas(n: int, shift: float = 12.0, generator: torch.Generator | None = None, sampling: str = "logit_normal",
+                  mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """`n` training noise levels σ' `[n]` fp32 (CPU), then `shift_sigmas`: `sampling` "logit_normal" draws
+    σ = sigmoid(N(mean, std)) (the release: N(0, 1)), "uniform" draws σ ~ U(0, 1)."""
+    if sampling == "uniform": sigma = torch.rand(n, generator=generator, dtype=torch.float32)
+    elif sampling == "logit_normal": sigma = torch.sigmoid(mean + std * torch.randn(n, generator=generator, dtype=torch.float32))
+    else: raise ValueError(f"flow_sigma_sampling = {sampling!r}: use 'logit_normal' or 'uniform'")
+    return shift_sigmas(sigma, shift)
 
 # %% ../nbs/07_training.ipynb #70e0194e
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -111,12 +116,13 @@ def process_share(key, rank: int, batch_size: int):
 
 
 def draw_step_noise(generator: torch.Generator, x0_shape, rank: int, world_size: int, shift: float,
-                    dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    dropout: float, **sigma_kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(sigma [B], drop [B] bool, noise [B, ...])` for this process's `B = x0_shape[0]` samples, drawn for the whole
-    global batch (σ, then the caption-dropout coins, then ε — always in this order) and sliced."""
+    global batch (σ, then the caption-dropout coins, then ε — always in this order) and sliced; `sigma_kw` go to
+    `sample_sigmas` (sampling, mean, std)."""
     B = x0_shape[0]
     n, mine = B * world_size, slice(rank * B, (rank + 1) * B)
-    sigma = sample_sigmas(n, shift, generator)
+    sigma = sample_sigmas(n, shift, generator, **sigma_kw)
     drop = torch.rand(n, generator=generator) < dropout
     noise = torch.randn((n, *x0_shape[1:]), generator=generator)
     return sigma[mine], drop[mine], noise[mine]
@@ -365,6 +371,20 @@ def steps_plan(cfg, n_batches: int, world_size: int = 1) -> tuple[int, int]:
                           f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps} — lower either, or add samples/repeats")
     return per_epoch, cfg.max_train_steps or per_epoch * cfg.num_train_epochs
 
+# %% ../nbs/07_training.ipynb #5e5a86bc
+def make_lr_scheduler(cfg, optimizer, total: int):
+    """diffusers' `lr_scheduler` over `total` optimizer steps with `lr_warmup_steps` of linear warm-up — also for
+    "constant", which in diffusers ignores the warm-up (here it becomes "constant_with_warmup")."""
+    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps else cfg.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total)
+
+
+def seed_process(seed: int, rank: int):
+    """Seed this process's global random state with `seed + rank`, after the LoRA was initialised identically on every
+    process: what draws from it during training (LoRA dropout) then differs between processes, as it would between
+    the samples of one larger batch. (σ, caption dropout and noise come from the shared `TrainState.generator`.)"""
+    set_seed(seed + rank)
+
 # %% ../nbs/07_training.ipynb #f5bfd711
 class _Validator:
     "Validation videos with the training transformer, the VAE and cached prompt embeddings (no text encoder)."
@@ -374,7 +394,7 @@ class _Validator:
         self.jobs = validation_jobs(cfg, self.eval_samples)
         if not self.jobs: return
         self.pipe = LongCatVideoPipeline.from_pretrained(ckpt, torch_dtype=dtype, device=device, with_text_encoder=False,
-                                                         transformer=model)
+                                                         transformer=model, mixed_precision=cfg.mixed_precision)
         self.pipe.set_progress_bar_config(disable=True)
         prompts = list(dict.fromkeys([j.prompt for j in self.jobs] + [cfg.validation_negative_prompt or ""]))
         self.pipe.cache_prompts(prompts, *load_prompts(cfg, prompts, ckpt))
@@ -387,11 +407,12 @@ class _Validator:
 
 # %% ../nbs/07_training.ipynb #4315c24d
 def _accelerator(cfg) -> Accelerator:
-    """bf16 autocast on GPUs (fp32 on the CPU), gloo on the CPU, TensorBoard, a long timeout for validation pauses.
-    One process, DDP, or FSDP2 when the `accelerate launch` config asks for FSDP (`fsdp_plugin`); DeepSpeed is refused."""
+    """gloo on the CPU, TensorBoard, a long timeout for validation pauses; no autocast of accelerate's own — the
+    transformer's autocast is `model.compute_autocast`, shared with sampling. One process, DDP, or FSDP2 when the
+    `accelerate launch` config asks for FSDP (`fsdp_plugin`); DeepSpeed is refused."""
     cuda = torch.cuda.is_available()
     plugin = fsdp_plugin(cfg)
-    acc = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no", fsdp_plugin=plugin,
+    acc = Accelerator(cpu=not cuda, mixed_precision="no", fsdp_plugin=plugin,
                       log_with=None if cfg.report_to == "none" else cfg.report_to,
                       project_config=ProjectConfiguration(str(cfg.output_dir), str(Path(cfg.output_dir) / "logs")),
                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
@@ -427,9 +448,11 @@ def _optimizer_step_grads(accelerator, model, batches, state, cfg, empty_prompt)
     for micro in range(acc):
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
         sigma, drop, noise = draw_step_noise(state.generator, batch["latents"].shape, accelerator.process_index,
-                                             accelerator.num_processes, cfg.flow_schedule_shift, cfg.caption_dropout_probability)
+                                             accelerator.num_processes, cfg.flow_schedule_shift, cfg.caption_dropout_probability,
+                                             sampling=cfg.flow_sigma_sampling, mean=cfg.flow_logit_mean, std=cfg.flow_logit_std)
         with accelerator.no_sync(model) if micro < acc - 1 else contextlib.nullcontext():
-            loss = flow_matching_loss(model, batch, sigma, drop, noise, empty_prompt)
+            with compute_autocast(accelerator.device, cfg.mixed_precision):
+                loss = flow_matching_loss(model, batch, sigma, drop, noise, empty_prompt)
             accelerator.backward(loss / acc)
         total = total + loss.detach().float() / acc
     return accelerator.reduce(total.reshape(1), "mean").item()
@@ -460,9 +483,10 @@ def train(cfg) -> TrainResult:
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
                                        and not main)
     model = (model if fsdp else model.to(device)).train()
+    seed_process(cfg.seed, rank)                                 # LoRA dropout masks differ across processes
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
     per_epoch, total = steps_plan(cfg, len(epoch_batches(dataset.samples, cfg.train_batch_size, cfg.seed, 0, world)), world)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total)
+    scheduler = make_lr_scheduler(cfg, optimizer, total)
     model, optimizer = accelerator.prepare(model, optimizer)     # the scheduler steps once per optimizer step: ours
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP replaced them by shards
     if fsdp: optimizer.param_groups[0]["params"] = params        # accelerate maps by data_ptr: all 0 on meta models

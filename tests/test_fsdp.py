@@ -90,7 +90,7 @@ def test_fsdp_two_processes_match_one_and_resume(example, tmp_path):
     state = losses_of(two / "checkpoint-3")
     close_(torch.tensor(state["losses"]), torch.tensor(one.losses), eps=1e-5)
     close_(torch.tensor(state["grad_norms"]), torch.tensor(one.grad_norms), eps=1e-4)
-    for fmt in ("peft", "comfyui", "official"):                        # exports: same format, same values
+    for fmt in ("peft", "kohya", "official"):                        # exports: same format, same values
         mine, ref = two / f"lora_{fmt}.safetensors", one.output_dir / f"lora_{fmt}.safetensors"
         same_format(mine, ref)
         a, b = load_file(ref), load_file(mine)
@@ -125,7 +125,7 @@ def test_fsdp_cuda(example, tmp_path):
     a, b = losses_of(tmp_path / "one" / "checkpoint-4"), losses_of(tmp_path / "two" / "checkpoint-4")
     print(f"\n1 GPU losses {a['losses']}\nFSDP  losses {b['losses']}")
     close_(torch.tensor(b["losses"]), torch.tensor(a["losses"]), eps=2e-2 * max(a["losses"]))     # bf16 compute
-    for fmt in ("peft", "comfyui", "official"):
+    for fmt in ("peft", "kohya", "official"):
         same_format(tmp_path / "two" / f"lora_{fmt}.safetensors", tmp_path / "one" / f"lora_{fmt}.safetensors")
     ref, got = load_file(tmp_path / "one" / "lora_peft.safetensors"), load_file(tmp_path / "two" / "lora_peft.safetensors")
     # Relative Frobenius error per LoRA tensor. The CPU test shows FSDP exact to 1e-5 in fp32; here both runs compute in
