@@ -66,7 +66,7 @@ def test_nan_stops_with_last_checkpoint_intact(example, tmp_path, monkeypatch):
 def test_memorises_one_clip(tmp_path, monkeypatch):
     "One clip, the same σ and noise every step (the memorisation set-up): the loss must fall well below its start."
     real = training.draw_step_noise
-    monkeypatch.setattr(training, "draw_step_noise", lambda g, *a: real(torch.Generator().manual_seed(0), *a))
+    monkeypatch.setattr(training, "draw_step_noise", lambda g, *a, **kw: real(torch.Generator().manual_seed(0), *a, **kw))
     path = make_example_dataset(tmp_path / "one", i2v=False, n_clips=1, checkpoint=tiny_checkpoint())
     cfg = config(path, tmp_path / "out", max_train_steps=40, learning_rate=1e-2, lora_rank=8,
                  caption_dropout_probability=0.0, checkpointing_steps=1000)
