@@ -109,7 +109,26 @@ def gathered_attention(qc, kc, vc, keep, block: int = 64):
                                          attn_mask=valid[..., None, :])
     return out.reshape(B, nh, N, d)
 
-# %% ../nbs/09_kernels.ipynb #2d938b80
+# %% ../nbs/09_kernels.ipynb #381b53d1
+def _allow_64_token_backward():
+    "Give FlexAttention's backward a 64×64-tile candidate when none of its defaults divides a 64-token block."
+    from torch._inductor.virtualized import V
+    base = type(V.choices)
+    if getattr(base, "_longcat_64", False): return
+    class Choices(base):
+        _longcat_64 = True
+        def get_flex_attention_bwd_configs(self, *args, **kwargs):
+            configs = super().get_flex_attention_bwd_configs(*args, **kwargs)
+            fits = lambda c: all(64 % b == 0 for b in (c.block_m1, c.block_n1, c.block_m2, c.block_n2))
+            if configs and not any(map(fits, configs)): configs = [*configs, type(configs[0])(64, 64, 64, 64, 3, 4)]
+            return configs
+    Choices.__qualname__ = Choices.__name__ = "FlexChoices64"    # importable by name: inductor pickles its config
+    globals()["FlexChoices64"] = Choices                         # into cache keys
+    from torch._inductor import config
+    if hasattr(config, "inductor_choices_class"): config.inductor_choices_class = Choices   # every thread (the backward
+    V.set_choices_handler(Choices())                                                        # compiles on autograd's)
+
+# %% ../nbs/09_kernels.ipynb #810ba23d
 FLEX_KERNEL_OPTIONS = dict(fwd_BLOCK_M=64, fwd_BLOCK_N=64, bwd_BLOCK_M1=64, bwd_BLOCK_N1=64,
                            bwd_BLOCK_M2=64, bwd_BLOCK_N2=64)
 _flex = None
@@ -119,7 +138,9 @@ def flex_block_attention(qc, kc, vc, keep, block: int = 64, kernel_options=None)
     "Sparse attention with compiled FlexAttention over the kept `block`-token tiles (CUDA; trainable)."
     global _flex
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
-    if _flex is None: _flex = torch.compile(flex_attention, dynamic=False)
+    if _flex is None:
+        _allow_64_token_backward()
+        _flex = torch.compile(flex_attention, dynamic=False)
     counts, idx = _ordered(keep)
     none = torch.zeros_like(counts)
     mask = BlockMask.from_kv_blocks(none, torch.zeros_like(idx), counts, idx, BLOCK_SIZE=block,
