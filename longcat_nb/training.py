@@ -355,7 +355,7 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
         model.to(dtype)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
     model.requires_grad_(False)
-    if cfg.attention_implementation != "auto": model.set_attention_backend(cfg.attention_implementation)
+    model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.gradient_checkpointing: model.enable_gradient_checkpointing()
     if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
