@@ -10,7 +10,7 @@ from pathlib import Path
 from .config import ConfigError, load_config
 
 # %% auto #0
-__all__ = ['cmd_check', 'cmd_cache', 'cmd_train', 'cmd_sample', 'run_demo', 'cmd_demo', 'parser', 'main']
+__all__ = ['cmd_check', 'cmd_cache', 'cmd_train', 'cmd_sample', 'run_demo', 'cmd_demo', 'cmd_plan', 'parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #7c94a46a
 def cmd_check(args) -> int:
@@ -104,6 +104,19 @@ def cmd_demo(args) -> int:
     print(json.dumps(run_demo(args.output, args.steps, args.learning_rate), indent=2))
     return 0
 
+# %% ../nbs/08_cli.ipynb #8f54ee71
+def cmd_plan(args) -> int:
+    "Print the memory planner's table for the config's largest bucket on this machine (or --gpu-gib / --host-gib); 1 when nothing fits."
+    cfg = load_config(args.config)
+    from longcat_nb.memory import PlanError, format_plans, plan_for_config
+    try: plain, chosen, notes = plan_for_config(cfg, args.gpu_gib, args.host_gib, args.gpu_name)
+    except PlanError as e:
+        print(f"cannot fit: {e}", file=sys.stderr)
+        return 1
+    print(format_plans(plain, chosen, notes))
+    print("config keys for the plan: " + json.dumps(chosen.settings()))
+    return 0
+
 # %% ../nbs/08_cli.ipynb #6584ec44
 def parser() -> argparse.ArgumentParser:
     "The `longcat-nb` argument parser."
@@ -133,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--distilled", action="store_true", help="16-step preview with the released cfg_step_lora")
     s.add_argument("--compile", action="store_true", help="compile the transformer blocks (faster steps after a compile of ~20 s)")
     s.add_argument("--output", default="sample.mp4")
+    pl = with_config("plan", cmd_plan, "Predict peak GPU / host memory and s/step; pick the fastest memory settings that fit.")
+    pl.add_argument("--gpu-gib", dest="gpu_gib", type=float, help="GPU memory to plan for (default: this GPU's)")
+    pl.add_argument("--host-gib", dest="host_gib", type=float, help="host RAM to plan for (default: this machine's)")
+    pl.add_argument("--gpu-name", dest="gpu_name", help="card to estimate s/step for, e.g. 'NVIDIA L4' (default: this GPU)")
     d = sub.add_parser("demo", help="Run the whole job on the embedded tiny checkpoint (CPU, minutes).")
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--steps", type=int, default=120)

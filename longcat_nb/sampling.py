@@ -94,15 +94,29 @@ class LongCatVideoPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, checkpoint, torch_dtype: torch.dtype = torch.bfloat16, device=None,
                         with_text_encoder: bool = True, transformer=None, vae_dtype=None, text_encoder_dtype=None,
-                        mixed_precision: str = "bf16"):
+                        precision: str = "bf16", blocks_to_swap: int = 0, group_offload: str | None = None,
+                        group_offload_blocks_per_group: int = 1, mixed_precision: str = "bf16"):
         """Load from a checkpoint directory in the released layout (or a local hub cache id) — the transformer in
         `torch_dtype`, VAE and text encoder in `vae_dtype`/`text_encoder_dtype` (default: bf16 on CUDA, fp32 on
-        CPU). Pass `transformer=` to reuse one already in memory (e.g. the one being trained). `mixed_precision`: the
-        transformer's autocast ("bf16" or "no"), the trainer's config key of that name."""
+        CPU). Pass `transformer=` to reuse one already in memory (e.g. the one being trained). Less GPU memory:
+        `precision` quantises the block linears (`int8-quanto`, `int4-quanto`, `fp8-torchao`), `blocks_to_swap`
+        streams the last N blocks from pinned host memory, `group_offload` (`block_level` | `leaf_level`) uses
+        diffusers' group offloading instead (see `longcat_nb.memory`). `mixed_precision`: the transformer's
+        autocast ("bf16" or "no"), the trainer's config key of that name."""
         device = torch.device(device) if device else default_device()
         ckpt = resolve_checkpoint(checkpoint, parts=("dit", "vae", "scheduler") +
                                   (("text_encoder", "tokenizer") if with_text_encoder else ()))
-        if transformer is None:
+        if transformer is None and (precision != "bf16" or blocks_to_swap or group_offload):
+            from longcat_nb.memory import load_transformer, place_model
+            if group_offload and blocks_to_swap: raise ValueError("group_offload and blocks_to_swap both offload blocks: choose one")
+            transformer = load_transformer(ckpt, torch_dtype, precision, device="cpu" if group_offload else device,
+                                           host_blocks=blocks_to_swap)
+            if group_offload:
+                from diffusers.hooks import apply_group_offloading
+                apply_group_offloading(transformer, device, offload_type=group_offload, use_stream=device.type == "cuda",
+                                       num_blocks_per_group=group_offload_blocks_per_group if group_offload == "block_level" else None)
+            else: place_model(transformer, device, blocks_to_swap)
+        elif transformer is None:
             transformer = LongCatVideoTransformer3DModel.from_pretrained(   # shards stream straight to the GPU
                 ckpt, subfolder="dit", torch_dtype=torch_dtype, device_map=str(device) if device.type == "cuda" else None)
             transformer = transformer.to(device).eval().requires_grad_(False)

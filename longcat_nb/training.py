@@ -84,16 +84,27 @@ def _refuse(cfg, key, value, rule, fix):
     raise ConfigError(f"{src}: {key} = {json.dumps(value)}: {rule} — {fix}")
 
 
+def _check_memory(cfg):
+    "`memory.check_memory_settings` for this machine (depth from the checkpoint when it resolves), as a `ConfigError`."
+    from longcat_nb.caching import default_device
+    from longcat_nb.memory import MemorySettingsError, check_memory_settings
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
+            cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap or cfg.activation_offload):
+        raise ConfigError(f"{cfg.config_path or '<config>'}: base_model_precision / musubi_blocks_to_swap / activation_offload are "
+                          "single-GPU memory savers, not combined with FSDP sharding — launch without FSDP, or keep bf16 with no swap/offload")
+    try: depth = LongCatVideoTransformer3DModel.load_config(resolve_checkpoint(cfg), subfolder="dit")["depth"]
+    except (ConfigError, OSError, KeyError): depth = None      # no checkpoint yet: BlockSwap checks the depth when it loads
+    try: check_memory_settings(cfg, default_device(), depth, training=True)
+    except MemorySettingsError as e: raise ConfigError(f"{cfg.config_path or '<config>'}: {e}") from None
+
+
 def check_training_config(cfg):
-    "Raise `ConfigError` for config values this trainer does not support yet, naming the key."
+    """Raise `ConfigError` for config values this trainer does not support here, naming the key. With
+    `memory_plan: "auto"` the planner's memory settings are filled in first."""
+    from longcat_nb.memory import apply_memory_plan
+    apply_memory_plan(cfg)
     if cfg.model_type != "lora": _refuse(cfg, "model_type", cfg.model_type, "only LoRA training is supported", 'set "lora"')
-    if cfg.base_model_precision != "bf16":
-        _refuse(cfg, "base_model_precision", cfg.base_model_precision, "quantised base models are not supported yet",
-                'set "bf16" (the frozen base is loaded in bf16 on GPUs, fp32 on the CPU)')
-    if cfg.enable_group_offload:
-        _refuse(cfg, "enable_group_offload", True, "group offload is not supported yet", "set it to false")
-    if cfg.musubi_blocks_to_swap:
-        _refuse(cfg, "musubi_blocks_to_swap", cfg.musubi_blocks_to_swap, "block swap is not supported yet", "set it to 0")
+    _check_memory(cfg)
     if not [d for d in cfg.datasets if not d.disabled]:
         _refuse(cfg, "data_backend_config", cfg.data_backend_config and str(cfg.data_backend_config), "no enabled dataset to train on",
                 "point it at a multidatabackend.json with at least one enabled dataset")
@@ -347,12 +358,16 @@ def _make_optimizer(cfg, params, device):
 
 
 def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
-    """The frozen transformer of checkpoint `ckpt` in `dtype`, with the config's LoRA attached (fp32, trainable).
+    """The frozen transformer of checkpoint `ckpt` in `dtype` (its block linears quantised to `base_model_precision`,
+    the last `musubi_blocks_to_swap` blocks left on the host), with the config's LoRA attached (fp32, trainable).
     `on_meta`: only the structure, on the meta device (no memory, no file read) — FSDP fills it from the main process."""
     if on_meta:
         with torch.device("meta"):
             model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(ckpt, subfolder="dit"))
         model.to(dtype)
+    elif cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap:   # streamed block by block, quantised, swapped ones on the host
+        from longcat_nb.memory import load_transformer
+        model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
@@ -482,7 +497,10 @@ def train(cfg) -> TrainResult:
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
                                        and not main)
-    model = (model if fsdp else model.to(device)).train()
+    if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
+        from longcat_nb.memory import place_model
+        place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload)
+    model = model.train()
     seed_process(cfg.seed, rank)                                 # LoRA dropout masks differ across processes
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
     per_epoch, total = steps_plan(cfg, len(epoch_batches(dataset.samples, cfg.train_batch_size, cfg.seed, 0, world)), world)

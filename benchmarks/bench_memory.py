@@ -1,0 +1,75 @@
+"""Memory settings through `longcat-nb train` at full size: step time, peak GPU memory, peak host RSS.
+
+Runs `fullscale_e2e.py` (a copy of /work/shared/tools/fullscale_e2e.py given as --e2e) once per variant, each in its own
+work folder sharing one checkpoint, polling the RSS of the process tree. A variant with `gpu_gib` caps the GPU with
+`torch.cuda.set_per_process_memory_fraction` (through a sitecustomize.py on PYTHONPATH) so an overshoot fails.
+
+    python benchmarks/bench_memory.py --e2e fullscale_e2e.py --work /tmp/bm --out results.jsonl [--only a,b]
+"""
+import argparse, json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import psutil
+
+VARIANTS = {
+    "bf16": ({}, None),
+    "plan24": ({"memory_plan": "auto", "memory_budget_gib": 24}, 24),
+    "int8": ({"base_model_precision": "int8-quanto"}, None),
+    "int8_swap48_offload16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True}, 16),
+    "plan16": ({"memory_plan": "auto", "memory_budget_gib": 16}, 16),
+    "fp8": ({"base_model_precision": "fp8-torchao"}, None),
+}
+
+SITE = """import os
+if os.environ.get("BENCH_GPU_GIB"):
+    import torch
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(float(os.environ["BENCH_GPU_GIB"]) * 2**30 / total)
+"""
+
+
+def tree_rss(p: psutil.Process) -> int:
+    try: procs = [p] + p.children(recursive=True)
+    except psutil.NoSuchProcess: return 0
+    total = 0
+    for q in procs:
+        try: total += q.memory_info().rss
+        except psutil.NoSuchProcess: pass
+    return total
+
+
+def run(name, extra, gpu_gib, a, site):
+    work = a.work / name
+    work.mkdir(parents=True, exist_ok=True)
+    if name != "bf16" and not (work / "ckpt").exists(): (work / "ckpt").symlink_to(a.work / "bf16" / "ckpt")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", E2E_SAMPLE_BEFORE_S="0", PYTHONPATH=f"{site}:{os.environ.get('PYTHONPATH', '')}")
+    if gpu_gib: env["BENCH_GPU_GIB"] = str(gpu_gib)
+    t0, peak = time.time(), 0
+    proc = subprocess.Popen([sys.executable, a.e2e, str(work), "--steps", str(a.steps), "--rank", "16", "--extra", json.dumps(extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(ps)); time.sleep(0.5)
+    out = proc.stdout.read()
+    line = next((l for l in reversed(out.splitlines()) if l.startswith("{")), "{}")
+    res = dict(variant=name, extra=extra, gpu_gib_cap=gpu_gib, peak_host_rss_gib=round(peak / 2**30, 1), wall_s=round(time.time() - t0, 1),
+               **json.loads(line))
+    log = (work / "train.log").read_text() if (work / "train.log").exists() else out
+    res["plan_lines"] = [l for l in log.splitlines() if "memory_plan" in l or l.startswith(("config ", "plan ", "NVIDIA"))][:8]
+    return res
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--e2e", required=True)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--only", default=",".join(VARIANTS))
+    a = p.parse_args()
+    site = tempfile.mkdtemp()
+    Path(site, "sitecustomize.py").write_text(SITE)
+    for name in a.only.split(","):
+        res = run(name, *VARIANTS[name], a, site)
+        print(json.dumps(res), flush=True)
+        with open(a.out, "a") as f: f.write(json.dumps(res) + "\n")
