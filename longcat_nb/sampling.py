@@ -537,7 +537,7 @@ def _refine_clip(self: LongCatVideoPipeline, frames, prompt, width, height, cond
                  num_frames=4 * T - 3, num_inference_steps=steps, guidance_scale=1.0, t_thresh=t_thresh).frames
     return _video_array(video)[front:front + n_out]
 
-# %% ../nbs/06_sampling.ipynb #303dff65
+# %% ../nbs/06_sampling.ipynb #a459a630
 @patch
 def refine(self: LongCatVideoPipeline, video, prompt: str = "", width: int | None = None, height: int | None = None,
            num_inference_steps: int = 50, t_thresh: float = REFINE_T_THRESH, spatial_only: bool = False,
@@ -551,9 +551,10 @@ def refine(self: LongCatVideoPipeline, video, prompt: str = "", width: int | Non
     width, height = (width, height) if width else refine_size(frames.shape[2], frames.shape[1])
     check_video_size(width, height, 1, "refine")
     lora = Path(lora_path) if lora_path else Path(getattr(self, "checkpoint_dir", None) or ".") / "lora" / "refinement_lora.safetensors"
-    sparse = _sparse_attention_ready() if sparse is None else sparse
-    if not sparse: warnings.warn("refine: block-sparse attention is not available here — refining with dense attention "
-                                 "(the refinement LoRA was trained with block-sparse attention)")
+    if sparse is None:
+        sparse = _sparse_attention_ready()
+        if not sparse: warnings.warn("refine: block-sparse attention is not available here — refining with dense "
+                                     "attention (the refinement LoRA was trained with block-sparse attention)")
     out, cond, n_cond, start = [], cond_video, num_cond_frames, 0
     rate = 1 if spatial_only else 2
     with _ReleasedLora(self, lora, alone=True, hint="or pass its path as refine(lora_path=...)"), \
