@@ -8,7 +8,8 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'ATTENTION_BACKENDS', 'BSA_MIN_FRAME
            'fp32_region', 'compute_autocast', 'FP32Linear', 'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder',
            'CaptionEmbedder', 'PatchEmbed3D', 'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend',
            'attention', 'plan_attention', 'SelfAttention', 'CrossAttention', 'modulate', 'gated_add', 'LongCatBlock',
-           'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel']
+           'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV',
+           'CondKVCache']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -234,11 +235,19 @@ class SelfAttention(nn.Module):
         self.k_norm = FP32RMSNorm(self.head_dim, eps=1e-6)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, rope, num_cond: int = 0, backend="auto"):
-        "x [B, N, C]; rope `(cos, sin)` [N, head_dim/2]; `backend` a name or a `BlockSparse` → [B, N, C]."
+    def qkv_heads(self, x):
+        "x [B, N, C] → q, k, v [B, heads, N, d], q and k RMS-normed (RoPE not applied yet)."
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def forward(self, x, rope, num_cond: int = 0, backend="auto", cond_kv=None):
+        """x [B, N, C]; rope `(cos, sin)` [N, head_dim/2]; `backend` a name or a `BlockSparse` → [B, N, C].
+        `cond_kv`: a `CondKV` slot (the continuation cache)."""
+        if cond_kv is not None: return self.forward_cached(x, rope, cond_kv, backend)
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, heads, N, d]
-        q, k = apply_rope(self.q_norm(q), rope), apply_rope(self.k_norm(k), rope)
+        q, k, v = self.qkv_heads(x)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         if isinstance(backend, BlockSparse):
             out = backend(q, k, v, num_cond)
         elif num_cond > 0:
@@ -300,15 +309,16 @@ class LongCatBlock(nn.Module):
         self.cross_attn = CrossAttention(hidden_size, num_heads)
         self.ffn = FeedForwardSwiGLU(hidden_size, ffn_hidden_size(hidden_size, mlp_ratio))
 
-    def forward(self, x, y, t, rope, key_mask=None, num_cond: int = 0, backend: str = "auto"):
-        """x [B, N, C] activations; y [B, L, C] text; t [B, T, adaln_tembed_dim] fp32, one per latent frame;
-        rope `(cos, sin)`; key_mask [B, L] or None; `num_cond` leading conditioning tokens."""
+    def forward(self, x, y, t, rope, key_mask=None, num_cond: int = 0, backend: str = "auto", cond_kv=None):
+        """x [B, N, C] activations; y [B, L, C] text (None: skip cross-attention — the KV-cache pass of conditioning
+        tokens, whose output there is 0); t [B, T, adaln_tembed_dim] fp32, one per latent frame; rope `(cos, sin)`;
+        key_mask [B, L] or None; `num_cond` leading conditioning tokens; `cond_kv` a `CondKV` slot or None."""
         with fp32_region(x):   # the modulation, (1 + scale)/shift and the gated residual adds stay fp32 under autocast
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(t).unsqueeze(2).chunk(6, dim=-1)
             h = modulate(self.mod_norm_attn, x, shift_msa, scale_msa).to(x.dtype)
-        a = self.attn(h, rope, num_cond, backend)
+        a = self.attn(h, rope, num_cond, backend, cond_kv)
         with fp32_region(x): x = gated_add(x, a, gate_msa)
-        x = x + self.cross_attn(self.pre_crs_attn_norm(x), y, key_mask, num_cond, backend)
+        if y is not None: x = x + self.cross_attn(self.pre_crs_attn_norm(x), y, key_mask, num_cond, backend)
         with fp32_region(x): h = modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp).to(x.dtype)
         f = self.ffn(h)
         with fp32_region(x): return gated_add(x, f, gate_mlp)
@@ -401,9 +411,10 @@ def _text(self: LongCatVideoTransformer3DModel, encoder_hidden_states, encoder_a
 
 @patch
 def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None,
-            num_cond_latents: int = 0, return_dict: bool = True):
+            num_cond_latents: int = 0, return_dict: bool = True, kv_cache=None):
     """Velocity v = x0 − ε, fp32 [B, C_out, T, H, W], for latents `hidden_states` [B, C_in, T, H, W];
-    `timestep` [B] or [B, T] (0..1000); text [B, 1, L, C] or [B, L, C]; mask [B, L] (or [B, 1, L], [B, 1, 1, L])."""
+    `timestep` [B] or [B, T] (0..1000); text [B, 1, L, C] or [B, L, C]; mask [B, L] (or [B, 1, L], [B, 1, 1, L]).
+    With `kv_cache` (`cache_cond_kv`), `hidden_states` are only the frames after the cached conditioning frames."""
     B, _, T, H, W = hidden_states.shape
     pt, ph, pw = self.config.patch_size
     if H % ph or W % pw:
@@ -416,16 +427,70 @@ def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encod
     x = self.x_embedder(hidden_states.to(dtype))
     t = self.t_embedder(frame_timesteps(timestep, B, T).to(dtype))
     y, key_mask = self._text(encoder_hidden_states, encoder_attention_mask, dtype)
-    rope = rope_3d(grid, self.config.hidden_size // self.config.num_heads, x.device)
+    cached = 0 if kv_cache is None else kv_cache.check(hidden_states, num_cond_latents)
+    rope = rope_3d((cached + T, *grid[1:]), self.config.hidden_size // self.config.num_heads, x.device)
     num_cond = num_cond_latents * grid[1] * grid[2]
     backend = plan_attention(self.attention_implementation, grid, x.device, self.config.bsa_params, self.config.enable_bsa)
-    for block in self.blocks:
+    slots = [None] * len(self.blocks) if kv_cache is None else kv_cache.blocks
+    for block, slot in zip(self.blocks, slots):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
-            x = self._gradient_checkpointing_func(block, x, y, t, rope, key_mask, num_cond, backend)
+            x = self._gradient_checkpointing_func(block, x, y, t, rope, key_mask, num_cond, backend, slot)
         else:
-            x = block(x, y, t, rope, key_mask, num_cond, backend)
+            x = block(x, y, t, rope, key_mask, num_cond, backend, slot)
     out = unpatchify(self.final_layer(x, t), grid, (pt, ph, pw), self.config.out_channels)
     return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+# %% ../nbs/03_model.ipynb #4d9dc27d
+class CondKV:
+    "One block's conditioning k, v [B, heads, N_cond, d] (RMS-normed, before RoPE); empty until the caching pass fills it."
+    def __init__(self): self.k = self.v = None
+
+
+class CondKVCache:
+    "Every block's `CondKV` for `num_latents` conditioning frames of `latent_hw` (H, W) latents; from `cache_cond_kv`."
+    def __init__(self, num_latents: int, latent_hw: tuple, depth: int):
+        self.num_latents, self.latent_hw, self.blocks = num_latents, tuple(latent_hw), [CondKV() for _ in range(depth)]
+
+    def check(self, hidden_states, num_cond_latents: int) -> int:
+        "Raise unless `hidden_states` [B, C, T, H, W] can follow the cached frames; returns the cached frame count."
+        B, H, W = hidden_states.shape[0], *hidden_states.shape[3:]
+        if num_cond_latents:
+            raise ValueError(f"num_cond_latents={num_cond_latents} with kv_cache: the conditioning frames are cached — "
+                             "pass only the frames after them, with num_cond_latents=0")
+        if (H, W) != self.latent_hw or B % self.blocks[0].k.shape[0]:
+            raise ValueError(f"latents [{B}, …, {H}, {W}] do not fit the KV cache of {self.blocks[0].k.shape[0]} "
+                             f"videos at {self.latent_hw[0]}×{self.latent_hw[1]} latents — rebuild it with cache_cond_kv")
+        return self.num_latents
+
+# %% ../nbs/03_model.ipynb #927f878b
+@patch
+def forward_cached(self: SelfAttention, x, rope, cond_kv: CondKV, backend: str = "auto"):
+    """Self-attention around a conditioning cache. Empty `cond_kv`: x [B, N_c, C] are the conditioning tokens alone
+    (rope for their frames); their k, v are kept. Filled: x [B, N, C] are the tokens after them, rope covers the
+    N_c + N positions, and these queries attend to the cached keys and their own — as in the uncached forward."""
+    B, N, C = x.shape
+    q, k, v = self.qkv_heads(x)
+    if cond_kv.k is None: cond_kv.k, cond_kv.v = k, v
+    else:
+        rep = B // cond_kv.k.shape[0]                       # guidance: one cache serves [negative, prompt]
+        k, v = torch.cat([cond_kv.k.repeat(rep, 1, 1, 1), k], dim=2), torch.cat([cond_kv.v.repeat(rep, 1, 1, 1), v], dim=2)
+    q, k = apply_rope(q, (rope[0][-N:], rope[1][-N:])), apply_rope(k, rope)
+    return self.proj(attention(q, k, v, backend).transpose(1, 2).reshape(B, N, C))
+
+
+@patch
+def cache_cond_kv(self: LongCatVideoTransformer3DModel, cond_latents) -> CondKVCache:
+    """Run the conditioning latents [B, C, T_c, H, W] alone — timestep 0, no cross-attention — and keep every block's
+    k, v. Run it under the autocast of the denoising steps; pass the result as `kv_cache=` to the forward."""
+    B, _, Tc, H, W = cond_latents.shape
+    _, ph, pw = self.config.patch_size
+    dtype = self.x_embedder.proj.weight.dtype
+    x = self.x_embedder(cond_latents.to(dtype))
+    t = self.t_embedder(torch.zeros(B, Tc, device=x.device, dtype=dtype))
+    rope = rope_3d((Tc, H // ph, W // pw), self.config.hidden_size // self.config.num_heads, x.device)
+    cache = CondKVCache(Tc, (H, W), len(self.blocks))
+    for block, slot in zip(self.blocks, cache.blocks): x = block(x, None, t, rope, None, 0, self.attention_implementation, slot)
+    return cache
 
 # %% ../nbs/03_model.ipynb #ad8a7cd0
 @patch

@@ -12,22 +12,26 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from .config import check_frames, parse_resolution, resolve_checkpoint
-from .data import check_datasets, decode_video, fit_rgb, read_image, upright_rgb, write_video
+from .data import _to_tensor, check_datasets, decode_video, fit_rgb, read_image, upright_rgb, write_video
 from .caching import (
     clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory, normalize_latents,
     load_text_encoder, load_vae)
-from .model import LongCatVideoTransformer3DModel, compute_autocast
+from .model import LongCatVideoTransformer3DModel, check_attention_backend, compute_autocast
 
 # %% auto #0
-__all__ = ['DISTILL_GRID_STEPS', 'check_video_size', 'latent_shape', 'sampling_sigmas', 'flow_timesteps', 'cfg_zero_star',
+__all__ = ['DISTILL_GRID_STEPS', 'ENHANCE_HF_START', 'ENHANCE_HF_STEPS', 'REFINE_T_THRESH', 'BSA_LATENT_CHUNK',
+           'check_video_size', 'latent_shape', 'sampling_sigmas', 'flow_timesteps', 'adjust_timesteps', 'cfg_zero_star',
            'LongCatVideoPipelineOutput', 'LongCatVideoPipeline', 'start_image_pixels', 'save_video', 'show_video',
-           'ValidationJob', 'eval_samples_for', 'validation_jobs', 'run_validation']
+           'video_frames', 'long_video_frames', 'segments_for_seconds', 'refine_size', 'refine_layout',
+           'upsample_frames', 'ValidationJob', 'eval_samples_for', 'validation_jobs', 'run_validation']
 
 # %% ../nbs/06_sampling.ipynb #f5eb9087
 def check_video_size(width: int, height: int, num_frames: int, source: str = "LongCatVideoPipeline"):
@@ -56,10 +60,33 @@ def sampling_sigmas(num_steps: int, distilled: bool = False) -> torch.Tensor:
     return grid[torch.from_numpy(idx)]
 
 
-def flow_timesteps(num_steps: int, shift: float = 12.0, distilled: bool = False) -> torch.Tensor:
-    "Timesteps 1000·σ′ [num_steps] fp32 the sampler visits (shifted, without the terminal 0)."
+def flow_timesteps(num_steps: int, shift: float = 12.0, distilled: bool = False, enhance_hf: bool = False,
+                   t_thresh: float | None = None) -> torch.Tensor:
+    """Timesteps 1000·σ′ [n] fp32 the sampler visits (shifted, without the terminal 0); `enhance_hf` (continuation)
+    and `t_thresh` (refinement) edit them as the release does (`adjust_timesteps`)."""
+    if distilled and enhance_hf:
+        raise ValueError("enhance_hf edits the base schedule; the distilled one is used as it is (the release refuses "
+                         "both) — set enhance_hf=False with distilled=True")
     s = sampling_sigmas(num_steps, distilled)
-    return shift * s / (1 + (shift - 1) * s) * 1000
+    return adjust_timesteps(shift * s / (1 + (shift - 1) * s) * 1000, enhance_hf, t_thresh)
+
+# %% ../nbs/06_sampling.ipynb #0b954dec
+ENHANCE_HF_START, ENHANCE_HF_STEPS = 500.0, 10   # continuation: uniform tail 500, 450, …, 50 below t = 500
+
+
+def adjust_timesteps(timesteps: torch.Tensor, enhance_hf: bool = False, t_thresh: float | None = None) -> torch.Tensor:
+    """Shifted timesteps [n] fp32 → the release's continuation (`enhance_hf`: those above 500, then 500, 450, …, 50)
+    or refinement (`t_thresh`: 1000·t_thresh, then those below it) timesteps."""
+    if enhance_hf and t_thresh:
+        raise ValueError("enhance_hf (continuation) and t_thresh (refinement) are two different schedules — use one")
+    if enhance_hf:
+        tail = np.linspace(ENHANCE_HF_START, 0, ENHANCE_HF_STEPS, endpoint=False, dtype=np.float32)
+        return torch.cat([timesteps[timesteps > ENHANCE_HF_START], torch.from_numpy(tail).to(timesteps.device)])
+    if t_thresh:
+        if not 0 < t_thresh < 1: raise ValueError(f"t_thresh = {t_thresh}: the refinement's start σ must be in (0, 1) — 0.5 as released")
+        start = torch.tensor([t_thresh * 1000], dtype=timesteps.dtype, device=timesteps.device)
+        return torch.cat([start, timesteps[timesteps < start]])
+    return timesteps
 
 # %% ../nbs/06_sampling.ipynb #09edc4dd
 def cfg_zero_star(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -256,17 +283,33 @@ def _step_callback(self: LongCatVideoPipeline, callback, i: int, t, latents: tor
 
 
 @patch
+def _set_schedule(self: LongCatVideoPipeline, sigmas: torch.Tensor, device, enhance_hf: bool = False, t_thresh=None):
+    "Hand the scheduler the unshifted σ grid; for continuation/refinement edit its timesteps, σ = t/1000 (the release's way)."
+    self.scheduler.set_timesteps(sigmas=sigmas.tolist(), device=device)
+    if enhance_hf or t_thresh:
+        ts = adjust_timesteps(self.scheduler.timesteps, enhance_hf, t_thresh)
+        self.scheduler.timesteps, self.scheduler.sigmas = ts, torch.cat([ts / 1000, ts.new_zeros(1)])
+    self.scheduler.set_begin_index(0)
+
+
+@patch
 @torch.no_grad()
 def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, image=None, width: int = 832,
              height: int = 480, num_frames: int = 93, num_inference_steps: int | None = None,
              guidance_scale: float | None = None, generator: torch.Generator | None = None, output_type: str = "np",
              callback_on_step_end=None, prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
-             negative_prompt_attention_mask=None, latents=None, distilled: bool = False, return_dict: bool = True):
+             negative_prompt_attention_mask=None, latents=None, distilled: bool = False, return_dict: bool = True,
+             cond_latents=None, enhance_hf: bool = False, t_thresh: float | None = None, kv_cache: bool = False):
     """Sample videos. `num_inference_steps` None → 40 (16 distilled); `guidance_scale` None → 4.0 (1.0 distilled).
-    Returns `LongCatVideoPipelineOutput(frames)` (see there for the layouts of "np", "pt" and "latent")."""
+    Returns `LongCatVideoPipelineOutput(frames)` (see there for the layouts of "np", "pt" and "latent").
+    For `continue_video` and `refine`: `cond_latents` [B or 1, 16, K, h, w] (normalised) fix the first K latent frames;
+    `enhance_hf` / `t_thresh` pick their schedules (`adjust_timesteps`); `kv_cache` computes the K frames' keys and
+    values once (`cache_cond_kv`) instead of at every step."""
     check_video_size(width, height, num_frames)
     if output_type not in ("np", "pt", "latent"):
         raise ValueError(f"output_type = {output_type!r}: use 'np', 'pt' or 'latent'")
+    if image is not None and cond_latents is not None: raise ValueError("give a start image or cond_latents, not both")
+    if distilled and enhance_hf: flow_timesteps(1, distilled=True, enhance_hf=True)     # the schedule's own error
     steps = num_inference_steps or (16 if distilled else 40)
     guidance = guidance_scale if guidance_scale is not None else (1.0 if distilled else 4.0)
     sigmas = sampling_sigmas(steps, distilled)
@@ -278,26 +321,35 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
                                                        prompt_attention_mask, negative_prompt_embeds,
                                                        negative_prompt_attention_mask)
     B = emb.shape[0]
-    cond = self.encode_image(image, width, height).to(device) if image is not None else None
+    cond = self.encode_image(image, width, height) if image is not None else cond_latents
+    cond = None if cond is None else cond.to(device, torch.float32)
     if latents is None:
         latents = randn_tensor(latent_shape(width, height, num_frames, B), generator=generator, device=device,
                                dtype=torch.float32)
     latents = latents.to(device, torch.float32, copy=True)       # never write into the caller's tensor
-    n_cond = 0 if cond is None else 1
-    if n_cond: latents[:, :, :1] = cond
+    n_cond = 0 if cond is None else cond.shape[2]
+    if not 0 <= n_cond < latents.shape[2]:
+        raise ValueError(f"{n_cond} conditioning latent frames for a {latents.shape[2]}-frame latent video: leave some to generate")
+    if n_cond: latents[:, :, :n_cond] = cond
     text, text_mask = (torch.cat([neg_emb, emb]), torch.cat([neg_mask, mask])) if do_cfg else (emb, mask)
-    self.scheduler.set_timesteps(sigmas=sigmas.tolist(), device=device)
-    self.scheduler.set_begin_index(0)
-    for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-        x = torch.cat([latents, latents]) if do_cfg else latents
-        timestep = t.expand(x.shape[0], x.shape[2]).clone().float()
-        timestep[:, :n_cond] = 0                                   # the start frame is clean: t = 0
+    self._set_schedule(sigmas, device, enhance_hf, t_thresh)
+    cache = None
+    if kv_cache and n_cond:                                        # the clean frames' k, v, once (SPEC §2)
         with compute_autocast(device, self.mixed_precision):
-            v = self.transformer(x.to(self.transformer.dtype), timestep, text, text_mask, num_cond_latents=n_cond).sample
+            cache = self.transformer.cache_cond_kv(latents[:, :, :n_cond].to(self.transformer.dtype))
+    for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        x = latents[:, :, n_cond:] if cache else latents
+        x = torch.cat([x, x]) if do_cfg else x
+        timestep = t.expand(x.shape[0], x.shape[2]).clone().float()
+        if cache is None: timestep[:, :n_cond] = 0                 # conditioning frames are clean: t = 0
+        with compute_autocast(device, self.mixed_precision):
+            v = self.transformer(x.to(self.transformer.dtype), timestep, text, text_mask,
+                                 num_cond_latents=0 if cache else n_cond, kv_cache=cache).sample
         if do_cfg:
             v_uncond, v_cond = v.float().chunk(2)
             v = cfg_zero_star(v_cond, v_uncond, guidance)
-        stepped = self.scheduler.step(-v[:, :, n_cond:].float(), t, latents[:, :, n_cond:], return_dict=False)[0]
+        v = v if cache else v[:, :, n_cond:]
+        stepped = self.scheduler.step(-v.float(), t, latents[:, :, n_cond:], return_dict=False)[0]
         latents = torch.cat([latents[:, :, :n_cond], stepped], dim=2)
         if callback_on_step_end is not None: latents = self._step_callback(callback_on_step_end, i, t, latents, n_cond)
     frames = latents if output_type == "latent" else self.decode(latents, output_type)
@@ -338,6 +390,199 @@ def show_video(frames, fps: float = 15.0, **kwargs):
     "Play frames inline in a notebook (mediapy.show_video)."
     return _mediapy().show_video(_video_array(frames), fps=fps, **kwargs)
 
+# %% ../nbs/06_sampling.ipynb #2b789d83
+def video_frames(video, width: int | None = None, height: int | None = None, fps: float = 15.0) -> np.ndarray:
+    "A video (file path, `[F, H, W, 3]` uint8 or float in [0, 1], or a list of frames / PIL images) → uint8 `[F, H, W, 3]`, fitted to width × height."
+    size = None if width is None else (width, height)
+    if isinstance(video, (str, Path)): return decode_video(video, fps, size=size)
+    frames = _video_array(np.stack([np.asarray(f) for f in video]) if isinstance(video, (list, tuple)) else video)
+    if size is None or frames.shape[1:3] == (height, width): return frames
+    return np.stack([fit_rgb(f, size) for f in frames])
+
+
+@patch
+def encode_video(self: LongCatVideoPipeline, frames: np.ndarray) -> torch.Tensor:
+    "uint8 frames `[F, H, W, 3]` (F = 1 + 4k) → normalised latents `[1, 16, (F − 1)/4 + 1, H/8, W/8]` fp32 (posterior mode)."
+    if self.vae is None: raise ValueError("continuation and refinement need the VAE — build the pipeline with vae=...")
+    return encode_frames(self.vae, _to_tensor(np.ascontiguousarray(frames))[None]).float()
+
+# %% ../nbs/06_sampling.ipynb #00d44e81
+@patch
+def continue_video(self: LongCatVideoPipeline, video, prompt=None, negative_prompt=None, width: int = 832,
+                   height: int = 480, num_frames: int = 93, num_cond_frames: int = 13, num_inference_steps=None,
+                   guidance_scale=None, distilled: bool = False, enhance_hf: bool | None = None, kv_cache: bool = True,
+                   generator=None, output_type: str = "np", fps: float = 15.0, **kwargs):
+    """A `num_frames` clip continuing `video` from its last `num_cond_frames` frames (kept clean; 13 → 4 latent
+    frames). `enhance_hf` None → on unless `distilled` (the release's defaults). Returns the pipeline's output for the
+    whole clip — its first `num_cond_frames` frames re-decode the conditioning frames. Other keywords go to `__call__`."""
+    check_video_size(width, height, num_frames, "continue_video")
+    check_frames(num_cond_frames, "num_cond_frames", "continue_video")
+    if not 1 <= num_cond_frames < num_frames:
+        raise ValueError(f"continue_video: num_cond_frames = {num_cond_frames} must be in [1, num_frames = {num_frames}) — 13 as released")
+    frames = video_frames(video, width, height, fps)
+    if len(frames) < num_cond_frames:
+        raise ValueError(f"the video has {len(frames)} frames (at {fps:g} fps); continuing it takes its last "
+                         f"num_cond_frames = {num_cond_frames} — give a longer video or a smaller num_cond_frames (1 + 4k)")
+    cond = self.encode_video(frames[-num_cond_frames:])
+    return self(prompt, negative_prompt, width=width, height=height, num_frames=num_frames,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+                output_type=output_type, distilled=distilled, cond_latents=cond, kv_cache=kv_cache,
+                enhance_hf=(not distilled) if enhance_hf is None else enhance_hf, **kwargs)
+
+# %% ../nbs/06_sampling.ipynb #789b0725
+def long_video_frames(num_segments: int, num_frames: int = 93, num_cond_frames: int = 13, start_frames: int | None = None) -> int:
+    "Frames of a long video: a first segment (or a given video of `start_frames`) then continuations of `num_frames − num_cond_frames` new frames."
+    new = num_frames - num_cond_frames
+    return num_frames + (num_segments - 1) * new if start_frames is None else start_frames + num_segments * new
+
+
+def segments_for_seconds(seconds: float, fps: float = 15.0, num_frames: int = 93, num_cond_frames: int = 13,
+                         start_frames: int | None = None) -> int:
+    "The fewest segments whose long video lasts at least `seconds` at `fps`."
+    n = 1
+    while long_video_frames(n, num_frames, num_cond_frames, start_frames) < seconds * fps: n += 1
+    return n
+
+# %% ../nbs/06_sampling.ipynb #e7ef2c5d
+@patch
+def generate_long_video(self: LongCatVideoPipeline, prompt, num_segments: int | None = None, video=None, image=None,
+                        width: int = 832, height: int = 480, num_frames: int = 93, num_cond_frames: int = 13,
+                        generator=None, output_path=None, fps: float = 15.0, progress: bool = True, **kwargs) -> np.ndarray:
+    """uint8 `[F, H, W, 3]`, F = `long_video_frames(...)`: `num_segments` segments (default: one per prompt) — the first
+    from `prompt` (and `image`), or continuations of `video` only — with `prompt` one for all or one per segment.
+    `kwargs` (negative_prompt, num_inference_steps, guidance_scale, distilled, …) go to every segment."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    n = num_segments or len(prompts)
+    if len(prompts) not in (1, n): raise ValueError(f"{len(prompts)} prompts for {n} segments — give one, or one per segment")
+    prompts = prompts * n if len(prompts) == 1 else prompts
+    frames = None if video is None else video_frames(video, width, height, fps)
+    for i in tqdm(range(n), desc="segments", disable=not progress):
+        size = dict(width=width, height=height, num_frames=num_frames, generator=generator)
+        if frames is None: frames = _video_array(self(prompts[i], image=image, **size, **kwargs).frames)
+        else:
+            seg = self.continue_video(frames, prompts[i], num_cond_frames=num_cond_frames, fps=fps, **size, **kwargs).frames
+            frames = np.concatenate([frames, _video_array(seg)[num_cond_frames:]])
+    if output_path is not None: save_video(frames, output_path, fps)
+    return frames
+
+# %% ../nbs/06_sampling.ipynb #c008842f
+REFINE_T_THRESH, BSA_LATENT_CHUNK = 0.5, 4
+
+
+def refine_size(width: int, height: int, scale: float = 1.5, multiple: int = 64) -> tuple[int, int]:
+    "The refined (width, height): `scale`× the input, each rounded to a multiple of `multiple` (832×480 → 1280×704)."
+    return tuple(max(multiple, int(v * scale / multiple + 0.5) * multiple) for v in (width, height))
+
+
+def refine_layout(num_frames: int, num_cond_frames: int = 0) -> tuple[int, int, int]:
+    """`(num_cond_latents, front_pad, back_pad)` for a refinement clip of `num_frames` frames, the first
+    `num_cond_frames` of them conditioning: each part padded to whole chunks of `BSA_LATENT_CHUNK` latent frames."""
+    def chunks(latents): return -(-latents // BSA_LATENT_CHUNK) * BSA_LATENT_CHUNK
+    cond_latents = chunks(1 + -(-(num_cond_frames - 1) // 4)) if num_cond_frames else 0
+    front = 1 + (cond_latents - 1) * 4 - num_cond_frames if num_cond_frames else 0
+    noise = num_frames - num_cond_frames
+    return cond_latents, front, chunks(-(-noise // 4)) * 4 - noise
+
+
+def upsample_frames(frames: np.ndarray, width: int, height: int, num_frames: int, device=None) -> torch.Tensor:
+    "uint8 `[F, h, w, 3]` → `[1, 3, num_frames, height, width]` fp32 in [−1, 1]: bilinear in space, then linear in time (corners aligned)."
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True).permute(1, 0, 2, 3)[None] / 255
+    return F.interpolate(x, size=(num_frames, height, width), mode="trilinear", align_corners=True) * 2 - 1
+
+# %% ../nbs/06_sampling.ipynb #5d831e72
+def _sparse_attention_ready() -> bool:
+    "Whether the block-sparse attention backend can run here (the refinement LoRA was trained with it)."
+    try: check_attention_backend("bsa")
+    except (NotImplementedError, ImportError): return False
+    return True
+
+
+class _ReleasedLora:
+    """Context: attach (once) a released LoRA file (`lora/…`) as the adapter named after it and switch it on — beside
+    the active adapters, or `alone`; restore the adapters and which parameters train on exit."""
+    def __init__(self, pipe, path, alone: bool = False, hint: str = ""):
+        self.pipe, self.path, self.alone, self.hint = pipe, Path(path), alone, hint
+        self.name = self.path.name.removesuffix(".safetensors")
+
+    def __enter__(self):
+        model = self.pipe.transformer
+        self.active = model.active_adapters() if getattr(model, "_hf_peft_config_loaded", False) else []
+        self.trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        if self.name not in (getattr(model, "peft_config", None) or {}):
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path} is missing — it ships with the released checkpoint (lora/); {self.hint}")
+            self.pipe.load_lora(self.path, adapter_name=self.name)
+        model.set_adapter([*[a for a in self.active if a != self.name and not self.alone], self.name])
+
+    def __exit__(self, *exc):
+        model = self.pipe.transformer
+        if self.active: model.set_adapter(self.active)
+        else: model.delete_adapters(self.name)   # "disable" would also switch off adapters attached later
+        for p in model.parameters(): p.requires_grad_(id(p) in self.trainable)
+
+
+@contextlib.contextmanager
+def _attention_backend(model, backend: str):
+    "Switch `model` to attention `backend` for a while."
+    before = model.attention_implementation
+    model.set_attention_backend(backend)
+    try: yield
+    finally: model.attention_implementation = before
+
+# %% ../nbs/06_sampling.ipynb #2cfe9016
+@patch
+def _refine_clip(self: LongCatVideoPipeline, frames, prompt, width, height, cond, num_cond_frames, steps, t_thresh,
+                 spatial_only, generator) -> np.ndarray:
+    "One refinement pass: uint8 `[F, h, w, 3]` (+ conditioning uint8 frames at the output rate) → uint8 `[F or 2F, height, width, 3]`."
+    n_out = len(frames) if spatial_only else 2 * len(frames)
+    n_cond_lat, front, back = refine_layout(n_out, num_cond_frames)
+    up = upsample_frames(frames, width, height, n_out, self.vae.device)
+    up = torch.cat([up[:, :, :1].expand(-1, -1, front, -1, -1), up, up[:, :, -1:].expand(-1, -1, back, -1, -1)], dim=2)
+    x0 = encode_frames(self.vae, up).float()
+    del up
+    noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
+    cond_latents = None
+    if num_cond_frames:                                     # the last frames of `cond`, their first one repeated in front
+        c = video_frames(cond, width, height)[-num_cond_frames:]
+        cond_latents = self.encode_video(np.concatenate([c[:1].repeat(front, 0), c]))
+    T = x0.shape[2]
+    video = self(prompt, latents=(1 - t_thresh) * x0 + t_thresh * noise, cond_latents=cond_latents, width=width, height=height,
+                 num_frames=4 * T - 3, num_inference_steps=steps, guidance_scale=1.0, t_thresh=t_thresh).frames
+    return _video_array(video)[front:front + n_out]
+
+# %% ../nbs/06_sampling.ipynb #a459a630
+@patch
+def refine(self: LongCatVideoPipeline, video, prompt: str = "", width: int | None = None, height: int | None = None,
+           num_inference_steps: int = 50, t_thresh: float = REFINE_T_THRESH, spatial_only: bool = False,
+           cond_video=None, num_cond_frames: int = 0, segment_frames: int = 93, overlap_frames: int = 13,
+           sparse: bool | None = None, lora_path=None, generator=None, fps: float = 15.0, output_path=None) -> np.ndarray:
+    """Refine a 480p `video` (path at `fps`, frames) to `refine_size` (or width × height) at 2× the frame rate
+    (`spatial_only`: same rate) with the released refinement LoRA; uint8 `[F', H, W, 3]`. `cond_video` +
+    `num_cond_frames` (output rate) condition the first segment, whose frames are then left out of the result.
+    `sparse` None → block-sparse attention when it can run here, else dense (with a warning)."""
+    frames = video_frames(video, fps=fps)
+    width, height = (width, height) if width else refine_size(frames.shape[2], frames.shape[1])
+    check_video_size(width, height, 1, "refine")
+    lora = Path(lora_path) if lora_path else Path(getattr(self, "checkpoint_dir", None) or ".") / "lora" / "refinement_lora.safetensors"
+    if sparse is None:
+        sparse = _sparse_attention_ready()
+        if not sparse: warnings.warn("refine: block-sparse attention is not available here — refining with dense "
+                                     "attention (the refinement LoRA was trained with block-sparse attention)")
+    out, cond, n_cond, start = [], cond_video, num_cond_frames, 0
+    rate = 1 if spatial_only else 2
+    with _ReleasedLora(self, lora, alone=True, hint="or pass its path as refine(lora_path=...)"), \
+         _attention_backend(self.transformer, "bsa" if sparse else self.transformer.attention_implementation):
+        while True:
+            seg = self._refine_clip(frames[start:start + segment_frames], prompt, width, height, cond, n_cond,
+                                    num_inference_steps, t_thresh, spatial_only, generator)
+            out.append(seg[n_cond:])
+            if start + segment_frames >= len(frames): break
+            cond, n_cond, start = seg, rate * overlap_frames, start + segment_frames - overlap_frames
+    result = np.concatenate(out)
+    if output_path is not None: save_video(result, output_path, fps * rate)
+    return result
+
 # %% ../nbs/06_sampling.ipynb #c2abf98b
 @dataclass
 class ValidationJob:
@@ -371,30 +616,6 @@ def validation_jobs(cfg, eval_samples=None) -> list[ValidationJob]:
     return jobs + [ValidationJob(p) for p in cfg.validation_prompts]
 
 # %% ../nbs/06_sampling.ipynb #e90b79d4
-class _DistilledLora:
-    "Context: attach (once) and switch on `lora/cfg_step_lora.safetensors`; restore adapters and trainability on exit."
-    name = "cfg_step_lora"
-
-    def __init__(self, pipe, ckpt): self.pipe, self.path = pipe, Path(ckpt) / "lora" / "cfg_step_lora.safetensors"
-
-    def __enter__(self):
-        model = self.pipe.transformer
-        self.active = model.active_adapters() if getattr(model, "_hf_peft_config_loaded", False) else []
-        self.trainable = {id(p) for p in model.parameters() if p.requires_grad}
-        if self.name not in (getattr(model, "peft_config", None) or {}):
-            if not self.path.is_file():
-                raise FileNotFoundError(f"validation_distilled = true needs {self.path} — it ships with the released "
-                                        "checkpoint (lora/); or set validation_distilled to false")
-            self.pipe.load_lora(self.path, adapter_name=self.name)
-        model.set_adapter([*[a for a in self.active if a != self.name], self.name])
-
-    def __exit__(self, *exc):
-        model = self.pipe.transformer
-        if self.active: model.set_adapter(self.active)
-        else: model.delete_adapters(self.name)   # "disable" would also switch off adapters attached later
-        for p in model.parameters(): p.requires_grad_(id(p) in self.trainable)
-
-
 def run_validation(cfg, pipe: LongCatVideoPipeline, step: int, output_dir, eval_samples=None) -> list[Path]:
     "Render the validation videos of `cfg` with `pipe` (transformer in eval mode meanwhile); returns the mp4 paths."
     jobs = validation_jobs(cfg, eval_samples)
@@ -407,7 +628,8 @@ def run_validation(cfg, pipe: LongCatVideoPipeline, step: int, output_dir, eval_
     if cfg.vae_enable_tiling and pipe.vae is not None: pipe.enable_vae_tiling()
     try:
         model.eval()
-        with _DistilledLora(pipe, ckpt) if distilled else contextlib.nullcontext():
+        with (_ReleasedLora(pipe, Path(ckpt) / "lora" / "cfg_step_lora.safetensors",
+                            hint="or set validation_distilled to false") if distilled else contextlib.nullcontext()):
             for i, job in enumerate(jobs):
                 kw = {} if distilled else dict(num_inference_steps=cfg.validation_num_inference_steps,
                                                guidance_scale=cfg.validation_guidance)
