@@ -211,7 +211,8 @@ def _source_meta(path: Path) -> dict:
 
 
 def _rel(path: Path, root: Path) -> Path:
-    return Path(path).resolve().relative_to(Path(root).resolve())
+    "`path` relative to the dataset folder `root` it was found in — by name, so a link to a file elsewhere stays inside."
+    return Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
 
 
 def _vae_meta(ckpt: Path, dtype: torch.dtype | None = None) -> dict:
@@ -240,7 +241,7 @@ def latent_entries(cfg, samples, ckpt, dtype: torch.dtype | None = None) -> list
             path = cfg.vae_cache_dir(ds) / f"{rel}.start.safetensors"
         else:
             cond = next(c for c in map(cfg.dataset, ds.conditioning_data)
-                        if Path(s.cond_path).resolve().is_relative_to(Path(c.instance_data_dir).resolve()))
+                        if Path(os.path.abspath(s.cond_path)).is_relative_to(os.path.abspath(c.instance_data_dir)))
             path = cfg.vae_cache_dir(cond) / f"{_rel(s.cond_path, cond.instance_data_dir)}.safetensors"
         expected = {**common, **_source_meta(s.cond_path or s.path), "kind": "start", "frames": 1}
         if s.cond_path is not None: del expected["sample"]   # a conditioning image may serve clips of several datasets

@@ -146,7 +146,7 @@ DATASET_KEYS = [
     Key("caption_strategy", "textfile", "str", "Where captions come from (null for conditioning datasets).", ("textfile", "filename", "instanceprompt"), nullable=True),
     Key("instance_prompt", None, "str", "The caption of every sample, for caption_strategy instanceprompt.", nullable=True),
     Key("resolution", 480, "float", "Target size; its meaning depends on resolution_type.", minimum=0),
-    Key("resolution_type", "pixel_area", "str", "`pixel`: shorter edge in px; `pixel_area`: area of resolution² px; `area`: megapixels.", ("pixel", "pixel_area", "area")),
+    Key("resolution_type", "pixel_area", "str", "`pixel_area`: resolution as in \"480p\" (the area of a 16:9 frame that many px tall; 480 → 832×480 for 16:9); `pixel`: shorter edge in px; `area`: megapixels.", ("pixel", "pixel_area", "area")),
     Key("cache_dir_vae", None, "path", "Latent cache folder; null → cache_dir/vae/<id>.", nullable=True),
     Key("repeats", 0, "int", "Extra passes over this dataset per epoch.", minimum=0),
     Key("disabled", False, "bool", "Skip this dataset."),

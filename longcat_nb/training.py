@@ -633,6 +633,10 @@ def _prepare_run(cfg) -> SimpleNamespace:
     accelerator.wait_for_everyone()
     ckpt = resolve_checkpoint(cfg)
     dataset, empty_prompt = CachedDataset(cfg, ckpt=ckpt), load_empty_prompt(cfg, ckpt)
+    if cfg.attention_implementation == "bsa":                    # 4×4-token chunks: the 64-px grid, no native 832×480
+        off = sorted({str(s.bucket) for s in dataset.samples if s.bucket.width % 64 or s.bucket.height % 64})
+        if off: _refuse(cfg, "attention_implementation", "bsa", f"block-sparse attention needs buckets on the 64-px grid, "
+                        f"these are not: {', '.join(off)}", 'use "auto", or a resolution_type/resolution that avoids them')
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
     dtype = default_dtype(device)                                # bf16 on GPUs, fp32 on the CPU
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
