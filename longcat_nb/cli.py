@@ -104,9 +104,13 @@ def cmd_sample(args) -> int:
     # --distilled brings its own 16 steps and guidance 1.0 unless given explicitly; otherwise the config's validation_*
     steps = args.steps or (None if args.distilled else cfg.validation_num_inference_steps)
     guidance = args.guidance if args.guidance is not None else (None if args.distilled else cfg.validation_guidance)
+    n_frames = args.frames or cfg.validation_num_video_frames
+    def announce_decode(pipe, i, t, _):                 # the VAE decode after the last step has no bar of its own
+        if i == len(pipe.scheduler.timesteps) - 1:
+            print(f"denoised; decoding {n_frames} frames of {width}x{height} with the VAE ...", file=sys.stderr, flush=True)
     frames = pipe(args.prompt, negative_prompt=args.negative_prompt, image=image, width=width, height=height,
-                  num_frames=args.frames or cfg.validation_num_video_frames, num_inference_steps=steps,
-                  guidance_scale=guidance, generator=torch.Generator().manual_seed(args.seed), distilled=args.distilled).frames[0]
+                  num_frames=n_frames, num_inference_steps=steps, guidance_scale=guidance, callback_on_step_end=announce_decode,
+                  generator=torch.Generator().manual_seed(args.seed), distilled=args.distilled).frames[0]
     print(save_video(frames, args.output))
     return 0
 

@@ -11,8 +11,11 @@ from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 ROOT = Path(__file__).parents[1]
 
 
-def test_demo_trains_and_writes_everything(tmp_path):
+def test_demo_trains_and_writes_everything(tmp_path, capsys):
     s = run_demo(tmp_path / "demo", steps=120)
+    out, err = capsys.readouterr()
+    assert "validation video(s) of 9 frames" in err                 # validation rendering says so
+    assert out.count("cache OK") == 1, out                          # the cache summary prints once
     assert s["steps"] == 120
     assert s["mean_loss_last_10_steps"] < 0.8 * s["mean_loss_first_10_steps"], s   # the tiny model learns its clips
     assert {Path(p).name for p in s["loras"]} == {"lora_peft.safetensors", "lora_comfyui.safetensors", "lora_official.safetensors"}
@@ -49,7 +52,7 @@ def test_papermill_notebook_runs_headless(tmp_path):
     assert figures["steps"] == 4 and len(figures["loras"]) == 3 and figures["videos"]
 
 
-def test_sample_t2v_with_lora_and_i2v(tmp_path):
+def test_sample_t2v_with_lora_and_i2v(tmp_path, capsys):
     import numpy as np
     from PIL import Image
     s = run_demo(tmp_path / "demo", steps=4)
@@ -60,6 +63,7 @@ def test_sample_t2v_with_lora_and_i2v(tmp_path):
     with av.open(str(out)) as c:
         frames = list(c.decode(video=0))
     assert len(frames) == 5 and (frames[0].width, frames[0].height) == (64, 48)
+    assert "decoding 5 frames of 64x48 with the VAE" in capsys.readouterr().err      # no silent decode
     img = tmp_path / "start.png"
     Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(img)
     out = tmp_path / "i2v.mp4"
