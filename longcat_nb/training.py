@@ -401,10 +401,11 @@ def good_checkpoint(checkpoints, losses, weight_norms) -> Path | None:
 
 
 def _lora_norm(params) -> float:
-    "The L2 norm of all LoRA parameters together (FSDP: of the whole, from the shards)."
-    norms = [torch.linalg.vector_norm(p.detach().float()) for p in params]
-    norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
-    return float(torch.linalg.vector_norm(torch.stack(norms)))
+    "The L2 norm of all LoRA parameters together (FSDP: each process adds its shards' squares, one all-reduce)."
+    local = [p.detach().to_local() if isinstance(p, DTensor) else p.detach() for p in params]
+    sq = torch.stack(torch._foreach_norm([t.float() for t in local])).square().sum()
+    if any(isinstance(p, DTensor) for p in params): torch.distributed.all_reduce(sq)
+    return float(sq.sqrt())
 
 # %% ../nbs/07_training.ipynb #3cc192e1
 def _disk_problem(e: BaseException) -> str | None:
