@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 import torch.nn.functional as F
 from .config import LORA_FORMAT_ALIASES, LORA_FORMATS, LORA_TARGETS
+from .data import user_permissions
 
 # %% auto #0
 __all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'OFFICIAL_RANK',
@@ -353,7 +354,7 @@ def save_lora(model: nn.Module, path, format: str = "peft", adapter_name: str = 
     tmp = path.with_name(path.name + ".tmp")         # atomic: a killed run never leaves a half-written LoRA file
     try:
         save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        os.replace(user_permissions(tmp), path)          # safetensors writes 0600: others could not load the file
     finally: tmp.unlink(missing_ok=True)
     return path
 

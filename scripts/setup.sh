@@ -9,8 +9,12 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 stamp=$(sha1sum pyproject.toml | cut -c1-40)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: installing torch ${TORCH_VERSION:-2.13.0} and longcat_nb with its dependencies into .venv/" \
+       "(first run or pyproject.toml changed; a few minutes, mostly downloads) ..."
+  t0=$(date +%s)
   python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "is ignored: it is neither" || true
   python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
   python -c "import longcat_nb, torch, diffusers, nbdev" && echo "$stamp" > .venv/.setup-stamp
+  echo "setup: done in $(( $(date +%s) - t0 )) s"
 fi
 export MPLBACKEND=Agg PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::FutureWarning}

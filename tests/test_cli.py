@@ -11,8 +11,11 @@ from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 ROOT = Path(__file__).parents[1]
 
 
-def test_demo_trains_and_writes_everything(tmp_path):
+def test_demo_trains_and_writes_everything(tmp_path, capsys):
     s = run_demo(tmp_path / "demo", steps=120)
+    out, err = capsys.readouterr()
+    assert "validation video(s) of 9 frames" in err                 # validation rendering says so
+    assert out.count("cache OK") == 1, out                          # the cache summary prints once
     assert s["steps"] == 120
     assert s["mean_loss_last_10_steps"] < 0.8 * s["mean_loss_first_10_steps"], s   # the tiny model learns its clips
     assert {Path(p).name for p in s["loras"]} == {"lora_peft.safetensors", "lora_kohya.safetensors", "lora_official.safetensors"}
@@ -49,7 +52,7 @@ def test_papermill_notebook_runs_headless(tmp_path):
     assert figures["steps"] == 4 and len(figures["loras"]) == 3 and figures["videos"]
 
 
-def test_sample_t2v_with_lora_and_i2v(tmp_path):
+def test_sample_t2v_with_lora_and_i2v(tmp_path, capsys):
     import numpy as np
     from PIL import Image
     s = run_demo(tmp_path / "demo", steps=4)
@@ -60,6 +63,7 @@ def test_sample_t2v_with_lora_and_i2v(tmp_path):
     with av.open(str(out)) as c:
         frames = list(c.decode(video=0))
     assert len(frames) == 5 and (frames[0].width, frames[0].height) == (64, 48)
+    assert "decoding 5 frames of 64x48 with the VAE" in capsys.readouterr().err      # no silent decode
     img = tmp_path / "start.png"
     Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(img)
     out = tmp_path / "i2v.mp4"
@@ -78,3 +82,63 @@ def test_cache_and_train_subcommands(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--max-train-steps", "4", "--output-dir", str(tmp_path / "out3"),
                  "--resume-from-checkpoint", "latest"]) == 0
     assert (tmp_path / "out3" / "checkpoint-4").is_dir()
+
+
+def test_train_ctrl_c_stops_with_a_checkpoint(example, tmp_path):
+    "SIGINT to `longcat-nb train` once the first step is logged: exit 130, a checkpoint to resume, no traceback."
+    import signal, subprocess, sys, time
+    from longcat_nb.training import read_progress
+    d = json.loads(Path(example).read_text())
+    d.update(output_dir=str(tmp_path / "out"), max_train_steps=500, checkpointing_steps=1000, validation_prompt=None, report_to="none")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(d))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())",
+                             "train", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not any(e["event"] == "step" for e in read_progress(tmp_path / "out")):
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "resume-from-checkpoint latest" in out
+    stopped = read_progress(tmp_path / "out")[-1]
+    assert stopped["event"] == "stopped" and (tmp_path / "out" / f"checkpoint-{stopped['step']}").is_dir()
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--image", "missing.png"], "--image missing.png: not a readable image"),
+    (["--lora", "nowhere.safetensors:0.5"], "--lora nowhere.safetensors:0.5: nowhere.safetensors is not a file"),
+    (["--frames", "90"], "use 89 or 93"),
+    (["--frames", "0"], "--frames 0: must be at least 1"),
+    (["--size", "830x480"], "width 830 is not divisible by 16"),
+    (["--output", "."], "is a folder"),
+    (["--output", "video.gif"], "unknown video extension '.gif'"),
+])
+def test_sample_argument_errors_exit_2_before_loading(tmp_path, capsys, monkeypatch, extra, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")          # no checkpoint at all: a load would fail differently
+    (tmp_path / "missing.png").write_text("not an image")
+    assert main(["sample", "--config", "config.json", "--prompt", "x", *extra]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_sample_argument_error_is_fast_in_a_fresh_process(tmp_path):
+    import subprocess, sys, time
+    (tmp_path / "config.json").write_text("{}")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())", "sample",
+                        "--config", str(tmp_path / "config.json"), "--prompt", "x", "--frames", "90"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and time.time() - t0 < 10, (r.stderr, time.time() - t0)
+
+
+def test_cache_and_train_on_bad_data_exit_1_without_traceback_or_output_folder(tmp_path, capsys):
+    cfg = make_example_dataset(tmp_path / "data", checkpoint=tiny_checkpoint(), max_train_steps=1, output_dir=tmp_path / "out")
+    import shutil
+    shutil.copy(tmp_path / "data" / "t2v" / "clip_000.mp4", tmp_path / "data" / "t2v" / "clip_000.mov")   # duplicate-stem: an error
+    for cmd in (["cache", "--full-check"], ["train"]):
+        assert main([cmd[0], "--config", str(cfg), *cmd[1:]]) == 1
+        err = capsys.readouterr().err
+        assert "the data check found errors" in err and "clip_000" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

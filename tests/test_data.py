@@ -266,7 +266,7 @@ def test_report_renders_and_serialises(tmp_path):
     eq_(data["samples"][0]["bucket"], "128x64@9")
     for text in (str(report), report._repr_markdown_()):
         assert "OK" in text and "missing-caption" in text and "128x64@9" in text
-    assert set(RULES.values()) == {"error", "warning"}
+    assert set(RULES.values()) == {"error", "warning", "note"}
 
 
 def test_problem_lists_are_capped_when_printed(tmp_path):
@@ -325,3 +325,72 @@ def test_damaged_clip_fails_loudly_when_loaded(tmp_path):
     sample = check_datasets([dataset(tmp_path)]).samples[0]
     path.write_bytes(path.read_bytes()[:200])                        # damaged after the check
     fail_(lambda: load_sample_frames(sample), contains="a.mp4: cannot decode")
+
+
+# --- edge cases users hit (issue 12) ------------------------------------------------------------------------------
+
+def test_caption_not_in_utf8_is_read_and_noted(tmp_path):
+    d = tmp_path / "clips"
+    clip(d, "zh.mp4", caption=None)
+    (d / "zh.txt").write_bytes("一只猫在花园里慢慢地走，阳光明媚，微风吹过树叶".encode("gb18030"))
+    clip(d, "bom.mp4", caption=None)
+    (d / "bom.txt").write_bytes("\ufeffa dog".encode("utf-8"))
+    report = check_datasets([dataset(tmp_path)])
+    eq_({s.id: s.caption for s in report.samples}, {"clips/zh": "一只猫在花园里慢慢地走，阳光明媚，微风吹过树叶", "clips/bom": "a dog"})
+    notes = [p for p in report.problems if p.rule == "caption-encoding"]
+    eq_((len(notes), notes[0].level, Path(notes[0].path).name), (1, "note", "zh.txt"))
+    assert "not UTF-8; read as gb18030" in notes[0].message and "notes (samples kept)" in str(report)
+
+
+def test_symlinks_outside_aliases_and_dangling(tmp_path):
+    "A link to a clip outside the folder is used (and caches); two names for one file are a duplicate; a dangling link is reported."
+    outside = clip(tmp_path / "elsewhere", "far.mp4")
+    d = tmp_path / "clips"
+    clip(d, "a.mp4")
+    (d / "far.mp4").symlink_to(outside); (d / "far.txt").write_text("far away")
+    (d / "alias.mp4").symlink_to(d / "a.mp4"); (d / "alias.txt").write_text("x")
+    (d / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4"); (d / "gone.txt").write_text("x")
+    report = check_datasets([dataset(tmp_path)])
+    assert report.ok
+    eq_(sorted(s.id for s in report.samples), ["clips/a", "clips/far"])
+    eq_((rules(report, "alias.mp4"), rules(report, "gone.mp4")), (["duplicate-file"], ["dangling-link"]))
+    from longcat_nb.caching import latent_entries
+    from longcat_nb.config import parse_config
+    from longcat_nb.tiny import tiny_checkpoint
+    cfg = parse_config({"cache_dir": str(tmp_path / "cache")}, datasets=[dataset(tmp_path)])
+    paths = {e.sample.id: e.path for e in latent_entries(cfg, report.samples, tiny_checkpoint())}
+    eq_(paths["clips/far"], tmp_path / "cache/vae/clips/far.mp4.safetensors")   # under the dataset's cache, no crash
+
+
+def test_one_frame_video_is_too_few_frames_not_truncated(tmp_path):
+    clip(tmp_path / "clips", "one.mp4", n=1)
+    report = check_datasets([dataset(tmp_path)])
+    eq_(rules(report, "one.mp4"), ["too-few-frames"])
+
+
+def test_image_over_the_decompression_limit(tmp_path, monkeypatch):
+    d = tmp_path / "imgs"
+    image(d / "big.png", 256, 128); (d / "big.txt").write_text("x")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 256 * 128 // 4)      # Pillow refuses above twice the limit
+    report = check_datasets([dataset(tmp_path, "imgs", "imgs", dataset_type="image")])
+    eq_(rules(report, "big.png"), ["too-large"])
+    p = next(p for p in report.problems if p.rule == "too-large")
+    assert p.message.startswith("too large") and "downscale to at most 8,192 px" in p.fix
+
+
+def test_a_file_with_several_problems_lists_them_all(tmp_path):
+    clip(tmp_path / "clips", "bad.mp4", width=64, height=32, caption=None)   # too small AND no caption
+    report = check_datasets([dataset(tmp_path)])
+    eq_(rules(report, "bad.mp4"), ["missing-caption", "too-small"])
+
+
+def test_seed_settings_put_a_16_9_clip_in_the_native_832x480_bucket(tmp_path):
+    "The seeds' dataset entry (\"resolution\": 480, default resolution_type) trains a 16:9 clip at the model's 832×480."
+    entry = {"id": "longcat-video-train", "type": "local", "dataset_type": "video", "instance_data_dir": str(tmp_path / "clips"),
+             "caption_strategy": "textfile", "resolution": 480, "video": {"num_frames": 9}}
+    (tmp_path / "multidatabackend.json").write_text(json.dumps([entry]))
+    clip(tmp_path / "clips", "wide.mp4", n=10, width=1280, height=720)
+    report = check_datasets(load_datasets(tmp_path / "multidatabackend.json"))
+    eq_(str(report.samples[0].bucket), "832x480@9")
+    frames, _ = load_sample_frames(report.samples[0])
+    eq_(tuple(frames.shape), (3, 9, 480, 832))                          # what the VAE encodes and training sees
