@@ -31,14 +31,16 @@ def cmd_cache(args) -> int:
 
 
 def cmd_train(args) -> int:
-    "Train the LoRA the config describes."
+    """Train the LoRA the config describes. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint
+    (exit 130; continue with `--resume-from-checkpoint latest`); a second Ctrl-C aborts at once."""
     cfg = load_config(args.config)
-    from longcat_nb.training import train
+    from longcat_nb.training import stop_on_signals, train
     for k in ("max_train_steps", "resume_from_checkpoint", "output_dir"):
         if getattr(args, k, None) is not None: setattr(cfg, k, Path(args.output_dir).resolve() if k == "output_dir" else getattr(args, k))
-    result = train(cfg)
+    with stop_on_signals() as stop: result = train(cfg, stop)
     print(result)
-    return 0
+    if result.stopped: print("stopped on request — continue with: --resume-from-checkpoint latest")
+    return 130 if result.stopped else 0
 
 # %% ../nbs/08_cli.ipynb #55b36b6c
 def cmd_sample(args) -> int:

@@ -4,10 +4,11 @@
 
 # %% ../nbs/07_training.ipynb #b4bb7e9d
 from __future__ import annotations
-import argparse, contextlib, json, math, os, shutil, sys, tempfile, time
+import argparse, contextlib, json, math, os, shutil, signal, sys, tempfile, threading, time
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +30,12 @@ from .model import LongCatVideoTransformer3DModel
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
-__all__ = ['shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss', 'check_training_config',
-           'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss', 'TrainState', 'checkpoint_step',
-           'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin',
-           'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'TrainResult',
-           'load_trainable_transformer', 'steps_plan', 'train', 'main']
+__all__ = ['STOP_FILE', 'shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss',
+           'check_training_config', 'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss',
+           'TrainState', 'checkpoint_step', 'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError',
+           'restore_lora', 'fsdp_plugin', 'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state',
+           'TrainResult', 'load_trainable_transformer', 'steps_plan', 'ProgressLog', 'read_progress', 'request_stop',
+           'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -324,10 +326,12 @@ class TrainResult:
     videos: list = field(default_factory=list)
     grad_norms: list = field(default_factory=list)
     checkpoint: Path | None = None
+    stopped: bool = False            # stopped on request before the last step: resumable, no LoRA exported
 
     def __str__(self):
         loss = f"loss {self.losses[0]:.4f} → {self.losses[-1]:.4f}" if self.losses else "no steps"
-        return "\n".join([f"trained {self.steps} steps ({loss}); output in {self.output_dir}",
+        done = "stopped on request after" if self.stopped else "trained"
+        return "\n".join([f"{done} {self.steps} steps ({loss}); output in {self.output_dir}",
                           *[f"  LoRA: {p}" for p in self.lora_paths], *[f"  video: {p}" for p in self.videos],
                           f"  last checkpoint: {self.checkpoint}"])
 
@@ -441,19 +445,74 @@ def _progress(loss, lr, seconds, device) -> dict:
     return d
 
 # %% ../nbs/07_training.ipynb #84411fb6
-def train(cfg) -> TrainResult:
-    """Train the LoRA `cfg` (a `TrainConfig`) describes, from the caches (built first where missing or stale);
-    returns a `TrainResult`. Launch with `accelerate launch -m longcat_nb.training --config ...` for several GPUs."""
-    check_training_config(cfg)
+class ProgressLog:
+    "Append training events to `output_dir/progress.jsonl`, one JSON object a line, flushed at once (main process only)."
+    def __init__(self, output_dir, enabled: bool = True):
+        self.path, self.enabled = Path(output_dir) / "progress.jsonl", enabled
+
+    def __call__(self, event: str, **fields) -> dict:
+        rec = {"event": event, **fields, "time": round(time.time(), 3)}
+        if self.enabled and self.path.parent.is_dir():     # never creates the output folder
+            with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(rec, default=str) + "\n")
+        return rec
+
+
+def read_progress(output_dir) -> list[dict]:
+    "The events of `output_dir/progress.jsonl`, oldest first (a resumed run appends a new `start`); a half-written line is skipped."
+    p = Path(output_dir) / "progress.jsonl"
+    if not p.is_file(): return []
+    events = []
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+        try: events.append(json.loads(line))
+        except json.JSONDecodeError: pass
+    return events
+
+# %% ../nbs/07_training.ipynb #15b21fe7
+STOP_FILE = "STOP"
+
+def request_stop(output_dir) -> Path:
+    "Ask the run writing to `output_dir` to stop after its current step (it leaves a checkpoint); returns the request file."
+    p = Path(output_dir) / STOP_FILE
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.touch()
+    return p
+
+
+def stop_requested(stop, output_dir) -> bool:
+    "Whether `stop` (anything with `is_set()`) is set or `output_dir/STOP` exists."
+    return bool(stop is not None and stop.is_set()) or (Path(output_dir) / STOP_FILE).exists()
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """A `threading.Event` that SIGINT/SIGTERM set (the run stops after its step, resumable); a second signal raises
+    `KeyboardInterrupt` at once. Outside the main thread no handler can be installed: just the event."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    def handler(signum, frame):
+        if event.is_set(): raise KeyboardInterrupt
+        event.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+              "(Ctrl-C again aborts now, without one)", file=sys.stderr, flush=True)
+    old = {s: signal.signal(s, handler) for s in signals}
+    try: yield event
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+# %% ../nbs/07_training.ipynb #7a05aeca
+def _prepare_run(cfg) -> SimpleNamespace:
+    """Caches (built where missing or stale, main process first), the frozen transformer with its trainable LoRA,
+    optimizer and learning-rate schedule, handed to accelerate; a namespace the loop works on."""
     accelerator, output_dir = _accelerator(cfg), Path(cfg.output_dir)
-    device, rank, world, main = accelerator.device, accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    device, main = accelerator.device, accelerator.is_main_process
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         print(build_cache(cfg))
     accelerator.wait_for_everyone()
     ckpt = resolve_checkpoint(cfg)
     dataset, empty_prompt = CachedDataset(cfg, ckpt=ckpt), load_empty_prompt(cfg, ckpt)
-
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
     dtype = default_dtype(device)                                # bf16 on GPUs, fp32 on the CPU
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
@@ -461,6 +520,7 @@ def train(cfg) -> TrainResult:
                                        and not main)
     model = (model if fsdp else model.to(device)).train()
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
+    world = accelerator.num_processes
     per_epoch, total = steps_plan(cfg, len(epoch_batches(dataset.samples, cfg.train_batch_size, cfg.seed, 0, world)), world)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total)
     model, optimizer = accelerator.prepare(model, optimizer)     # the scheduler steps once per optimizer step: ours
@@ -469,60 +529,133 @@ def train(cfg) -> TrainResult:
     state = TrainState(generator=torch.Generator().manual_seed(cfg.seed))
     accelerator.register_for_checkpointing(scheduler, state)
     _checkpoint_lora_hooks(accelerator)
-    last_ckpt = find_checkpoint(output_dir, cfg.resume_from_checkpoint)
-    if last_ckpt is not None:
-        with _state_without_model(accelerator): accelerator.load_state(str(last_ckpt))
-        if fsdp: load_sharded_training_state(model, optimizer, last_ckpt, main)
-        if main: print(f"resumed from {last_ckpt} at step {state.step}")
-    elif cfg.resume_from_checkpoint and main: print(f"no checkpoint in {output_dir} yet: starting at step 0")
+    return SimpleNamespace(accelerator=accelerator, output_dir=output_dir, device=device, main=main, ckpt=ckpt, dtype=dtype,
+                           fsdp=fsdp, dataset=dataset, empty_prompt=empty_prompt, model=model, optimizer=optimizer,
+                           scheduler=scheduler, params=params, state=state, per_epoch=per_epoch, total=total,
+                           unwrapped=accelerator.unwrap_model(model), last_ckpt=None, videos=[])
 
-    unwrapped = accelerator.unwrap_model(model)
-    validate = _Validator(cfg, ckpt, unwrapped, dtype, device) if main or fsdp else None   # FSDP: all processes render
-    scratch = Path(tempfile.mkdtemp(prefix="longcat_nb_val_")) if fsdp and not main else None   # ... the others: scratch
-    if cfg.report_to != "none": accelerator.init_trackers("longcat_nb")
-    videos, acc = [], cfg.gradient_accumulation_steps
-    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not main)
+
+def _resume(run, cfg):
+    "Load the checkpoint `resume_from_checkpoint` names, if any, into `run` (LoRA, optimizer, schedule, `TrainState`)."
+    run.last_ckpt = find_checkpoint(run.output_dir, cfg.resume_from_checkpoint)
+    if run.last_ckpt is not None:
+        with _state_without_model(run.accelerator): run.accelerator.load_state(str(run.last_ckpt))
+        if run.fsdp: load_sharded_training_state(run.model, run.optimizer, run.last_ckpt, run.main)
+        if run.main: print(f"resumed from {run.last_ckpt} at step {run.state.step}")
+    elif cfg.resume_from_checkpoint and run.main: print(f"no checkpoint in {run.output_dir} yet: starting at step 0")
+
+# %% ../nbs/07_training.ipynb #3e68c3f2
+def _optimizer_step(run, cfg, batches) -> tuple[float, float]:
+    "One optimizer step: gradients, clipping, the non-finite stop, the update; returns `(loss, gradient norm)`."
+    step = run.state.step + 1
+    loss = _optimizer_step_grads(run.accelerator, run.model, batches, run.state, cfg, run.empty_prompt)
+    grad_norm = run.accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm or float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise TrainingError(f"step {step}: loss = {loss}, gradient norm = {grad_norm} (not finite) — training stopped "
+                            f"before this update; the last good checkpoint is {run.last_ckpt or 'none (none written yet)'}. "
+                            "Lower learning_rate or check the data, then resume with resume_from_checkpoint")
+    run.optimizer.step(); run.scheduler.step(); run.optimizer.zero_grad(set_to_none=True)
+    run.state.step, run.state.batch_in_epoch = step, run.state.batch_in_epoch + cfg.gradient_accumulation_steps
+    run.state.losses.append(loss); run.state.grad_norms.append(grad_norm)
+    return loss, grad_norm
+
+
+def _after_step(run, cfg, validate, scratch, log, bar):
+    "Checkpoint and validation videos when this step is due for them (every process takes part)."
+    step = run.state.step
+    if step % cfg.checkpointing_steps == 0 or step == run.total:
+        run.last_ckpt = _atomic_save(run.accelerator, run.output_dir, step, cfg, run.model, run.optimizer)
+        log("checkpoint", step=step, path=str(run.last_ckpt))
+    if validate and (step == run.total or (cfg.validation_steps and step % cfg.validation_steps == 0)):
+        new = validate(step, scratch)
+        if run.main:
+            for p in new: bar.write(f"validation video: {p}")
+            run.videos += new
+            log("validation", step=step, videos=[str(p) for p in new])
+
+
+def _stop_now(run, stop) -> bool:
+    "Whether any process was asked to stop (the decision is shared, so every process stops after the same step)."
+    asked = stop_requested(stop, run.output_dir)
+    if run.accelerator.num_processes == 1: return asked
+    flag = torch.tensor([float(asked)], device=run.device)
+    return run.accelerator.reduce(flag, "sum").item() > 0
+
+# %% ../nbs/07_training.ipynb #aec9550d
+def _train_steps(run, cfg, stop, log, validate, scratch) -> bool:
+    "Run optimizer steps until `run.total` (True) or a stop request (False, after a checkpoint at the current step)."
+    state, acc, world = run.state, cfg.gradient_accumulation_steps, run.accelerator.num_processes
+    bar = tqdm(total=run.total, initial=state.step, desc="training", unit="step", disable=not run.main)
     try:
-        while state.step < total:
-            keys = epoch_batches(dataset.samples, cfg.train_batch_size, cfg.seed, state.epoch, world)
-            keys = keys[state.batch_in_epoch:per_epoch * acc]          # resume mid-epoch; drop an incomplete last step
-            mine = [process_share(k, rank, cfg.train_batch_size) for k in keys]
-            batches = iter(torch.utils.data.DataLoader(dataset, sampler=mine, batch_size=None,
+        while state.step < run.total:
+            keys = epoch_batches(run.dataset.samples, cfg.train_batch_size, cfg.seed, state.epoch, world)
+            keys = keys[state.batch_in_epoch:run.per_epoch * acc]      # resume mid-epoch; drop an incomplete last step
+            mine = [process_share(k, run.accelerator.process_index, cfg.train_batch_size) for k in keys]
+            batches = iter(torch.utils.data.DataLoader(run.dataset, sampler=mine, batch_size=None,
                                                        num_workers=cfg.dataloader_num_workers))
             for _ in range(len(keys) // acc):
-                t0, step = time.time(), state.step + 1
-                loss = _optimizer_step_grads(accelerator, model, batches, state, cfg, empty_prompt)
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    raise TrainingError(f"step {step}: loss = {loss}, gradient norm = {grad_norm} (not finite) — training stopped "
-                                        f"before this update; the last good checkpoint is {last_ckpt or 'none (none written yet)'}. "
-                                        "Lower learning_rate or check the data, then resume with resume_from_checkpoint")
-                optimizer.step(); scheduler.step(); optimizer.zero_grad(set_to_none=True)
-                state.step, state.batch_in_epoch = step, state.batch_in_epoch + acc
-                state.losses.append(loss); state.grad_norms.append(grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                bar.update(1); bar.set_postfix(_progress(loss, lr, time.time() - t0, device))
-                if cfg.report_to != "none": accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
-                if step % cfg.checkpointing_steps == 0 or step == total:
-                    last_ckpt = _atomic_save(accelerator, output_dir, step, cfg, model, optimizer)
-                if validate and (step == total or (cfg.validation_steps and step % cfg.validation_steps == 0)):
-                    new = validate(step, scratch)
-                    if main:
-                        for p in new: bar.write(f"validation video: {p}")
-                        videos += new
-                accelerator.wait_for_everyone()
-                if step >= total: break
-            if state.step < total: state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    finally:
-        bar.close()
-        for tracker in accelerator.trackers: tracker.finish()    # flush TensorBoard, also after an error
-        if scratch: shutil.rmtree(scratch, ignore_errors=True)
-    with gathered_lora(unwrapped, main) as whole:                # FSDP: gather the LoRA shards (every process)
-        lora_paths = [save_lora(whole, output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": state.step})
-                      for fmt in cfg.lora_export_formats] if main else []
-    accelerator.end_training()
-    return TrainResult(lora_paths, list(state.losses), state.step, output_dir, videos, list(state.grad_norms), last_ckpt)
+                t0 = time.time()
+                loss, grad_norm = _optimizer_step(run, cfg, batches)
+                lr, seconds = run.scheduler.get_last_lr()[0], time.time() - t0
+                bar.update(1); bar.set_postfix(_progress(loss, lr, seconds, run.device))
+                peak = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 2) if run.device.type == "cuda" else None
+                log("step", step=state.step, total=run.total, loss=loss, lr=lr, grad_norm=grad_norm, s_per_step=round(seconds, 3),
+                    peak_gib=peak)
+                if cfg.report_to != "none": run.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=state.step)
+                _after_step(run, cfg, validate, scratch, log, bar)
+                run.accelerator.wait_for_everyone()
+                if state.step >= run.total: break
+                if _stop_now(run, stop):
+                    if checkpoint_step(run.last_ckpt or "") != state.step:
+                        run.last_ckpt = _atomic_save(run.accelerator, run.output_dir, state.step, cfg, run.model, run.optimizer)
+                        log("checkpoint", step=state.step, path=str(run.last_ckpt))
+                    return False
+            if state.step < run.total: state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    finally: bar.close()
+    return True
+
+
+def _export_loras(run, cfg) -> list[Path]:
+    "The LoRA in every `lora_export_formats` format, written by the main process (FSDP: gathered from every process)."
+    with gathered_lora(run.unwrapped, run.main) as whole:
+        return [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": run.state.step})
+                for fmt in cfg.lora_export_formats] if run.main else []
+
+# %% ../nbs/07_training.ipynb #82798666
+def train(cfg, stop=None) -> TrainResult:
+    """Train the LoRA `cfg` (a `TrainConfig`) describes, from the caches (built first where missing or stale); returns a
+    `TrainResult`. `stop`: anything with `is_set()` (a `threading.Event`), checked after each step — see `request_stop`.
+    Launch with `accelerate launch -m longcat_nb.training --config ...` for several GPUs."""
+    if stop is None:
+        with stop_on_signals() as event: return train(cfg, event)
+    check_training_config(cfg)
+    log, run = ProgressLog(cfg.output_dir, enabled=os.environ.get("RANK", "0") == "0"), None
+    if log.enabled: (Path(cfg.output_dir) / STOP_FILE).unlink(missing_ok=True)   # an old request must not stop this run
+    try:
+        run = _prepare_run(cfg)
+        _resume(run, cfg)
+        log("start", step=run.state.step, total=run.total)
+        validate = _Validator(cfg, run.ckpt, run.unwrapped, run.dtype, run.device) if run.main or run.fsdp else None
+        scratch = Path(tempfile.mkdtemp(prefix="longcat_nb_val_")) if run.fsdp and not run.main else None   # FSDP: all render
+        if cfg.report_to != "none": run.accelerator.init_trackers("longcat_nb")
+        try: finished = _train_steps(run, cfg, stop, log, validate, scratch)
+        finally:
+            for tracker in run.accelerator.trackers: tracker.finish()    # flush TensorBoard, also after an error
+            if scratch: shutil.rmtree(scratch, ignore_errors=True)
+        if finished:
+            lora_paths = _export_loras(run, cfg)
+            log("done", step=run.state.step, loras=[str(p) for p in lora_paths])
+        else:
+            lora_paths = []
+            if run.main: (run.output_dir / STOP_FILE).unlink(missing_ok=True)
+            log("stopped", step=run.state.step, checkpoint=str(run.last_ckpt))
+    except BaseException as e:
+        log("error", step=run.state.step if run else None, message=f"{type(e).__name__}: {e}")
+        raise
+    run.accelerator.end_training()
+    return TrainResult(lora_paths, list(run.state.losses), run.state.step, run.output_dir, run.videos,
+                       list(run.state.grad_norms), run.last_ckpt, stopped=not finished)
 
 # %% ../nbs/07_training.ipynb #b6e21381
 def main(argv=None) -> int:

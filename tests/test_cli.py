@@ -78,3 +78,25 @@ def test_cache_and_train_subcommands(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--max-train-steps", "4", "--output-dir", str(tmp_path / "out3"),
                  "--resume-from-checkpoint", "latest"]) == 0
     assert (tmp_path / "out3" / "checkpoint-4").is_dir()
+
+
+def test_train_ctrl_c_stops_with_a_checkpoint(example, tmp_path):
+    "SIGINT to `longcat-nb train` once the first step is logged: exit 130, a checkpoint to resume, no traceback."
+    import signal, subprocess, sys, time
+    from longcat_nb.training import read_progress
+    d = json.loads(Path(example).read_text())
+    d.update(output_dir=str(tmp_path / "out"), max_train_steps=500, checkpointing_steps=1000, validation_prompt=None, report_to="none")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(d))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())",
+                             "train", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not any(e["event"] == "step" for e in read_progress(tmp_path / "out")):
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "resume-from-checkpoint latest" in out
+    stopped = read_progress(tmp_path / "out")[-1]
+    assert stopped["event"] == "stopped" and (tmp_path / "out" / f"checkpoint-{stopped['step']}").is_dir()

@@ -127,3 +127,72 @@ def test_ddp_two_processes_match_one(example, tmp_path):
     close_(torch.tensor(state["grad_norms"]), torch.tensor(one.grad_norms), eps=1e-4)
     a, b = load_file(one.lora_paths[0]), load_file(tmp_path / "two" / "lora_peft.safetensors")
     for k in a: close_(b[k], a[k], eps=1e-5)
+
+
+class StopAfter:
+    "A stop request that turns on at the `k`-th check (checks come after each optimizer step)."
+    def __init__(self, k): self.k, self.n = k, 0
+    def is_set(self):
+        self.n += 1
+        return self.n >= self.k
+
+
+def test_stop_then_resume_is_bit_identical(example, tmp_path):
+    kw = dict(max_train_steps=5, checkpointing_steps=4, gradient_accumulation_steps=2, caption_dropout_probability=0.5)
+    full = train(config(example, tmp_path / "full", **kw))
+    cut = train(config(example, tmp_path / "cut", **kw), stop=StopAfter(2))
+    assert cut.stopped and cut.steps == 2 and cut.lora_paths == []
+    eq_([p.name for p in list_checkpoints(tmp_path / "cut")], ["checkpoint-2"])   # written for the stop
+    eq_([e["event"] for e in training.read_progress(tmp_path / "cut")][-2:], ["checkpoint", "stopped"])
+    resumed = train(config(example, tmp_path / "cut", resume_from_checkpoint="latest", **kw))
+    assert not resumed.stopped
+    eq_(resumed.losses, full.losses)
+    eq_(resumed.grad_norms, full.grad_norms)
+    a, b = load_file(full.lora_paths[0]), load_file(resumed.lora_paths[0])
+    for k in a: assert torch.equal(a[k], b[k]), k
+
+
+def test_stop_file_from_another_process(example, tmp_path, monkeypatch):
+    "The STOP file stops the run after the step it appears in; it is removed when honoured; no second checkpoint."
+    real = training._optimizer_step
+    def step_then_request(run, cfg, batches):
+        out = real(run, cfg, batches)
+        if run.state.step == 2: training.request_stop(run.output_dir)
+        return out
+    monkeypatch.setattr(training, "_optimizer_step", step_then_request)
+    r = train(config(example, tmp_path, max_train_steps=6, checkpointing_steps=2))
+    assert r.stopped and r.steps == 2 and not (tmp_path / "STOP").exists()
+    eq_([p.name for p in list_checkpoints(tmp_path)], ["checkpoint-2"])
+    eq_([e["event"] for e in training.read_progress(tmp_path)].count("checkpoint"), 1)   # the step-2 checkpoint served
+
+
+def test_error_event_before_the_exception(example, tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 2, RuntimeError("disk on fire"))
+    with pytest.raises(RuntimeError, match="disk on fire"): train(config(example, tmp_path, max_train_steps=3))
+    last = training.read_progress(tmp_path)[-1]
+    eq_((last["event"], last["step"]), ("error", 1))
+    assert "disk on fire" in last["message"]
+
+
+def test_signals_request_a_stop_and_a_second_ctrl_c_aborts():
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    with training.stop_on_signals() as ev:
+        signal.raise_signal(signal.SIGTERM)                  # e.g. a job scheduler's stop: only asks
+        assert ev.is_set()
+        with pytest.raises(KeyboardInterrupt): signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before         # the handlers are put back
+
+
+def test_ctrl_c_during_train_leaves_a_resumable_run(example, tmp_path, monkeypatch):
+    "A SIGINT in the middle of step 2 (train installs the handler itself): the step finishes, a checkpoint is written."
+    import signal
+    real, n = training.flow_matching_loss, [0]
+    def patched(*a, **k):
+        n[0] += 1
+        if n[0] == 2: signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(training, "flow_matching_loss", patched)
+    r = train(config(example, tmp_path, max_train_steps=4, checkpointing_steps=10))
+    assert r.stopped and r.steps == 2
+    eq_([p.name for p in list_checkpoints(tmp_path)], ["checkpoint-2"])
