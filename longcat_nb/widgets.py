@@ -358,11 +358,12 @@ def run_state(events: list[dict]) -> dict:
             "eta_s": s_per_step * (total - step) if s_per_step is not None and total else None,
             "video": videos[-1] if videos else None, "loras": loras}
 
-# %% ../nbs/11_widgets.ipynb #97d9d704
+# %% ../nbs/11_widgets.ipynb #1f6b1ef9
 class TrainView:
     "Start, stop and resume training in a separate process; a live loss curve, s/step, ETA, peak memory and the latest validation video."
     def __init__(self, config, poll_seconds: float = 2.0):
         self.source, self.poll_seconds, self.proc, self.output_dir, self._thread = config, poll_seconds, None, None, None
+        self._curve_from = self._state_from = 0    # events before these indices belong to earlier runs
         self.start_button = W.Button(description="Start", icon="play", button_style="success")
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning")
         self.resume_button = W.Button(description="Resume", icon="step-forward", button_style="info")
@@ -377,7 +378,7 @@ class TrainView:
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/11_widgets.ipynb #60178477
+# %% ../nbs/11_widgets.ipynb #469bbe93
 def _pid_alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except (OSError, ValueError): return False
@@ -402,7 +403,9 @@ def start(self: TrainView, resume: bool = False, max_train_steps: int | None = N
     if self.running():
         self.status.value = _note("training is already running — Stop it first"); return
     self.output_dir.mkdir(parents=True, exist_ok=True)
-    (self.output_dir / "STOP").unlink(missing_ok=True)            # a stop request of an earlier run is not for this one
+    from longcat_nb.training import read_progress
+    self._state_from = len(read_progress(self.output_dir))
+    if not resume: self._curve_from = self._state_from     # a resumed run continues the curve; a new run starts one
     cmd = [sys.executable, "-m", "longcat_nb.training", "--config", str(path)]
     if resume: cmd += ["--resume-from-checkpoint", "latest"]
     if max_train_steps is not None: cmd += ["--max-train-steps", str(max_train_steps)]
@@ -418,7 +421,8 @@ def stop(self: TrainView):
     "Ask the run to stop: it writes a checkpoint and exits; Resume continues from there."
     if not self.running():
         self.status.value = _note("not running"); return
-    (Path(self.output_dir) / "STOP").touch()
+    from longcat_nb.training import request_stop
+    request_stop(self.output_dir)
     self.status.value = _note("stop requested: the trainer writes a checkpoint, then stops")
 
 # %% ../nbs/11_widgets.ipynb #674704c7
@@ -453,12 +457,14 @@ def _log_tail(self: TrainView, lines: int = 15) -> str:
     log = Path(self.output_dir) / "train.log"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
 
-# %% ../nbs/11_widgets.ipynb #6c86ac5e
+# %% ../nbs/11_widgets.ipynb #2a2052ac
 @patch
 def refresh(self: TrainView) -> dict:
-    "Redraw the view from `progress.jsonl`; returns the `run_state`."
+    "Redraw the view from `progress.jsonl`; returns the `run_state` (curve since this run or the run it resumed, state of this run)."
     from longcat_nb.training import read_progress
-    st = run_state(read_progress(self.output_dir) if (Path(self.output_dir) / "progress.jsonl").is_file() else [])
+    events = read_progress(self.output_dir)
+    st, now = run_state(events[self._curve_from:]), run_state(events[self._state_from:])
+    st.update({k: now[k] for k in ("state", "message", "loras")})
     alive = self.running()
     if st["steps"]:
         self.plot.value = figure_png(loss_figure(st["steps"], st["losses"]))
