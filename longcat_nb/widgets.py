@@ -17,7 +17,7 @@ from .config import (TRAIN_KEYS, ConfigError, Key, check_keys, load_config, pars
 __all__ = ['WEIGHTS_GIB', 'ACTIVATION_GIB', 'MEASURED_TOKENS', 'HOST_RAM_GIB', 'TRAINING_SHAPES', 'field_text', 'field_value',
            'field_error', 'ConfigForm', 'video_html', 'image_html', 'figure_png', 'report_html', 'bucket_figure',
            'sample_preview', 'saved_config', 'CheckView', 'CacheView', 'smooth', 'loss_figure', 'eta_text', 'run_state',
-           'TrainView', 'lora_choices', 'SampleView', 'Workbench', 'runtime_info', 'training_tokens',
+           'TrainView', 'lora_choices', 'SampleView', 'default_config', 'Workbench', 'runtime_info', 'training_tokens',
            'fit_training_settings']
 
 # %% ../nbs/11_widgets.ipynb #f213e77f
@@ -555,6 +555,17 @@ def generate(self: SampleView) -> Path | None:
     self.path = output
     self.result.value = video_html(output, 320, str(output))
     return output
+
+# %% ../nbs/11_widgets.ipynb #54974f60
+def default_config(config=None, root="runs/tiny") -> Path:
+    "`config` as a path; None → `root/config.json` of the tiny default (tiny checkpoint + example clips), built on first use."
+    if config is not None: return Path(config)
+    from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
+    path = Path(root) / "config.json"
+    if not path.is_file():
+        make_example_dataset(root, checkpoint=tiny_checkpoint(), max_train_steps=40, learning_rate=3e-3,
+                             checkpointing_steps=20, validation_steps=20)
+    return path.resolve()
 
 # %% ../nbs/11_widgets.ipynb #b59caf1b
 class Workbench:
