@@ -48,7 +48,7 @@ def field_error(name: str, value, datasets=None, source: str = "config.json") ->
         return msg if f": {name} = " in msg else None
     return None
 
-# %% ../nbs/11_widgets.ipynb #f220350f
+# %% ../nbs/11_widgets.ipynb #81e99f8f
 def _note(text: str, error: bool = False) -> str:
     colour = "#c62828" if error else "#666"
     return f'<span style="color:{colour};font-size:90%;line-height:1.2">{html.escape(text)}</span>'
@@ -56,13 +56,13 @@ def _note(text: str, error: bool = False) -> str:
 
 def _input(key: Key) -> W.Widget:
     "A checkbox for booleans, a text box with suggestions for keys with choices, a text box otherwise."
-    layout = W.Layout(width="240px")
+    layout = W.Layout(width="240px", flex="0 0 240px")
     if key.kind == "bool": return W.Checkbox(value=bool(key.default), indent=False, layout=layout)
     if key.choices and key.kind == "str":
         return W.Combobox(value=field_text(key, key.default), options=list(key.choices), ensure_option=False, layout=layout)
     return W.Text(value=field_text(key, key.default), layout=layout)
 
-# %% ../nbs/11_widgets.ipynb #20ac5d75
+# %% ../nbs/11_widgets.ipynb #151e4517
 class ConfigForm:
     "A form over every `config.json` key and the dataset list: documented defaults and help, errors beside the fields, load and save."
     def __init__(self, path="config/config.json"):
@@ -79,7 +79,7 @@ class ConfigForm:
         save.on_click(lambda _: self.save())
         for name, w in self.inputs.items(): w.observe(lambda _, n=name: self.check_field(n), "value")
         self.datasets.observe(lambda _: self.check_datasets(), "value")
-        rows = [W.HBox([W.Label(k.name, layout=W.Layout(width="280px")), self.inputs[k.name], self.notes[k.name]]) for k in TRAIN_KEYS]
+        rows = [W.HBox([W.Label(k.name, layout=W.Layout(width="280px", flex="0 0 280px")), self.inputs[k.name], self.notes[k.name]]) for k in TRAIN_KEYS]
         self.widget = W.VBox([W.HBox([self.path, load, save]), self.status, *rows,
                               W.HTML("<b>Dataset list</b> (the <code>multidatabackend.json</code> that data_backend_config names)"),
                               self.datasets, self.datasets_note])
@@ -457,7 +457,7 @@ def _log_tail(self: TrainView, lines: int = 15) -> str:
     log = Path(self.output_dir) / "train.log"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
 
-# %% ../nbs/11_widgets.ipynb #2a2052ac
+# %% ../nbs/11_widgets.ipynb #0724fa41
 @patch
 def refresh(self: TrainView) -> dict:
     "Redraw the view from `progress.jsonl`; returns the `run_state` (curve since this run or the run it resumed, state of this run)."
@@ -470,7 +470,7 @@ def refresh(self: TrainView) -> dict:
         self.plot.value = figure_png(loss_figure(st["steps"], st["losses"]))
         parts = [f"step {st['step']}/{st['total']}", f"loss {st['losses'][-1]:.4f}"]
         if st["s_per_step"] is not None: parts.append(f"{st['s_per_step']:.2f} s/step")
-        if st["eta_s"] is not None and alive: parts.append(f"ETA {eta_text(st['eta_s'])}")
+        if st["eta_s"] is not None and alive and st["state"] == "running": parts.append(f"ETA {eta_text(st['eta_s'])}")
         if st["peak_gib"] is not None: parts.append(f"peak {st['peak_gib']:.1f} GiB")
         self.stats.value = "<b>" + " · ".join(parts) + "</b>"
     if st["video"] and Path(st["video"]).is_file() and st["video"] != getattr(self, "_shown", None):
