@@ -18,7 +18,7 @@ __all__ = ['WEIGHTS_GIB', 'ACTIVATION_GIB', 'MEASURED_TOKENS', 'HOST_RAM_GIB', '
            'field_error', 'ConfigForm', 'video_html', 'image_html', 'figure_png', 'report_html', 'bucket_figure',
            'sample_preview', 'saved_config', 'CheckView', 'CacheView', 'smooth', 'loss_figure', 'eta_text', 'run_state',
            'TrainView', 'lora_choices', 'SampleView', 'default_config', 'Workbench', 'runtime_info', 'training_tokens',
-           'fit_training_settings']
+           'fit_training_settings', 'validation_size', 'folder_config']
 
 # %% ../nbs/11_widgets.ipynb #f213e77f
 def field_text(key: Key, value) -> str:
@@ -485,11 +485,11 @@ def refresh(self: TrainView) -> dict:
     elif alive: self.status.value = _note(f"training (process {self.proc.pid if self.proc else 'from an earlier session'})")
     return st
 
-# %% ../nbs/11_widgets.ipynb #4aad8349
+# %% ../nbs/11_widgets.ipynb #24d49425
 def lora_choices(output_dir) -> list[tuple[str, str]]:
-    "`(label, path)` of the LoRA files a run wrote: the exports, then each checkpoint's `lora.safetensors`, newest first."
+    "`(label, path)` of the LoRA files a run wrote: the exports (peft first), then each checkpoint's `lora.safetensors`, newest first."
     out = Path(output_dir)
-    found = sorted(out.glob("lora_*.safetensors")) + sorted(out.glob("checkpoint-*/lora.safetensors"), key=lambda p: -int(p.parent.name.split("-")[-1]))
+    found = sorted(out.glob("lora_*.safetensors"), key=lambda p: (p.name != "lora_peft.safetensors", p.name)) + sorted(out.glob("checkpoint-*/lora.safetensors"), key=lambda p: -int(p.parent.name.split("-")[-1]))
     return [("none", "")] + [(str(p.relative_to(out)), str(p)) for p in found]
 
 # %% ../nbs/11_widgets.ipynb #e59377cb
@@ -612,3 +612,31 @@ def fit_training_settings(gpu_gib: float, ram_gib: float, headroom: float = 0.92
     raise RuntimeError(f"GPU memory {gpu_gib:.1f} GiB: the smallest training shape ({TRAINING_SHAPES[-1][0]}² px, "
                        f"{TRAINING_SHAPES[-1][1]} frames) needs about {low:.0f} GiB with the bf16 base — use a GPU with "
                        f"≥ {low / headroom:.0f} GiB (A100 40/80 GB, H100), or several GPUs with FSDP (see the README)")
+
+# %% ../nbs/11_widgets.ipynb #f3d48dbb
+def validation_size(resolution: float) -> str:
+    "The release's 832×480 aspect at about `resolution`² px, each side on the 16-px grid: `'WIDTHxHEIGHT'`."
+    w, h = (max(16, round(resolution * (a / b) ** 0.5 / 16) * 16) for a, b in ((832, 480), (480, 832)))
+    return f"{w}x{h}"
+
+
+def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num_frames: int = 93, **keys) -> Path:
+    "Write `output_dir/config.json` and `output_dir/multidatabackend.json` for the clips in `data_dir`; `keys` set other config keys. Returns the config path."
+    data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
+    size = {"resolution": resolution, "resolution_type": "pixel_area"}
+    clips = {"id": "clips", "dataset_type": "video", "instance_data_dir": str(data_dir), "caption_strategy": "textfile",
+             **size, "video": {"num_frames": num_frames}}
+    datasets = [clips]
+    if (data_dir / "start_frames").is_dir():
+        clips.update(is_i2v=True, conditioning_data=["start-frames"])
+        datasets.append({"id": "start-frames", "dataset_type": "conditioning", "caption_strategy": None,
+                         "instance_data_dir": str(data_dir / "start_frames"), **size})
+    captions = sorted(data_dir.rglob("*.txt"))
+    config = {"pretrained_model_name_or_path": str(checkpoint), "data_backend_config": str(out / "multidatabackend.json"),
+              "output_dir": str(out), "cache_dir": str(out / "cache"), "resume_from_checkpoint": "latest",
+              "validation_resolution": validation_size(resolution), "validation_num_video_frames": num_frames,
+              "validation_prompt": captions[0].read_text(encoding="utf-8").strip() if captions else None, **keys}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "multidatabackend.json").write_text(json.dumps(datasets, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out / "config.json"

@@ -45,3 +45,39 @@ def test_workbench_notebook_opens(tmp_path):
     nb = json.loads((tmp_path / "wb.ipynb").read_text())
     assert "application/vnd.jupyter.widget-view+json" in json.dumps(nb["cells"][-1]["outputs"])
     assert (tmp_path / "runs" / "tiny" / "config.json").is_file()
+
+
+def _code_cells(name):
+    nb = json.loads((ROOT / "examples" / f"{name}.ipynb").read_text())
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_colab_notebook_parses_and_stops_without_a_gpu(tmp_path):
+    import ast
+    cells = _code_cells("colab")
+    assert [c["metadata"].get("tags") for c in cells].count(["parameters"]) == 1
+    for c in cells: ast.parse("".join(c["source"]))          # plain Python: no shell or magic lines
+    with pytest.raises(pm.PapermillExecutionError, match="no CUDA GPU"):
+        pm.execute_notebook(str(ROOT / "examples" / "colab.ipynb"), str(tmp_path / "colab.ipynb"), kernel_name="python3",
+                            parameters={"DATA_DIR": str(tmp_path)}, progress_bar=False, cwd=str(tmp_path))
+
+
+def test_colab_notebook_cells_run_on_a_pretend_gpu(tmp_path, monkeypatch):
+    "Every cell after the install, on the tiny checkpoint, with the machine reported as an A100 80GB (no download: the checkpoint is there)."
+    import longcat_nb.widgets as widgets
+    from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
+    data = make_example_dataset(tmp_path / "ex", n_clips=2, checkpoint=tiny_checkpoint(), i2v=False).parent / "t2v"
+    monkeypatch.setattr(widgets, "runtime_info", lambda: {"platform": "local", "gpus": [("NVIDIA A100-SXM4-80GB", 79.2)],
+                                                          "ram_gib": 83.5, "disk_gib": 150.0})
+    monkeypatch.chdir(tmp_path)
+    cells = ["".join(c["source"]) for c in _code_cells("colab")]
+    ns = {}
+    exec(cells[0], ns)
+    ns.update(DATA_DIR=str(data), CHECKPOINT_DIR=str(tiny_checkpoint()), MAX_TRAIN_STEPS=2, CHECKPOINTING_STEPS=2, VALIDATION_STEPS=2)
+    for i, src in enumerate(cells[1:], 1):
+        exec(src, ns)
+        if "fit_training_settings(" in src:
+            assert ns["settings"]["resolution"] == 632 and ns["settings"]["num_frames"] == 93
+            ns["settings"] = {"resolution": 64, "num_frames": 9, "estimated_peak_gib": 0}   # the tiny clips' size
+    assert ns["result"].steps == 2 and ns["output_dir"] == data.parent / "longcat_output"
+    assert ns["sample"].is_file() and ns["lora"].endswith("lora_peft.safetensors")
