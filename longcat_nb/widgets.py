@@ -244,7 +244,7 @@ def sample_preview(sample, width: int = 160) -> str:
     elif sample.is_i2v: parts.append(image_html(decode_video(sample.path, sample.fps, 1)[0], width, "start frame: the clip's first"))
     return "<div style='display:inline-block;border:1px solid #ddd;margin:2px'>" + "".join(parts) + "</div>"
 
-# %% ../nbs/11_widgets.ipynb #bd37bc54
+# %% ../nbs/11_widgets.ipynb #bce42b63
 def saved_config(source):
     "`(TrainConfig, path)` from a `config.json` path or a `ConfigForm` (saved first); raises `ConfigError`."
     if isinstance(source, ConfigForm):
@@ -261,9 +261,12 @@ def config_error(self: ConfigForm) -> str:
     except ConfigError as e: return str(e)
 
 
-def _error(msg) -> str: return f"<pre style='color:#c62828;white-space:pre-wrap'>{html.escape(str(msg))}</pre>"
+def _error(e) -> str:
+    "An error in red; exceptions other than config errors are named by their type (a crash in a view never goes unseen)."
+    msg = e if isinstance(e, (str, ConfigError)) else f"{type(e).__name__}: {e}"
+    return f"<pre style='color:#c62828;white-space:pre-wrap'>{html.escape(str(msg))}</pre>"
 
-# %% ../nbs/11_widgets.ipynb #c0a8a2f6
+# %% ../nbs/11_widgets.ipynb #1780602a
 class CheckView:
     "Check the datasets: the report as tables, the bucket histogram, the first clips inline with their start frames."
     def __init__(self, config, previews: int = 4):
@@ -278,7 +281,7 @@ class CheckView:
         from longcat_nb.data import check_datasets
         self.table.value, self.clips.value = "checking …", ""
         try: self.report = check_datasets(saved_config(self.source)[0])
-        except ConfigError as e:
+        except Exception as e:
             self.table.value = _error(e); return None
         self.table.value = report_html(self.report)
         self.plot.value = figure_png(bucket_figure(self.report))
@@ -287,7 +290,7 @@ class CheckView:
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/11_widgets.ipynb #6ba3ee2f
+# %% ../nbs/11_widgets.ipynb #90f50cb5
 class CacheView:
     "Encode the latent and text caches with progress bars; show the summary."
     def __init__(self, config):
@@ -299,11 +302,11 @@ class CacheView:
 
     def run(self):
         "Build the caches of the (saved) config; returns the `CacheSummary` (None on an error, which the view shows)."
-        from longcat_nb.caching import CacheError, build_cache
+        from longcat_nb.caching import build_cache
         self.result.value = ""
         try:
             with self.out: self.summary = build_cache(saved_config(self.source)[0])
-        except (ConfigError, CacheError) as e:
+        except Exception as e:
             self.result.value = _error(e); return None
         self.out.clear_output()
         self.result.value = f"<pre>{html.escape(str(self.summary))}</pre>"
@@ -524,7 +527,7 @@ class SampleView:
         except ConfigError: return
         self.lora.options = lora_choices(out)
 
-# %% ../nbs/11_widgets.ipynb #30117f3f
+# %% ../nbs/11_widgets.ipynb #57f2566b
 @patch
 def argv(self: SampleView, config_path, output) -> list[str]:
     "The `longcat-nb sample` arguments the fields describe."
@@ -549,8 +552,10 @@ def generate(self: SampleView) -> Path | None:
         output = folder / f"sample_{len(list(folder.glob('sample_*.mp4'))):03d}.mp4"
         args = parser().parse_args(self.argv(path, output))
         with self.out: cmd_sample(args)
-    except (ConfigError, ValueError, FileNotFoundError, SystemExit) as e:
-        self.result.value = _error(e if not isinstance(e, SystemExit) else "invalid arguments — check size, frames, steps and guidance"); return None
+    except SystemExit:             # argparse: its message went to stderr
+        self.result.value = _error("invalid arguments — check frames, steps, guidance (numbers) and size (WIDTHxHEIGHT)"); return None
+    except Exception as e:
+        self.result.value = _error(e); return None
     self.out.clear_output()
     self.path = output
     self.result.value = video_html(output, 320, str(output))

@@ -69,6 +69,8 @@ def test_colab_notebook_cells_run_on_a_pretend_gpu(tmp_path, monkeypatch):
     data = make_example_dataset(tmp_path / "ex", n_clips=2, checkpoint=tiny_checkpoint(), i2v=False).parent / "t2v"
     monkeypatch.setattr(widgets, "runtime_info", lambda: {"platform": "local", "gpus": [("NVIDIA A100-SXM4-80GB", 79.2)],
                                                           "ram_gib": 83.5, "disk_gib": 150.0})
+    real = widgets.folder_config                  # 2 sampling steps for the validation video and the sample (the notebook keeps 40)
+    monkeypatch.setattr(widgets, "folder_config", lambda *a, **k: real(*a, validation_num_inference_steps=2, **k))
     monkeypatch.chdir(tmp_path)
     cells = ["".join(c["source"]) for c in _code_cells("colab")]
     ns = {}

@@ -98,6 +98,9 @@ def test_sampling_view_writes_and_shows_video(runs, tmp_path):
     view.size.value = "65x48"
     view.button.click()
     assert "not divisible by 16" in view.result.value
+    view.size.value, view.frames.value = "64x48", "five"
+    view.button.click()
+    assert "invalid arguments" in view.result.value
 
 
 def test_training_crash_shows_its_message(tmp_path):
