@@ -10,7 +10,7 @@ from longcat_nb.cli import main
 from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 from longcat_nb.widgets import ConfigForm, SampleView, TrainView, Workbench, lora_choices
 
-STEPS = 8
+STEPS = 12
 
 
 def _dataset(root, **kw):
@@ -18,28 +18,33 @@ def _dataset(root, **kw):
                                 checkpointing_steps=4, **kw)
 
 
-def _wait_for_step(view, timeout=300):
+def _wait_for_start(output_dir, timeout=300):
+    "Wait for the run's `start` event: from then on a stop request lands before the first few steps end."
+    from longcat_nb.training import read_progress
     t0 = time.time()
     while time.time() - t0 < timeout:
-        st = view.refresh()
-        if st["steps"] or not view.running(): return st
+        if any(e["event"] == "start" for e in read_progress(output_dir)): return
         time.sleep(0.05)
-    raise TimeoutError("no training step within the timeout")
+    raise TimeoutError("the run did not start within the timeout")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    "The same run twice: through the view (start, stop after the first step, resume with one click) and through the CLI."
+    """The same run twice: through the views and through the CLI. The workbench starts it; a new view on the same
+    config (as after a disconnect or a kernel restart) finds the running process, stops it after the first step and
+    resumes it with one click."""
     root = tmp_path_factory.mktemp("widgets")
     cfg = _dataset(root / "data")
     wb = Workbench(cfg)
-    view = wb.train
-    view.poll_seconds = 0.1
-    view.start_button.click()
-    first = _wait_for_step(view)
+    wb.train.poll_seconds = 0.1
+    wb.train.start_button.click()
+    _wait_for_start(root / "data" / "output")
+    view = TrainView(cfg, poll_seconds=0.1)
+    assert view.running() and view.proc is None       # attached through output_dir/train.pid
     view.stop_button.click()
     stopped = view.wait(300)
-    states = {"first": first, "stopped": stopped, "stopped_status": view.status.value}
+    assert not wb.train.running()
+    states = {"stopped": stopped, "stopped_status": view.status.value}
     view.resume_button.click()
     states["done"] = view.wait(300)
     states["done_status"], states["stats"], states["video"] = view.status.value, view.stats.value, view.video.value
@@ -51,7 +56,7 @@ def runs(tmp_path_factory):
 def test_stop_resume_matches_cli(runs):
     root, cfg, st = runs
     out, cli = root / "data" / "output", root / "cli"
-    assert st["first"]["steps"] and st["stopped"]["state"] == "stopped" and st["stopped"]["step"] < STEPS, st["stopped"]
+    assert st["stopped"]["state"] == "stopped" and 1 <= st["stopped"]["step"] < STEPS, st["stopped"]
     assert "Resume continues from it" in st["stopped_status"]
     assert st["done"]["state"] == "done" and st["done"]["steps"] == list(range(1, STEPS + 1))
     events = [json.loads(l) for l in (out / "progress.jsonl").read_text().splitlines()]
