@@ -15,15 +15,15 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .config import resolve_checkpoint
-from .data import BucketBatchSampler, check_datasets, load_sample_frames
+from .data import BucketBatchSampler, check_datasets, load_sample_frames, user_permissions
 
 # %% auto #0
-__all__ = ['MAX_TEXT_TOKENS', 'WAN_LATENTS_MEAN', 'WAN_LATENTS_STD', 'CACHE_FORMAT', 'default_device', 'default_dtype',
-           'load_vae', 'load_text_encoder', 'clean_prompt', 'encode_prompts', 'latent_stats', 'normalize_latents',
-           'denormalize_latents', 'encode_frames', 'decode_latents', 'fingerprint', 'write_entry', 'CacheError',
-           'check_entry', 'read_entry', 'LatentEntry', 'latent_entries', 'text_key', 'text_meta', 'CacheSummary',
-           'free_memory', 'cached_captions', 'build_cache', 'training_samples', 'CachedDataset', 'cached_data_loader',
-           'load_prompts', 'load_empty_prompt']
+__all__ = ['MAX_TEXT_TOKENS', 'WAN_LATENTS_MEAN', 'WAN_LATENTS_STD', 'CACHE_FORMAT', 'STALE_TMP_SECONDS', 'default_device',
+           'default_dtype', 'load_vae', 'load_text_encoder', 'clean_prompt', 'encode_prompts', 'latent_stats',
+           'normalize_latents', 'denormalize_latents', 'encode_frames', 'decode_latents', 'fingerprint', 'write_entry',
+           'CacheError', 'check_entry', 'read_entry', 'LatentEntry', 'latent_entries', 'text_key', 'text_meta',
+           'text_path', 'CacheSummary', 'free_memory', 'cached_captions', 'build_cache', 'training_samples',
+           'CachedDataset', 'cached_data_loader', 'load_prompts', 'load_empty_prompt']
 
 # %% ../nbs/02_caching.ipynb #8ca1d5a2
 def default_device() -> torch.device:
@@ -155,7 +155,7 @@ def write_entry(path: Path, tensors: dict, metadata: dict):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        os.replace(user_permissions(tmp), path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -173,14 +173,16 @@ def _open(path: Path, tensors: bool):
     except Exception as e: raise CacheError(f"{path}: unreadable ({e})") from None
 
 
-def check_entry(path: Path, expected: dict | None = None, full: bool = False) -> dict:
+def check_entry(path: Path, expected: dict | None = None, full: bool = False, values: bool = False) -> dict:
     """The metadata of a cache file after checking it: readable and complete (the header covers the file exactly),
-    for each key of `expected` the same value, and with `full` also the checksum of the tensor bytes (reads the
-    data). Raises `CacheError` saying what is wrong."""
+    for each key of `expected` the same value, with `full` also the checksum of the tensor bytes (reads the data),
+    with `values` also that every value is finite. Raises `CacheError` saying what is wrong."""
     path = Path(path)
-    meta, tensors = _open(path, tensors=full)
+    meta, tensors = _open(path, tensors=full or values)
     if meta.get("format") != CACHE_FORMAT: raise CacheError(f"{path}: not a {CACHE_FORMAT} file")
     if full and meta.get("checksum") != _checksum(tensors): raise CacheError(f"{path}: damaged (checksum mismatch)")
+    if values and not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+        raise CacheError(f"{path}: damaged (values that are not finite)")
     for k, v in (expected or {}).items():
         if meta.get(k) != str(v): raise CacheError(f"{path}: stale ({k} {meta.get(k)!r} → {str(v)!r})")
     return meta
@@ -212,31 +214,34 @@ def _rel(path: Path, root: Path) -> Path:
     return Path(path).resolve().relative_to(Path(root).resolve())
 
 
-def _vae_meta(ckpt: Path) -> dict:
-    "Encoder-side metadata of latents: the VAE's fingerprint and its normalisation statistics."
+def _vae_meta(ckpt: Path, dtype: torch.dtype | None = None) -> dict:
+    "Encoder-side metadata of latents: the VAE's fingerprint, the dtype it encodes in, its normalisation statistics."
     vae_cfg = json.loads((Path(ckpt) / "vae" / "config.json").read_text())
     mean, std = latent_stats(vae_cfg)
-    return {"vae": fingerprint(Path(ckpt) / "vae"), "normalization": json.dumps({"mean": mean, "std": std})}
+    return {"vae": fingerprint(Path(ckpt) / "vae"), "vae_dtype": dtype or default_dtype(default_device()),
+            "normalization": json.dumps({"mean": mean, "std": std})}
 
 
-def latent_entries(cfg, samples, ckpt) -> list[LatentEntry]:
-    "The latent cache files `samples` need under `cfg` (a clip entry each, plus a start entry for I2V)."
-    vae_meta, out, seen = _vae_meta(ckpt), [], set()
+def latent_entries(cfg, samples, ckpt, dtype: torch.dtype | None = None) -> list[LatentEntry]:
+    """The latent cache files `samples` need under `cfg` (a clip entry each, plus a start entry for I2V), for a VAE
+    encoding in `dtype` (default: this machine's, see `default_dtype`). A clip `x.mp4` caches to `x.mp4.safetensors`
+    and its own start frame to `x.mp4.start.safetensors`, so no other clip's name can reach either."""
+    vae_meta, out, seen = _vae_meta(ckpt, dtype), [], set()
     for s in samples:
         if s.id in seen: continue
         seen.add(s.id)
         ds = cfg.dataset(s.dataset_id)
         common = {**vae_meta, "sample": s.id, "bucket": s.bucket, "fps": s.fps, "media": s.media}
         rel = _rel(s.path, ds.instance_data_dir)
-        out.append(LatentEntry(cfg.vae_cache_dir(ds) / rel.with_suffix(".safetensors"), s, "video",
+        out.append(LatentEntry(cfg.vae_cache_dir(ds) / f"{rel}.safetensors", s, "video",
                                {**common, **_source_meta(s.path), "kind": "video", "frames": s.bucket.frames}))
         if not s.is_i2v: continue
         if s.cond_path is None:
-            path = cfg.vae_cache_dir(ds) / rel.with_suffix(".start.safetensors")
+            path = cfg.vae_cache_dir(ds) / f"{rel}.start.safetensors"
         else:
             cond = next(c for c in map(cfg.dataset, ds.conditioning_data)
                         if Path(s.cond_path).resolve().is_relative_to(Path(c.instance_data_dir).resolve()))
-            path = cfg.vae_cache_dir(cond) / _rel(s.cond_path, cond.instance_data_dir).with_suffix(".safetensors")
+            path = cfg.vae_cache_dir(cond) / f"{_rel(s.cond_path, cond.instance_data_dir)}.safetensors"
         expected = {**common, **_source_meta(s.cond_path or s.path), "kind": "start", "frames": 1}
         if s.cond_path is not None: del expected["sample"]   # a conditioning image may serve clips of several datasets
         out.append(LatentEntry(path, s, "start", expected))
@@ -251,14 +256,21 @@ def latent_entries(cfg, samples, ckpt) -> list[LatentEntry]:
 
 
 def text_key(caption: str, encoder_fingerprint: str) -> str:
-    "The text-cache file stem of a caption: a hash of the cleaned caption and the encoder's fingerprint."
+    "The text-cache file stem of a caption: a hash of the cleaned caption and the encoder's fingerprint (and dtype)."
     return hashlib.sha256(f"{encoder_fingerprint}\0{clean_prompt(caption)}".encode()).hexdigest()[:32]
 
 
-def text_meta(ckpt) -> dict:
-    "Encoder-side metadata of text embeddings: the tokenizer + encoder fingerprint and the token length."
+def text_meta(ckpt, dtype: torch.dtype | None = None) -> dict:
+    """Encoder-side metadata of text embeddings: the tokenizer + encoder fingerprint, the dtype the encoder runs in
+    (default: this machine's) and the token length."""
     return {"text_encoder": fingerprint(Path(ckpt) / "text_encoder", Path(ckpt) / "tokenizer"),
-            "max_length": MAX_TEXT_TOKENS}
+            "text_encoder_dtype": str(dtype or default_dtype(default_device())), "max_length": MAX_TEXT_TOKENS}
+
+
+def text_path(cfg, caption: str, meta: dict) -> Path:
+    "Where the embedding of `caption` (cleaned) is cached for the encoder `meta` describes: one file per encoder and dtype."
+    key = text_key(caption, f"{meta['text_encoder']}/{meta['text_encoder_dtype']}")
+    return cfg.text_cache_dir / f"{key}.safetensors"
 
 # %% ../nbs/02_caching.ipynb #898fbb5c
 @dataclass
@@ -289,12 +301,13 @@ class CacheSummary:
 
 
 def _plan(items, summary, kind, progress, full) -> list:
-    "Split `(path, expected, payload)` items into reused ones (counted now) and `(payload, outcome, why)` to encode."
+    """Split `(path, expected, payload)` items into reused ones (counted now) and `(payload, outcome, why)` to encode.
+    A file is reused only after its checksum is verified (`full`: also that every value is finite)."""
     todo = []
     for path, expected, payload in tqdm(items, desc=f"checking {kind} cache", unit="file", disable=not progress,
                                         leave=False):
         if not Path(path).exists(): todo.append((payload, "encoded", None)); continue
-        try: check_entry(path, expected, full); summary.add(kind, "reused")
+        try: check_entry(path, expected, full=True, values=full); summary.add(kind, "reused")
         except CacheError as e: todo.append((payload, "rebuilt", str(e)))
     return todo
 
@@ -342,7 +355,7 @@ def _encode_latents(cfg, ckpt, todo, summary, device, progress):
 def _encode_texts(cfg, ckpt, todo, summary, device, progress):
     "Encode the planned captions with the text encoder in batches; frees the encoder at the end."
     tokenizer, encoder = load_text_encoder(ckpt, device=device)
-    meta = text_meta(ckpt)
+    meta = text_meta(ckpt, encoder.dtype)
     bar = tqdm(total=len(todo), desc="text encode", unit="caption", disable=not progress)
     try:
         for i in range(0, len(todo), cfg.text_encoder_batch_size):
@@ -364,30 +377,45 @@ def cached_captions(cfg, samples) -> list[str]:
     return list(dict.fromkeys(clean_prompt(t) for t in texts))
 
 
+STALE_TMP_SECONDS = 60
+
+def _stale_temporary(tmp: Path) -> bool:
+    """A writer's temporary (`.name.<pid>.tmp`) is stale when it has not changed for a minute and its process is gone
+    (or it is an hour old: another machine's process cannot be asked). A live writer's file is never touched."""
+    age = time.time() - tmp.stat().st_mtime
+    if age < STALE_TMP_SECONDS: return False
+    try: os.kill(int(tmp.name.rsplit(".", 2)[-2]), 0)
+    except (ValueError, IndexError, ProcessLookupError): return True
+    except PermissionError: pass                           # alive, someone else's
+    return age > 3600
+
+
 def _remove_temporaries(folders):
     for folder in folders:
         if Path(folder).is_dir():
-            for tmp in Path(folder).rglob(".*.tmp"): tmp.unlink(missing_ok=True)
-
+            for tmp in Path(folder).rglob(".*.tmp"):
+                try:
+                    if _stale_temporary(tmp): tmp.unlink()
+                except FileNotFoundError: pass             # its writer finished (renamed it) meanwhile
 
 def build_cache(cfg, device=None, progress: bool = True, full_check: bool = False) -> CacheSummary:
     """Encode what is missing or stale in the latent and text caches of `cfg` (a `TrainConfig`); reuse the rest.
-    Existing files are checked by their headers (readable, complete, metadata matching); `full_check` also
-    verifies every checksum (reads all cached data). Raises `CacheError` when the data check finds errors
+    A file is reused only when readable, complete, with matching metadata and a matching checksum over its data
+    (a few ms per 93-frame 832×480 latent); `full_check` also checks every value is finite. Raises `CacheError` when the data check finds errors
     (before any model loads)."""
     t0 = time.time()
     report = check_datasets(cfg)
     if not report.ok: raise CacheError(f"the data check found errors — fix them, then cache again:\n{report}")
     ckpt = resolve_checkpoint(cfg, parts=("vae", "text_encoder", "tokenizer"))
     device, summary = torch.device(device or default_device()), CacheSummary()
-    entries = latent_entries(cfg, report.samples, ckpt)
+    entries = latent_entries(cfg, training_samples(cfg, report), ckpt, default_dtype(device))   # the eval split: captions only
     _remove_temporaries({cfg.vae_cache_dir(d) for d in cfg.datasets} | {cfg.text_cache_dir})
     todo = _plan([(e.path, e.expected, e) for e in entries], summary, "latents", progress, full_check)
     if todo: _encode_latents(cfg, ckpt, todo, summary, device, progress)
-    meta = text_meta(ckpt)
+    meta = text_meta(ckpt, default_dtype(device))
     items = []
     for caption in cached_captions(cfg, report.samples):
-        path = cfg.text_cache_dir / f"{text_key(caption, meta['text_encoder'])}.safetensors"
+        path = text_path(cfg, caption, meta)
         items.append((path, {**meta, "caption": caption}, (caption, path)))
     todo = _plan(items, summary, "text", progress, full_check)
     if todo: _encode_texts(cfg, ckpt, todo, summary, device, progress)
@@ -427,7 +455,7 @@ class CachedDataset(torch.utils.data.Dataset):
         ckpt = ckpt or resolve_checkpoint(cfg, parts=("vae", "text_encoder", "tokenizer"))
         self.latent_files = {(e.sample.id, e.kind): e for e in latent_entries(cfg, self.samples, ckpt)}
         self.text_meta = text_meta(ckpt)
-        self.text_files = {c: cfg.text_cache_dir / f"{text_key(c, self.text_meta['text_encoder'])}.safetensors"
+        self.text_files = {c: text_path(cfg, c, self.text_meta)
                            for c in cached_captions(cfg, self.samples)}
         bad = []
         for path, expected in [*((e.path, e.expected) for e in self.latent_files.values()),
@@ -440,14 +468,21 @@ class CachedDataset(torch.utils.data.Dataset):
 
     def __len__(self): return len(self.samples)
 
+    def _read(self, path, expected) -> dict:
+        "A cache file's tensors; one that went bad since `build_cache` checked it stops the run with the repair command."
+        try: return read_entry(path, expected)[0]
+        except CacheError as e:
+            raise CacheError(f"{e} — repair it with `longcat-nb cache --config {self.cfg.config_path or '<config.json>'}` "
+                             "(re-encodes what is damaged), then resume") from None
+
     def _latents(self, sample, kind) -> torch.Tensor:
         e = self.latent_files[(sample.id, kind)]
-        return read_entry(e.path, e.expected)[0]["latents"]
+        return self._read(e.path, e.expected)["latents"]
 
     def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         "`(emb [512, C], mask [512])` of a cached caption."
         caption = clean_prompt(caption)
-        t, _ = read_entry(self.text_files[caption], {**self.text_meta, "caption": caption})
+        t = self._read(self.text_files[caption], {**self.text_meta, "caption": caption})
         return t["emb"], t["mask"]
 
     def item(self, i: int) -> dict:
@@ -482,7 +517,7 @@ def load_prompts(cfg, prompts, ckpt=None) -> tuple[torch.Tensor, torch.Tensor]:
     out = []
     for p in [prompts] if isinstance(prompts, str) else prompts:
         c = clean_prompt(p)
-        path = cfg.text_cache_dir / f"{text_key(c, meta['text_encoder'])}.safetensors"
+        path = text_path(cfg, c, meta)
         try: out.append(read_entry(path, {**meta, "caption": c})[0])
         except CacheError as e: raise CacheError(f"prompt {c!r} is not cached ({e}) — run build_cache(cfg)") from None
     return torch.stack([t["emb"] for t in out]), torch.stack([t["mask"] for t in out])

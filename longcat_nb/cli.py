@@ -10,7 +10,8 @@ from pathlib import Path
 from .config import ConfigError, load_config
 
 # %% auto #0
-__all__ = ['cmd_check', 'cmd_cache', 'cmd_train', 'cmd_sample', 'run_demo', 'cmd_demo', 'parser', 'main']
+__all__ = ['VIDEO_SUFFIXES', 'cmd_check', 'cmd_cache', 'cmd_train', 'parse_lora_spec', 'check_sample_args', 'cmd_sample',
+           'run_demo', 'cmd_demo', 'parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #7c94a46a
 def cmd_check(args) -> int:
@@ -23,11 +24,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    "Encode latents and text embeddings for the config's datasets."
+    "Encode latents and text embeddings for the config's datasets (reused files are verified; `--full-check`: also their values)."
     cfg = load_config(args.config)
     from longcat_nb.caching import build_cache
-    print(build_cache(cfg))
-    return 0
+    summary = build_cache(cfg, full_check=args.full_check)
+    print(summary)
+    return 0 if summary.ok else 1
 
 
 def cmd_train(args) -> int:
@@ -37,17 +39,53 @@ def cmd_train(args) -> int:
     from longcat_nb.training import stop_on_signals, train
     for k in ("max_train_steps", "resume_from_checkpoint", "output_dir"):
         if getattr(args, k, None) is not None: setattr(cfg, k, Path(args.output_dir).resolve() if k == "output_dir" else getattr(args, k))
+    if args.overwrite_output_dir: cfg.overwrite_output_dir = True
     with stop_on_signals() as stop: result = train(cfg, stop)
     print(result)
     if result.stopped: print("stopped on request — continue with: --resume-from-checkpoint latest")
     return 130 if result.stopped else 0
 
+# %% ../nbs/08_cli.ipynb #8e1ccc24
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    "`PATH[:MULTIPLIER]` → `(path, multiplier)`; split at the last colon only when a number follows it."
+    path, sep, tail = spec.rpartition(":")
+    if sep and path:
+        try: return path, float(tail)
+        except ValueError: pass
+    return spec, 1.0
+
+
+def check_sample_args(args, cfg) -> tuple[int, int]:
+    "Raise `ConfigError` (one line, exit 2) for a `sample` argument that cannot work; returns `(width, height)`."
+    from longcat_nb.config import check_frames, parse_resolution
+    width, height = parse_resolution(args.size or cfg.validation_resolution, "--size", "command line")
+    if args.frames is not None:
+        if args.frames < 1: raise ConfigError(f"--frames {args.frames}: must be at least 1 — e.g. 93 (or 1 for an image)")
+        check_frames(args.frames, "--frames", "command line")
+    for spec in args.lora or []:
+        path, _ = parse_lora_spec(spec)
+        if not Path(path).is_file(): raise ConfigError(f"--lora {spec}: {path} is not a file — give PATH or PATH:MULTIPLIER (e.g. lora.safetensors:0.8)")
+    if args.image:
+        from PIL import Image
+        try:
+            with Image.open(args.image) as im: im.verify()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ConfigError(f"--image {args.image}: not a readable image ({e.__class__.__name__}) — give a PNG or JPEG start frame") from None
+    out = Path(args.output)
+    if out.is_dir() or args.output.endswith(("/", "\\")):
+        raise ConfigError(f"--output {args.output}: is a folder — give a file name, e.g. {out / 'sample.mp4'}")
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"--output {args.output}: unknown video extension {out.suffix or '(none)'!r} — use one of {', '.join(VIDEO_SUFFIXES)}")
+    return width, height
+
 # %% ../nbs/08_cli.ipynb #55b36b6c
 def cmd_sample(args) -> int:
     "Sample a video (text-to-video, or image-to-video with --image) with optional LoRAs; writes an mp4."
-    from longcat_nb.config import parse_resolution, resolve_checkpoint
+    from longcat_nb.config import resolve_checkpoint
     cfg = load_config(args.config)
-    width, height = parse_resolution(args.size or cfg.validation_resolution, "--size", "command line")
+    width, height = check_sample_args(args, cfg)
     ckpt = resolve_checkpoint(cfg)
     import torch
     from longcat_nb.caching import default_device, default_dtype
@@ -58,9 +96,7 @@ def cmd_sample(args) -> int:
         distill = ckpt / "lora" / "cfg_step_lora.safetensors"
         if not distill.is_file(): raise ConfigError(f"--distilled: {distill} not found — the released checkpoint ships lora/cfg_step_lora.safetensors; copy it there")
         pipe.load_lora(distill)
-    for spec in args.lora or []:
-        path, _, mult = spec.partition(":")
-        pipe.load_lora(path, float(mult or 1.0))
+    for spec in args.lora or []: pipe.load_lora(*parse_lora_spec(spec))
     image = None
     if args.image:
         from PIL import Image
@@ -85,7 +121,7 @@ def run_demo(output="runs/demo", steps: int = 120, learning_rate: float = 3e-3) 
     ckpt = build_tiny_checkpoint(out / "checkpoint")
     cfg = load_config(make_example_dataset(out / "data", checkpoint=ckpt, max_train_steps=steps, learning_rate=learning_rate,
                                            checkpointing_steps=max(1, steps // 2), validation_steps=max(1, steps // 2),
-                                           output_dir=out / "output"))
+                                           output_dir=out / "output", overwrite_output_dir=True))   # a demo reruns from scratch
     report = check_datasets(cfg)
     print(report)
     if not report.ok: raise SystemExit(1)
@@ -117,11 +153,14 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
         return s
     with_config("check", cmd_check, "Check the datasets; exit 1 on errors.").add_argument("--json", action="store_true", help="print the report as JSON")
-    with_config("cache", cmd_cache, "Cache VAE latents and text embeddings.")
+    with_config("cache", cmd_cache, "Cache VAE latents and text embeddings.").add_argument(
+        "--full-check", dest="full_check", action="store_true", help="also check every cached value is finite")
     t = with_config("train", cmd_train, "Train the LoRA.")
     t.add_argument("--max-train-steps", dest="max_train_steps", type=int)
     t.add_argument("--resume-from-checkpoint", dest="resume_from_checkpoint")
     t.add_argument("--output-dir", dest="output_dir")
+    t.add_argument("--overwrite-output-dir", dest="overwrite_output_dir", action="store_true",
+                   help="start over in an output_dir that holds another run (deletes its checkpoints and LoRA files)")
     s = with_config("sample", cmd_sample, "Sample a video with optional LoRAs.")
     s.add_argument("--prompt", required=True)
     s.add_argument("--negative-prompt", dest="negative_prompt")
@@ -143,10 +182,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _work_errors() -> tuple:
+    "The library's own failure types (cache, training) among the modules loaded so far: reported in one line, exit 1."
+    found = [getattr(sys.modules.get(m), n, None) for m, n in (("longcat_nb.caching", "CacheError"), ("longcat_nb.training", "TrainingError"))]
+    return tuple(c for c in found if c is not None)
+
+
 def main(argv=None) -> int:
-    "Run `longcat-nb`; config errors print their message and exit 2."
+    "Run `longcat-nb`: config and argument errors print one line and exit 2; cache and training failures exit 1."
     args = parser().parse_args(argv)
     try: return args.fn(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not isinstance(e, _work_errors()): raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1

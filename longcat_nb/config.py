@@ -118,6 +118,7 @@ TRAIN_KEYS = [
     Key("mixed_precision", "bf16", "str", "Autocast precision on GPUs (CPU runs in fp32).", ("bf16", "fp16", "no")),
     Key("flow_schedule_shift", 12.0, "float", "Shift of the flow-matching σ schedule (12.0, as released).", minimum=0),
     Key("resume_from_checkpoint", None, "str", "`latest` or a checkpoint directory to continue from.", nullable=True),
+    Key("overwrite_output_dir", False, "bool", "Start a new run in an output_dir that holds another run, deleting its checkpoints and LoRA files (without it, such a run stops with a message)."),
     Key("report_to", "tensorboard", "str", "Metrics logger.", ("tensorboard", "none")),
     Key("vae_batch_size", 1, "int", "Clips per VAE encode batch while caching.", minimum=1),
     Key("vae_enable_tiling", False, "bool", "Tiled VAE encode/decode (less memory for large clips)."),

@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['VIDEO_CODECS', 'ALIGN', 'MAX_UPSCALE', 'MAX_ASPECT', 'VIDEO_EXTS', 'IMAGE_EXTS', 'RULES', 'write_video',
-           'demo_frames', 'frames_at_rate', 'usable_frames', 'MediaError', 'decode_video', 'fit_rgb', 'upright_rgb',
-           'read_image', 'Bucket', 'bucket_size', 'bucket_for', 'MediaInfo', 'probe_media', 'Problem', 'Sample',
-           'DatasetSummary', 'DataReport', 'check_datasets', 'load_sample_frames', 'BatchKey', 'BucketBatchSampler',
-           'SampleDataset', 'data_loader']
+           'user_permissions', 'demo_frames', 'frames_at_rate', 'usable_frames', 'MediaError', 'decode_video',
+           'fit_rgb', 'upright_rgb', 'read_image', 'Bucket', 'bucket_size', 'bucket_for', 'MediaInfo', 'probe_media',
+           'Problem', 'Sample', 'DatasetSummary', 'DataReport', 'check_datasets', 'load_sample_frames', 'BatchKey',
+           'BucketBatchSampler', 'SampleDataset', 'data_loader']
 
 # %% ../nbs/01_data.ipynb #a94e6336
-import json, math, random, statistics
+import json, math, os, random, statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -56,6 +56,13 @@ def write_video(path, frames, fps: float = 15.0, codec: str | None = None, times
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+# %% ../nbs/01_data.ipynb #bba74c2f
+def user_permissions(path) -> Path:
+    "Give the file `path` the mode a plain `open()` gives (0o666 minus the umask); returns the path."
+    mask = os.umask(0); os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return Path(path)
 
 # %% ../nbs/01_data.ipynb #6c893264
 def demo_frames(n: int, width: int = 128, height: int = 96) -> np.ndarray:

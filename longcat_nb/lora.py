@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import LORA_TARGETS
+from .data import user_permissions
 
 # %% auto #0
 __all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'LORA_FORMATS', 'lora_target_names',
@@ -295,7 +296,7 @@ def save_lora(model: nn.Module, path, format: str = "peft", adapter_name: str = 
     tmp = path.with_name(path.name + ".tmp")         # atomic: a killed run never leaves a half-written LoRA file
     try:
         save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        os.replace(user_permissions(tmp), path)          # safetensors writes 0600: others could not load the file
     finally: tmp.unlink(missing_ok=True)
     return path
 

@@ -30,12 +30,14 @@ from .model import LongCatVideoTransformer3DModel
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
-__all__ = ['STOP_FILE', 'shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss',
-           'check_training_config', 'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss',
-           'TrainState', 'checkpoint_step', 'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError',
-           'restore_lora', 'fsdp_plugin', 'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state',
-           'TrainResult', 'load_trainable_transformer', 'steps_plan', 'ProgressLog', 'read_progress', 'request_stop',
-           'stop_requested', 'stop_on_signals', 'train', 'main']
+__all__ = ['RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FACTOR', 'STOP_FILE', 'shift_sigmas',
+           'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss', 'check_training_config',
+           'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss', 'TrainState', 'checkpoint_step',
+           'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin',
+           'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'previous_run',
+           'check_output_dir', 'clear_previous_run', 'resume_changes', 'good_checkpoint', 'TrainResult',
+           'load_trainable_transformer', 'steps_plan', 'ProgressLog', 'read_progress', 'request_stop', 'stop_requested',
+           'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -149,15 +151,18 @@ class TrainState:
     losses: list = field(default_factory=list)
     grad_norms: list = field(default_factory=list)
     generator: torch.Generator = field(default_factory=torch.Generator)
+    weight_norms: list = field(default_factory=list)   # LoRA norm after each step, [0] = before the first
 
     def state_dict(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "losses": list(self.losses),
-                "grad_norms": list(self.grad_norms), "generator": self.generator.get_state()}
+                "grad_norms": list(self.grad_norms), "generator": self.generator.get_state(),
+                "weight_norms": list(self.weight_norms)}
 
     def load_state_dict(self, d: dict):
         self.step, self.epoch, self.batch_in_epoch = d["step"], d["epoch"], d["batch_in_epoch"]
         self.losses, self.grad_norms = list(d["losses"]), list(d["grad_norms"])
         self.generator.set_state(d["generator"])
+        self.weight_norms = list(d.get("weight_norms", []))      # older checkpoints did not record it
 
 
 def checkpoint_step(path) -> int | None:
@@ -301,12 +306,16 @@ def _atomic_save(accelerator, output_dir: Path, step: int, cfg, model=None, opti
     final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists(): shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    with _state_without_model(accelerator): accelerator.save_state(str(tmp))
-    if accelerator.distributed_type == DistributedType.FSDP:
-        save_sharded_training_state(model, optimizer, tmp, accelerator.is_main_process)
+    try:
+        with _state_without_model(accelerator): accelerator.save_state(str(tmp))
+        if accelerator.distributed_type == DistributedType.FSDP:
+            save_sharded_training_state(model, optimizer, tmp, accelerator.is_main_process)
+        if accelerator.is_main_process: (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    except BaseException:                               # a failed write (a full disk): no half checkpoint stays behind
+        if accelerator.is_main_process: shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if final.exists():                              # re-saving a step after a resume: swap, then delete the old
             old = output_dir / f".checkpoint-{step}.old"
             final.rename(old); tmp.rename(final); shutil.rmtree(old)
@@ -314,6 +323,112 @@ def _atomic_save(accelerator, output_dir: Path, step: int, cfg, model=None, opti
         prune_checkpoints(output_dir, cfg.checkpoints_total_limit)
     accelerator.wait_for_everyone()
     return final
+
+# %% ../nbs/07_training.ipynb #03ca59b2
+def previous_run(output_dir) -> list[Path]:
+    "What an earlier run left in `output_dir`: its checkpoints, LoRA exports and progress log."
+    d = Path(output_dir)
+    if not d.is_dir(): return []
+    return [*list_checkpoints(d), *sorted(d.glob("lora_*.safetensors")), *d.glob("progress.jsonl")]
+
+
+def check_output_dir(cfg):
+    "Raise `ConfigError` when `output_dir` holds another run and the config neither resumes it nor overwrites it."
+    found = previous_run(cfg.output_dir)
+    if not found or cfg.resume_from_checkpoint or cfg.overwrite_output_dir: return
+    names = ", ".join(p.name for p in found[:3]) + (" …" if len(found) > 3 else "")
+    raise ConfigError(f"output_dir {cfg.output_dir} already holds a run ({names}) — continue it with resume_from_checkpoint: "
+                      "\"latest\" (--resume-from-checkpoint latest), choose another output_dir, or set overwrite_output_dir: "
+                      "true (--overwrite-output-dir) to delete it and start over")
+
+
+def clear_previous_run(output_dir) -> list[Path]:
+    "Delete what `previous_run` finds (for `overwrite_output_dir`); returns the deleted paths."
+    found = previous_run(output_dir)
+    for p in found: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return found
+
+# %% ../nbs/07_training.ipynb #85f12a1c
+RESUME_REFUSED = {
+    "lora_rank": "the checkpoint's LoRA factors have the old rank", "lora_alpha": "the LoRA's scale is part of what was trained",
+    "lora_target_modules": "the checkpoint adapts other modules", "base_model_precision": "the LoRA was trained on the other base",
+    "model_flavour": "the LoRA was trained on the other base", "optimizer": "the checkpoint holds the other optimizer's state",
+    "train_batch_size": "the data position counts global batches of the old size",
+    "gradient_accumulation_steps": "the data position counts micro-batches of the old step", "seed": "the run's data order and noise come from it"}
+RESUME_APPLIED = ("learning_rate", "lr_scheduler", "lr_warmup_steps", "max_train_steps", "num_train_epochs", "max_grad_norm",
+                  "caption_dropout_probability", "checkpointing_steps", "checkpoints_total_limit", "lora_dropout", "report_to")
+
+
+def resume_changes(saved: dict, cfg) -> list[str]:
+    """One line per optimisation key `cfg` changes against a checkpoint's config `saved` (they apply); raises
+    `ConfigError` for changes a resumed run cannot follow."""
+    now = cfg.to_dict()
+    changed = [k for k in now if k in saved and now[k] != saved[k]]
+    refused = [k for k in changed if k in RESUME_REFUSED]
+    if refused:
+        raise ConfigError("; ".join(f"{k} = {json.dumps(now[k])}, the checkpoint's is {json.dumps(saved[k])}: {RESUME_REFUSED[k]}"
+                                   for k in refused) + " — resume with the checkpoint's values, or start a new run in another output_dir")
+    return [f"resume: {k} {json.dumps(saved[k])} → {json.dumps(now[k])} (applied from here on)" for k in changed
+            if k in RESUME_APPLIED or k.startswith("validation_")]
+
+
+def _apply_schedule(run, cfg):
+    "After a resume: the config's learning rate and schedule at the resumed step, instead of the checkpoint's."
+    sch = run.scheduler                       # diffusers' schedules are LambdaLRs built from the current config
+    sch.base_lrs = [cfg.learning_rate for _ in sch.base_lrs]
+    lrs = [base * f(sch.last_epoch) for base, f in zip(sch.base_lrs, sch.lr_lambdas)]
+    for g, lr in zip(run.optimizer.param_groups, lrs): g["initial_lr"], g["lr"] = cfg.learning_rate, lr
+    sch._last_lr = lrs
+
+# %% ../nbs/07_training.ipynb #8598e71a
+GOOD_LOSS_FACTOR, GOOD_NORM_FACTOR = 10.0, 2.0
+
+def good_checkpoint(checkpoints, losses, weight_norms) -> Path | None:
+    """The newest of `checkpoints` (`checkpoint-{s}` paths) from before the first sign of damage, by the rule above.
+    `losses[i]` is the loss of step i + 1; `weight_norms[i]` the LoRA norm after step i (0: the initial LoRA), empty
+    when not recorded. Damage shows in the weights after step w when their norm jumped (or is not finite), or when
+    the loss computed with them (`losses[w]`) is finite but above 10× the median before it."""
+    def damaged(w):
+        if w < len(weight_norms) and not (math.isfinite(weight_norms[w]) and weight_norms[w] <= GOOD_NORM_FACTOR * weight_norms[w - 1]):
+            return True
+        if w < len(losses) and math.isfinite(losses[w]):
+            before = sorted(losses[:w])
+            return losses[w] > GOOD_LOSS_FACTOR * before[len(before) // 2]
+        return False
+    first_bad = next((w for w in range(1, max(len(losses), len(weight_norms)) + 1) if damaged(w)), math.inf)
+    good = [c for c in checkpoints if checkpoint_step(c) < first_bad]
+    return max(good, key=checkpoint_step) if good else None
+
+
+def _lora_norm(params) -> float:
+    "The L2 norm of all LoRA parameters together (FSDP: of the whole, from the shards)."
+    norms = [torch.linalg.vector_norm(p.detach().float()) for p in params]
+    norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+# %% ../nbs/07_training.ipynb #3cc192e1
+def _disk_problem(e: BaseException) -> str | None:
+    "'No space left on device' / 'Permission denied' / ... when `e` is a failed write, else None."
+    import errno
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+        return os.strerror(e.errno)
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("inline_container" in text or "file write failed" in text or "No space left" in text):
+        return "No space left on device"             # torch.save's zip writer hides the errno
+    return None
+
+
+@contextlib.contextmanager
+def _writing(output_dir, what: str, need_bytes: int = 0):
+    "Turn a failed write of `what` into one `TrainingError` line with the fix."
+    try: yield
+    except (OSError, RuntimeError) as e:
+        why = _disk_problem(e)
+        if why is None: raise
+        free = shutil.disk_usage(output_dir).free if Path(output_dir).exists() else 0
+        full = "space" in why.lower() or "quota" in why.lower()
+        fix = f"free {need_bytes / 1e9:.2g} GB or set output_dir elsewhere" if full else "make it writable or set output_dir elsewhere"
+        raise TrainingError(f"{why}: writing {what} in {output_dir} ({free / 1e9:.3g} GB free) — {fix}") from None
 
 # %% ../nbs/07_training.ipynb #2640f2d7
 @dataclass
@@ -379,13 +494,15 @@ class _Validator:
         if not self.jobs: return
         self.pipe = LongCatVideoPipeline.from_pretrained(ckpt, torch_dtype=dtype, device=device, with_text_encoder=False,
                                                          transformer=model)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.set_progress_bar_config(desc="validation video (denoising, then the VAE decode)", leave=False)
         prompts = list(dict.fromkeys([j.prompt for j in self.jobs] + [cfg.validation_negative_prompt or ""]))
         self.pipe.cache_prompts(prompts, *load_prompts(cfg, prompts, ckpt))
 
     def __call__(self, step: int, output_dir=None) -> list[Path]:
         "Render the validation videos at `step` into `output_dir` (default: the run's), leaving every random state as it was."
         if not self.jobs: return []
+        print(f"step {step}: rendering {len(self.jobs)} validation video(s) of {self.cfg.validation_num_video_frames} frames",
+              file=sys.stderr, flush=True)
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
             return run_validation(self.cfg, self.pipe, step, output_dir or self.cfg.output_dir, eval_samples=self.eval_samples)
 
@@ -508,8 +625,11 @@ def _prepare_run(cfg) -> SimpleNamespace:
     accelerator, output_dir = _accelerator(cfg), Path(cfg.output_dir)
     device, main = accelerator.device, accelerator.is_main_process
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        print(build_cache(cfg))
+        summary = build_cache(cfg)                               # checks the data first: no output folder on errors
+        if summary.encoded or summary.rebuilt or summary.failed: print(summary)
+        with _writing(output_dir, "the output folder", 1 << 30): output_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
+            for p in clear_previous_run(output_dir): print(f"overwrite_output_dir: deleted {p}")
     accelerator.wait_for_everyone()
     ckpt = resolve_checkpoint(cfg)
     dataset, empty_prompt = CachedDataset(cfg, ckpt=ckpt), load_empty_prompt(cfg, ckpt)
@@ -532,7 +652,15 @@ def _prepare_run(cfg) -> SimpleNamespace:
     return SimpleNamespace(accelerator=accelerator, output_dir=output_dir, device=device, main=main, ckpt=ckpt, dtype=dtype,
                            fsdp=fsdp, dataset=dataset, empty_prompt=empty_prompt, model=model, optimizer=optimizer,
                            scheduler=scheduler, params=params, state=state, per_epoch=per_epoch, total=total,
-                           unwrapped=accelerator.unwrap_model(model), last_ckpt=None, videos=[])
+                           unwrapped=accelerator.unwrap_model(model), last_ckpt=None, videos=[], resume_lines=[],
+                           ckpt_bytes=3 * sum(4 * p.numel() for p in params))   # LoRA + AdamW's two moments, fp32
+
+
+def _resume_plan(cfg) -> list[str]:
+    "The lines `resume_changes` reports for the checkpoint `resume_from_checkpoint` names (none when not resuming)."
+    found = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint)
+    if found is None or not (found / "config.json").is_file(): return []
+    return resume_changes(json.loads((found / "config.json").read_text()), cfg)
 
 
 def _resume(run, cfg):
@@ -541,7 +669,10 @@ def _resume(run, cfg):
     if run.last_ckpt is not None:
         with _state_without_model(run.accelerator): run.accelerator.load_state(str(run.last_ckpt))
         if run.fsdp: load_sharded_training_state(run.model, run.optimizer, run.last_ckpt, run.main)
-        if run.main: print(f"resumed from {run.last_ckpt} at step {run.state.step}")
+        if run.main: print("\n".join([f"resumed from {run.last_ckpt} at step {run.state.step}", *run.resume_lines]))
+        if any(k in line for line in run.resume_lines for k in ("learning_rate", "lr_scheduler", "lr_warmup_steps",
+                                                                "max_train_steps", "num_train_epochs")):
+            _apply_schedule(run, cfg)
     elif cfg.resume_from_checkpoint and run.main: print(f"no checkpoint in {run.output_dir} yet: starting at step 0")
 
 # %% ../nbs/07_training.ipynb #3e68c3f2
@@ -551,22 +682,39 @@ def _optimizer_step(run, cfg, batches) -> tuple[float, float]:
     loss = _optimizer_step_grads(run.accelerator, run.model, batches, run.state, cfg, run.empty_prompt)
     grad_norm = run.accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm or float("inf"))
     grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise TrainingError(f"step {step}: loss = {loss}, gradient norm = {grad_norm} (not finite) — training stopped "
-                            f"before this update; the last good checkpoint is {run.last_ckpt or 'none (none written yet)'}. "
-                            "Lower learning_rate or check the data, then resume with resume_from_checkpoint")
+    if not run.state.weight_norms: run.state.weight_norms.append(_lora_norm(run.params))   # the initial LoRA: step 0
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)): _non_finite_stop(run, cfg, step, loss, grad_norm)
     run.optimizer.step(); run.scheduler.step(); run.optimizer.zero_grad(set_to_none=True)
     run.state.step, run.state.batch_in_epoch = step, run.state.batch_in_epoch + cfg.gradient_accumulation_steps
-    run.state.losses.append(loss); run.state.grad_norms.append(grad_norm)
+    run.state.losses.append(loss); run.state.grad_norms.append(grad_norm); run.state.weight_norms.append(_lora_norm(run.params))
     return loss, grad_norm
+
+
+def _non_finite_stop(run, cfg, step, loss, grad_norm):
+    "Stop the run at a non-finite loss: export the newest good checkpoint's LoRA and raise `TrainingError` naming it."
+    good = good_checkpoint([c for c in list_checkpoints(run.output_dir) if checkpoint_step(c) <= run.state.step],
+                           run.state.losses, run.state.weight_norms)
+    if good is None: tail = "no checkpoint is good yet (none written, or each was followed by a loss that blew up)"
+    else:
+        restore_lora(run.unwrapped, good / "lora.safetensors")
+        _export_loras(run, cfg, checkpoint_step(good))
+        tail = (f"the last good checkpoint is {good} (its LoRA is exported to lora_*.safetensors); resume from it with "
+                f"resume_from_checkpoint: \"{good}\" (\"latest\" would take a later, damaged one)")
+    raise TrainingError(f"step {step}: loss = {loss}, gradient norm = {grad_norm} (not finite) — training stopped before this "
+                        f"update; {tail}. Lower learning_rate or check the data")
+
+
+def _save_checkpoint(run, cfg, log):
+    "A checkpoint at the current step (a full disk: one line, no half checkpoint); every process must call this."
+    with _writing(run.output_dir, f"checkpoint-{run.state.step}", run.ckpt_bytes):
+        run.last_ckpt = _atomic_save(run.accelerator, run.output_dir, run.state.step, cfg, run.model, run.optimizer)
+    log("checkpoint", step=run.state.step, path=str(run.last_ckpt))
 
 
 def _after_step(run, cfg, validate, scratch, log, bar):
     "Checkpoint and validation videos when this step is due for them (every process takes part)."
     step = run.state.step
-    if step % cfg.checkpointing_steps == 0 or step == run.total:
-        run.last_ckpt = _atomic_save(run.accelerator, run.output_dir, step, cfg, run.model, run.optimizer)
-        log("checkpoint", step=step, path=str(run.last_ckpt))
+    if step % cfg.checkpointing_steps == 0 or step == run.total: _save_checkpoint(run, cfg, log)
     if validate and (step == run.total or (cfg.validation_steps and step % cfg.validation_steps == 0)):
         new = validate(step, scratch)
         if run.main:
@@ -607,19 +755,18 @@ def _train_steps(run, cfg, stop, log, validate, scratch) -> bool:
                 run.accelerator.wait_for_everyone()
                 if state.step >= run.total: break
                 if _stop_now(run, stop):
-                    if checkpoint_step(run.last_ckpt or "") != state.step:
-                        run.last_ckpt = _atomic_save(run.accelerator, run.output_dir, state.step, cfg, run.model, run.optimizer)
-                        log("checkpoint", step=state.step, path=str(run.last_ckpt))
+                    if checkpoint_step(run.last_ckpt or "") != state.step: _save_checkpoint(run, cfg, log)
                     return False
             if state.step < run.total: state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     finally: bar.close()
     return True
 
 
-def _export_loras(run, cfg) -> list[Path]:
-    "The LoRA in every `lora_export_formats` format, written by the main process (FSDP: gathered from every process)."
-    with gathered_lora(run.unwrapped, run.main) as whole:
-        return [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": run.state.step})
+def _export_loras(run, cfg, step: int | None = None) -> list[Path]:
+    "The LoRA (of `step`, default the current) in every `lora_export_formats` format, by the main process (FSDP: gathered)."
+    step = run.state.step if step is None else step
+    with gathered_lora(run.unwrapped, run.main) as whole, _writing(run.output_dir, "the LoRA files", run.ckpt_bytes // 3 * len(cfg.lora_export_formats)):
+        return [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": step})
                 for fmt in cfg.lora_export_formats] if run.main else []
 
 # %% ../nbs/07_training.ipynb #82798666
@@ -630,10 +777,13 @@ def train(cfg, stop=None) -> TrainResult:
     if stop is None:
         with stop_on_signals() as event: return train(cfg, event)
     check_training_config(cfg)
+    check_output_dir(cfg)
+    resume_lines = _resume_plan(cfg)                             # refuses what a resume cannot follow, before any load
     log, run = ProgressLog(cfg.output_dir, enabled=os.environ.get("RANK", "0") == "0"), None
     if log.enabled: (Path(cfg.output_dir) / STOP_FILE).unlink(missing_ok=True)   # an old request must not stop this run
     try:
         run = _prepare_run(cfg)
+        run.resume_lines = resume_lines
         _resume(run, cfg)
         log("start", step=run.state.step, total=run.total)
         validate = _Validator(cfg, run.ckpt, run.unwrapped, run.dtype, run.device) if run.main or run.fsdp else None
@@ -665,12 +815,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-train-steps", dest="max_train_steps", type=int)
     p.add_argument("--resume-from-checkpoint", dest="resume_from_checkpoint")
     p.add_argument("--output-dir", dest="output_dir")
+    p.add_argument("--overwrite-output-dir", dest="overwrite_output_dir", action="store_true")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
         if args.max_train_steps is not None: cfg.max_train_steps = args.max_train_steps
         if args.resume_from_checkpoint is not None: cfg.resume_from_checkpoint = args.resume_from_checkpoint
         if args.output_dir is not None: cfg.output_dir = Path(args.output_dir).resolve()
+        if args.overwrite_output_dir: cfg.overwrite_output_dir = True
         result = train(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

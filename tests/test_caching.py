@@ -38,12 +38,12 @@ def _cfg(tmp_path, ckpt, datasets, **over):
 
 
 def test_i2v_without_conditioning_data(tmp_path, ckpt):
-    "The clip's own first frame is the start frame; its latent sits beside the clip's as <name>.start.safetensors."
+    "The clip's own first frame is the start frame; its latent sits beside the clip's as <name>.<ext>.start.safetensors."
     _clips(tmp_path / "clips", {"a": (64, 64, 9)}, captions={"a": "一只猫在花园里走 &amp; a cat"})
     cfg = _cfg(tmp_path, ckpt, [{"id": "self", "instance_data_dir": str(tmp_path / "clips"), "is_i2v": True}])
     s = build_cache(cfg, progress=False)
     assert (s.encoded, s.failed) == (2 + 2, 0)  # clip + start; caption + ""
-    assert (tmp_path / "cache/vae/self/a.start.safetensors").is_file()
+    assert (tmp_path / "cache/vae/self/a.mp4.start.safetensors").is_file()
     item = CachedDataset(cfg)[0]
     assert item["num_cond_latents"] == 1 and item["caption"] == "一只猫在花园里走 &amp; a cat"
     # causal VAE: the first frame encoded alone is the clip's latent frame 0 (up to float error)
@@ -66,7 +66,7 @@ def test_failed_sample_is_reported_and_others_cached(tmp_path, ckpt, monkeypatch
     s = build_cache(cfg, progress=False)
     assert (s.failed, s.by_kind["latents"]["encoded"], s.ok) == (1, 1, False)
     assert "bad.mp4: cannot decode" in str(s) and "INCOMPLETE" in str(s)
-    with pytest.raises(CacheError, match="bad.safetensors: missing"): CachedDataset(cfg)
+    with pytest.raises(CacheError, match="bad.mp4.safetensors: missing"): CachedDataset(cfg)
     monkeypatch.setattr(caching, "load_sample_frames", real)
     s = build_cache(cfg, progress=False)
     assert (s.encoded, s.failed) == (1, 0)
@@ -122,3 +122,59 @@ def test_bench_vae_runs_tiny_on_cpu(tmp_path):
     for k in ("encode_plain", "encode_tiled", "decode_plain", "decode_tiled"):
         assert r[k]["finite"] and r[k]["median_s"] > 0, r[k]
     assert r["encode_plain"]["out_shape"] == [1, 16, 3, 8, 8]
+
+
+def test_dtype_is_part_of_both_cache_keys(tmp_path, ckpt):
+    "A cache built in fp32 is not reused by a bf16 run (and the other way round): each dtype has its own entries."
+    _clips(tmp_path / "clips", {"a": (64, 64, 9)})
+    cfg = _cfg(tmp_path, ckpt, [{"id": "d", "instance_data_dir": str(tmp_path / "clips")}])
+    build_cache(cfg, progress=False)                                   # the CPU: fp32
+    samples = caching.training_samples(cfg)
+    fp32 = caching.latent_entries(cfg, samples, ckpt, torch.float32)[0]
+    bf16 = caching.latent_entries(cfg, samples, ckpt, torch.bfloat16)[0]
+    caching.check_entry(fp32.path, fp32.expected)
+    with pytest.raises(CacheError, match="stale \\(vae_dtype 'torch.float32' → 'torch.bfloat16'\\)"):
+        caching.check_entry(bf16.path, bf16.expected)
+    m32, m16 = caching.text_meta(ckpt, torch.float32), caching.text_meta(ckpt, torch.bfloat16)
+    assert caching.text_path(cfg, "", m32) != caching.text_path(cfg, "", m16)
+    assert caching.text_path(cfg, "", m32).is_file() and not caching.text_path(cfg, "", m16).exists()
+
+
+def test_eval_split_is_not_vae_encoded(tmp_path, ckpt):
+    "The held-out validation split's clips are not encoded; their captions are (validation prompts come from them)."
+    _clips(tmp_path / "train", {"t": (64, 64, 9)}, captions={"t": "train clip"})
+    _clips(tmp_path / "val", {"v": (64, 64, 9)}, captions={"v": "held-out clip"})
+    cfg = _cfg(tmp_path, ckpt, [{"id": "train", "instance_data_dir": str(tmp_path / "train")},
+                                {"id": "val", "instance_data_dir": str(tmp_path / "val")}],
+               eval_dataset_id="val", validation_using_datasets=True)
+    s = build_cache(cfg, progress=False)
+    assert s.by_kind["latents"]["encoded"] == 1, s
+    assert not (tmp_path / "cache/vae/val").exists()
+    meta = caching.text_meta(ckpt)
+    assert caching.text_path(cfg, "held-out clip", meta).is_file()
+
+
+def test_start_named_clip_cannot_collide_with_a_start_frame(tmp_path, ckpt):
+    "I2V without conditioning data: x.mp4's start frame and a clip named x.start.mp4 get different cache files."
+    _clips(tmp_path / "clips", {"x": (64, 64, 9), "x.start": (64, 64, 9)})
+    cfg = _cfg(tmp_path, ckpt, [{"id": "d", "instance_data_dir": str(tmp_path / "clips"), "is_i2v": True}])
+    entries = caching.latent_entries(cfg, caching.training_samples(cfg), ckpt)
+    assert len({e.path for e in entries}) == len(entries) == 4
+    s = build_cache(cfg, progress=False)
+    assert s.ok and s.by_kind["latents"]["encoded"] == 4
+    ds = CachedDataset(cfg)
+    assert {ds[i]["id"] for i in range(len(ds))} == {"d/x", "d/x.start"}
+
+
+def test_flipped_byte_is_repaired_by_cache_and_reported_by_train(tmp_path, ckpt):
+    "One flipped byte in a latent: `cache` re-encodes it (no --full-check needed); training stops with the repair command."
+    _clips(tmp_path / "clips", {"a": (64, 64, 9)})
+    cfg = _cfg(tmp_path, ckpt, [{"id": "d", "instance_data_dir": str(tmp_path / "clips")}])
+    build_cache(cfg, progress=False)
+    f = next((tmp_path / "cache/vae/d").glob("*.safetensors"))
+    data = f.read_bytes(); f.write_bytes(data[:-3] + bytes([data[-3] ^ 0x01]) + data[-2:])
+    with pytest.raises(CacheError, match=r"damaged \(checksum mismatch\) — repair it with `longcat-nb cache"):
+        CachedDataset(cfg)[0]
+    s = build_cache(cfg, progress=False)
+    assert (s.rebuilt, s.reused) == (1, 2) and "checksum mismatch" in s.problems[0]
+    CachedDataset(cfg)[0]

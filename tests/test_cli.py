@@ -100,3 +100,41 @@ def test_train_ctrl_c_stops_with_a_checkpoint(example, tmp_path):
     assert "Traceback" not in err and "resume-from-checkpoint latest" in out
     stopped = read_progress(tmp_path / "out")[-1]
     assert stopped["event"] == "stopped" and (tmp_path / "out" / f"checkpoint-{stopped['step']}").is_dir()
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--image", "missing.png"], "--image missing.png: not a readable image"),
+    (["--lora", "nowhere.safetensors:0.5"], "--lora nowhere.safetensors:0.5: nowhere.safetensors is not a file"),
+    (["--frames", "90"], "use 89 or 93"),
+    (["--frames", "0"], "--frames 0: must be at least 1"),
+    (["--size", "830x480"], "width 830 is not divisible by 16"),
+    (["--output", "."], "is a folder"),
+    (["--output", "video.gif"], "unknown video extension '.gif'"),
+])
+def test_sample_argument_errors_exit_2_before_loading(tmp_path, capsys, monkeypatch, extra, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")          # no checkpoint at all: a load would fail differently
+    (tmp_path / "missing.png").write_text("not an image")
+    assert main(["sample", "--config", "config.json", "--prompt", "x", *extra]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_sample_argument_error_is_fast_in_a_fresh_process(tmp_path):
+    import subprocess, sys, time
+    (tmp_path / "config.json").write_text("{}")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())", "sample",
+                        "--config", str(tmp_path / "config.json"), "--prompt", "x", "--frames", "90"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and time.time() - t0 < 10, (r.stderr, time.time() - t0)
+
+
+def test_cache_and_train_on_bad_data_exit_1_without_traceback_or_output_folder(tmp_path, capsys):
+    cfg = make_example_dataset(tmp_path / "data", checkpoint=tiny_checkpoint(), max_train_steps=1, output_dir=tmp_path / "out")
+    import shutil
+    shutil.copy(tmp_path / "data" / "t2v" / "clip_000.mp4", tmp_path / "data" / "t2v" / "clip_000.mov")   # duplicate-stem: an error
+    for cmd in (["cache", "--full-check"], ["train"]):
+        assert main([cmd[0], "--config", str(cfg), *cmd[1:]]) == 1
+        err = capsys.readouterr().err
+        assert "the data check found errors" in err and "clip_000" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -55,9 +55,11 @@ def test_nan_stops_with_last_checkpoint_intact(example, tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match=r"step 3: loss = nan.*checkpoint-2"):
         train(config(example, tmp_path, max_train_steps=4, checkpointing_steps=2))
     eq_([p.name for p in list_checkpoints(tmp_path)], ["checkpoint-2"])
-    assert not list(tmp_path.glob(".checkpoint-*")) and not list(tmp_path.glob("lora_*.safetensors"))
+    assert not list(tmp_path.glob(".checkpoint-*"))
     state = load_file(tmp_path / "checkpoint-2" / "lora.safetensors")
     assert state and all(torch.isfinite(v).all() for v in state.values())
+    exported = load_file(tmp_path / "lora_peft.safetensors")          # the good checkpoint's LoRA is exported
+    for k in state: assert torch.equal(state[k], exported[k]), k
     monkeypatch.undo()
     resumed = train(config(example, tmp_path, max_train_steps=4, checkpointing_steps=2, resume_from_checkpoint="latest"))
     eq_(resumed.steps, 4)
@@ -196,3 +198,67 @@ def test_ctrl_c_during_train_leaves_a_resumable_run(example, tmp_path, monkeypat
     r = train(config(example, tmp_path, max_train_steps=4, checkpointing_steps=10))
     assert r.stopped and r.steps == 2
     eq_([p.name for p in list_checkpoints(tmp_path)], ["checkpoint-2"])
+
+
+def test_lr_blowup_names_a_good_checkpoint_that_resumes(example, tmp_path, capsys):
+    "lr 1e6 after two sane steps: the run stops naming checkpoint-2 (not the blown-up checkpoint-3), exports its LoRA, and a resume from it at a sane lr trains on."
+    kw = dict(checkpointing_steps=1, caption_dropout_probability=0.0)
+    train(config(example, tmp_path, max_train_steps=2, **kw))
+    with pytest.raises(TrainingError, match=r"not finite.*last good checkpoint is .*checkpoint-2 ") as e:
+        train(config(example, tmp_path, max_train_steps=8, learning_rate=1e6, resume_from_checkpoint="latest", **kw))
+    assert "learning_rate 0.001 → 1000000.0 (applied" in capsys.readouterr().out
+    good = tmp_path / "checkpoint-2"
+    a, b = load_file(good / "lora.safetensors"), load_file(tmp_path / "lora_peft.safetensors")
+    for k in a: assert torch.equal(a[k], b[k]), k                  # the exports are checkpoint-2's LoRA
+    r = train(config(example, tmp_path, max_train_steps=8, learning_rate=1e-3, resume_from_checkpoint=str(good), **kw))
+    eq_(r.steps, 8)
+    assert all(math.isfinite(l) and l < 10 * max(r.losses[:2]) for l in r.losses), r.losses
+    lrs = [e["lr"] for e in training.read_progress(tmp_path) if e["event"] == "step"][-6:]
+    eq_(lrs, [1e-3] * 6)
+
+
+def test_resume_applies_a_changed_lr_and_refuses_a_changed_rank(example, tmp_path, capsys):
+    train(config(example, tmp_path, max_train_steps=2, checkpointing_steps=2))
+    r = train(config(example, tmp_path, max_train_steps=3, learning_rate=3e-5, resume_from_checkpoint="latest"))
+    assert "resume: learning_rate 0.001 → 3e-05 (applied from here on)" in capsys.readouterr().out
+    eq_([e["lr"] for e in training.read_progress(tmp_path) if e["event"] == "step"][-1], 3e-5)
+    from longcat_nb.config import ConfigError
+    with pytest.raises(ConfigError, match="lora_rank = 16, the checkpoint.s is"):
+        train(config(example, tmp_path, max_train_steps=4, lora_rank=16, resume_from_checkpoint="latest"))
+
+
+def test_a_used_output_dir_is_not_overwritten(example, tmp_path):
+    from longcat_nb.config import ConfigError
+    train(config(example, tmp_path, max_train_steps=1))
+    with pytest.raises(ConfigError, match="already holds a run .* overwrite_output_dir"):
+        train(config(example, tmp_path, max_train_steps=1))
+    r = train(config(example, tmp_path, max_train_steps=2, checkpointing_steps=2, overwrite_output_dir=True))
+    eq_([p.name for p in list_checkpoints(tmp_path)], ["checkpoint-2"])     # the old run's checkpoint-1 is gone
+    assert r.steps == 2
+
+
+def test_full_disk_one_line_then_exact_resume(example, tmp_path, monkeypatch):
+    "torch.save fails at checkpoint-4 as on a full disk: one line, no half checkpoint, and the resume is exact."
+    kw = dict(max_train_steps=5, checkpointing_steps=2)
+    full = train(config(example, tmp_path / "full", **kw))
+    real = torch.save
+    def failing(obj, f, *a, **k):
+        if ".checkpoint-4.tmp" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file data/0: file write failed")
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(TrainingError, match=r"^No space left on device: writing checkpoint-4 in .* — free .* GB or set output_dir elsewhere$"):
+        train(config(example, tmp_path / "cut", **kw))
+    monkeypatch.undo()
+    eq_([p.name for p in list_checkpoints(tmp_path / "cut")], ["checkpoint-2"])
+    assert not list((tmp_path / "cut").glob(".checkpoint-*"))
+    resumed = train(config(example, tmp_path / "cut", resume_from_checkpoint="latest", **kw))
+    eq_(resumed.losses, full.losses)
+    a, b = load_file(full.lora_paths[0]), load_file(resumed.lora_paths[0])
+    for k in a: assert torch.equal(a[k], b[k]), k
+
+
+def test_exports_and_checkpoints_follow_the_umask(example, tmp_path):
+    r = train(config(example, tmp_path, max_train_steps=1))
+    for p in [*r.lora_paths, r.checkpoint / "lora.safetensors"]:
+        assert p.stat().st_mode & 0o044 == 0o044, (p, oct(p.stat().st_mode))   # group and others can read (umask 022)
