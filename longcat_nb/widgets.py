@@ -381,12 +381,15 @@ class TrainView:
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/11_widgets.ipynb #469bbe93
+# %% ../nbs/11_widgets.ipynb #5f6b3a6f
 def _pid_alive(pid: int) -> bool:
+    "Is `pid` a live trainer (not a finished child awaiting its parent, nor another program that got the number later)?"
     try: os.kill(pid, 0)
     except (OSError, ValueError): return False
-    try: return not open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"   # a finished child not reaped yet
-    except OSError: return True
+    try:
+        if open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z": return False
+        return b"longcat_nb.training" in open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError: return True                               # no /proc (macOS): trust the pid
 
 
 @patch
