@@ -530,7 +530,7 @@ class SampleView:
         except ConfigError: return
         self.lora.options = lora_choices(out)
 
-# %% ../nbs/11_widgets.ipynb #57f2566b
+# %% ../nbs/11_widgets.ipynb #ace67220
 @patch
 def argv(self: SampleView, config_path, output) -> list[str]:
     "The `longcat-nb sample` arguments the fields describe."
@@ -554,7 +554,9 @@ def generate(self: SampleView) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
         output = folder / f"sample_{len(list(folder.glob('sample_*.mp4'))):03d}.mp4"
         args = parser().parse_args(self.argv(path, output))
-        with self.out: cmd_sample(args)
+        with self.out: rc = cmd_sample(args)
+        if rc != 0 or not output.is_file():
+            raise RuntimeError(f"longcat-nb sample ended with exit code {rc} and wrote no video — its message is above")
     except SystemExit:             # argparse: its message went to stderr
         self.result.value = _error("invalid arguments — check frames, steps, guidance (numbers) and size (WIDTHxHEIGHT)"); return None
     except Exception as e:
