@@ -46,7 +46,7 @@ def test_papermill_notebook_runs_headless(tmp_path):
     cfg = make_example_dataset(tmp_path / "data", checkpoint=tiny_checkpoint(), max_train_steps=3,
                                validation_steps=3, output_dir=tmp_path / "out")
     results = tmp_path / "results.json"
-    pm.execute_notebook(str(ROOT / "examples" / "train_lora.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
+    pm.execute_notebook(str(ROOT / "examples" / "train.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
                         parameters=dict(config=str(cfg), max_train_steps=4, results_json=str(results)), progress_bar=False, cwd=str(tmp_path))
     figures = json.loads(results.read_text())
     assert figures["steps"] == 4 and len(figures["loras"]) == 3 and figures["videos"]
