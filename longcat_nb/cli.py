@@ -90,7 +90,10 @@ def cmd_sample(args) -> int:
     import torch
     from longcat_nb.caching import default_device, default_dtype
     from longcat_nb.sampling import LongCatVideoPipeline, save_video
-    pipe = LongCatVideoPipeline.from_pretrained(ckpt, torch_dtype=default_dtype(default_device()))   # on the GPU when there is one
+    pipe = LongCatVideoPipeline.from_pretrained(   # on the GPU when there is one, with the config's memory settings and autocast
+        ckpt, torch_dtype=default_dtype(default_device()), precision=cfg.base_model_precision,
+        blocks_to_swap=cfg.musubi_blocks_to_swap, group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
+        group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision)
     if args.compile or cfg.compile_transformer: pipe.transformer.compile_blocks()
     if args.distilled:
         distill = ckpt / "lora" / "cfg_step_lora.safetensors"

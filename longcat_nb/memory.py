@@ -17,10 +17,11 @@ from .config import PRECISIONS
 from .model import LongCatVideoTransformer3DModel, ffn_hidden_size
 
 # %% auto #0
-__all__ = ['QUANTISED_LINEARS', 'GROUP_OFFLOAD_REFUSAL', 'CALIBRATION', 'GPUS', 'GiB', 'MemorySettingsError', 'check_precision',
-           'quantise_block', 'is_quantised', 'load_transformer', 'BlockSwap', 'BlockRunner', 'place_model',
-           'check_memory_settings', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params', 'predict', 'PlanError',
-           'choose_plan', 'machine_memory', 'config_tokens', 'plan_for_config', 'format_plans', 'apply_memory_plan']
+__all__ = ['QUANTISED_LINEARS', 'GROUP_OFFLOAD_REFUSAL', 'CALIBRATION', 'GPUS', 'GiB', 'TOO_SLOW_S', 'MemorySettingsError',
+           'check_precision', 'quantise_block', 'is_quantised', 'load_transformer', 'BlockSwap', 'BlockRunner',
+           'place_model', 'check_memory_settings', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params', 'predict',
+           'PlanError', 'choose_plan', 'machine_memory', 'config_tokens', 'usable_precisions', 'plan_for_config',
+           'format_plans', 'apply_memory_plan']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -473,6 +474,18 @@ def config_tokens(cfg) -> tuple[int, str]:
     return best
 
 
+TOO_SLOW_S = 120   # seconds a step above which a plan is called too slow to train in reasonable time
+
+
+def usable_precisions(gpu_name: str) -> list[str]:
+    "The base precisions a GPU has kernels for: int4 needs sm_80+ (bf16 units), fp8 Ada or Hopper."
+    _, bf16 = gpu_rate(gpu_name)
+    precisions = [p for p in PRECISIONS if bf16 or p in ("bf16", "int8-quanto")]
+    if not any(f in gpu_name for f in ("H100", "H200", "H800", "L4", "L40", "4090", "4080", "5090", "Ada")):
+        precisions = [p for p in precisions if p != "fp8-torchao"]
+    return precisions
+
+
 def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = None, gpu_name: str | None = None):
     "`(plain plan, chosen plan, notes)` for `cfg`'s largest bucket on this machine (or the given budgets)."
     name, g, h = machine_memory()
@@ -480,15 +493,12 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     if gpu_gib is None: raise PlanError("no CUDA GPU here: pass --gpu-gib (and --gpu-name) to plan for another machine")
     tokens, what = config_tokens(cfg)
     tflops, bf16 = gpu_rate(gpu_name)
-    precisions = [p for p in PRECISIONS if bf16 or p in ("bf16", "int8-quanto")]   # int4 kernels need sm_80+
-    if not any(f in gpu_name for f in ("H100", "H200", "H800", "L4", "L40", "4090", "4080", "5090", "Ada")):
-        precisions = [p for p in precisions if p != "fp8-torchao"]                  # fp8 needs Ada / Hopper
     plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops)
-    chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, precisions)
+    chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name))
     notes = [f"{gpu_name}: {gpu_gib:.1f} GiB GPU, {host_gib:.1f} GiB host; largest bucket {what} = {tokens:,} tokens"]
     if not bf16: notes.append(f"{gpu_name} has no bf16 units: torch runs the bf16 model at about its fp32 rate "
                               f"({tflops:g} TFLOP/s), so steps are slow; fp16 is not used (it overflows in this model)")
-    if chosen.step_s > 120: notes.append(f"~{chosen.step_s:.0f} s/step: too slow to train at this size in reasonable time — "
+    if chosen.step_s > TOO_SLOW_S: notes.append(f"~{chosen.step_s:.0f} s/step: too slow to train at this size in reasonable time — "
                                          "use a smaller bucket or fewer frames, or a faster card")
     return plain, chosen, notes
 

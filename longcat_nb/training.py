@@ -685,7 +685,7 @@ def _prepare_run(cfg) -> SimpleNamespace:
         from longcat_nb.memory import place_model
         place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload)
     model = model.train()
-    seed_process(cfg.seed, rank)                                 # LoRA dropout masks differ across processes
+    seed_process(cfg.seed, accelerator.process_index)            # LoRA dropout masks differ across processes
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
     world = accelerator.num_processes
     per_epoch, total = steps_plan(cfg, len(epoch_batches(dataset.samples, cfg.train_batch_size, cfg.seed, 0, world)), world)

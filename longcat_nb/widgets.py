@@ -14,11 +14,10 @@ from .config import (TRAIN_KEYS, ConfigError, Key, check_keys, load_config, pars
                                read_jsonc, resolve_path, strip_jsonc)
 
 # %% auto #0
-__all__ = ['WEIGHTS_GIB', 'ACTIVATION_GIB', 'MEASURED_TOKENS', 'HOST_RAM_GIB', 'TRAINING_SHAPES', 'field_text', 'field_value',
-           'field_error', 'ConfigForm', 'video_html', 'image_html', 'figure_png', 'report_html', 'bucket_figure',
-           'sample_preview', 'saved_config', 'CheckView', 'CacheView', 'smooth', 'loss_figure', 'eta_text', 'run_state',
-           'TrainView', 'lora_choices', 'SampleView', 'default_config', 'Workbench', 'runtime_info', 'training_tokens',
-           'fit_training_settings', 'validation_size', 'folder_config']
+__all__ = ['TRAINING_SHAPES', 'field_text', 'field_value', 'field_error', 'ConfigForm', 'video_html', 'image_html', 'figure_png',
+           'report_html', 'bucket_figure', 'sample_preview', 'saved_config', 'CheckView', 'CacheView', 'smooth',
+           'loss_figure', 'eta_text', 'run_state', 'TrainView', 'lora_choices', 'SampleView', 'default_config',
+           'Workbench', 'runtime_info', 'training_tokens', 'fit_training_settings', 'validation_size', 'folder_config']
 
 # %% ../nbs/11_widgets.ipynb #f213e77f
 def field_text(key: Key, value) -> str:
@@ -590,7 +589,6 @@ class Workbench:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_widgets.ipynb #83e9022d
-WEIGHTS_GIB, ACTIVATION_GIB, MEASURED_TOKENS, HOST_RAM_GIB = 25.3, 33.6, 37_440, 27.2 / 1.0737 + 4
 TRAINING_SHAPES = [(632, 93), (632, 61), (512, 93), (632, 45), (512, 61), (448, 61), (512, 45), (384, 61), (384, 45), (384, 29)]
 
 
@@ -609,19 +607,22 @@ def training_tokens(resolution: float, frames: int) -> int:
     return int(resolution ** 2 / 256 * ((frames - 1) // 4 + 1))
 
 
-def fit_training_settings(gpu_gib: float, ram_gib: float, headroom: float = 0.92) -> dict:
-    "The largest `(resolution, num_frames)` of `TRAINING_SHAPES` whose estimated peak fits `headroom` × `gpu_gib`; raises `RuntimeError` when none does."
-    if ram_gib < HOST_RAM_GIB:
-        raise RuntimeError(f"host RAM {ram_gib:.1f} GiB: loading the bf16 transformer needs about {HOST_RAM_GIB:.0f} GiB — "
-                           "use a high-RAM runtime (Colab: Runtime → Change runtime type → High-RAM)")
+def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDIA A100", rank: int = 16) -> dict:
+    """The largest `(resolution, num_frames)` of `TRAINING_SHAPES` that the memory planner (`memory.choose_plan`) fits in
+    `gpu_gib` of GPU and `ram_gib` of host RAM at ≤ `memory.TOO_SLOW_S` s/step, with the memory settings it chose
+    (`base_model_precision`, `musubi_blocks_to_swap`, `activation_offload`); raises `RuntimeError` saying why none fits."""
+    from longcat_nb.memory import TOO_SLOW_S, PlanError, choose_plan, usable_precisions
+    why = None
     for res, frames in TRAINING_SHAPES:
-        peak = WEIGHTS_GIB + ACTIVATION_GIB * training_tokens(res, frames) / MEASURED_TOKENS
-        if peak <= headroom * gpu_gib:
-            return {"resolution": res, "num_frames": frames, "estimated_peak_gib": round(peak, 1)}
-    low = WEIGHTS_GIB + ACTIVATION_GIB * training_tokens(*TRAINING_SHAPES[-1]) / MEASURED_TOKENS
-    raise RuntimeError(f"GPU memory {gpu_gib:.1f} GiB: the smallest training shape ({TRAINING_SHAPES[-1][0]}² px, "
-                       f"{TRAINING_SHAPES[-1][1]} frames) needs about {low:.0f} GiB with the bf16 base — use a GPU with "
-                       f"≥ {low / headroom:.0f} GiB (A100 40/80 GB, H100), or several GPUs with FSDP (see the README)")
+        try: plan = choose_plan(training_tokens(res, frames), gpu_gib, ram_gib, rank, gpu_name, usable_precisions(gpu_name))
+        except PlanError as e: why = str(e); continue          # the reason for the smallest shape is reported
+        if plan.step_s > TOO_SLOW_S:
+            why = f"the best plan for {res}² px × {frames} frames takes ~{plan.step_s:.0f} s/step — too slow to train"
+            continue
+        return {"resolution": res, "num_frames": frames, "estimated_peak_gib": plan.gpu_gib,
+                "estimated_s_per_step": plan.step_s, **plan.settings()}
+    raise RuntimeError(f"{gpu_name} with {gpu_gib:.1f} GiB and {ram_gib:.1f} GiB of host RAM: no training shape fits in reasonable "
+                       f"time ({why}) — use a larger GPU (A100 40/80 GB, H100), more host RAM, or several GPUs with FSDP")
 
 # %% ../nbs/11_widgets.ipynb #f3d48dbb
 def validation_size(resolution: float) -> str:

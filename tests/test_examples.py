@@ -81,5 +81,6 @@ def test_colab_notebook_cells_run_on_a_pretend_gpu(tmp_path, monkeypatch):
         if "fit_training_settings(" in src:
             assert ns["settings"]["resolution"] == 632 and ns["settings"]["num_frames"] == 93
             ns["settings"] = {"resolution": 64, "num_frames": 9, "estimated_peak_gib": 0}   # the tiny clips' size
+            assert ns["memory"] == {"base_model_precision": "bf16", "musubi_blocks_to_swap": 0, "activation_offload": False}
     assert ns["result"].steps == 2 and ns["output_dir"] == data.parent / "longcat_output"
     assert ns["sample"].is_file() and ns["lora"].endswith("lora_peft.safetensors")
