@@ -17,7 +17,8 @@ from .config import (TRAIN_KEYS, ConfigError, Key, check_keys, load_config, pars
 __all__ = ['TRAINING_SHAPES', 'field_text', 'field_value', 'field_error', 'ConfigForm', 'video_html', 'image_html', 'figure_png',
            'report_html', 'bucket_figure', 'sample_preview', 'saved_config', 'CheckView', 'CacheView', 'smooth',
            'loss_figure', 'eta_text', 'run_state', 'TrainView', 'lora_choices', 'SampleView', 'default_config',
-           'Workbench', 'runtime_info', 'training_tokens', 'fit_training_settings', 'validation_size', 'folder_config']
+           'MemoryView', 'Workbench', 'runtime_info', 'training_tokens', 'fit_training_settings', 'validation_size',
+           'folder_config']
 
 # %% ../nbs/11_widgets.ipynb #f213e77f
 def field_text(key: Key, value) -> str:
@@ -576,15 +577,50 @@ def default_config(config=None, root="runs/tiny") -> Path:
                              checkpointing_steps=20, validation_steps=20)
     return path.resolve()
 
+# %% ../nbs/11_widgets.ipynb #0f6f8019
+class MemoryView:
+    "The memory planner's choice for the config on this (or a given) GPU and host RAM; applies it to the form."
+    def __init__(self, config):
+        from longcat_nb.memory import machine_memory
+        name, gpu, host = machine_memory()
+        self.source, self.plan = config, None
+        self.gpu_name = W.Text(value=name if gpu else "NVIDIA A100", description="GPU")
+        self.gpu_gib = W.FloatText(value=round(gpu or 40.0, 1), description="GPU GiB")
+        self.host_gib = W.FloatText(value=round(host, 1), description="host GiB")
+        self.button = W.Button(description="Plan", icon="calculator", button_style="primary")
+        self.use = W.Button(description="Use these settings", icon="check", disabled=True)
+        self.button.on_click(lambda _: self.run()); self.use.on_click(lambda _: self.apply())
+        self.result = W.HTML()
+        self.widget = W.VBox([W.HBox([self.gpu_name, self.gpu_gib, self.host_gib]), W.HBox([self.button, self.use]), self.result])
+
+    def run(self):
+        "Plan for the (saved) config; returns the chosen `MemoryPlan` (None on an error, which the view shows)."
+        from longcat_nb.memory import format_plans, plan_for_config
+        self.result.value, self.use.disabled, self.plan = "", True, None
+        try:
+            plain, self.plan, notes = plan_for_config(saved_config(self.source)[0], self.gpu_gib.value, self.host_gib.value,
+                                                      self.gpu_name.value)
+        except Exception as e:
+            self.result.value = _error(e); return None
+        self.result.value = f"<pre>{html.escape(format_plans(plain, self.plan, notes))}</pre>"
+        self.use.disabled = not isinstance(self.source, ConfigForm)
+        return self.plan
+
+    def apply(self):
+        "Write the chosen settings into the config form (saving the form keeps them)."
+        for k, v in self.plan.settings().items(): self.source.inputs[k].value = v if isinstance(v, bool) else field_text(self.source.keys[k], v)
+
+    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+
 # %% ../nbs/11_widgets.ipynb #b59caf1b
 class Workbench:
     "Config, data check, cache, training and sampling views in tabs, sharing one `ConfigForm`."
     def __init__(self, config_path="config/config.json"):
         self.form = ConfigForm(config_path)
         self.check, self.cache = CheckView(self.form), CacheView(self.form)
-        self.train, self.sample = TrainView(self.form), SampleView(self.form)
-        self.widget = W.Tab(children=[v.widget for v in (self.form, self.check, self.cache, self.train, self.sample)],
-                            titles=("Config", "Data", "Cache", "Train", "Sample"))
+        self.memory, self.train, self.sample = MemoryView(self.form), TrainView(self.form), SampleView(self.form)
+        self.widget = W.Tab(children=[v.widget for v in (self.form, self.check, self.cache, self.memory, self.train, self.sample)],
+                            titles=("Config", "Data", "Cache", "Memory", "Train", "Sample"))
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 

@@ -94,6 +94,10 @@ def main():
         lab.tab("Cache"); lab.button("Build cache")
         wait("the cache summary", lambda: "cache OK" in lab.panel_text(), timeout=300)
         lab.shot("cache")
+        # Memory: the planner's table for the GPU in the fields (on a CPU machine: an A100 40 GB to plan for)
+        lab.tab("Memory"); lab.button("Plan")
+        wait("the memory plan", lambda: "GPU peak GiB" in lab.panel_text(), timeout=120)
+        lab.shot("memory")
         # Train: loss curve, stats, validation video
         lab.tab("Train"); lab.button("Start")
         wait("training finished", lambda: "done — LoRA files" in lab.panel_text(), timeout=400, every=2)
