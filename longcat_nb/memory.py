@@ -460,16 +460,26 @@ def machine_memory() -> tuple[str, float | None, float]:
     return torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory / GiB, host
 
 
+def _bucket_tokens(w: int, h: int, frames: int, batch: int) -> int:
+    "Tokens of a batch of `frames`-frame `w`×`h` clips: latent frames × (H/16) × (W/16) × batch."
+    return ((frames - 1) // 4 + 1) * (h // 16) * (w // 16) * batch
+
+
 def config_tokens(cfg) -> tuple[int, str]:
-    "`(tokens, description)` of the config's largest training bucket (batch included)."
-    from longcat_nb.data import bucket_size
+    """`(tokens, description)` of the config's largest training bucket (batch included): read from the data check when the
+    datasets are on disk (the buckets the clips really train at), else estimated from the dataset settings."""
+    from longcat_nb.data import bucket_size, check_datasets
+    if any(d.instance_data_dir.is_dir() for d in cfg.datasets if not d.disabled):
+        report = check_datasets(cfg)
+        if report.samples:
+            b = max((s.bucket for s in report.samples), key=lambda b: _bucket_tokens(*b, 1))
+            return _bucket_tokens(*b, cfg.train_batch_size), f"{b} × batch {cfg.train_batch_size} (from the data)"
     best = (0, "")
     for ds in cfg.datasets:
         if ds.disabled or ds.dataset_type == "conditioning": continue
         w, h = bucket_size(cfg.validation_width, cfg.validation_height, ds)
         f = (ds.video.num_frames or ds.video.max_frames or 93) if ds.dataset_type == "video" else 1
-        tok = ((f - 1) // 4 + 1) * (h // 16) * (w // 16) * cfg.train_batch_size
-        best = max(best, (tok, f"{w}x{h}@{f} × batch {cfg.train_batch_size}"))
+        best = max(best, (_bucket_tokens(w, h, f, cfg.train_batch_size), f"{w}x{h}@{f} × batch {cfg.train_batch_size} (estimated)"))
     if not best[0]: raise PlanError(f"{cfg.config_path or '<config>'}: no enabled video or image dataset to plan for")
     return best
 
