@@ -86,7 +86,7 @@ def test_sampling_view_writes_and_shows_video(runs, tmp_path):
     assert "lora_peft.safetensors" in labels and f"checkpoint-{STEPS}/lora.safetensors" in labels
     view.prompt.value = "a red ball"
     view.size.value, view.frames.value, view.steps.value = "64x48", "5", "2"
-    view.lora.value = dict(view.lora.options)["lora_comfyui.safetensors"]
+    view.lora.value = dict(view.lora.options)["lora_kohya.safetensors"]
     view.strength.value = 0.5
     view.button.click()
     assert view.path is not None and view.path.parent == root / "data" / "output" / "samples", view.result.value
@@ -120,11 +120,12 @@ def test_training_crash_shows_its_message(tmp_path):
     view.start()
     st = view.wait(300)
     assert st["state"] == "error" and "training failed" in view.status.value and "lacks dit/" in view.status.value, view.status.value
-    bad = json.loads(cfg.read_text()) | {"base_model_precision": "int8-quanto"}   # refused before any event: the log tells
+    # refused before any event (block swap needs CUDA; a fresh output_dir, so the used one is not what stops it): the log tells
+    bad = json.loads(cfg.read_text()) | {"musubi_blocks_to_swap": 4, "output_dir": str(tmp_path / "out2")}
     cfg.write_text(json.dumps(bad))
     view.start()
     view.wait(300)
-    assert "exit code 2" in view.status.value and "quantised base models are not supported yet" in view.status.value, view.status.value
+    assert "exit code 2" in view.status.value and "musubi_blocks_to_swap" in view.status.value, view.status.value
 
 
 def test_form_errors_stop_every_view(tmp_path):
