@@ -18,9 +18,10 @@ from longcat_nb.model import attention
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
-def timed(fn, repeats):
-    "Median milliseconds of `fn()` over `repeats` CUDA-event timings, after two warm-up calls."
-    for _ in range(2): fn()
+def timed(fn, repeats, warmup: int = 2):
+    "Median milliseconds of `fn()` over `repeats` CUDA-event timings, after `warmup` warm-up calls."
+    for _ in range(warmup): fn()
+    torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

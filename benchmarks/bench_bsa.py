@@ -11,7 +11,8 @@ RoPE, as q/k are made in the model) and on plain random inputs, and optionally o
 
     python benchmarks/bench_bsa.py --json benchmarks/results/bench_bsa.json
 """
-import argparse, json, math, statistics, time
+import argparse, json, math, statistics, sys, time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +21,13 @@ from longcat_nb.kernels import (BlockSparse, FLEX_KERNEL_OPTIONS, block_scores, 
                                 flex_block_attention, select_blocks, to_chunks)
 from longcat_nb.model import LongCatBlock, apply_rope, attention, rope_3d
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_attention import timed as attention_timed  # one CUDA-event timer for the attention benchmarks
+
 
 def timed(fn, repeats):
-    "Median milliseconds of `fn()` over `repeats` CUDA-event timings, after three warm-up calls."
-    for _ in range(3): fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    "Median milliseconds of `fn()` over `repeats` CUDA-event timings, after three warm-up calls (compiled kernels)."
+    return attention_timed(fn, repeats, warmup=3)
 
 
 def fwd_bwd(fn, xs, grad):

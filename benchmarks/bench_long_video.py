@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import sync  # one device sync for all benchmarks
+from bench_model import emit, sync  # one device sync and one JSON writer for all benchmarks
 
 from longcat_nb.sampling import LongCatVideoPipeline, _sparse_attention_ready, flow_timesteps, long_video_frames
 
@@ -166,11 +166,7 @@ def main(argv=None):
 
     for name, fn in [("continuation", continuation), ("kv_cache", kv_cache), ("long_video", long_video), ("refine", refine)]:
         if name in parts: run_part(result, name, fn)
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
+    emit(result, args.json)
     return result
 
 

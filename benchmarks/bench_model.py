@@ -73,6 +73,15 @@ def make_inputs(args, config, device, batch=1):
                 encoder_attention_mask=mask)
 
 
+def emit(result: dict, json_path=None):
+    "Print `result` as one JSON line, and write it to `json_path` when given."
+    line = json.dumps(result)
+    print(line)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(line + "\n")
+
+
 def sync(device):
     if device.type == "cuda": torch.cuda.synchronize()
 
@@ -165,11 +174,7 @@ def main(argv=None):
                                sampling_estimate_s=None if fwd is None else args.steps * min(2 * fwd, b2 or 2 * fwd))
     guarded("lora_step", results, device, lambda: lora_part(model, inputs, args, device))
 
-    line = json.dumps(results)
-    print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

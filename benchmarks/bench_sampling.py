@@ -19,7 +19,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import add_shape_args, build_model, sync  # one way to build a random full-size model on the GPU
+from bench_model import add_shape_args, build_model, emit, sync  # one way to build a random full-size model on the GPU
 
 from longcat_nb.model import TINY_DIT_CONFIG
 from longcat_nb.sampling import LongCatVideoPipeline, latent_shape
@@ -98,11 +98,7 @@ def main(argv=None):
     if "median_s" in result.get("cfg", {}): result["video_40_steps_cfg_s"] = round(40 * result["cfg"]["median_s"], 1)
     if "median_s" in result.get("no_cfg", {}):
         result["video_16_steps_distilled_s"] = round(16 * result["no_cfg"]["median_s"], 1)
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
+    emit(result, args.json)
     return result
 
 
