@@ -147,6 +147,7 @@ VIDEO_KEYS = [
     Key("frame_interval", 4, "int", "resolution_frames: frame counts are rounded down to this interval.", minimum=1),
     Key("fps", 15.0, "float", "Clips are resampled to this frame rate (the released base model's 15 fps).", minimum=0),
     Key("is_i2v", False, "bool", "Image-to-video samples (same as the entry-level key)."),
+    Key("continuation_latents", 0, "int", "Continuation training: the first K latent frames (4K − 3 frames) of each clip stay clean conditioning — timestep 0, no loss — as when the model continues a video (13 frames = 4 latents as released); 0 ≤ K < latent frames of the clip; not with is_i2v.", minimum=0),
 ]
 
 DATASET_KEYS = [
@@ -251,6 +252,7 @@ class VideoSettings:
     bucket_strategy: str = "aspect_ratio"
     frame_interval: int = 4
     fps: float = 15.0
+    continuation_latents: int = 0
 
 
 @dataclass
@@ -274,15 +276,27 @@ class DatasetConfig:
 
     @property
     def min_frames(self) -> int:
-        "Fewest frames a clip may have after resampling."
+        "Fewest frames a clip may have after resampling (continuation: at least one latent frame more than it keeps)."
         v = self.video
-        return v.min_frames if v.min_frames is not None else (v.num_frames if v.num_frames is not None else 5)
+        base = v.min_frames if v.min_frames is not None else (v.num_frames if v.num_frames is not None else 5)
+        return max(base, 4 * v.continuation_latents + 1)
 
 # %% ../nbs/00_config.ipynb #78f71e86
 def _check_entry(e, keys, source, where=""):
     if not isinstance(e, dict): raise ConfigError(f"{source}: expected an object{where}, got {json.dumps(e)[:60]} — each dataset is a {{...}} entry")
     check_keys(e, keys, source, where)
     return {k.name: check_value(k, e.get(k.name, k.default), source) for k in keys}
+
+
+def _check_continuation(video: dict, is_i2v: bool, dataset_type: str, src: str):
+    "`video.continuation_latents` K: a video dataset without is_i2v, and K below the latent frames of `num_frames`."
+    k, key = video["continuation_latents"], "video.continuation_latents"
+    if not k: return
+    if dataset_type != "video": _fail(src, key, k, f"only video datasets can train continuation (this one is {dataset_type!r})", "remove it")
+    if is_i2v: _fail(src, key, k, "is_i2v already conditions on latent frame 0 (a start image)", "use one: is_i2v for image-to-video, continuation_latents for continuation")
+    if video["num_frames"] is not None and k >= (video["num_frames"] - 1) // 4 + 1:
+        _fail(src, key, k, f"num_frames {video['num_frames']} has {(video['num_frames'] - 1) // 4 + 1} latent frames; at least one must be left to learn",
+              f"use at most {(video['num_frames'] - 1) // 4} (4 keeps 13 frames, as released)")
 
 
 def parse_dataset(e: dict, source: str, base_dir=None) -> DatasetConfig:
@@ -301,6 +315,7 @@ def parse_dataset(e: dict, source: str, base_dir=None) -> DatasetConfig:
         _fail(src, "instance_prompt", v["instance_prompt"], "caption_strategy instanceprompt needs a prompt", "set instance_prompt to the caption every sample should get")
     if is_i2v and v["dataset_type"] != "video":
         _fail(src, "is_i2v", True, f"only video datasets can be image-to-video (this one is {v['dataset_type']!r})", "remove is_i2v here and set it on the clip dataset")
+    _check_continuation(video, is_i2v, v["dataset_type"], src)
     cond = v.pop("conditioning_data")
     return DatasetConfig(**{**v, "instance_data_dir": resolve_path(v["instance_data_dir"], base_dir),
                             "cache_dir_vae": resolve_path(v["cache_dir_vae"], base_dir) if v["cache_dir_vae"] else None},
