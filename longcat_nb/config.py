@@ -11,10 +11,10 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'PRECISIONS', 'FLAVOURS', 'TRAIN_KEYS', 'VIDEO_KEYS',
-           'DATASET_KEYS', 'CHECKPOINT_PARTS', 'ConfigError', 'strip_jsonc', 'read_jsonc', 'Key', 'check_value',
-           'check_keys', 'check_frames', 'parse_resolution', 'resolve_path', 'VideoSettings', 'DatasetConfig',
-           'parse_dataset', 'parse_datasets', 'load_datasets', 'TrainConfig', 'parse_config', 'load_config',
-           'resolve_checkpoint', 'config_reference']
+           'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS', 'ConfigError', 'strip_jsonc', 'read_jsonc',
+           'Key', 'check_value', 'check_keys', 'check_frames', 'parse_resolution', 'resolve_path', 'VideoSettings',
+           'DatasetConfig', 'parse_dataset', 'parse_datasets', 'load_datasets', 'TrainConfig', 'continuation_frames',
+           'parse_config', 'load_config', 'resolve_checkpoint', 'config_reference']
 
 # %% ../nbs/00_config.ipynb #10a04cfa
 class ConfigError(ValueError):
@@ -99,6 +99,7 @@ TRAIN_KEYS = [
     Key("validation_seed", 42, "int", "Seed of the validation noise."),
     Key("validation_steps", 100, "int", "Validate every N training steps (and at the end); 0 → only at the end.", minimum=0),
     Key("validation_distilled", False, "bool", "Validate with the released cfg_step_lora: 16 steps, guidance 1.0."),
+    Key("validation_continuation", False, "bool", "With validation_using_datasets: continue each eval clip from its first frames (4K − 3 for the eval dataset's video.continuation_latents K, else 13 as released) instead of generating it from its caption."),
     Key("aspect_bucket_alignment", 64, "int", "Bucket size alignment in pixels; forced to 64."),
     Key("attention_implementation", "auto", "str", "Attention backend.", ("auto", "sdpa", "xformers", "bsa")),
     Key("bsa_sparsity", 0.9375, "float", "Block-sparse attention: fraction of 4×4×4 key chunks each query chunk drops (top-k; 0.9375 keeps 6.25%, as released; 0 = dense); null → CDF mode only.", nullable=True, minimum=0),
@@ -397,6 +398,15 @@ def _check_training_choices(v: dict, source: str):
     v["lora_export_formats"] = list(dict.fromkeys(LORA_FORMAT_ALIASES.get(f, f) for f in v["lora_export_formats"]))
 
 
+RELEASED_COND_FRAMES = 13   # the release continues a video from its last 13 frames (4 latent frames)
+
+
+def continuation_frames(dataset: DatasetConfig) -> int:
+    "Frames a continuation of `dataset`'s clips keeps: 4K − 3 for its `video.continuation_latents` K, else 13 as released."
+    k = dataset.video.continuation_latents
+    return 4 * k - 3 if k else RELEASED_COND_FRAMES
+
+
 def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: list[DatasetConfig] | None = None) -> TrainConfig:
     "Validate a config dict (as read from `config.json`) into a `TrainConfig`, loading its dataset list."
     if not isinstance(d, dict): raise ConfigError(f"{source}: expected a JSON object {{...}} at the top level")
@@ -421,6 +431,13 @@ def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: lis
         _fail(source, "eval_dataset_id", v["eval_dataset_id"], "not among the datasets", f"use one of {', '.join(map(repr, ids)) or '(no datasets loaded: set data_backend_config)'}")
     if v["validation_using_datasets"] and v["eval_dataset_id"] is None:
         _fail(source, "eval_dataset_id", None, "validation_using_datasets is true but no eval dataset is named", "set eval_dataset_id to a dataset id")
+    if v["validation_continuation"]:
+        if not v["validation_using_datasets"]:
+            _fail(source, "validation_continuation", True, "it continues the eval dataset's clips, but validation_using_datasets is false", "set validation_using_datasets to true (and eval_dataset_id)")
+        n = continuation_frames(datasets[ids.index(v["eval_dataset_id"])])
+        if v["validation_num_video_frames"] <= n:
+            _fail(source, "validation_num_video_frames", v["validation_num_video_frames"], f"validation_continuation keeps the first {n} frames of each eval clip; nothing would be new",
+                  f"use at least {n + 4}")
     return TrainConfig(v, datasets, Path(source) if base_dir is not None else None)
 
 
