@@ -107,7 +107,7 @@ def check_sample_args(args, cfg) -> SamplePlan:
                           f"segment (--segments {len(prompts)})")
     return SamplePlan(width, height, frames, segments, prompts)
 
-# %% ../nbs/08_cli.ipynb #4ae197c5
+# %% ../nbs/08_cli.ipynb #62f6e867
 def _check_long_video_args(args, frames: int, cond: int) -> int:
     "The `--video / --segments / --seconds / --refine` checks; returns the number of segments to generate."
     from longcat_nb.config import check_frames
@@ -115,8 +115,8 @@ def _check_long_video_args(args, frames: int, cond: int) -> int:
         raise ConfigError(f"--segments {args.segments} and --seconds {args.seconds:g}: both set the length — give one")
     if args.segments is not None and args.segments < 1:
         raise ConfigError(f"--segments {args.segments}: must be at least 1 — e.g. 3 (93 + 2·80 frames)")
-    if args.seconds is not None and not args.seconds > 0:
-        raise ConfigError(f"--seconds {args.seconds:g}: must be more than 0 — e.g. 20")
+    if args.seconds is not None and not 0 < args.seconds < float("inf"):
+        raise ConfigError(f"--seconds {args.seconds:g}: must be a number more than 0 — e.g. 20")
     if args.image and args.video:
         raise ConfigError(f"--image {args.image} and --video {args.video}: --image starts a new video, --video continues one — give one")
     if cond < 1: raise ConfigError(f"--cond-frames {cond}: must be at least 1 — 13 as released (1 + 4k)")

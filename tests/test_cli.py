@@ -199,7 +199,7 @@ def test_sample_refines_a_given_video(tmp_path, small_clip):
     (["--video", "{clip}", "--cond-frames", "13"], "5 frames at 15 fps, 13 needed"),
     (["--video", "{junk}"], "junk.mp4: not a readable video"),
     (["--segments", "0"], "--segments 0: must be at least 1"),
-    (["--seconds", "0"], "--seconds 0: must be more than 0"),
+    (["--seconds", "0"], "--seconds 0: must be a number more than 0"),
     (["--segments", "2", "--seconds", "3"], "both set the length"),
     (["--segments", "2", "--prompt", "y", "--prompt", "z"], "--prompt given 3 times for 2 segment(s)"),
     (["--segments", "2", "--cond-frames", "6"], "use 5 or 9"),
