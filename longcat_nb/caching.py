@@ -447,7 +447,8 @@ def training_samples(cfg, report=None) -> list:
 
 class CachedDataset(torch.utils.data.Dataset):
     """The cached training samples of `cfg`. `ds[i]` → `{latents [16, T, h, w] fp32 (normalised; for I2V frame 0 is
-    the start-frame latent), cond_latents [16, 1, h, w] | None, num_cond_latents 1 | 0, text_emb [512, C],
+    the start-frame latent), cond_latents [16, 1, h, w] | None, num_cond_latents (1 for I2V, K for a continuation
+    dataset's `video.continuation_latents`, else 0), text_emb [512, C],
     text_mask [512] int64, caption, bucket, id}`; `ds[batch_key]` (from `BucketBatchSampler`) → the same, stacked
     (`latents [B, 16, T, h, w]` ...) with `captions`, `ids`, `epoch`, `position`. `samples` defaults to
     `training_samples(cfg)`; raises `CacheError` when cache files are missing or stale."""
@@ -493,7 +494,7 @@ class CachedDataset(torch.utils.data.Dataset):
             cond = self._latents(s, "start")
             latents = torch.cat([cond, latents[:, 1:]], dim=1)
         emb, mask = self.text(s.caption)
-        return {"latents": latents, "cond_latents": cond, "num_cond_latents": int(s.is_i2v), "text_emb": emb,
+        return {"latents": latents, "cond_latents": cond, "num_cond_latents": s.num_cond_latents, "text_emb": emb,
                 "text_mask": mask, "caption": s.caption, "bucket": s.bucket, "id": s.id}
 
     def __getitem__(self, key):

@@ -11,10 +11,10 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'PRECISIONS', 'FLAVOURS', 'TRAIN_KEYS', 'VIDEO_KEYS',
-           'DATASET_KEYS', 'CHECKPOINT_PARTS', 'ConfigError', 'strip_jsonc', 'read_jsonc', 'Key', 'check_value',
-           'check_keys', 'check_frames', 'parse_resolution', 'resolve_path', 'VideoSettings', 'DatasetConfig',
-           'parse_dataset', 'parse_datasets', 'load_datasets', 'TrainConfig', 'parse_config', 'load_config',
-           'resolve_checkpoint', 'config_reference']
+           'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS', 'ConfigError', 'strip_jsonc', 'read_jsonc',
+           'Key', 'check_value', 'check_keys', 'check_frames', 'parse_resolution', 'resolve_path', 'VideoSettings',
+           'DatasetConfig', 'parse_dataset', 'parse_datasets', 'load_datasets', 'TrainConfig', 'continuation_frames',
+           'parse_config', 'load_config', 'resolve_checkpoint', 'config_reference']
 
 # %% ../nbs/00_config.ipynb #10a04cfa
 class ConfigError(ValueError):
@@ -99,6 +99,7 @@ TRAIN_KEYS = [
     Key("validation_seed", 42, "int", "Seed of the validation noise."),
     Key("validation_steps", 100, "int", "Validate every N training steps (and at the end); 0 → only at the end.", minimum=0),
     Key("validation_distilled", False, "bool", "Validate with the released cfg_step_lora: 16 steps, guidance 1.0."),
+    Key("validation_continuation", False, "bool", "With validation_using_datasets: continue each eval clip from its first frames (4K − 3 for the eval dataset's video.continuation_latents K, else 13 as released) instead of generating it from its caption."),
     Key("aspect_bucket_alignment", 64, "int", "Bucket size alignment in pixels; forced to 64."),
     Key("attention_implementation", "auto", "str", "Attention backend.", ("auto", "sdpa", "xformers", "bsa")),
     Key("bsa_sparsity", 0.9375, "float", "Block-sparse attention: fraction of 4×4×4 key chunks each query chunk drops (top-k; 0.9375 keeps 6.25%, as released; 0 = dense); null → CDF mode only.", nullable=True, minimum=0),
@@ -147,6 +148,7 @@ VIDEO_KEYS = [
     Key("frame_interval", 4, "int", "resolution_frames: frame counts are rounded down to this interval.", minimum=1),
     Key("fps", 15.0, "float", "Clips are resampled to this frame rate (the released base model's 15 fps).", minimum=0),
     Key("is_i2v", False, "bool", "Image-to-video samples (same as the entry-level key)."),
+    Key("continuation_latents", 0, "int", "Continuation training: the first K latent frames (4K − 3 frames) of each clip stay clean conditioning — timestep 0, no loss — as when the model continues a video (13 frames = 4 latents as released); 0 ≤ K < latent frames of the clip; not with is_i2v.", minimum=0),
 ]
 
 DATASET_KEYS = [
@@ -251,6 +253,7 @@ class VideoSettings:
     bucket_strategy: str = "aspect_ratio"
     frame_interval: int = 4
     fps: float = 15.0
+    continuation_latents: int = 0
 
 
 @dataclass
@@ -274,15 +277,27 @@ class DatasetConfig:
 
     @property
     def min_frames(self) -> int:
-        "Fewest frames a clip may have after resampling."
+        "Fewest frames a clip may have after resampling (continuation: at least one latent frame more than it keeps)."
         v = self.video
-        return v.min_frames if v.min_frames is not None else (v.num_frames if v.num_frames is not None else 5)
+        base = v.min_frames if v.min_frames is not None else (v.num_frames if v.num_frames is not None else 5)
+        return max(base, 4 * v.continuation_latents + 1)
 
 # %% ../nbs/00_config.ipynb #78f71e86
 def _check_entry(e, keys, source, where=""):
     if not isinstance(e, dict): raise ConfigError(f"{source}: expected an object{where}, got {json.dumps(e)[:60]} — each dataset is a {{...}} entry")
     check_keys(e, keys, source, where)
     return {k.name: check_value(k, e.get(k.name, k.default), source) for k in keys}
+
+
+def _check_continuation(video: dict, is_i2v: bool, dataset_type: str, src: str):
+    "`video.continuation_latents` K: a video dataset without is_i2v, and K below the latent frames of `num_frames`."
+    k, key = video["continuation_latents"], "video.continuation_latents"
+    if not k: return
+    if dataset_type != "video": _fail(src, key, k, f"only video datasets can train continuation (this one is {dataset_type!r})", "remove it")
+    if is_i2v: _fail(src, key, k, "is_i2v already conditions on latent frame 0 (a start image)", "use one: is_i2v for image-to-video, continuation_latents for continuation")
+    if video["num_frames"] is not None and k >= (video["num_frames"] - 1) // 4 + 1:
+        _fail(src, key, k, f"num_frames {video['num_frames']} has {(video['num_frames'] - 1) // 4 + 1} latent frames; at least one must be left to learn",
+              f"use at most {(video['num_frames'] - 1) // 4} (4 keeps 13 frames, as released)")
 
 
 def parse_dataset(e: dict, source: str, base_dir=None) -> DatasetConfig:
@@ -301,6 +316,7 @@ def parse_dataset(e: dict, source: str, base_dir=None) -> DatasetConfig:
         _fail(src, "instance_prompt", v["instance_prompt"], "caption_strategy instanceprompt needs a prompt", "set instance_prompt to the caption every sample should get")
     if is_i2v and v["dataset_type"] != "video":
         _fail(src, "is_i2v", True, f"only video datasets can be image-to-video (this one is {v['dataset_type']!r})", "remove is_i2v here and set it on the clip dataset")
+    _check_continuation(video, is_i2v, v["dataset_type"], src)
     cond = v.pop("conditioning_data")
     return DatasetConfig(**{**v, "instance_data_dir": resolve_path(v["instance_data_dir"], base_dir),
                             "cache_dir_vae": resolve_path(v["cache_dir_vae"], base_dir) if v["cache_dir_vae"] else None},
@@ -382,6 +398,15 @@ def _check_training_choices(v: dict, source: str):
     v["lora_export_formats"] = list(dict.fromkeys(LORA_FORMAT_ALIASES.get(f, f) for f in v["lora_export_formats"]))
 
 
+RELEASED_COND_FRAMES = 13   # the release continues a video from its last 13 frames (4 latent frames)
+
+
+def continuation_frames(dataset: DatasetConfig) -> int:
+    "Frames a continuation of `dataset`'s clips keeps: 4K − 3 for its `video.continuation_latents` K, else 13 as released."
+    k = dataset.video.continuation_latents
+    return 4 * k - 3 if k else RELEASED_COND_FRAMES
+
+
 def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: list[DatasetConfig] | None = None) -> TrainConfig:
     "Validate a config dict (as read from `config.json`) into a `TrainConfig`, loading its dataset list."
     if not isinstance(d, dict): raise ConfigError(f"{source}: expected a JSON object {{...}} at the top level")
@@ -406,6 +431,13 @@ def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: lis
         _fail(source, "eval_dataset_id", v["eval_dataset_id"], "not among the datasets", f"use one of {', '.join(map(repr, ids)) or '(no datasets loaded: set data_backend_config)'}")
     if v["validation_using_datasets"] and v["eval_dataset_id"] is None:
         _fail(source, "eval_dataset_id", None, "validation_using_datasets is true but no eval dataset is named", "set eval_dataset_id to a dataset id")
+    if v["validation_continuation"]:
+        if not v["validation_using_datasets"]:
+            _fail(source, "validation_continuation", True, "it continues the eval dataset's clips, but validation_using_datasets is false", "set validation_using_datasets to true (and eval_dataset_id)")
+        n = continuation_frames(datasets[ids.index(v["eval_dataset_id"])])
+        if v["validation_num_video_frames"] <= n:
+            _fail(source, "validation_num_video_frames", v["validation_num_video_frames"], f"validation_continuation keeps the first {n} frames of each eval clip; nothing would be new",
+                  f"use at least {n + 4}")
     return TrainConfig(v, datasets, Path(source) if base_dir is not None else None)
 
 

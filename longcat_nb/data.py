@@ -207,8 +207,10 @@ def bucket_for(width: int, height: int, frames: int, dataset: DatasetConfig) -> 
     w, h = bucket_size(width, height, dataset)
     if dataset.dataset_type != "video": return Bucket(w, h, 1)
     f = usable_frames(frames, dataset)
-    if not f: raise ValueError(f"{frames} frames at {dataset.video.fps:g} fps; {dataset.id} needs at least "
-                               f"{dataset.min_frames} — use longer clips or lower video.min_frames")
+    if not f:
+        knob = "video.continuation_latents" if dataset.min_frames == 4 * dataset.video.continuation_latents + 1 > 1 else "video.min_frames"
+        raise ValueError(f"{frames} frames at {dataset.video.fps:g} fps; {dataset.id} needs at least "
+                         f"{dataset.min_frames} — use longer clips or lower {knob}")
     return Bucket(w, h, f)
 
 # %% ../nbs/01_data.ipynb #a5dee3a1
@@ -321,6 +323,12 @@ class Sample:
     cond_path: Path | None = None  # the start frame (I2V with conditioning data)
     is_i2v: bool = False        # True without cond_path: the clip's own first frame is the start frame
     repeats: int = 0            # seen 1 + repeats times an epoch
+    continuation_latents: int = 0   # continuation training: the first K latent frames are clean conditioning
+
+    @property
+    def num_cond_latents(self) -> int:
+        "Latent frames that condition (clean, timestep 0, no loss): 1 for image-to-video, K for continuation, else 0."
+        return 1 if self.is_i2v else self.continuation_latents
 
 # %% ../nbs/01_data.ipynb #81473e92
 def _stats(xs) -> dict | None:
@@ -574,7 +582,8 @@ class _Check:
             if cond is False or not usable: continue
             self.report.samples.append(Sample(
                 f"{dataset.id}/{stem}", dataset.id, path, caption, bucket, "video" if is_video else "image", fps,
-                info.frames, (info.width, info.height), info.source_fps, cond, dataset.is_i2v, dataset.repeats))
+                info.frames, (info.width, info.height), info.source_fps, cond, dataset.is_i2v, dataset.repeats,
+                dataset.video.continuation_latents if is_video else 0))
             summary.buckets[str(bucket)] += 1
             summary.usable += 1
         if summary.files and not summary.usable:
@@ -644,7 +653,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         "The batches of `epoch` (tuples of sample indices); each sample appears 1 + repeats times."
         rng = random.Random(f"{self.seed}/{epoch}")
         groups = defaultdict(list)
-        for i, s in enumerate(self.samples): groups[(s.bucket, s.is_i2v)] += [i] * (1 + s.repeats)
+        for i, s in enumerate(self.samples): groups[(s.bucket, s.is_i2v, s.num_cond_latents)] += [i] * (1 + s.repeats)
         out = []
         for key in sorted(groups):
             idx = groups[key]

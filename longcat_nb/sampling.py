@@ -19,7 +19,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from .config import check_frames, parse_resolution, resolve_checkpoint
+from .config import check_frames, continuation_frames, parse_resolution, resolve_checkpoint
 from .data import _to_tensor, check_datasets, decode_video, fit_rgb, read_image, upright_rgb, write_video
 from .caching import (
     clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory, normalize_latents,
@@ -586,10 +586,12 @@ def refine(self: LongCatVideoPipeline, video, prompt: str = "", width: int | Non
 # %% ../nbs/06_sampling.ipynb #c2abf98b
 @dataclass
 class ValidationJob:
-    "One validation video: its prompt, and a start image (path or `[H, W, 3]` uint8 array) for image-to-video."
+    """One validation video: its prompt, and a start image (path or `[H, W, 3]` uint8 array) for image-to-video, or
+    the first frames of a clip (uint8 `[F, H, W, 3]`) to continue."""
     prompt: str
     image: object = None
     sample_id: str | None = None
+    video: object = None
 
 
 def eval_samples_for(cfg) -> list:
@@ -598,7 +600,12 @@ def eval_samples_for(cfg) -> list:
     report = check_datasets([dataclasses.replace(d, disabled=False) for d in [ds, *map(cfg.dataset, ds.conditioning_data)]])
     if not report.ok:
         raise ValueError(f"eval_dataset_id = {ds.id!r}: the eval dataset has errors — {report.errors[0]}")
-    return [s for s in report.samples if s.dataset_id == ds.id]
+    samples = [s for s in report.samples if s.dataset_id == ds.id]
+    n = continuation_frames(ds)
+    for s in samples if cfg.validation_continuation else []:
+        if s.frames < n: raise ValueError(f"{s.path}: {s.frames} frames at {s.fps:g} fps; validation_continuation keeps the first {n} "
+                                          "— give the eval dataset longer clips, or set validation_continuation to false")
+    return samples
 
 
 def _start_image(sample):
@@ -611,8 +618,10 @@ def validation_jobs(cfg, eval_samples=None) -> list[ValidationJob]:
     "The videos a validation renders: eval-dataset samples (with `validation_using_datasets`), then `validation_prompt`s."
     jobs = []
     if cfg.validation_using_datasets:
+        n = continuation_frames(cfg.dataset(cfg.eval_dataset_id)) if cfg.validation_continuation else 0
         for s in (eval_samples if eval_samples is not None else eval_samples_for(cfg)):
-            jobs.append(ValidationJob(s.caption, _start_image(s), s.id))
+            if n: jobs.append(ValidationJob(s.caption, None, s.id, decode_video(s.path, s.fps, n)))
+            else: jobs.append(ValidationJob(s.caption, _start_image(s), s.id))
     return jobs + [ValidationJob(p) for p in cfg.validation_prompts]
 
 # %% ../nbs/06_sampling.ipynb #e90b79d4
@@ -633,10 +642,11 @@ def run_validation(cfg, pipe: LongCatVideoPipeline, step: int, output_dir, eval_
             for i, job in enumerate(jobs):
                 kw = {} if distilled else dict(num_inference_steps=cfg.validation_num_inference_steps,
                                                guidance_scale=cfg.validation_guidance)
-                video = pipe(job.prompt, negative_prompt=cfg.validation_negative_prompt, image=job.image,
-                             width=cfg.validation_width, height=cfg.validation_height,
-                             num_frames=cfg.validation_num_video_frames, distilled=distilled,
-                             generator=torch.Generator("cpu").manual_seed(cfg.validation_seed), **kw).frames
+                kw |= dict(negative_prompt=cfg.validation_negative_prompt, width=cfg.validation_width, height=cfg.validation_height,
+                           num_frames=cfg.validation_num_video_frames, distilled=distilled,
+                           generator=torch.Generator("cpu").manual_seed(cfg.validation_seed))
+                if job.video is not None: video = pipe.continue_video(job.video, job.prompt, num_cond_frames=len(job.video), **kw).frames
+                else: video = pipe(job.prompt, image=job.image, **kw).frames
                 paths.append(save_video(video, out / f"step{step:06d}_{i:02d}.mp4"))
     finally:
         model.train(was_training)

@@ -142,3 +142,87 @@ def test_cache_and_train_on_bad_data_exit_1_without_traceback_or_output_folder(t
         err = capsys.readouterr().err
         assert "the data check found errors" in err and "clip_000" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+# --- continuation, long videos and refinement from the command line (issue 16) ------------------------------------
+def _video_info(path):
+    with av.open(str(path)) as c:
+        rate, frames = float(c.streams.video[0].average_rate), list(c.decode(video=0))
+    return len(frames), frames[0].width, frames[0].height, rate
+
+
+@pytest.fixture
+def small_clip(tmp_path):
+    "A 5-frame 64×48 clip at 15 fps (the input to continue or refine)."
+    import numpy as np
+    from longcat_nb.data import write_video
+    return write_video(tmp_path / "in.mp4", np.random.default_rng(0).integers(0, 256, (5, 48, 64, 3), dtype=np.uint8), fps=15)
+
+
+SMALL = ["--size", "64x48", "--frames", "5", "--cond-frames", "1", "--steps", "2"]   # the smallest: 2 latent frames, 1 kept
+
+
+def _tiny_config(tmp_path, checkpoint=None):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"pretrained_model_name_or_path": str(checkpoint or tiny_checkpoint())}))
+    return str(cfg)
+
+
+def test_sample_continues_a_video_over_segments_and_refines(tmp_path, small_clip, capsys):
+    """`--video --segments 2 --refine --distilled`: the 5-frame clip + 2 continuations of 5 − 1 = 4 new frames = 13
+    frames, refined to 2 × 13 frames at 128×64 (1.5×, multiples of 64) and 30 fps."""
+    out = tmp_path / "long_hd.mp4"
+    assert main(["sample", "--config", _tiny_config(tmp_path), "--prompt", "a red ball", *SMALL, "--video", str(small_clip),
+                 "--segments", "2", "--distilled", "--refine", "--output", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(out))                     # the path is printed
+    assert _video_info(out) == (26, 128, 64, 30.0)
+
+
+def test_sample_long_video_for_seconds_with_a_prompt_per_segment(tmp_path):
+    "`--seconds 0.8` at 15 fps needs 12 frames: 5 + 2·4 = 13 takes 3 segments, one prompt each; 15 fps output."
+    out = tmp_path / "long.mp4"
+    assert main(["sample", "--config", _tiny_config(tmp_path), *SMALL, "--guidance", "1", "--seconds", "0.8",
+                 "--prompt", "a red ball", "--prompt", "the ball rolls", "--prompt", "it stops", "--output", str(out)]) == 0
+    assert _video_info(out) == (13, 64, 48, 15.0)
+
+
+def test_sample_refines_a_given_video(tmp_path, small_clip):
+    "`--video in.mp4 --refine` alone refines that video: 5 frames → 10 at 30 fps, 128×64."
+    out = tmp_path / "hd.mp4"
+    assert main(["sample", "--config", _tiny_config(tmp_path), "--prompt", "a red ball", "--size", "64x48",
+                 "--video", str(small_clip), "--refine", "--output", str(out)]) == 0
+    assert _video_info(out) == (10, 128, 64, 30.0)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--video", "nope.mp4"], "--video nope.mp4: no such file"),
+    (["--video", "{clip}", "--cond-frames", "13"], "5 frames at 15 fps, 13 needed"),
+    (["--video", "{junk}"], "junk.mp4: not a readable video"),
+    (["--segments", "0"], "--segments 0: must be at least 1"),
+    (["--seconds", "0"], "--seconds 0: must be a number more than 0"),
+    (["--segments", "2", "--seconds", "3"], "both set the length"),
+    (["--segments", "2", "--prompt", "y", "--prompt", "z"], "--prompt given 3 times for 2 segment(s)"),
+    (["--segments", "2", "--cond-frames", "6"], "use 5 or 9"),
+    (["--segments", "2", "--frames", "13", "--cond-frames", "13"], "--cond-frames 13: continuing keeps 13 frames"),
+    (["--video", "{clip}", "--image", "{png}"], "--image starts a new video, --video continues one"),
+    (["--refine"], "--refine: {ckpt}/lora/refinement_lora.safetensors not found"),
+])
+def test_long_video_argument_errors_exit_2_fast_in_a_fresh_process(tmp_path, small_clip, extra, says):
+    "Each mistake: exit 2, one line, no traceback, in a fresh process in < 10 s — before any model loads."
+    import os, subprocess, sys, time
+    import numpy as np
+    from PIL import Image
+    png = tmp_path / "start.png"
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(png)
+    ckpt = tmp_path / "ckpt"                     # the tiny checkpoint's folders, but no lora/refinement_lora.safetensors
+    ckpt.mkdir()
+    for part in ("dit", "vae", "text_encoder", "tokenizer", "scheduler"): os.symlink(tiny_checkpoint() / part, ckpt / part)
+    (tmp_path / "junk.mp4").write_text("not a video")
+    fill = dict(clip=str(small_clip), png=str(png), ckpt=str(ckpt), junk=str(tmp_path / "junk.mp4"))
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())", "sample",
+                        "--config", _tiny_config(tmp_path, ckpt), "--prompt", "x", *[a.format(**fill) for a in extra]],
+                       capture_output=True, text=True, cwd=tmp_path)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and says.format(**fill) in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert time.time() - t0 < 10, time.time() - t0

@@ -77,12 +77,13 @@ def test_memorises_one_clip(tmp_path, monkeypatch):
     assert sum(b < a for a, b in zip(r.losses, r.losses[1:])) >= 35, r.losses   # falls step after step
 
 
-def test_i2v_frame0_outside_the_loss():
+@pytest.mark.parametrize("k", [1, 2])      # 1: image-to-video (frame 0), 2: a continuation dataset's continuation_latents
+def test_i2v_frame0_outside_the_loss(k):
     from longcat_nb.model import LongCatVideoTransformer3DModel, TINY_DIT_CONFIG
     torch.manual_seed(0)
     model = LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG)
     g = torch.Generator().manual_seed(0)
-    batch = {"latents": torch.randn(2, 16, 3, 4, 4, generator=g), "num_cond_latents": 1,
+    batch = {"latents": torch.randn(2, 16, 3, 4, 4, generator=g), "num_cond_latents": k,
              "text_emb": torch.randn(2, 512, 32, generator=g), "text_mask": torch.ones(2, 512, dtype=torch.long)}
     empty = (torch.zeros(512, 32), torch.zeros(512, dtype=torch.long))
     sigma, drop, noise = torch.tensor([0.3, 0.8]), torch.tensor([False, True]), torch.randn(2, 16, 3, 4, 4, generator=g)
@@ -91,13 +92,17 @@ def test_i2v_frame0_outside_the_loss():
     h = model.register_forward_pre_hook(look, with_kwargs=True)
     base = training.flow_matching_loss(model, batch, sigma, drop, noise, empty).detach()
     h.remove()
-    eq_(seen["x"][:, :, 0], batch["latents"][:, :, 0])          # frame 0 goes in clean ...
-    eq_(seen["t"][:, 0], torch.zeros(2))                        # ... at timestep 0
-    close_(seen["t"][:, 1:], 1000 * sigma[:, None].expand(2, 2))
+    eq_(seen["x"][:, :, :k], batch["latents"][:, :, :k])        # the first k frames go in clean ...
+    eq_(seen["t"][:, :k], torch.zeros(2, k))                    # ... at timestep 0
+    close_(seen["t"][:, k:], 1000 * sigma[:, None].expand(2, 3 - k))
     eq_(seen["emb"][1], empty[0]); eq_(seen["emb"][0], batch["text_emb"][0])   # caption dropout → the empty prompt
-    def bump(m, args, kwargs, out): out.sample[:, :, 0] += 50.0
+    def bump(m, args, kwargs, out): out.sample[:, :, :k] += 50.0
     h = model.register_forward_hook(bump, with_kwargs=True)
-    eq_(training.flow_matching_loss(model, batch, sigma, drop, noise, empty).detach(), base)   # frame 0 does not count
+    eq_(training.flow_matching_loss(model, batch, sigma, drop, noise, empty).detach(), base)   # they do not count
+    h.remove()
+    def bump_next(m, args, kwargs, out): out.sample[:, :, k] += 1.0
+    h = model.register_forward_hook(bump_next, with_kwargs=True)
+    assert training.flow_matching_loss(model, batch, sigma, drop, noise, empty).detach() > base   # the next frame does
     h.remove()
 
 
@@ -262,3 +267,36 @@ def test_exports_and_checkpoints_follow_the_umask(example, tmp_path):
     r = train(config(example, tmp_path, max_train_steps=1))
     for p in [*r.lora_paths, r.checkpoint / "lora.safetensors"]:
         assert p.stat().st_mode & 0o044 == 0o044, (p, oct(p.stat().st_mode))   # group and others can read (umask 022)
+
+
+def test_continuation_dataset_trains_beside_t2v_and_i2v(example, tmp_path, monkeypatch):
+    """A continuation dataset (`video.continuation_latents: 2`) mixed with the example's T2V and I2V datasets in one
+    run: each batch holds one kind with its K, and the model gets K = 0 / 1 / 2 clean frames at timestep 0."""
+    from longcat_nb.caching import build_cache
+    from longcat_nb.model import LongCatVideoTransformer3DModel
+    entries = json.loads((Path(example).parent / "multidatabackend.json").read_text())
+    t2v = next(e for e in entries if e["id"] == "example-t2v")
+    entries.append({**t2v, "id": "example-cont", "video": {**t2v["video"], "continuation_latents": 2}})
+    (tmp_path / "multidatabackend.json").write_text(json.dumps(entries))
+    d = json.loads(Path(example).read_text())
+    d.update(data_backend_config=str(tmp_path / "multidatabackend.json"), cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    cfg = config(tmp_path / "config.json", tmp_path / "out", max_train_steps=6, train_batch_size=2, checkpointing_steps=1000)
+    build_cache(cfg, progress=False)
+    batches, calls, real_loss, real_forward = [], [], training.flow_matching_loss, LongCatVideoTransformer3DModel.forward
+    def spy(model, batch, *a, **kw):
+        batches.append(({i.split("/")[0] for i in batch["ids"]}, batch["num_cond_latents"]))
+        return real_loss(model, batch, *a, **kw)
+    def forward(self, x, t, *a, num_cond_latents=0, **kw):
+        calls.append((num_cond_latents, x.shape[2], t.detach().clone()))
+        return real_forward(self, x, t, *a, num_cond_latents=num_cond_latents, **kw)
+    monkeypatch.setattr(training, "flow_matching_loss", spy)
+    monkeypatch.setattr(LongCatVideoTransformer3DModel, "forward", forward)
+    eq_(train(cfg).steps, 6)
+    kinds = {"example-t2v": 0, "example-i2v": 1, "example-cont": 2}
+    for ids, k in batches:
+        eq_(len(ids), 1)                                           # one dataset, so one K, a batch
+        eq_(k, kinds[ids.pop()])
+    eq_({k for _, k in batches}, {0, 1, 2})
+    for k, T, t in calls:
+        if k: eq_(t[:, :k], torch.zeros(len(t), k)); assert (t[:, k:] > 0).all() and T == t.shape[1]
