@@ -110,6 +110,7 @@ TRAIN_KEYS = [
     Key("group_offload_blocks_per_group", 1, "int", "Blocks per offload group.", minimum=1),
     Key("musubi_blocks_to_swap", 0, "int", "Transformer blocks streamed from the CPU (0 = off).", minimum=0),
     Key("musubi_block_swap_device", "cpu", "str", "Where swapped blocks live."),
+    Key("quantised_base_dir", None, "path", "With a quantised base_model_precision: a folder for a quantised copy of the transformer, written on the first load and read instead of the fp32 shards on later ones (e.g. on a notebook's mounted drive); null → quantise on every load.", nullable=True),
     Key("activation_offload", False, "bool", "Keep the checkpointed block inputs in pinned host memory during a training step (CUDA; needs gradient_checkpointing)."),
     Key("memory_plan", "off", "str", "`auto`: the memory planner (`longcat-nb plan`) sets base_model_precision, musubi_blocks_to_swap and activation_offload for this GPU; `off`: as written.", ("off", "auto")),
     Key("memory_budget_gib", None, "float", "GPU memory the planner may plan for; null → the GPU's total.", nullable=True, minimum=1),
@@ -421,6 +422,7 @@ def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: lis
         if v[k] >= 1: _fail(source, k, v[k], "must be below 1", "use a probability such as 0.1")
     _check_training_choices(v, source)
     for k in ("output_dir", "cache_dir"): v[k] = resolve_path(v[k], base_dir)
+    if v["quantised_base_dir"] is not None: v["quantised_base_dir"] = resolve_path(v["quantised_base_dir"], base_dir)
     if datasets is None and v["data_backend_config"] is not None:
         p = resolve_path(v["data_backend_config"], base_dir)
         if not p.is_file(): _fail(source, "data_backend_config", v["data_backend_config"], f"file not found ({p})", "point it at your multidatabackend.json")

@@ -4,24 +4,28 @@
 
 # %% ../nbs/10_memory.ipynb #47f7282b
 from __future__ import annotations
-import json, math
+import json, math, os, shutil, uuid
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .caching import fingerprint
 from .config import PRECISIONS
 from .model import LongCatVideoTransformer3DModel, ffn_hidden_size
 
 # %% auto #0
-__all__ = ['QUANTISED_LINEARS', 'GROUP_OFFLOAD_REFUSAL', 'CALIBRATION', 'GPUS', 'GiB', 'TOO_SLOW_S', 'MemorySettingsError',
-           'check_precision', 'quantise_block', 'is_quantised', 'load_transformer', 'BlockSwap', 'BlockRunner',
-           'place_model', 'check_memory_settings', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params', 'predict',
-           'PlanError', 'choose_plan', 'machine_memory', 'config_tokens', 'usable_precisions', 'plan_for_config',
-           'format_plans', 'apply_memory_plan']
+__all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'CALIBRATION', 'GPUS', 'GiB', 'TOO_SLOW_S',
+           'MemorySettingsError', 'check_precision', 'quantise_block', 'is_quantised', 'load_transformer',
+           'copy_manifest', 'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised',
+           'load_quantised', 'BlockSwap', 'BlockRunner', 'place_model', 'check_memory_settings', 'gpu_rate',
+           'MemoryPlan', 'block_bytes', 'lora_params', 'predict', 'PlanError', 'choose_plan', 'machine_memory',
+           'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans', 'apply_memory_plan']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -99,12 +103,17 @@ def _read(index: dict, names, dtype, device) -> dict[str, torch.Tensor]:
 
 # %% ../nbs/10_memory.ipynb #afd126ed
 def load_transformer(ckpt, dtype=torch.bfloat16, precision: str = "bf16", device=None, host_blocks: int = 0,
-                     progress: bool = True) -> LongCatVideoTransformer3DModel:
+                     progress: bool = True, quantised_dir=None) -> LongCatVideoTransformer3DModel:
     """The frozen transformer of checkpoint `ckpt` (a folder with `dit/`), streamed block by block: weights in `dtype`,
     the big block linears quantised to `precision`, every block on `device` except the last `host_blocks`, which stay
-    on the CPU (for `BlockSwap`)."""
+    on the CPU (for `BlockSwap`). `quantised_dir` (with a quantised `precision`): read the quantised copy there
+    instead of the shards, or write one there after quantising (see `save_quantised`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_precision(precision, device)
+    keep = quantised_dir is not None and precision != "bf16"   # a bf16 copy would be the checkpoint itself
+    if keep and has_quantised_copy(quantised_dir, ckpt, precision, dtype):
+        return load_quantised(quantised_dir, device, host_blocks, progress)
+    if keep: check_room_for_copy(quantised_dir, ckpt, precision, dtype)
     dit = Path(ckpt) / "dit"
     with torch.device("meta"):
         model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(dit))
@@ -119,6 +128,145 @@ def load_transformer(ckpt, dtype=torch.bfloat16, precision: str = "bf16", device
         block.load_state_dict({k[len(prefix):]: v for k, v in sd.items()}, strict=True, assign=True)
         quantise_block(block, precision)
         if i >= depth - host_blocks: block.to("cpu")
+    model.eval().requires_grad_(False)
+    if keep: save_quantised(model, quantised_dir, precision, ckpt, progress)
+    return model
+
+# %% ../nbs/10_memory.ipynb #f7aa04ec
+COPY_FORMAT = "longcat_nb-quantised-1"
+
+
+def _library(precision: str) -> tuple[str, str]:
+    "`(package, version)` of the library that quantises to `precision`."
+    pkg = "torchao" if precision == "fp8-torchao" else "optimum-quanto"
+    return pkg, version(pkg)
+
+
+def copy_manifest(ckpt, precision: str, dtype) -> dict:
+    "What a quantised copy of checkpoint `ckpt` at `precision` in `dtype` records — and what must match to reuse it."
+    from longcat_nb import __version__
+    pkg, v = _library(precision)
+    return {"format": COPY_FORMAT, "checkpoint": fingerprint(Path(ckpt) / "dit"), "precision": precision,
+            "dtype": str(dtype).removeprefix("torch."), "library": f"{pkg} {v}",
+            "versions": {"torch": torch.__version__, "longcat_nb": __version__}}
+
+# %% ../nbs/10_memory.ipynb #1e0d8701
+def has_quantised_copy(path, ckpt, precision: str, dtype) -> bool:
+    """Whether folder `path` holds a quantised copy of `ckpt` at `precision` in `dtype` (False when it is missing or
+    empty); raises `MemorySettingsError` when it holds something else."""
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())): return False
+    if not (path / "manifest.json").is_file():
+        raise MemorySettingsError(f"quantised_base_dir = {path}: not a quantised copy (no manifest.json) — point "
+                                  "quantised_base_dir at a new or empty folder")
+    have, want = json.loads((path / "manifest.json").read_text()), copy_manifest(ckpt, precision, dtype)
+    keys = ("format", "checkpoint", "precision", "dtype", "library")
+    if any(have.get(k) != want[k] for k in keys):
+        desc = lambda m: f"checkpoint {m.get('checkpoint')} at {m.get('precision')} in {m.get('dtype')} ({m.get('library')}, {m.get('format')})"
+        raise MemorySettingsError(f"quantised_base_dir = {path}: holds a copy of {desc(have)}, this run needs {desc(want)} — "
+                                  f"point quantised_base_dir at another folder, or delete {path} to write a new copy there")
+    return True
+
+# %% ../nbs/10_memory.ipynb #0a69bd8b
+def quantised_copy_bytes(ckpt, precision: str, dtype=torch.bfloat16) -> int:
+    "About how many bytes a quantised copy of checkpoint `ckpt` at `precision` takes on disk."
+    per = {"int8-quanto": 1.0, "fp8-torchao": 1.0, "int4-quanto": 0.5 + 4 / 128}[precision]   # scales included
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(Path(ckpt) / "dit"))
+    big = {f"{n}.weight" for n in QUANTISED_LINEARS}
+    size = dtype.itemsize
+    return int(sum(p.numel() * (per if n.split(".", 2)[-1] in big else size) for n, p in model.named_parameters()))
+
+
+def check_room_for_copy(path, ckpt, precision: str, dtype) -> None:
+    "Raise `MemorySettingsError` when the disk of folder `path` has no room for the copy (checked before quantising)."
+    path, need = Path(path), quantised_copy_bytes(ckpt, precision, dtype)
+    disk = next(p for p in [path, *path.parents] if p.exists())
+    free = shutil.disk_usage(disk).free
+    if free < need * 1.05:
+        raise MemorySettingsError(f"quantised_base_dir = {path}: the {precision} copy needs about {need / 1e9:.1f} GB, "
+                                  f"{free / 1e9:.1f} GB are free there — free some space, choose another folder, or set quantised_base_dir: null")
+
+# %% ../nbs/10_memory.ipynb #3a707e9a
+def _block_file(block: nn.Module, precision: str) -> tuple[dict, dict]:
+    "`(tensors on the CPU, string metadata)` of a quantised block: what `_load_block` needs to rebuild it."
+    sd = block.state_dict()
+    if precision == "fp8-torchao":
+        from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+        sd, meta = flatten_tensor_state_dict(sd)
+    else:
+        from optimum.quanto import quantization_map
+        meta = {"quantization_map": json.dumps(quantization_map(block))}
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}, meta
+
+
+def _load_block(block: nn.Module, file: Path, precision: str, device) -> None:
+    "Fill `block` (on the meta device) with the quantised tensors of `file`, on `device`."
+    sd = load_file(file, device=str(device))
+    with safe_open(file, "pt") as f: meta = f.metadata()
+    if precision == "fp8-torchao":
+        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+        sd, left = unflatten_tensor_state_dict(sd, meta)
+        if left: raise MemorySettingsError(f"{file}: tensors {sorted(left)[:3]} fit no weight — delete the folder to write a new copy")
+        block.load_state_dict(sd, strict=True, assign=True)
+    else:
+        from optimum.quanto import requantize
+        requantize(block, sd, json.loads(meta["quantization_map"]), device=torch.device(device))
+        if block.state_dict().keys() != sd.keys():   # requantize loads with strict=False: a missing tensor would stay empty
+            raise MemorySettingsError(f"{file}: its tensors do not match the block — delete the folder to write a new copy")
+
+# %% ../nbs/10_memory.ipynb #8923717b
+def save_quantised(model, path, precision: str, ckpt, progress: bool = True) -> Path:
+    """Write the quantised `model` (loaded from checkpoint `ckpt` at `precision`) to folder `path`, block by block:
+    `config.json`, `rest.safetensors` (the unquantised embedders and final layer), `block_NNN.safetensors`,
+    `manifest.json`. Atomic: written into a temporary sibling folder, renamed to `path` when complete."""
+    path = Path(path)
+    if precision == "bf16" or not all(is_quantised(m) for n, m in model.blocks[0].named_modules() if n in QUANTISED_LINEARS):
+        raise MemorySettingsError(f"save_quantised: the model is not quantised to {precision!r} — load it with that base_model_precision")
+    if any("lora_" in k for k in model.state_dict()):
+        raise MemorySettingsError("save_quantised: the model has a LoRA attached — save the quantised base before add_lora")
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copy(Path(ckpt) / "dit" / "config.json", tmp / "config.json")
+        rest = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+        save_file(rest, tmp / "rest.safetensors")
+        for i, block in enumerate(tqdm(model.blocks, desc=f"writing the quantised copy to {path}", unit="block", disable=not progress)):
+            tensors, meta = _block_file(block, precision)
+            save_file(tensors, tmp / f"block_{i:03d}.safetensors", metadata=meta)
+        manifest = copy_manifest(ckpt, precision, model.dtype) | {"blocks": len(model.blocks)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")   # last: its presence marks a complete copy
+        _publish(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    "Rename the complete copy `tmp` to `path` (which may be an empty folder); if another process got there first, keep its copy."
+    try: os.rename(tmp, path)
+    except OSError:
+        if not (path / "manifest.json").is_file(): raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/10_memory.ipynb #4593bd2e
+def load_quantised(path, device=None, host_blocks: int = 0, progress: bool = True) -> LongCatVideoTransformer3DModel:
+    """The frozen transformer from the quantised copy in folder `path` (written by `save_quantised`), read block by
+    block onto `device`, except the last `host_blocks`, which stay on the CPU (for `BlockSwap`)."""
+    path, device = Path(path), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not (path / "manifest.json").is_file():
+        raise MemorySettingsError(f"{path}: not a quantised copy (no manifest.json) — write one with save_quantised / quantised_base_dir")
+    manifest = json.loads((path / "manifest.json").read_text())
+    check_precision(manifest["precision"], device)
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(path))
+    nn.Module.to(model, getattr(torch, manifest["dtype"]))   # requantize fills the meta tensors it finds: give them the copy's dtype
+    depth = len(model.blocks)
+    if not 0 <= host_blocks <= depth: raise MemorySettingsError(f"host_blocks = {host_blocks}: the model has {depth} blocks")
+    model.load_state_dict(load_file(path / "rest.safetensors", device=str(device)), strict=False, assign=True)
+    for i, block in enumerate(tqdm(model.blocks, desc=f"loading the quantised copy {path}", unit="block", disable=not progress)):
+        _load_block(block, path / f"block_{i:03d}.safetensors", manifest["precision"], "cpu" if i >= depth - host_blocks else device)
     return model.eval().requires_grad_(False)
 
 # %% ../nbs/10_memory.ipynb #a225c828
