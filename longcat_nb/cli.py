@@ -157,7 +157,8 @@ def cmd_sample(args) -> int:
     pipe = LongCatVideoPipeline.from_pretrained(   # on the GPU when there is one, with the config's memory settings and autocast
         ckpt, torch_dtype=default_dtype(default_device()), precision=cfg.base_model_precision,
         blocks_to_swap=cfg.musubi_blocks_to_swap, group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
-        group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision)
+        group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision,
+        quantised_dir=cfg.quantised_base_dir)
     if args.compile or cfg.compile_transformer: pipe.transformer.compile_blocks()
     if distill: pipe.load_lora(distill)
     for spec in args.lora or []: pipe.load_lora(*parse_lora_spec(spec))

@@ -122,13 +122,14 @@ class LongCatVideoPipeline(DiffusionPipeline):
     def from_pretrained(cls, checkpoint, torch_dtype: torch.dtype = torch.bfloat16, device=None,
                         with_text_encoder: bool = True, transformer=None, vae_dtype=None, text_encoder_dtype=None,
                         precision: str = "bf16", blocks_to_swap: int = 0, group_offload: str | None = None,
-                        group_offload_blocks_per_group: int = 1, mixed_precision: str = "bf16"):
+                        group_offload_blocks_per_group: int = 1, mixed_precision: str = "bf16", quantised_dir=None):
         """Load from a checkpoint directory in the released layout (or a local hub cache id) — the transformer in
         `torch_dtype`, VAE and text encoder in `vae_dtype`/`text_encoder_dtype` (default: bf16 on CUDA, fp32 on
         CPU). Pass `transformer=` to reuse one already in memory (e.g. the one being trained). Less GPU memory:
         `precision` quantises the block linears (`int8-quanto`, `int4-quanto`, `fp8-torchao`), `blocks_to_swap`
         streams the last N blocks from pinned host memory, `group_offload` (`block_level` | `leaf_level`) uses
-        diffusers' group offloading instead (see `longcat_nb.memory`). `mixed_precision`: the transformer's
+        diffusers' group offloading instead (see `longcat_nb.memory`); `quantised_dir`: a folder for the quantised
+        copy (read when it holds one, written otherwise; `quantised_base_dir`). `mixed_precision`: the transformer's
         autocast ("bf16" or "no"), the trainer's config key of that name."""
         device = torch.device(device) if device else default_device()
         ckpt = resolve_checkpoint(checkpoint, parts=("dit", "vae", "scheduler") +
@@ -137,7 +138,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
             from longcat_nb.memory import load_transformer, place_model
             if group_offload and blocks_to_swap: raise ValueError("group_offload and blocks_to_swap both offload blocks: choose one")
             transformer = load_transformer(ckpt, torch_dtype, precision, device="cpu" if group_offload else device,
-                                           host_blocks=blocks_to_swap)
+                                           host_blocks=blocks_to_swap, quantised_dir=quantised_dir)
             if group_offload:
                 from diffusers.hooks import apply_group_offloading
                 apply_group_offloading(transformer, device, offload_type=group_offload, use_stream=device.type == "cuda",

@@ -479,7 +479,8 @@ def _make_optimizer(cfg, params, device):
 
 def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
     """The frozen transformer of checkpoint `ckpt` in `dtype` (its block linears quantised to `base_model_precision`,
-    the last `musubi_blocks_to_swap` blocks left on the host), with the config's LoRA attached (fp32, trainable).
+    read from / kept in `quantised_base_dir` when set, the last `musubi_blocks_to_swap` blocks left on the host), with
+    the config's LoRA attached (fp32, trainable).
     `on_meta`: only the structure, on the meta device (no memory, no file read) — FSDP fills it from the main process."""
     if on_meta:
         with torch.device("meta"):
@@ -487,7 +488,8 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
         model.to(dtype)
     elif cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap:   # streamed block by block, quantised, swapped ones on the host
         from longcat_nb.memory import load_transformer
-        model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap)
+        model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
+                                 quantised_dir=cfg.quantised_base_dir)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)

@@ -1,6 +1,7 @@
 """Memory settings end to end: a LoRA trains on a quantised base through `train()` (CPU); `longcat-nb plan` prints a
 plan that fits its budget and refuses one that cannot fit; on a GPU, block swap and activation offload give the same
-losses and LoRA gradients as the resident model (bf16 and int8 bases)."""
+losses and LoRA gradients as the resident model (bf16 and int8 bases); a quantised copy on disk (`quantised_base_dir`)
+is written by the first run, read instead of the shards by the next (training and sampling), and never used half-written."""
 import copy, json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from longcat_nb.cli import main as cli
 from longcat_nb.config import load_config
 from longcat_nb.lora import add_lora, lora_layers
-from longcat_nb.memory import BlockRunner, load_transformer, place_model
+from longcat_nb.memory import BlockRunner, is_quantised, load_transformer, place_model
 from longcat_nb.tiny import tiny_checkpoint
 from longcat_nb.training import train
 
@@ -90,3 +91,57 @@ def test_swap_and_offload_match_resident(precision, dtype):
             y = torch.randn(1, 8, 32, generator=g).to("cuda", dtype)
             args = (x, torch.tensor([300.0], device="cuda"), y, torch.ones(1, 8, dtype=torch.bool, device="cuda"))
             close_(model(*args).sample, ref(*args).sample, eps=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def _spy_shards(monkeypatch):
+    "Count the tensors read from the checkpoint's fp32 shards (`memory._read`)."
+    import longcat_nb.memory as memory
+    reads, real = [], memory._read
+    monkeypatch.setattr(memory, "_read", lambda index, names, *a: reads.extend(names) or real(index, names, *a))
+    return reads
+
+
+def test_quantised_copy_written_then_read_by_training_and_sampling(example, tmp_path, monkeypatch):
+    "The first run quantises the shards and writes the copy; the second reads only the copy and trains the same LoRA."
+    from longcat_nb.sampling import LongCatVideoPipeline
+    reads, copy_dir, loras = _spy_shards(monkeypatch), tmp_path / "drive" / "int8", []
+    for run in ("first", "second"):
+        cfg = load_config(example)
+        cfg.output_dir, cfg.validation_prompt, cfg.report_to = tmp_path / run, None, "none"
+        cfg.base_model_precision, cfg.max_train_steps, cfg.lora_export_formats = "int8-quanto", 2, ["peft"]
+        cfg.quantised_base_dir = copy_dir
+        n = len(reads)
+        result = train(cfg)
+        assert (copy_dir / "manifest.json").is_file()
+        assert (len(reads) > n) == (run == "first"), (run, len(reads) - n)   # the second run never opens a shard
+        loras.append(load_file(result.lora_paths[0]))
+    assert loras[0].keys() == loras[1].keys() and all(torch.equal(loras[0][k], loras[1][k]) for k in loras[0])
+    n = len(reads)
+    dtype = json.loads((copy_dir / "manifest.json").read_text())["dtype"]
+    pipe = LongCatVideoPipeline.from_pretrained(tiny_checkpoint(), torch_dtype=getattr(torch, dtype), device="cpu",
+                                                with_text_encoder=False, precision="int8-quanto", quantised_dir=copy_dir)
+    assert len(reads) == n and is_quantised(pipe.transformer.blocks[0].attn.qkv)
+
+
+def test_half_written_copy_is_never_used(tmp_path, monkeypatch):
+    "A process killed while writing the copy leaves only a `.partial-*` folder; the next load quantises again and writes a whole copy."
+    import subprocess, sys
+    copy_dir = tmp_path / "q"
+    script = ("import os, torch, longcat_nb.memory as m\n"
+              "from longcat_nb.tiny import tiny_checkpoint\n"
+              "real, n = m.save_file, [0]\n"
+              "def dying(*a, **k):\n"
+              "    n[0] += 1\n"
+              "    if n[0] == 3: os._exit(9)              # killed after rest + block 0, mid-copy\n"
+              "    real(*a, **k)\n"
+              "m.save_file = dying\n"
+              f"m.load_transformer(tiny_checkpoint(), torch.bfloat16, 'int4-quanto', device='cpu', quantised_dir={str(copy_dir)!r})\n")
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 9
+    partial = [p for p in tmp_path.iterdir() if p.name.startswith(".q.partial-")]
+    assert not copy_dir.exists() and len(partial) == 1 and (partial[0] / "block_000.safetensors").is_file()
+    reads = _spy_shards(monkeypatch)
+    load_transformer(tiny_checkpoint(), torch.bfloat16, "int4-quanto", device="cpu", progress=False, quantised_dir=copy_dir)
+    assert reads and (copy_dir / "manifest.json").is_file() and (copy_dir / "block_001.safetensors").is_file()
+    reads.clear()
+    load_transformer(tiny_checkpoint(), torch.bfloat16, "int4-quanto", device="cpu", progress=False, quantised_dir=copy_dir)
+    assert not reads
