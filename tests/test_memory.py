@@ -121,6 +121,12 @@ def test_quantised_copy_written_then_read_by_training_and_sampling(example, tmp_
     pipe = LongCatVideoPipeline.from_pretrained(tiny_checkpoint(), torch_dtype=getattr(torch, dtype), device="cpu",
                                                 with_text_encoder=False, precision="int8-quanto", quantised_dir=copy_dir)
     assert len(reads) == n and is_quantised(pipe.transformer.blocks[0].attn.qkv)
+    config = tmp_path / "sample.json"       # `longcat-nb sample` with the config's quantised_base_dir
+    config.write_text(json.dumps({"pretrained_model_name_or_path": str(tiny_checkpoint()), "base_model_precision": "int8-quanto",
+                                  "quantised_base_dir": str(copy_dir)}))
+    assert cli(["sample", "--config", str(config), "--prompt", "a red ball", "--size", "64x48", "--frames", "5", "--steps", "2",
+                "--output", str(tmp_path / "s.mp4")]) == 0
+    assert len(reads) == n and (tmp_path / "s.mp4").is_file()
 
 
 def test_half_written_copy_is_never_used(tmp_path, monkeypatch):
