@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_memory.ipynb #47f7282b
 from __future__ import annotations
-import json, math, os, shutil, uuid
+import json, os, shutil, uuid
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
