@@ -450,6 +450,7 @@ class CondKVCache:
     "Every block's `CondKV` for `num_latents` conditioning frames of `latent_hw` (H, W) latents; from `cache_cond_kv`."
     def __init__(self, num_latents: int, latent_hw: tuple, depth: int):
         self.num_latents, self.latent_hw, self.blocks = num_latents, tuple(latent_hw), [CondKV() for _ in range(depth)]
+        self.velocity = None    # the conditioning frames' own output [B, C_out, T_c, H, W] fp32 (the same at every step)
 
     def check(self, hidden_states, num_cond_latents: int) -> int:
         "Raise unless `hidden_states` [B, C, T, H, W] can follow the cached frames; returns the cached frame count."
@@ -481,7 +482,8 @@ def forward_cached(self: SelfAttention, x, rope, cond_kv: CondKV, backend: str =
 @patch
 def cache_cond_kv(self: LongCatVideoTransformer3DModel, cond_latents) -> CondKVCache:
     """Run the conditioning latents [B, C, T_c, H, W] alone — timestep 0, no cross-attention — and keep every block's
-    k, v. Run it under the autocast of the denoising steps; pass the result as `kv_cache=` to the forward."""
+    k, v, and their output velocity (`cache.velocity`, what an uncached forward returns on those frames). Run it under
+    the autocast of the denoising steps; pass the result as `kv_cache=` to the forward."""
     B, _, Tc, H, W = cond_latents.shape
     _, ph, pw = self.config.patch_size
     dtype = self.x_embedder.proj.weight.dtype
@@ -490,6 +492,7 @@ def cache_cond_kv(self: LongCatVideoTransformer3DModel, cond_latents) -> CondKVC
     rope = rope_3d((Tc, H // ph, W // pw), self.config.hidden_size // self.config.num_heads, x.device)
     cache = CondKVCache(Tc, (H, W), len(self.blocks))
     for block, slot in zip(self.blocks, cache.blocks): x = block(x, None, t, rope, None, 0, self.attention_implementation, slot)
+    cache.velocity = unpatchify(self.final_layer(x, t), (Tc, H // ph, W // pw), self.config.patch_size, self.config.out_channels)
     return cache
 
 # %% ../nbs/03_model.ipynb #ad8a7cd0

@@ -300,12 +300,13 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
              guidance_scale: float | None = None, generator: torch.Generator | None = None, output_type: str = "np",
              callback_on_step_end=None, prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
              negative_prompt_attention_mask=None, latents=None, distilled: bool = False, return_dict: bool = True,
-             cond_latents=None, enhance_hf: bool = False, t_thresh: float | None = None, kv_cache: bool = False):
+             cond_latents=None, enhance_hf: bool = False, t_thresh: float | None = None, kv_cache: bool | None = None):
     """Sample videos. `num_inference_steps` None → 40 (16 distilled); `guidance_scale` None → 4.0 (1.0 distilled).
     Returns `LongCatVideoPipelineOutput(frames)` (see there for the layouts of "np", "pt" and "latent").
     For `continue_video` and `refine`: `cond_latents` [B or 1, 16, K, h, w] (normalised) fix the first K latent frames;
-    `enhance_hf` / `t_thresh` pick their schedules (`adjust_timesteps`); `kv_cache` computes the K frames' keys and
-    values once (`cache_cond_kv`) instead of at every step."""
+    `enhance_hf` / `t_thresh` pick their schedules (`adjust_timesteps`); `kv_cache` computes the conditioning frames'
+    keys and values once (`cache_cond_kv`) instead of at every step — None: on for a start image (the same video as
+    without: its velocity joins the guidance statistic as in the release's image-to-video), off for `cond_latents`."""
     check_video_size(width, height, num_frames)
     if output_type not in ("np", "pt", "latent"):
         raise ValueError(f"output_type = {output_type!r}: use 'np', 'pt' or 'latent'")
@@ -335,7 +336,7 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
     text, text_mask = (torch.cat([neg_emb, emb]), torch.cat([neg_mask, mask])) if do_cfg else (emb, mask)
     self._set_schedule(sigmas, device, enhance_hf, t_thresh)
     cache = None
-    if kv_cache and n_cond:                                        # the clean frames' k, v, once (SPEC §2)
+    if n_cond and (kv_cache if kv_cache is not None else image is not None):   # the clean frames' k, v, once (SPEC §2)
         with compute_autocast(device, self.mixed_precision):
             cache = self.transformer.cache_cond_kv(latents[:, :, :n_cond].to(self.transformer.dtype))
     for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -348,8 +349,11 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
                                  num_cond_latents=0 if cache else n_cond, kv_cache=cache).sample
         if do_cfg:
             v_uncond, v_cond = v.float().chunk(2)
+            if cache and image is not None:                       # image-to-video: s* over every frame, the start one too
+                v0 = cache.velocity.float()
+                v_uncond, v_cond = torch.cat([v0, v_uncond], 2), torch.cat([v0, v_cond], 2)
             v = cfg_zero_star(v_cond, v_uncond, guidance)
-        v = v if cache else v[:, :, n_cond:]
+        v = v[:, :, n_cond - latents.shape[2]:]                   # the noise frames (the last ones, cached or not)
         stepped = self.scheduler.step(-v.float(), t, latents[:, :, n_cond:], return_dict=False)[0]
         latents = torch.cat([latents[:, :, :n_cond], stepped], dim=2)
         if callback_on_step_end is not None: latents = self._step_callback(callback_on_step_end, i, t, latents, n_cond)
