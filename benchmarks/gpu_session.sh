@@ -1,0 +1,60 @@
+# The GPU measurements still open (issues 11, 14, 15, 16), one part per device call (each fits the 10-minute limit).
+#
+# Carry the shared py3.12 wheels as .whl/ and the extra ones (optimum-quanto 0.2.7, torchao 0.17.0) as .dev/whl/, and a
+# copy of /work/shared/tools/fullscale_e2e.py as .dev/fullscale_e2e.py; then, in the checkout's root on the GPU machine:
+#
+#     bash benchmarks/gpu_session.sh PART
+#
+# PART (in the order worth running):
+#   tests    the cuda-flagged tests and notebook cells (precision, block swap/offload, compile, speed, kernels)
+#   train    issue 14: `longcat-nb train` at 832×480×93, rank 16, default vs checkpoint_attention recompute (builds the
+#            full-size checkpoint in $WORK first); train2: the same with compiled blocks
+#   memory   issue 11: the 24 GB and 16 GB plans and fp8 through `longcat-nb train`, capped with
+#            set_per_process_memory_fraction; int8 host RSS
+#   bsa      issue 15: bench_bsa (both kernels) and training steps at 832×512×93, attention bsa vs dense (after train)
+#   long     issue 16: continuation, a 3-segment long video, refinement, K/V-cache saving per step
+#   profile  issue 14: the torch-profiler table of one trainer step
+# Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
+set -euo pipefail
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|train|train2|memory|bsa|long|profile}
+OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
+WORK=${WORK:-/tmp/e2e}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .dev/whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 E2E_SAMPLE_BEFORE_S=0
+E2E=.dev/fullscale_e2e.py
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+e2e() {  # name, extra JSON, further e2e arguments
+    local name=$1 extra=$2; shift 2
+    echo "== $name $extra"
+    python "$E2E" "$WORK" --steps 4 --extra "$(python3 -c 'import json,sys; print(json.dumps({**json.loads(sys.argv[1]), "output_dir": sys.argv[2]}))' "$extra" "$WORK/out_$name")" "$@" \
+        2>&1 | tee "$OUT/train_$name.log" | grep -E '^\{|s/step|Error|error' | tail -3
+}
+
+case $PART in
+  tests)
+    python -m pytest -q -rs tests/test_precision.py tests/test_compile_cuda.py tests/test_memory.py tests/test_kernels.py \
+        tests/test_speed.py 2>&1 | tee "$OUT/pytest_cuda.log" | tail -15
+    nbdev-test --flags cuda --path nbs 2>&1 | tee "$OUT/nbdev_cuda.log" | tail -5 || true ;;
+  train)   # the first run builds the checkpoint (~60 s) and the caches; later ones reuse both
+    e2e default '{}'
+    e2e recompute '{"checkpoint_attention": "recompute"}' ;;
+  train2)
+    e2e compiled '{"compile_transformer": true}'
+    e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
+  memory)
+    python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only bf16,plan24,plan16,fp8 \
+        2>&1 | tee "$OUT/memory.log" | tail -20 ;;
+  bsa)
+    python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bench_bsa.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
+    mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
+    WORK=$WORK-512 e2e dense512 '{}' --size 832x512
+    WORK=$WORK-512 e2e bsa512 '{"attention_implementation": "bsa"}' --size 832x512 ;;
+  long)
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1
+    python benchmarks/bench_long_video.py "$WORK/ckpt" --work "$WORK/bench" --steps 2 --kv-steps 3 --refine-steps 50 \
+        --segments 3 --json "$OUT/bench_long_video.json" 2>&1 | tee "$OUT/long.log" | tail -20 ;;
+  profile)
+    python benchmarks/profile_step.py --json "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
+  *) echo "unknown part $PART"; exit 2 ;;
+esac
