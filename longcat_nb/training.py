@@ -36,9 +36,9 @@ __all__ = ['RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FA
            'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin',
            'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'previous_run',
            'check_output_dir', 'clear_previous_run', 'resume_changes', 'good_checkpoint', 'TrainResult',
-           'load_trainable_transformer', 'steps_plan', 'make_lr_scheduler', 'seed_process', 'autocasts', 'batch_tokens',
-           'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals',
-           'train', 'main']
+           'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler', 'seed_process',
+           'autocasts', 'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop',
+           'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -488,8 +488,7 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
                                lora_input_cast: bool = True):
     """The frozen transformer of checkpoint `ckpt` in `dtype` (its block linears quantised to `base_model_precision`,
     read from / kept in `quantised_base_dir` when set, the last `musubi_blocks_to_swap` blocks left on the host), with
-    the config's LoRA attached (fp32, trainable; `lora_input_cast`: see `lora.set_lora_input_cast`), checkpointed per
-    block (`keep_attention`: keeping self-attention's outputs, see "Speed").
+    the config's LoRA attached and checkpointing set (`make_trainable`).
     `on_meta`: only the structure, on the meta device (no memory, no file read) — FSDP fills it from the main process."""
     if on_meta:
         with torch.device("meta"):
@@ -500,6 +499,13 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
         model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
                                  quantised_dir=cfg.quantised_base_dir)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
+    return make_trainable(model, cfg, keep_attention, lora_input_cast)
+
+
+def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bool = True):
+    """What the trainer does to a loaded transformer: freeze it, set the attention backend, attach the config's LoRA
+    (fp32, trainable; `lora_input_cast`: `lora.set_lora_input_cast`), checkpoint each block (`keep_attention`: keeping
+    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`. Returns `model`."""
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)

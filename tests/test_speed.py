@@ -111,3 +111,16 @@ def test_trainer_wires_the_levers(example, tmp_path):
         eq_(seen["func"] is training.checkpoint_keeping_attention, mode == "keep")
         eq_(seen["cast"], {True})                                # CPU: no autocast, PEFT's cast stays
     eq_(losses["keep"], losses["recompute"])
+
+
+def test_profile_script_runs_tiny(tmp_path):
+    "benchmarks/profile_step.py --tiny runs the trainer's step per variant; the levers leave the losses bit-identical."
+    import json, subprocess, sys
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--tiny", "--steps", "1",
+                    "--variants", "before,keep,bare", "--json", str(out)], check=True, capture_output=True)
+    runs = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
+    eq_((runs["before"]["lora_input_cast"], runs["keep"]["lora_input_cast"]), (True, False))
+    eq_((runs["before"]["keep_attention"], runs["keep"]["keep_attention"]), (False, True))
+    eq_(runs["keep"]["losses"], runs["before"]["losses"])
+    for r in runs.values(): assert r["by_kind_ms"]["matmul"] > 0 and r["by_module_ms"]["blocks.attn"] > 0, r
