@@ -101,23 +101,26 @@ def build(bare: bool = False, lora_cast: bool = False, keep_attention: bool = Fa
     return model.train()
 
 
-def make_batch(config: dict = AUDIT_DIT, seed: int = 1, num_cond_latents: int = 0):
-    "A cached-batch dict as `CachedDataset` gives it, with σ, caption dropout, noise and the empty prompt."
+def make_batch(config: dict = AUDIT_DIT, seed: int = 1, num_cond_latents: int = 0, device="cpu"):
+    "A cached-batch dict as `CachedDataset` gives it (on `device`), with σ, caption dropout, noise and the empty prompt."
     g = torch.Generator().manual_seed(seed)
     L, C = AUDIT_TEXT_TOKENS, config["caption_channels"]
-    batch = dict(latents=torch.randn(AUDIT_LATENTS, generator=g), text_emb=torch.randn(1, L, C, generator=g).to(torch.bfloat16),
-                 text_mask=torch.ones(1, L, dtype=torch.long), num_cond_latents=num_cond_latents)
-    empty = (torch.zeros(L, C, dtype=torch.bfloat16), torch.zeros(L, dtype=torch.long))
+    batch = dict(latents=torch.randn(AUDIT_LATENTS, generator=g).to(device),
+                 text_emb=torch.randn(1, L, C, generator=g).to(device, torch.bfloat16),
+                 text_mask=torch.ones(1, L, dtype=torch.long, device=device), num_cond_latents=num_cond_latents)
+    empty = (torch.zeros(L, C, dtype=torch.bfloat16, device=device), torch.zeros(L, dtype=torch.long, device=device))
     return batch, torch.tensor([0.7]), torch.tensor([False]), torch.randn(AUDIT_LATENTS, generator=g), empty
 
 
 def trainer_step(model, batch, autocast: bool = True, recorder: OpRecorder | None = None) -> tuple[float, dict]:
-    "The trainer's step (`_optimizer_step_grads` + `_optimizer_step` without accelerate): loss, backward, clip, AdamW."
+    """The trainer's step (`_optimizer_step_grads` + `_optimizer_step` without accelerate): loss, backward, clip, AdamW;
+    `autocast`: a bf16 autocast for the batch's device, as `model.compute_autocast` enters on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     rec = recorder or nullcontext()
+    device = batch[0]["latents"].device.type
     with rec:
-        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
+        with torch.autocast(device, dtype=torch.bfloat16) if autocast else nullcontext():
             loss = flow_matching_loss(model, *batch)
         if recorder: recorder.phase = "backward"
         loss.backward()

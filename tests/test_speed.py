@@ -124,3 +124,27 @@ def test_profile_script_runs_tiny(tmp_path):
     eq_((runs["before"]["keep_attention"], runs["keep"]["keep_attention"]), (False, True))
     eq_(runs["keep"]["losses"], runs["before"]["losses"])
     for r in runs.values(): assert r["by_kind_ms"]["matmul"] > 0 and r["by_module_ms"]["blocks.attn"] > 0, r
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuDNN / flash SDPA kernels, CUDA autocast)")
+def test_cuda_levers_keep_the_numbers():
+    "On CUDA under the trainer's autocast: no LoRA casts without PEFT's cast, the fused attention op kept (depth calls, not 2 × depth), same numbers."
+    runs = {}
+    for lora_cast, keep in ((True, False), (False, False), (False, True)):
+        model = A.build(lora_cast=lora_cast, keep_attention=keep).cuda()
+        rec = A.OpRecorder(model, TOKENS)
+        torch.manual_seed(123)
+        loss, grads = A.trainer_step(model, A.make_batch(device="cuda"), recorder=rec)
+        rec.remove()
+        runs[lora_cast, keep] = loss, grads, rec.records
+    depth = A.AUDIT_DIT["depth"]
+    count = lambda records, phase: sum(r["key_tokens"] == TOKENS for r in records if r["phase"] == phase)
+    eq_((count(runs[False, False][2], "forward"), count(runs[False, False][2], "recompute")), (depth, depth))
+    eq_((count(runs[False, True][2], "forward"), count(runs[False, True][2], "recompute")), (depth, 0))
+    eq_(lora_casts(runs[False, False][2]), [])
+    assert len(lora_casts(runs[True, False][2])) == 2 * 2 * 6 * 2
+    ref = runs[True, False]
+    for key in ((False, False), (False, True)):
+        eq_(runs[key][0], ref[0])                                 # the forward is deterministic
+        for n, g in ref[1].items():                               # fused attention backwards may accumulate in any order
+            assert (runs[key][1][n] - g).norm() <= 1e-2 * g.norm(), (key, n)
