@@ -18,10 +18,14 @@ Variants (config keys on top of the defaults, rank 16):
   compiled_keep  keep + compile_transformer (the combination `auto` does not pick until measured)
   bare           bench_model.py's loop: bf16 LoRA from `add_adapter`, no autocast, MSE to a random target
 
-On the device (from the repository root, torch 2.11 + CUDA; ~2 min a variant, more with compiling):
+On the device (from the repository root, torch 2.11 + CUDA): each variant takes ~2 min at full size (build, 2 warm-up
+and `--steps` timed ~20 s steps, one profiled step), compiled ones more, so stay under a 10-minute call with groups:
 
-    python benchmarks/profile_step.py --variants before,lora_fix,keep,default,compiled,compiled_keep,bare \
-        --steps 3 --json profile_step_h200.json
+    python benchmarks/profile_step.py --variants before,lora_fix,keep --steps 2 --json profile_a.json
+    python benchmarks/profile_step.py --variants default,bare --steps 2 --json profile_b.json
+    python benchmarks/profile_step.py --variants compiled,compiled_keep --steps 2 --json profile_c.json
+
+Compiled variants have no by-module table (module hooks inside compiled blocks would break their graphs).
 
 On the CPU, at tiny size (checks the wiring, < 1 min): `python benchmarks/profile_step.py --tiny`.
 Prints one JSON line per variant; `--json OUT` writes them all to OUT.
@@ -59,15 +63,17 @@ def op_kind(name: str, cuda: bool) -> str:
 
 
 def label_modules(model):
-    "Profiler ranges around every module's forward (also in recompute), named by module path without block indices."
+    """Profiler ranges around every module's forward (also in recompute), named by module path without block indices;
+    returns the hook handles. Not for compiled blocks: hooks run inside the compiled call and would break its graph."""
     enter, leave = torch.ops.profiler._record_function_enter_new, torch.ops.profiler._record_function_exit
-    stack = []
+    stack, handles = [], []
     def pre(module, args, name): stack.append(enter("module::" + name, None))
     def post(module, args, out): leave(stack.pop())          # returns None: the module's output stays as it is
     for name, m in model.named_modules():
         short = ".".join(p for p in name.split(".") if not p.isdigit() and p != "default") or "model"
-        m.register_forward_pre_hook(lambda mod, args, s=short: pre(mod, args, s))
-        m.register_forward_hook(post, always_call=True)
+        handles.append(m.register_forward_pre_hook(lambda mod, args, s=short: pre(mod, args, s)))
+        handles.append(m.register_forward_hook(post, always_call=True))
+    return handles
 
 
 def make_batch(shape, text_tokens, valid, caption_channels, device, cond: int):
@@ -115,7 +121,6 @@ def one_variant(a) -> dict:
         model.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, target_modules=list(LORA_TARGETS)))
         model.enable_gradient_checkpointing()
     else: training.make_trainable(model, cfg, keep, lora_input_cast=a.one == "before" or not autocast)
-    label_modules(model)
     batch = make_batch(shape, a.text_tokens, a.valid_tokens, model.config.caption_channels, device, int(a.i2v))
     result = dict(variant=a.one, device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
                   tokens=tokens, latents=list(shape), rank=a.rank, i2v=a.i2v, keep_attention=keep and a.one != "bare",
@@ -149,8 +154,10 @@ def one_variant(a) -> dict:
                   median_s=round(statistics.median(times[2:]), 3), losses=losses,
                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
     from torch.profiler import ProfilerActivity, profile
+    handles = [] if cfg.compile_transformer else label_modules(model)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         step(); sync(device)
+    for h in handles: h.remove()
     kinds, modules, backward = defaultdict(float), defaultdict(float), defaultdict(float)
     for e in prof.key_averages():
         if cuda:
