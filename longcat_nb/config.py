@@ -79,6 +79,7 @@ TRAIN_KEYS = [
     Key("base_model_precision", "bf16", "str", "Precision of the frozen transformer.", PRECISIONS),
     Key("train_batch_size", 1, "int", "Clips per step per GPU.", minimum=1),
     Key("gradient_checkpointing", True, "bool", "Recompute each transformer block in the backward pass."),
+    Key("checkpoint_attention", "auto", "str", "Under gradient_checkpointing: `keep` saves each block's self-attention output and softmax statistics (tokens × hidden × 2 bytes + small, per block) so the backward does not run attention's forward again; `recompute` recomputes it; `auto` keeps it on CUDA when the memory planner predicts the step still fits (recompute with block swap, activation offload, compiled blocks or block-sparse attention).", ("auto", "keep", "recompute")),
     Key("lora_rank", 8, "int", "LoRA rank.", minimum=1),
     Key("lora_alpha", None, "float", "LoRA alpha; null → lora_rank (scale 1).", nullable=True, minimum=0),
     Key("lora_dropout", 0.0, "float", "Dropout on the LoRA input.", minimum=0),

@@ -5,6 +5,7 @@
 # %% ../nbs/05_lora.ipynb #7d4f5325
 from __future__ import annotations
 import json, os, re, warnings
+import peft
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -24,8 +25,8 @@ from .data import user_permissions
 
 # %% auto #0
 __all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'OFFICIAL_RANK',
-           'lora_target_names', 'lora_layers', 'add_lora', 'LoraFactors', 'lora_factors', 'fused_splits',
-           'official_key', 'fused_form', 'lora_format', 'drop_zero_rank', 'read_lora', 'lora_delta',
+           'lora_target_names', 'lora_layers', 'add_lora', 'set_lora_input_cast', 'LoraFactors', 'lora_factors',
+           'fused_splits', 'official_key', 'fused_form', 'lora_format', 'drop_zero_rank', 'read_lora', 'lora_delta',
            'canonical_lora_format', 'pad_rank', 'lora_state_dict', 'check_lora_export', 'save_lora', 'attach_lora',
            'load_lora', 'write_official_lora']
 
@@ -88,6 +89,20 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: f
     for m in lora_layers(model, adapter_name).values():
         m.lora_A[adapter_name].requires_grad_(True); m.lora_B[adapter_name].requires_grad_(True)
     return config
+
+# %% ../nbs/05_lora.ipynb #59b26998
+def set_lora_input_cast(model: nn.Module, cast: bool) -> int:
+    """Whether the LoRA layers of `model` cast their input to the LoRA weights' dtype before `lora_A` (PEFT's default,
+    `cast=True`); `cast=False` only for a model that runs under a bf16 autocast — layers with dropout keep the cast.
+    Returns the number of layers without the cast."""
+    off = 0
+    for m in model.modules():
+        if not isinstance(m, LoraLayer): continue
+        if not hasattr(m, "_cast_input_dtype"):
+            raise ImportError(f"peft {peft.__version__} has no switch for the LoRA input cast — install peft>=0.15")
+        m.cast_input_dtype_enabled = cast or any(getattr(d, "p", 0) > 0 for d in m.lora_dropout.values())
+        off += not m.cast_input_dtype_enabled
+    return off
 
 # %% ../nbs/05_lora.ipynb #cfd5a4bd
 class LoraFactors(NamedTuple):

@@ -25,7 +25,8 @@ __all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'CALIBRA
            'copy_manifest', 'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised',
            'load_quantised', 'BlockSwap', 'BlockRunner', 'place_model', 'check_memory_settings', 'gpu_rate',
            'MemoryPlan', 'block_bytes', 'lora_params', 'predict', 'PlanError', 'choose_plan', 'machine_memory',
-           'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans', 'apply_memory_plan']
+           'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans', 'apply_memory_plan',
+           'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -681,3 +682,15 @@ def apply_memory_plan(cfg):
     for k, v in chosen.settings().items(): setattr(cfg, k, v)
     print("memory_plan auto:\n" + format_plans(plain, chosen, notes))
     return chosen
+
+# %% ../nbs/10_memory.ipynb #851218eb
+def checkpoint_attention_choice(cfg, tokens: int, device, depth: int = 48, hidden: int = 4096, heads: int = 32) -> bool:
+    """`checkpoint_attention: "auto"`: keep self-attention's outputs through the checkpointed backward (CUDA only, no
+    block swap or activation offload) when the step `predict`s to fit 0.95 × the GPU memory (or `memory_budget_gib`)
+    with the kept bytes added: depth × tokens × (hidden × 2 + heads × 4) (bf16 output, fp32 softmax statistics)."""
+    device = torch.device(device)
+    if device.type != "cuda" or cfg.musubi_blocks_to_swap or cfg.activation_offload: return False
+    budget = cfg.memory_budget_gib or torch.cuda.get_device_properties(device).total_memory / GiB
+    plan = predict(cfg.base_model_precision, 0, False, tokens, cfg.lora_rank, depth=depth, hidden=hidden)
+    kept = depth * tokens * (hidden * 2 + heads * 4)
+    return plan.gpu_gib * GiB + kept <= 0.95 * budget * GiB

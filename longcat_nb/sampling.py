@@ -159,8 +159,9 @@ class LongCatVideoPipeline(DiffusionPipeline):
 @patch
 def load_lora(self: LongCatVideoPipeline, path, multiplier: float = 1.0, adapter_name: str | None = None):
     "Attach the LoRA file at `path` (peft / ComfyUI / official format) to the transformer, scaled by `multiplier`."
-    from longcat_nb.lora import load_lora
+    from longcat_nb.lora import load_lora, set_lora_input_cast
     load_lora(self.transformer, path, multiplier, adapter_name=adapter_name)
+    set_lora_input_cast(self.transformer, not isinstance(compute_autocast(self._execution_device, self.mixed_precision), torch.autocast))
     self.loaded_loras.append(Path(path))
     return self
 

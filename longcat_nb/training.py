@@ -25,8 +25,8 @@ from diffusers.optimization import get_scheduler
 from .caching import CachedDataset, build_cache, default_dtype, load_empty_prompt, load_prompts
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
-from .lora import add_lora, lora_layers, read_lora, save_lora
-from .model import LongCatVideoTransformer3DModel, compute_autocast
+from .lora import add_lora, lora_layers, read_lora, save_lora, set_lora_input_cast
+from .model import LongCatVideoTransformer3DModel, checkpoint_keeping_attention, compute_autocast
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
@@ -36,8 +36,9 @@ __all__ = ['RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FA
            'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin',
            'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'previous_run',
            'check_output_dir', 'clear_previous_run', 'resume_changes', 'good_checkpoint', 'TrainResult',
-           'load_trainable_transformer', 'steps_plan', 'make_lr_scheduler', 'seed_process', 'ProgressLog',
-           'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
+           'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler', 'seed_process',
+           'autocasts', 'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop',
+           'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -108,6 +109,12 @@ def check_training_config(cfg):
     from longcat_nb.memory import apply_memory_plan
     apply_memory_plan(cfg)
     if cfg.model_type != "lora": _refuse(cfg, "model_type", cfg.model_type, "only LoRA training is supported", 'set "lora"')
+    if cfg.checkpoint_attention == "keep" and (cfg.musubi_blocks_to_swap or cfg.activation_offload):
+        _refuse(cfg, "checkpoint_attention", "keep", "keeping attention's outputs is not supported with musubi_blocks_to_swap / "
+                "activation_offload (their block runner checkpoints on its own)", 'set "auto" or "recompute", or turn block swap and activation offload off')
+    if cfg.checkpoint_attention == "keep" and cfg.attention_implementation == "bsa":
+        _refuse(cfg, "checkpoint_attention", "keep", "with attention_implementation \"bsa\" there is no fused SDPA output to keep "
+                "(block-sparse attention runs through FlexAttention)", 'set "auto" or "recompute"')
     _check_memory(cfg)
     if not [d for d in cfg.datasets if not d.disabled]:
         _refuse(cfg, "data_backend_config", cfg.data_backend_config and str(cfg.data_backend_config), "no enabled dataset to train on",
@@ -477,10 +484,11 @@ def _make_optimizer(cfg, params, device):
     return torch.optim.AdamW(params, lr=cfg.learning_rate, fused=device.type == "cuda")
 
 
-def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
+def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_attention: bool = False,
+                               lora_input_cast: bool = True):
     """The frozen transformer of checkpoint `ckpt` in `dtype` (its block linears quantised to `base_model_precision`,
     read from / kept in `quantised_base_dir` when set, the last `musubi_blocks_to_swap` blocks left on the host), with
-    the config's LoRA attached (fp32, trainable).
+    the config's LoRA attached and checkpointing set (`make_trainable`).
     `on_meta`: only the structure, on the meta device (no memory, no file read) — FSDP fills it from the main process."""
     if on_meta:
         with torch.device("meta"):
@@ -491,10 +499,18 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
         model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
                                  quantised_dir=cfg.quantised_base_dir)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
+    return make_trainable(model, cfg, keep_attention, lora_input_cast)
+
+
+def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bool = True):
+    """What the trainer does to a loaded transformer: freeze it, set the attention backend, attach the config's LoRA
+    (fp32, trainable; `lora_input_cast`: `lora.set_lora_input_cast`), checkpoint each block (`keep_attention`: keeping
+    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`. Returns `model`."""
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
-    if cfg.gradient_checkpointing: model.enable_gradient_checkpointing()
+    set_lora_input_cast(model, lora_input_cast)
+    if cfg.gradient_checkpointing: model.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention else None)
     if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
     return model
 
@@ -602,6 +618,27 @@ def _progress(loss, lr, seconds, device) -> dict:
     if device.type == "cuda": d["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
     return d
 
+# %% ../nbs/07_training.ipynb #7bec5cb2
+def autocasts(device, mixed_precision: str) -> bool:
+    "Whether the transformer runs under a bf16 autocast on `device` (`model.compute_autocast`): then LoRA skips PEFT's fp32 input cast."
+    return isinstance(compute_autocast(device, mixed_precision), torch.autocast)
+
+
+def batch_tokens(samples, batch_size: int) -> int:
+    "Tokens of the largest batch of `samples` (`data.Sample`s): latent frames × H/16 × W/16 × `batch_size`."
+    from longcat_nb.memory import _bucket_tokens
+    return max((_bucket_tokens(*s.bucket, batch_size) for s in samples), default=0)
+
+
+def keeps_attention(cfg, tokens: int, device) -> bool:
+    """`checkpoint_attention` for this run: `keep`/`recompute` as set (nothing to keep without gradient checkpointing);
+    `auto` keeps on CUDA when the memory planner says `tokens` still fit, but not with compiled blocks or "bsa"."""
+    if not cfg.gradient_checkpointing or cfg.checkpoint_attention == "recompute": return False
+    if cfg.checkpoint_attention == "keep": return True
+    if cfg.compile_transformer or cfg.attention_implementation == "bsa": return False
+    from longcat_nb.memory import checkpoint_attention_choice
+    return checkpoint_attention_choice(cfg, tokens, device)
+
 # %% ../nbs/07_training.ipynb #84411fb6
 class ProgressLog:
     "Append training events to `output_dir/progress.jsonl`, one JSON object a line, flushed at once (main process only)."
@@ -681,8 +718,11 @@ def _prepare_run(cfg) -> SimpleNamespace:
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
     dtype = default_dtype(device)                                # bf16 on GPUs, fp32 on the CPU
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
+    keep = keeps_attention(cfg, batch_tokens(dataset.samples, cfg.train_batch_size), device)
+    if keep and main and cfg.checkpoint_attention == "auto":
+        print("checkpoint_attention auto: keeping self-attention's outputs through the backward (the memory planner says it fits)")
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
-                                       and not main)
+                                       and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision))
     if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
         from longcat_nb.memory import place_model
         place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload)

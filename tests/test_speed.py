@@ -1,0 +1,150 @@
+"""The speed levers of the training step keep the numerics (issue 14), checked on the CPU under a bf16 autocast (the
+CPU's mirrors CUDA's cast policy for linears): no fp32 copies of LoRA inputs, and self-attention kept through the
+checkpointed backward. The op counts come from `benchmarks/audit_step.py`'s dispatch-mode recorder."""
+import importlib.util
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from fastcore.test import test_eq as eq_
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("audit_step", ROOT / "benchmarks" / "audit_step.py")
+A = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(A)
+TOKENS = 560
+
+
+def step(**build_kw):
+    "Loss and LoRA gradients of one trainer step under CPU bf16 autocast, and the recorded ops."
+    cond = build_kw.pop("cond", 0)
+    model = A.build(**build_kw)
+    rec = A.OpRecorder(model, TOKENS)
+    torch.manual_seed(123)                                    # LoRA dropout draws from the global generator
+    loss, grads = A.trainer_step(model, A.make_batch(num_cond_latents=cond), recorder=rec)
+    rec.remove()
+    return loss, grads, rec.records
+
+
+def lora_casts(records) -> list:
+    "Activation-sized dtype casts made inside a LoRA-wrapped linear (its input copied to fp32, and back for lora_A)."
+    lora_linears = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "ffn.w1", "ffn.w2", "ffn.w3")
+    return [r for r in records if r["act"] and r["op"] == "_to_copy.default" and r["in_dtypes"][0] != r["dtype"]
+            and r["module"].removeprefix("blocks.").removesuffix(".lora_A") in lora_linears]
+
+
+def assert_same(a, b):
+    eq_(a[0], b[0])
+    eq_(set(a[1]), set(b[1]))
+    for n in a[1]: assert torch.equal(a[1][n], b[1][n]), n
+
+
+def test_lora_input_cast_off_is_exact_and_copies_nothing():
+    "Under bf16 autocast, without PEFT's cast: the same loss and LoRA gradients bit for bit, and no activation casts in LoRA."
+    on, off = step(lora_cast=True), step(lora_cast=False)
+    assert_same(on, off)
+    eq_(len(lora_casts(on[2])), 2 * 2 * 6 * 2)               # forward, recompute × 2 blocks × 6 linears × (to fp32, back)
+    eq_(lora_casts(off[2]), [])
+    backward_casts = lambda records: sum(r["phase"] == "backward" and r["act"] and r["op"] == "_to_copy.default" for r in records)
+    eq_(backward_casts(on[2]) - backward_casts(off[2]), 22)   # their gradients' casts (backward ops carry no module)
+
+
+def test_lora_dropout_keeps_the_cast():
+    "bf16 dropout would scale by 1/(1 − p) rounded to bf16: layers with dropout keep PEFT's fp32 cast, so nothing changes."
+    x = torch.randn(4096, 64).bfloat16()
+    torch.manual_seed(0); fp32 = torch.nn.functional.dropout(x.float(), 0.1, True)
+    torch.manual_seed(0); bf16 = torch.nn.functional.dropout(x, 0.1, True)
+    assert torch.equal(fp32 == 0, bf16 == 0)                   # the same mask...
+    assert not torch.equal(fp32.bfloat16(), bf16)              # ...but not the same values: why the cast stays
+    on, off = step(lora_cast=True, dropout=0.1), step(lora_cast=False, dropout=0.1)
+    assert_same(on, off)
+    assert len(lora_casts(off[2])) > 0
+
+
+@pytest.mark.parametrize("cond", [0, 1])
+def test_keep_attention_same_numbers_half_the_attention(cond):
+    "Keeping attention: loss and LoRA gradients bit-identical to recomputing, self-attention's forward depth times, not 2 × depth."
+    rec, keep = step(cond=cond), step(keep_attention=True, cond=cond)
+    assert_same(rec, keep)
+    count = lambda records, phase: sum(r["key_tokens"] == TOKENS for r in records if r["phase"] == phase)
+    depth = A.AUDIT_DIT["depth"]
+    eq_((count(rec[2], "forward"), count(rec[2], "recompute")), (depth, depth))
+    eq_((count(keep[2], "forward"), count(keep[2], "recompute")), (depth, 0))
+
+
+def test_keep_attention_fp32_and_bsa():
+    "Without autocast (fp32, as the trainer on a CPU) and with block-sparse attention the kept path gives the same gradients."
+    from longcat_nb.model import TINY_DIT_CONFIG, LongCatVideoTransformer3DModel, checkpoint_keeping_attention
+    g = torch.Generator().manual_seed(1)
+    inp = dict(hidden_states=torch.randn(1, 16, 4, 8, 8, generator=g), timestep=torch.tensor([500.]),
+               encoder_hidden_states=torch.randn(1, 6, 32, generator=g), encoder_attention_mask=torch.ones(1, 6))
+    for backend in ("sdpa", "bsa"):
+        grads = []
+        for fn in (None, checkpoint_keeping_attention):
+            torch.manual_seed(0)
+            m = LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG).train()
+            for p in m.parameters(): p.data.normal_(0, 0.2)
+            m.set_attention_backend(backend, sparsity=0.5)
+            m.enable_gradient_checkpointing(fn)
+            m(**inp).sample.square().mean().backward()
+            grads.append({n: p.grad for n, p in m.named_parameters()})
+        for n in grads[0]: assert torch.equal(grads[0][n], grads[1][n]), (backend, n)
+
+
+def test_trainer_wires_the_levers(example, tmp_path):
+    "`train` keeps attention when checkpoint_attention says so, and sets the LoRA cast from its autocast (on, on a CPU)."
+    from longcat_nb import training
+    from longcat_nb.config import load_config
+    seen = {}
+    real = training.load_trainable_transformer
+    def spy(*a, **kw):
+        m = real(*a, **kw)
+        seen.update(func=m._gradient_checkpointing_func, cast={l.cast_input_dtype_enabled for l in training.lora_layers(m).values()})
+        return m
+    losses = {}
+    for mode in ("keep", "recompute"):
+        cfg = load_config(example)
+        cfg.output_dir, cfg.validation_prompt, cfg.report_to = tmp_path / mode, None, "none"
+        cfg.max_train_steps, cfg.checkpoint_attention = 2, mode
+        with mock.patch.object(training, "load_trainable_transformer", spy):
+            losses[mode] = training.train(cfg).losses
+        eq_(seen["func"] is training.checkpoint_keeping_attention, mode == "keep")
+        eq_(seen["cast"], {True})                                # CPU: no autocast, PEFT's cast stays
+    eq_(losses["keep"], losses["recompute"])
+
+
+def test_profile_script_runs_tiny(tmp_path):
+    "benchmarks/profile_step.py --tiny runs the trainer's step per variant; the levers leave the losses bit-identical."
+    import json, subprocess, sys
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--tiny", "--steps", "1",
+                    "--variants", "before,keep,bare", "--json", str(out)], check=True, capture_output=True)
+    runs = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
+    eq_((runs["before"]["lora_input_cast"], runs["keep"]["lora_input_cast"]), (True, False))
+    eq_((runs["before"]["keep_attention"], runs["keep"]["keep_attention"]), (False, True))
+    eq_(runs["keep"]["losses"], runs["before"]["losses"])
+    for r in runs.values(): assert r["by_kind_ms"]["matmul"] > 0 and r["by_module_ms"]["blocks.attn"] > 0, r
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuDNN / flash SDPA kernels, CUDA autocast)")
+def test_cuda_levers_keep_the_numbers():
+    "On CUDA under the trainer's autocast: no LoRA casts without PEFT's cast, the fused attention op kept (depth calls, not 2 × depth), same numbers."
+    runs = {}
+    for lora_cast, keep in ((True, False), (False, False), (False, True)):
+        model = A.build(lora_cast=lora_cast, keep_attention=keep).cuda()
+        rec = A.OpRecorder(model, TOKENS)
+        torch.manual_seed(123)
+        loss, grads = A.trainer_step(model, A.make_batch(device="cuda"), recorder=rec)
+        rec.remove()
+        runs[lora_cast, keep] = loss, grads, rec.records
+    depth = A.AUDIT_DIT["depth"]
+    count = lambda records, phase: sum(r["key_tokens"] == TOKENS for r in records if r["phase"] == phase)
+    eq_((count(runs[False, False][2], "forward"), count(runs[False, False][2], "recompute")), (depth, depth))
+    eq_((count(runs[False, True][2], "forward"), count(runs[False, True][2], "recompute")), (depth, 0))
+    eq_(lora_casts(runs[False, False][2]), [])
+    assert len(lora_casts(runs[True, False][2])) == 2 * 2 * 6 * 2
+    ref = runs[True, False]
+    for key in ((False, False), (False, True)):
+        eq_(runs[key][0], ref[0])                                 # the forward is deterministic
+        for n, g in ref[1].items():                               # fused attention backwards may accumulate in any order
+            assert (runs[key][1][n] - g).norm() <= 1e-2 * g.norm(), (key, n)
