@@ -486,6 +486,9 @@ def check_memory_settings(cfg, device, depth: int | None = None, training: bool 
         raise MemorySettingsError("musubi_blocks_to_swap / activation_offload need gradient_checkpointing: true (a swapped "
                                   "block's weights and an offloaded block input come back for the block's recompute) — set it")
     if cfg.enable_group_offload: raise MemorySettingsError(GROUP_OFFLOAD_REFUSAL)
+    if cfg.ffn_chunks > 1 and cfg.lora_dropout:
+        raise MemorySettingsError(f"ffn_chunks = {cfg.ffn_chunks} recomputes the FFN in the backward, where LoRA dropout would draw "
+                                  "other masks — set lora_dropout: 0 or ffn_chunks: 1")
     if n and cfg.compile_transformer:
         raise MemorySettingsError("compile_transformer with musubi_blocks_to_swap is not tested yet — turn one of them off")
 

@@ -26,7 +26,7 @@ from .caching import CachedDataset, build_cache, default_dtype, load_empty_promp
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import add_lora, lora_layers, read_lora, save_lora
-from .model import LongCatVideoTransformer3DModel, compute_autocast
+from .model import LongCatVideoTransformer3DModel, compute_autocast, set_ffn_chunks
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
@@ -494,6 +494,7 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False):
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    set_ffn_chunks(model, cfg.ffn_chunks)
     if cfg.gradient_checkpointing: model.enable_gradient_checkpointing()
     if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
     return model
