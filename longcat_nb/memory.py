@@ -20,14 +20,15 @@ from .config import PRECISIONS
 from .model import LongCatVideoTransformer3DModel, ffn_hidden_size
 
 # %% auto #0
-__all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'BLOCK_PARTS', 'BLOCK_MEASURED', 'CALIBRATION',
-           'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S', 'MemorySettingsError', 'check_precision', 'quantise_block',
-           'is_quantised', 'load_transformer', 'copy_manifest', 'has_quantised_copy', 'quantised_copy_bytes',
-           'check_room_for_copy', 'save_quantised', 'load_quantised', 'BlockSwap', 'BlockRunner', 'place_model',
-           'check_memory_settings', 'LiveBytes', 'saved_bytes', 'one_block_model', 'measure_block',
-           'block_activation_model', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params', 'pinned_bytes',
-           'swapped_block_host_bytes', 'workspace_bytes', 'predict', 'PlanError', 'choose_plan', 'machine_memory',
-           'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans', 'apply_memory_plan']
+__all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'BLOCK_PARTS', 'BLOCK_MEASURED', 'H200_BLOCK_PEAK',
+           'CALIBRATION', 'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S', 'MemorySettingsError', 'check_precision',
+           'quantise_block', 'is_quantised', 'load_transformer', 'copy_manifest', 'has_quantised_copy',
+           'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised', 'load_quantised', 'BlockSwap',
+           'BlockRunner', 'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes', 'one_block_model',
+           'measure_block', 'block_activation_model', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params',
+           'pinned_bytes', 'swapped_block_host_bytes', 'workspace_bytes', 'predict', 'PlanError', 'choose_plan',
+           'machine_memory', 'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans',
+           'apply_memory_plan']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -596,13 +597,14 @@ def block_activation_model(hidden: int = 4096, heads: int = 32, rank: int = 16, 
 # constant), by `block_activation_model()` on the CPU (torch 2.13, 2026-11-30); key = ffn_chunks (8 stands for any > 1:
 # the peak is then in the recompute's FFN forward, whatever the chunk count).
 BLOCK_MEASURED = {
-    1: dict(saved={"FFN": 66_048, "LoRA inputs": 63_168, "cross-attention": 49_416, "modulation": 32_784, "self-attention": 82_816},
-            peak=417_112, constant=28_434_432),
-    8: dict(saved={"FFN": 8_192, "LoRA inputs": 24_672, "cross-attention": 49_416, "modulation": 32_784, "self-attention": 82_816},
-            peak=326_392, constant=27_951_104),
+    1: dict(saved={"FFN": 66_048, "LoRA inputs": 63_168, "cross-attention": 49_416, "modulation": 8_192, "self-attention": 82_816},
+            peak=384_328, constant=28_434_432),
+    8: dict(saved={"FFN": 8_192, "LoRA inputs": 24_672, "cross-attention": 49_416, "modulation": 8_192, "self-attention": 82_816},
+            peak=288_168, constant=30_736_384),
 }
+H200_BLOCK_PEAK = 417_112   # the same measurement of the block as it ran on the H200 (before modulate's UpcastNorm)
 CALIBRATION = dict(
-    workspace_slack=1.00,                # H200 bf16: 58.8 GiB at 43,008 tokens − weights − LoRA − inputs = 1.00 × BLOCK_MEASURED[1]
+    workspace_slack=1.00,                # H200 bf16: 58.8 GiB at 43,008 tokens − weights − LoRA − inputs = 1.00 × H200_BLOCK_PEAK
     efficiency=0.423,                    # 9.21 PFLOP (43,008 tokens) in 22.0 s on an H200 (989 TFLOP/s dense bf16)
     flops_at_37440=7.4e15, attention_share=0.56,
     attention_fwd_s_at_37440=0.040,      # one block's self-attention forward on an H200 (cuDNN SDPA, SPEC §9)

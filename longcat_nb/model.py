@@ -8,8 +8,8 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'ATTENTION_BACKENDS', 'BSA_MIN_FRAME
            'ChunkedSwiGLU', 'set_ffn_chunks', 'fp32_region', 'compute_autocast', 'FP32Linear', 'FP32RMSNorm',
            'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D', 'rope_split', 'rope_3d',
            'apply_rope', 'check_attention_backend', 'attention', 'plan_attention', 'SelfAttention', 'CrossAttention',
-           'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps',
-           'LongCatVideoTransformer3DModel', 'CondKV', 'CondKVCache']
+           'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer', 'unpatchify', 'text_mask',
+           'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'CondKVCache']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -325,10 +325,29 @@ class CrossAttention(nn.Module):
         return F.pad(out, (0, 0, num_cond, 0)) if num_cond else out
 
 # %% ../nbs/03_model.ipynb #3e6d1378
+class UpcastNorm(torch.autograd.Function):
+    """`norm(x.float())` for a parameter-free `norm` and a bf16/fp16 `x`, keeping `x` for the backward instead of its
+    fp32 copy (half the bytes, none when `x` is kept anyway); the backward upcasts it again: the same values, bit for bit."""
+    @staticmethod
+    def forward(ctx, norm, x):
+        ctx.norm = norm
+        ctx.save_for_backward(x)
+        return norm(x.float())
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad(), fp32_region(x):
+            xf = x.float().requires_grad_()
+            return None, torch.autograd.grad(ctx.norm(xf), xf, grad)[0].to(x.dtype)
+
+
 def modulate(norm: nn.Module, x, shift, scale):
     "`norm(x)·(1 + scale) + shift` in fp32, per frame: x [B, N, C], shift/scale [B, T, 1, C] → [B, N, C] fp32."
     B, N, C = x.shape
-    h = norm(x.float().view(B, shift.shape[1], -1, C))
+    x = x.view(B, shift.shape[1], -1, C)
+    upcast = x.dtype != torch.float32 and x.requires_grad and torch.is_grad_enabled() and not any(True for _ in norm.parameters())
+    h = UpcastNorm.apply(norm, x) if upcast else norm(x.float())
     return (h * (1 + scale) + shift).view(B, N, C)
 
 
