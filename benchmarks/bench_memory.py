@@ -5,6 +5,15 @@ work folder sharing one checkpoint, polling the RSS of the process tree. A varia
 `torch.cuda.set_per_process_memory_fraction` (through a sitecustomize.py on PYTHONPATH) so an overshoot fails.
 
     python benchmarks/bench_memory.py --e2e fullscale_e2e.py --work /tmp/bm --out results.jsonl [--only a,b]
+
+The next GPU session (one H200, ~25 min of device time; copy /work/shared/tools/fullscale_e2e.py beside it first):
+
+    PYTHONUNBUFFERED=1 python benchmarks/bench_memory.py --e2e fullscale_e2e.py --work /tmp/bm --out $OUT/bench_memory.jsonl \
+        --only bf16,plan24,int8_swap48_offload_chunks16,plan16,fp8
+
+Since the make_example_dataset fix (2026-11-30) the 832x480 clips train at 832x480 (37,440 tokens); the earlier rows
+(benchmarks/results/bench_memory_h200.jsonl) trained at 896x512 (43,008 tokens). Each row's `plan_lines` shows what
+the planner predicted; compare `train_peak_gib` with it (issue target: within 10%).
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -16,6 +25,8 @@ VARIANTS = {
     "plan24": ({"memory_plan": "auto", "memory_budget_gib": 24}, 24),
     "int8": ({"base_model_precision": "int8-quanto"}, None),
     "int8_swap48_offload16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True}, 16),
+    "int8_swap48_offload_chunks16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True,
+                                      "ffn_chunks": 8}, 16),
     "plan16": ({"memory_plan": "auto", "memory_budget_gib": 16}, 16),
     "fp8": ({"base_model_precision": "fp8-torchao"}, None),
 }
@@ -56,6 +67,10 @@ def run(name, extra, gpu_gib, a, site):
                **json.loads(line))
     log = (work / "train.log").read_text() if (work / "train.log").exists() else out
     res["plan_lines"] = [l for l in log.splitlines() if "memory_plan" in l or l.startswith(("config ", "plan ", "NVIDIA"))][:8]
+    if "memory_plan" not in extra:                   # the planner's prediction for these settings at 832x480x93
+        from longcat_nb.memory import predict
+        res["predicted"] = predict(extra.get("base_model_precision", "bf16"), extra.get("musubi_blocks_to_swap", 0),
+                                   extra.get("activation_offload", False), 37440, 16, ffn_chunks=extra.get("ffn_chunks", 1)).__dict__
     return res
 
 

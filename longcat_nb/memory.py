@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_memory.ipynb #47f7282b
 from __future__ import annotations
-import json, os, shutil, uuid
+import json, math, os, shutil, uuid
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -20,13 +20,15 @@ from .config import PRECISIONS
 from .model import LongCatVideoTransformer3DModel, ffn_hidden_size
 
 # %% auto #0
-__all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'CALIBRATION', 'GPUS', 'GiB', 'TOO_SLOW_S',
-           'MemorySettingsError', 'check_precision', 'quantise_block', 'is_quantised', 'load_transformer',
-           'copy_manifest', 'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised',
-           'load_quantised', 'BlockSwap', 'BlockRunner', 'place_model', 'check_memory_settings', 'gpu_rate',
-           'MemoryPlan', 'block_bytes', 'lora_params', 'predict', 'PlanError', 'choose_plan', 'machine_memory',
-           'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans', 'apply_memory_plan',
-           'checkpoint_attention_choice']
+__all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'BLOCK_PARTS', 'BLOCK_MEASURED', 'H200_BLOCK_PEAK',
+           'CALIBRATION', 'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S', 'KEEP_ATTENTION_MARGIN', 'MemorySettingsError',
+           'check_precision', 'quantise_block', 'is_quantised', 'load_transformer', 'copy_manifest',
+           'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised', 'load_quantised',
+           'BlockSwap', 'BlockRunner', 'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes',
+           'one_block_model', 'measure_block', 'block_activation_model', 'gpu_rate', 'MemoryPlan', 'block_bytes',
+           'lora_params', 'pinned_bytes', 'swapped_block_host_bytes', 'workspace_bytes', 'predict', 'PlanError',
+           'choose_plan', 'machine_memory', 'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans',
+           'apply_memory_plan', 'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -487,19 +489,131 @@ def check_memory_settings(cfg, device, depth: int | None = None, training: bool 
         raise MemorySettingsError("musubi_blocks_to_swap / activation_offload need gradient_checkpointing: true (a swapped "
                                   "block's weights and an offloaded block input come back for the block's recompute) — set it")
     if cfg.enable_group_offload: raise MemorySettingsError(GROUP_OFFLOAD_REFUSAL)
+    if cfg.ffn_chunks > 1 and cfg.lora_dropout:
+        raise MemorySettingsError(f"ffn_chunks = {cfg.ffn_chunks} recomputes the FFN in the backward, where LoRA dropout would draw "
+                                  "other masks — set lora_dropout: 0 or ffn_chunks: 1")
     if n and cfg.compile_transformer:
         raise MemorySettingsError("compile_transformer with musubi_blocks_to_swap is not tested yet — turn one of them off")
 
+# %% ../nbs/10_memory.ipynb #55fcdbc6
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class LiveBytes(TorchDispatchMode):
+    "Bytes of the storages that ops create under this mode and that are still alive (views and in-place ops add none), and their peak."
+    def __init__(self):
+        super().__init__()
+        self.live, self.now, self.peak = {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]: self.now -= self.live.pop(key)[1]
+        given = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor): continue
+            st = t.untyped_storage()
+            if st.data_ptr() in self.live or st.data_ptr() in given or not st.nbytes(): continue
+            self.live[st.data_ptr()] = (StorageWeakRef(st), st.nbytes())
+            self.now += st.nbytes()
+        self.peak = max(self.peak, self.now)
+        return out
+
+# %% ../nbs/10_memory.ipynb #bbe806c5
+BLOCK_PARTS = {"attn": "self-attention", "cross_attn": "cross-attention", "pre_crs_attn_norm": "cross-attention",
+               "ffn": "FFN", "adaLN_modulation": "modulation", "mod_norm_attn": "modulation", "mod_norm_ffn": "modulation"}
+
+
+def saved_bytes(block: nn.Module, run, exclude=()) -> tuple[dict[str, int], object]:
+    """`({part: bytes autograd saves}, run())` for a `run()` that calls `block`: each storage once, the block's
+    parameters and the tensors `exclude` not counted; a tensor saved inside a LoRA factor counts as "LoRA inputs"."""
+    stack, seen, parts = [], {t.untyped_storage().data_ptr() for t in [*block.parameters(), *exclude]}, {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: stack.append(n)) for n, m in block.named_modules()]
+    hooks += [m.register_forward_hook(lambda m, a, o: (stack.pop(), None)[1]) for m in block.modules()]
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            part = "LoRA inputs" if any("lora_" in n for n in stack) else BLOCK_PARTS.get(next((n.split(".")[0] for n in stack if n), ""), "modulation")
+            parts[part] = parts.get(part, 0) + t.untyped_storage().nbytes()
+        return t
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): out = run()
+    finally:
+        for h in hooks: h.remove()
+    return parts, out
+
+# %% ../nbs/10_memory.ipynb #99ea4e51
+def one_block_model(hidden: int = 4096, heads: int = 32, rank: int = 16, seed: int = 0) -> LongCatVideoTransformer3DModel:
+    "A 1-block transformer of width `hidden` on the CPU: random bf16 weights, the trainer's LoRA (rank `rank`, fp32, B ≠ 0)."
+    from longcat_nb.lora import add_lora
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel(hidden_size=hidden, num_heads=heads, caption_channels=hidden, depth=1)
+    model, g = nn.Module.to(model.to_empty(device="cpu"), torch.bfloat16), torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02 if p.ndim > 1 else float("norm" in n) * torch.ones_like(p))
+    add_lora(model, rank)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.02, generator=g)
+    return model
+
+
+def measure_block(model, tokens: int = 256, frames: int = 2, text_tokens: int = 512, ffn_chunks: int = 1,
+                  autocast: bool = True) -> dict:
+    """One checkpointed block's backward at `tokens` tokens (`frames` latent frames of 8 × W/8 tokens) on the CPU:
+    `saved` bytes by part, `peak` live bytes (incoming gradient, recompute, backward; weights and block input excluded)."""
+    from longcat_nb.model import rope_3d, set_ffn_chunks
+    block, C, w = model.blocks[0], model.config.hidden_size, tokens // (frames * 8)
+    if frames * 8 * w != tokens: raise ValueError(f"tokens = {tokens}: use a multiple of {frames * 8}")
+    set_ffn_chunks(model, ffn_chunks)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, tokens, C, generator=g).to(torch.bfloat16).requires_grad_()
+    y = torch.randn(1, text_tokens, C, generator=g).to(torch.bfloat16)
+    t, rope = torch.randn(1, frames, model.config.adaln_tembed_dim, generator=g), rope_3d((frames, 8, w), C // model.config.num_heads)
+    with LiveBytes() as live:
+        grad = torch.randn(1, tokens, C, generator=g).to(torch.bfloat16)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            saved, out = saved_bytes(block, lambda: block(x, y, t, rope), exclude=[x])
+        out.backward(grad)
+    set_ffn_chunks(model, 1)
+    return dict(tokens=tokens, saved=saved, peak=live.peak)
+
+# %% ../nbs/10_memory.ipynb #0df85968
+def block_activation_model(hidden: int = 4096, heads: int = 32, rank: int = 16, tokens=(256, 512), ffn_chunks=(1, 8)) -> dict:
+    "`{ffn_chunks: {saved: {part: bytes/token}, peak: bytes/token, constant: bytes}}` of one block, measured by `measure_block`."
+    model, out = one_block_model(hidden, heads, rank), {}
+    for c in ffn_chunks:
+        a, b = (measure_block(model, n, ffn_chunks=c) for n in tokens)
+        dn = tokens[1] - tokens[0]
+        per = lambda k: round((b["saved"].get(k, 0) - a["saved"].get(k, 0)) / dn)
+        out[c] = dict(saved={k: per(k) for k in sorted(a["saved"] | b["saved"])}, peak=round((b["peak"] - a["peak"]) / dn),
+                      constant=round(a["peak"] - (b["peak"] - a["peak"]) / dn * tokens[0]))
+    return out
+
 # %% ../nbs/10_memory.ipynb #89e4d91f
+# One block's recompute + backward at hidden 4096, text 512, LoRA rank 16 under bf16 autocast: bytes a token (and a
+# constant), by `block_activation_model()` on the CPU (torch 2.13, 2026-11-30); key = ffn_chunks (8 stands for any > 1:
+# the peak is then in the recompute's FFN forward, whatever the chunk count).
+BLOCK_MEASURED = {
+    1: dict(saved={"FFN": 66_048, "LoRA inputs": 63_168, "cross-attention": 49_416, "modulation": 8_192, "self-attention": 82_816},
+            peak=384_328, constant=28_434_432),
+    8: dict(saved={"FFN": 8_192, "LoRA inputs": 24_672, "cross-attention": 49_416, "modulation": 8_192, "self-attention": 82_816},
+            peak=288_168, constant=30_736_384),
+}
+H200_BLOCK_PEAK = 417_112   # the same measurement of the block as it ran on the H200 (before modulate's UpcastNorm)
 CALIBRATION = dict(
-    workspace_bytes_per_token=541_000,   # one block's recompute + backward + allocator slack (SPEC §10: 58.9 GiB resident)
-    efficiency=0.348,                    # 7.4 PFLOP in 21.5 s on an H200 (989 TFLOP/s dense bf16)
+    workspace_slack=1.00,                # H200 bf16: 58.8 GiB at 43,008 tokens − weights − LoRA − inputs = 1.00 × H200_BLOCK_PEAK
+    efficiency=0.423,                    # 9.21 PFLOP (43,008 tokens) in 22.0 s on an H200 (989 TFLOP/s dense bf16)
     flops_at_37440=7.4e15, attention_share=0.56,
+    attention_fwd_s_at_37440=0.040,      # one block's self-attention forward on an H200 (cuDNN SDPA, SPEC §9)
     host_base_gib=6.0,                   # python, torch, CUDA context, caches, one fp32 block while loading
     pcie_gbps=20.0,
     swap_s_per_block=0.02,               # hooks and stream synchronisation per swapped block and step
-    precision_speed={"bf16": 1.0, "int8-quanto": 1.15, "fp8-torchao": 1.15, "int4-quanto": 1.3},
+    precision_speed={"bf16": 1.0, "int8-quanto": 1.01, "fp8-torchao": 1.15, "int4-quanto": 1.3},   # int8: H200, 22.64 vs 22.38 s
 )
+FFN_CHUNKS = 8   # the planner's ffn_chunks when it chunks the FFN
 # (name fragment, dense bf16 tensor TFLOP/s, native bf16); cards without bf16 are rated at their fp32 rate
 GPUS = [("H200", 989, True), ("H100", 989, True), ("H800", 989, True), ("A100", 312, True), ("A800", 312, True),
         ("L40S", 362, True), ("L40", 181, True), ("L4", 121, True), ("A10G", 70, True), ("A10", 125, True),
@@ -523,11 +637,12 @@ class MemoryPlan:
     gpu_gib: float = 0.0
     host_gib: float = 0.0
     step_s: float = 0.0
+    ffn_chunks: int = 1
 
     def settings(self) -> dict:
         "The config keys of this plan."
         return {"base_model_precision": self.precision, "musubi_blocks_to_swap": self.blocks_to_swap,
-                "activation_offload": self.activation_offload}
+                "activation_offload": self.activation_offload, "ffn_chunks": self.ffn_chunks}
 
 
 def _block_params(hidden: int, mlp_ratio: float, tembed: int) -> tuple[int, int]:
@@ -554,26 +669,54 @@ def lora_params(rank: int, hidden: int = 4096, mlp_ratio: float = 4, depth: int 
 GiB = 2 ** 30
 
 
+def pinned_bytes(nbytes: float) -> int:
+    "Host bytes PyTorch's caching host allocator takes for a pinned tensor of `nbytes`: the next power of two."
+    return 1 << (math.ceil(nbytes) - 1).bit_length() if nbytes > 0 else 0
+
+
+def swapped_block_host_bytes(precision: str, hidden: int = 4096, mlp_ratio: float = 4, tembed: int = 512) -> int:
+    "Pinned host bytes of one swapped block: each weight (and quantisation scale) pinned on its own, rounded up."
+    f, per = ffn_hidden_size(hidden, mlp_ratio), {"bf16": 2.0, "int8-quanto": 1.0, "fp8-torchao": 1.0, "int4-quanto": 0.5 + 4 / 128}[precision]
+    linears = [(3 * hidden, hidden), (hidden, hidden), (hidden, hidden), (2 * hidden, hidden), (hidden, hidden), (f, hidden), (hidden, f), (f, hidden)]
+    scale = 0 if precision == "bf16" else 1
+    big = sum(pinned_bytes(o * i * per) + scale * pinned_bytes(o * 4) for o, i in linears)
+    biases = sum(pinned_bytes(o * 2) for o, _ in linears[:5])                          # attention linears have biases
+    return big + biases + pinned_bytes(6 * hidden * tembed * 2) + pinned_bytes(6 * hidden * 2) \
+        + 2 * pinned_bytes(hidden * 2) + 4 * pinned_bytes(256)                          # adaLN, LayerNorm, q/k RMSNorms
+
+
+def workspace_bytes(tokens: int, ffn_chunks: int = 1, hidden: int = 4096, cal: dict = CALIBRATION) -> float:
+    "One block's recompute + backward peak at `tokens` tokens: `BLOCK_MEASURED` (scaled to `hidden`) × `workspace_slack`."
+    m = BLOCK_MEASURED[1 if ffn_chunks == 1 else FFN_CHUNKS]
+    return cal["workspace_slack"] * (m["peak"] * tokens + m["constant"]) * hidden / 4096
+
+
 def predict(precision: str, blocks_to_swap: int, activation_offload: bool, tokens: int, rank: int = 16,
-            tflops: float = 989, depth: int = 48, hidden: int = 4096, cal: dict = CALIBRATION) -> MemoryPlan:
-    "Predicted peak GPU / host GiB and s/step of a LoRA step over `tokens` tokens (batch included) with these settings."
+            tflops: float = 989, depth: int = 48, hidden: int = 4096, cal: dict = CALIBRATION, ffn_chunks: int = 1,
+            keep_attention: bool = False, heads: int = 32) -> MemoryPlan:
+    """Predicted peak GPU / host GiB and s/step of a LoRA step over `tokens` tokens (batch included) with these settings;
+    `keep_attention`: each checkpointed block also keeps its attention output (no attention forward in the recompute)."""
     blk, n = block_bytes(precision, hidden), blocks_to_swap
     weights = (depth - n + min(n, 2)) * blk + 35e6 * 2   # the swap ring has two slots (one when one block swaps)
     act = tokens * hidden * 2
-    gpu = weights + lora_params(rank, hidden, depth=depth) * 16 + (2 if activation_offload else depth) * act \
-        + cal["workspace_bytes_per_token"] * tokens
-    host = cal["host_base_gib"] * GiB + n * blk + (depth * act if activation_offload else 0)
-    r = tokens / 37440
+    kept = depth * tokens * (hidden * 2 + heads * 4) if keep_attention else 0
+    gpu = weights + lora_params(rank, hidden, depth=depth) * 16 + (2 if activation_offload else depth) * act + kept \
+        + workspace_bytes(tokens, ffn_chunks, hidden, cal)
+    host = cal["host_base_gib"] * GiB + n * swapped_block_host_bytes(precision, hidden) \
+        + (depth * pinned_bytes(act) if activation_offload else 0)
+    r, rate = tokens / 37440, tflops * 1e12 * cal["efficiency"] / cal["precision_speed"][precision]
     flops = cal["flops_at_37440"] * ((1 - cal["attention_share"]) * r + cal["attention_share"] * r * r)
-    compute = flops / (tflops * 1e12 * cal["efficiency"]) * cal["precision_speed"][precision]
+    compute = flops / rate
     per_block = compute / depth / 3.75            # one block's forward; recompute + backward is 2.75 of these
+    if ffn_chunks > 1: compute += depth * 6 * hidden * ffn_hidden_size(hidden, 4) * tokens / rate   # the FFN once more
+    if keep_attention: compute -= depth * cal["attention_fwd_s_at_37440"] * r * r * 989 / tflops
     bw = cal["pcie_gbps"] * 1e9
     copy_fwd = (blk if n else 0) / bw + (act / bw if activation_offload else 0)
     copy_bwd = copy_fwd
     exposed = n * (max(0, copy_fwd - per_block) + max(0, copy_bwd - 2.75 * per_block)) \
         + (depth - n) * (max(0, act / bw - per_block) * 2 if activation_offload else 0)
     step = compute + exposed + n * cal["swap_s_per_block"]
-    return MemoryPlan(precision, n, activation_offload, round(gpu / GiB, 1), round(host / GiB, 1), round(step, 1))
+    return MemoryPlan(precision, n, activation_offload, round(gpu / GiB, 1), round(host / GiB, 1), round(step, 1), ffn_chunks)
 
 # %% ../nbs/10_memory.ipynb #05eeb015
 class PlanError(MemorySettingsError):
@@ -581,13 +724,15 @@ class PlanError(MemorySettingsError):
 
 
 def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gpu_name: str = "NVIDIA H200",
-                precisions=PRECISIONS, depth: int = 48, hidden: int = 4096, margin: float = 0.95) -> MemoryPlan:
-    "The fastest plan whose peaks fit `margin` × `gpu_gib` and × `host_gib` (ties: bf16 first, fewer swapped blocks)."
+                precisions=PRECISIONS, depth: int = 48, hidden: int = 4096, margin: float = 0.95,
+                ffn_chunks=(1, FFN_CHUNKS)) -> MemoryPlan:
+    """The fastest plan whose peaks fit `margin` × `gpu_gib` and × `host_gib` (ties: bf16 first, fewer swapped blocks,
+    no offload, no FFN chunks); `ffn_chunks` the values it may choose (`(1,)` with LoRA dropout)."""
     tflops, bf16 = gpu_rate(gpu_name)
-    cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden) for p in precisions for o in (False, True)
-             for n in range(depth + 1)]
+    cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c) for p in precisions for o in (False, True)
+             for n in range(depth + 1) for c in ffn_chunks]
     fits = [c for c in cands if c.gpu_gib <= margin * gpu_gib and c.host_gib <= margin * host_gib]
-    if fits: return min(fits, key=lambda c: (c.step_s, PRECISIONS.index(c.precision), c.blocks_to_swap, c.activation_offload))
+    if fits: return min(fits, key=lambda c: (c.step_s, PRECISIONS.index(c.precision), c.blocks_to_swap, c.activation_offload, c.ffn_chunks))
     least_gpu = min(cands, key=lambda c: c.gpu_gib)
     gpu_ok = [c for c in cands if c.gpu_gib <= margin * gpu_gib]
     if gpu_ok:
@@ -596,7 +741,8 @@ def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gp
                         f"the plans that fit the GPU need ≥ {need / margin:.1f} GiB of host RAM — use a machine with more host RAM, "
                         "a smaller bucket (resolution) or fewer frames")
     raise PlanError(f"no memory settings fit {gpu_gib:g} GiB of GPU at {tokens:,} tokens: the smallest plan "
-                    f"({least_gpu.precision}, {least_gpu.blocks_to_swap} blocks swapped, activation offload) peaks at "
+                    f"({least_gpu.precision}, {least_gpu.blocks_to_swap} blocks swapped, activation offload, ffn_chunks "
+                    f"{least_gpu.ffn_chunks}) peaks at "
                     f"{least_gpu.gpu_gib / margin:.1f} GiB, mostly one block's activations — use a smaller bucket (resolution) "
                     "or fewer frames (tokens = latent frames × H/16 × W/16)")
 
@@ -652,8 +798,10 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     if gpu_gib is None: raise PlanError("no CUDA GPU here: pass --gpu-gib (and --gpu-name) to plan for another machine")
     tokens, what = config_tokens(cfg)
     tflops, bf16 = gpu_rate(gpu_name)
-    plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops)
-    chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name))
+    plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops,
+                    ffn_chunks=cfg.ffn_chunks)
+    chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name),
+                         ffn_chunks=(1,) if cfg.lora_dropout else (1, FFN_CHUNKS))
     notes = [f"{gpu_name}: {gpu_gib:.1f} GiB GPU, {host_gib:.1f} GiB host; largest bucket {what} = {tokens:,} tokens"]
     if not bf16: notes.append(f"{gpu_name} has no bf16 units: torch runs the bf16 model at about its fp32 rate "
                               f"({tflops:g} TFLOP/s), so steps are slow; fp16 is not used (it overflows in this model)")
@@ -664,16 +812,16 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
 
 def format_plans(plain: MemoryPlan, chosen: MemoryPlan, notes=()) -> str:
     "A text table of the config's settings and the chosen ones."
-    rows = [("", "precision", "swapped blocks", "act. offload", "GPU peak GiB", "host GiB", "~s/step")]
+    rows = [("", "precision", "swapped blocks", "act. offload", "FFN chunks", "GPU peak GiB", "host GiB", "~s/step")]
     for label, p in (("config", plain), ("plan", chosen)):
-        rows.append((label, p.precision, str(p.blocks_to_swap), "yes" if p.activation_offload else "no",
+        rows.append((label, p.precision, str(p.blocks_to_swap), "yes" if p.activation_offload else "no", str(p.ffn_chunks),
                      f"{p.gpu_gib:.1f}", f"{p.host_gib:.1f}", f"{p.step_s:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join([*notes, *("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)])
 
 # %% ../nbs/10_memory.ipynb #0dfe67f9
 def apply_memory_plan(cfg):
-    """With `memory_plan: "auto"`, set `cfg`'s precision, block swap and activation offload to the planner's choice for
+    """With `memory_plan: "auto"`, set `cfg`'s precision, block swap, activation offload and ffn_chunks to the planner's choice for
     this GPU (within `memory_budget_gib`) and print it; returns the chosen `MemoryPlan` (None when nothing was planned)."""
     if cfg.memory_plan != "auto": return None
     if not torch.cuda.is_available():
@@ -684,13 +832,16 @@ def apply_memory_plan(cfg):
     return chosen
 
 # %% ../nbs/10_memory.ipynb #851218eb
+KEEP_ATTENTION_MARGIN = 0.85   # a speed option must not take a run to the edge of the GPU: ≥ 15% left free
+
+
 def checkpoint_attention_choice(cfg, tokens: int, device, depth: int = 48, hidden: int = 4096, heads: int = 32) -> bool:
     """`checkpoint_attention: "auto"`: keep self-attention's outputs through the checkpointed backward (CUDA only, no
-    block swap or activation offload) when the step `predict`s to fit 0.95 × the GPU memory (or `memory_budget_gib`)
-    with the kept bytes added: depth × tokens × (hidden × 2 + heads × 4) (bf16 output, fp32 softmax statistics)."""
+    block swap or activation offload) when the step with them kept (`predict(..., keep_attention=True)`) fits
+    `KEEP_ATTENTION_MARGIN` × the GPU memory (or `memory_budget_gib`)."""
     device = torch.device(device)
     if device.type != "cuda" or cfg.musubi_blocks_to_swap or cfg.activation_offload: return False
     budget = cfg.memory_budget_gib or torch.cuda.get_device_properties(device).total_memory / GiB
-    plan = predict(cfg.base_model_precision, 0, False, tokens, cfg.lora_rank, depth=depth, hidden=hidden)
-    kept = depth * tokens * (hidden * 2 + heads * 4)
-    return plan.gpu_gib * GiB + kept <= 0.95 * budget * GiB
+    plan = predict(cfg.base_model_precision, 0, False, tokens, cfg.lora_rank, depth=depth, hidden=hidden,
+                   ffn_chunks=cfg.ffn_chunks, keep_attention=True, heads=heads)
+    return plan.gpu_gib <= KEEP_ATTENTION_MARGIN * budget

@@ -5,12 +5,12 @@ checkpoint's conventions so the released `dit/` shards load as they are."""
 
 # %% auto #0
 __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'ATTENTION_BACKENDS', 'BSA_MIN_FRAME_TOKENS', 'ATTENTION_OPS', 'ffn_hidden_size',
-           'FeedForwardSwiGLU', 'fp32_region', 'compute_autocast', 'FP32Linear', 'FP32RMSNorm', 'timestep_sinusoid',
-           'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D', 'rope_split', 'rope_3d', 'apply_rope',
-           'check_attention_backend', 'attention', 'plan_attention', 'SelfAttention', 'CrossAttention', 'modulate',
-           'gated_add', 'LongCatBlock', 'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps',
-           'LongCatVideoTransformer3DModel', 'CondKV', 'CondKVCache', 'keep_attention_policy',
-           'checkpoint_keeping_attention']
+           'FeedForwardSwiGLU', 'ChunkedSwiGLU', 'set_ffn_chunks', 'fp32_region', 'compute_autocast', 'FP32Linear',
+           'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D', 'rope_split',
+           'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention', 'SelfAttention',
+           'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer', 'unpatchify',
+           'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'CondKVCache',
+           'keep_attention_policy', 'checkpoint_keeping_attention']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -42,14 +42,56 @@ def ffn_hidden_size(hidden_size: int, mlp_ratio: float, multiple_of: int = 256) 
 
 # %% ../nbs/03_model.ipynb #6d27f59a
 class FeedForwardSwiGLU(nn.Module):
-    "SwiGLU feed-forward `w2(silu(w1 x) · w3 x)`, no biases. x: [..., dim]."
+    """SwiGLU feed-forward `w2(silu(w1 x) · w3 x)`, no biases. x: [B, N, dim]. With `chunks` > 1 and autograd on, the
+    wide intermediates are not kept for the backward, which recomputes them `chunks` token-chunks at a time."""
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.chunks = 1
 
-    def forward(self, x): return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    def swiglu(self, x): return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+    def forward(self, x):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.chunks == 1 or not torch.is_grad_enabled() or not (x.requires_grad or params): return self.swiglu(x)
+        if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()):
+            raise RuntimeError("ffn_chunks > 1 recomputes the FFN in the backward, where LoRA dropout would draw other "
+                               "masks — set lora_dropout: 0 or ffn_chunks: 1")
+        return ChunkedSwiGLU.apply(self, x, *params)
+
+# %% ../nbs/03_model.ipynb #1ac3e022
+class ChunkedSwiGLU(torch.autograd.Function):
+    "`ffn.swiglu(x)` saving only `x`; the backward recomputes it `ffn.chunks` token-chunks at a time. x [B, N, C]."
+    @staticmethod
+    def forward(ctx, ffn, x, *params):
+        ctx.ffn, ctx.params = ffn, params
+        ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        ctx.save_for_backward(x)
+        h = ffn.w1(x)                                     # the plain module's ops and values, in place: one wide tensor less
+        return ffn.w2(F.silu(h, inplace=True).mul_(ffn.w3(x)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,), params, need_x = ctx.saved_tensors, ctx.params, ctx.needs_input_grad[1]
+        gx, gp = torch.zeros_like(x) if need_x else None, [torch.zeros_like(p) for p in params]
+        with torch.enable_grad(), torch.autocast(x.device.type, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
+            for sl in torch.arange(x.shape[1]).tensor_split(ctx.ffn.chunks):
+                xc = x[:, sl[0]:sl[-1] + 1].detach().requires_grad_(need_x)
+                inputs = ([xc] if need_x else []) + list(params)
+                grads = torch.autograd.grad(ctx.ffn.swiglu(xc), inputs, grad[:, sl[0]:sl[-1] + 1], allow_unused=True)
+                if need_x: gx[:, sl[0]:sl[-1] + 1] = grads[0]
+                for g, d in zip(gp, grads[need_x:]):
+                    if d is not None: g += d
+        return None, gx, *gp
+
+
+def set_ffn_chunks(model: nn.Module, chunks: int) -> None:
+    "Recompute every SwiGLU of `model` in `chunks` token chunks in the backward (1: the plain module)."
+    if int(chunks) != chunks or chunks < 1: raise ValueError(f"ffn_chunks = {chunks!r}: use an integer ≥ 1 (1 = off)")
+    for m in model.modules():
+        if isinstance(m, FeedForwardSwiGLU): m.chunks = int(chunks)
 
 # %% ../nbs/03_model.ipynb #7f54bd4b
 def fp32_region(x: torch.Tensor):
@@ -284,10 +326,29 @@ class CrossAttention(nn.Module):
         return F.pad(out, (0, 0, num_cond, 0)) if num_cond else out
 
 # %% ../nbs/03_model.ipynb #3e6d1378
+class UpcastNorm(torch.autograd.Function):
+    """`norm(x.float())` for a parameter-free `norm` and a bf16/fp16 `x`, keeping `x` for the backward instead of its
+    fp32 copy (half the bytes, none when `x` is kept anyway); the backward upcasts it again: the same values, bit for bit."""
+    @staticmethod
+    def forward(ctx, norm, x):
+        ctx.norm = norm
+        ctx.save_for_backward(x)
+        return norm(x.float())
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad(), fp32_region(x):
+            xf = x.float().requires_grad_()
+            return None, torch.autograd.grad(ctx.norm(xf), xf, grad)[0].to(x.dtype)
+
+
 def modulate(norm: nn.Module, x, shift, scale):
     "`norm(x)·(1 + scale) + shift` in fp32, per frame: x [B, N, C], shift/scale [B, T, 1, C] → [B, N, C] fp32."
     B, N, C = x.shape
-    h = norm(x.float().view(B, shift.shape[1], -1, C))
+    x = x.view(B, shift.shape[1], -1, C)
+    upcast = x.dtype != torch.float32 and x.requires_grad and torch.is_grad_enabled() and not any(True for _ in norm.parameters())
+    h = UpcastNorm.apply(norm, x) if upcast else norm(x.float())
     return (h * (1 + scale) + shift).view(B, N, C)
 
 

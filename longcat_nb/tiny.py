@@ -192,16 +192,21 @@ def _write_clips(folder: Path, first: int, n: int, frames: int, size, start_fram
 def make_example_dataset(path, i2v: bool = True, n_clips: int = 4, size=(64, 64), frames: int = 9,
                          checkpoint=None, max_train_steps: int = 30, **overrides) -> Path:
     """Write the example dataset to `path`: `t2v/` (n_clips clips + captions), with `i2v` also `i2v/clips/` and
-    `i2v/start_frames/`, plus `multidatabackend.json` and `config.json`. `size` is (W, H) (on the 64-px grid, so the
-    bucket is the clip size); `frames` satisfies (F − 1) % 4 == 0. The config points at `checkpoint` (default: a
-    tiny checkpoint built into `path/checkpoint`); `overrides` set other config keys (e.g. `output_dir=...`).
-    Returns the path of `config.json`."""
-    from longcat_nb.config import check_frames
+    `i2v/start_frames/`, plus `multidatabackend.json` and `config.json`. `size` is (W, H), a bucket size (the 64-px
+    grid or the native 832x480 / 480x832), and the datasets' resolution makes the bucket the clip size; `frames`
+    satisfies (F − 1) % 4 == 0. The config points at `checkpoint` (default: a tiny checkpoint built into
+    `path/checkpoint`); `overrides` set other config keys (e.g. `output_dir=...`). Returns the path of `config.json`."""
+    from longcat_nb.config import DatasetConfig, check_frames
+    from longcat_nb.data import bucket_size
     path, (w, h) = Path(path).resolve(), size
     check_frames(frames, "frames", "make_example_dataset")
+    common = {"type": "local", "resolution": min(w, h), "resolution_type": "pixel"}   # shorter edge: the clip's own bucket
+    bucket = bucket_size(w, h, DatasetConfig("example", path, resolution=min(w, h), resolution_type="pixel"))
+    if bucket != (w, h):
+        raise ValueError(f"make_example_dataset: size {w}x{h} would train in bucket {bucket[0]}x{bucket[1]} — use multiples "
+                         "of 64 or 832x480 / 480x832")
     captions = _write_clips(path / "t2v", 0, n_clips, frames, size)
     video = {"num_frames": frames, "fps": 15}
-    common = {"type": "local", "resolution": round((w * h) ** 0.5), "resolution_type": "pixel_area"}
     datasets = [{"id": "example-t2v", "dataset_type": "video", "instance_data_dir": str(path / "t2v"),
                  "caption_strategy": "textfile", **common, "video": video}]
     if i2v:

@@ -26,7 +26,7 @@ from .caching import CachedDataset, build_cache, default_dtype, load_empty_promp
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import add_lora, lora_layers, read_lora, save_lora, set_lora_input_cast
-from .model import LongCatVideoTransformer3DModel, checkpoint_keeping_attention, compute_autocast
+from .model import LongCatVideoTransformer3DModel, checkpoint_keeping_attention, compute_autocast, set_ffn_chunks
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
@@ -510,6 +510,7 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     set_lora_input_cast(model, lora_input_cast)
+    set_ffn_chunks(model, cfg.ffn_chunks)
     if cfg.gradient_checkpointing: model.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention else None)
     if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
     return model
@@ -718,7 +719,8 @@ def _prepare_run(cfg) -> SimpleNamespace:
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
     dtype = default_dtype(device)                                # bf16 on GPUs, fp32 on the CPU
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
-    keep = keeps_attention(cfg, batch_tokens(dataset.samples, cfg.train_batch_size), device)
+    keep = keeps_attention(cfg, batch_tokens(dataset.samples, cfg.train_batch_size), device) \
+        and not (fsdp and cfg.checkpoint_attention == "auto")  # auto: not with FSDP (not measured together)
     if keep and main and cfg.checkpoint_attention == "auto":
         print("checkpoint_attention auto: keeping self-attention's outputs through the backward (the memory planner says it fits)")
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading

@@ -17,8 +17,8 @@ from .config import (TRAIN_KEYS, ConfigError, Key, check_keys, load_config, pars
 __all__ = ['TRAINING_SHAPES', 'field_text', 'field_value', 'field_error', 'ConfigForm', 'video_html', 'image_html', 'figure_png',
            'report_html', 'bucket_figure', 'sample_preview', 'saved_config', 'CheckView', 'CacheView', 'smooth',
            'loss_figure', 'eta_text', 'run_state', 'TrainView', 'lora_choices', 'SampleView', 'default_config',
-           'MemoryView', 'Workbench', 'runtime_info', 'training_tokens', 'fit_training_settings', 'validation_size',
-           'folder_config']
+           'MemoryView', 'Workbench', 'runtime_info', 'dataset_size', 'training_tokens', 'fit_training_settings',
+           'validation_size', 'folder_config']
 
 # %% ../nbs/11_widgets.ipynb #f213e77f
 def field_text(key: Key, value) -> str:
@@ -638,9 +638,17 @@ def runtime_info() -> dict:
             "disk_gib": shutil.disk_usage(Path.cwd()).free / 2**30}
 
 
+def dataset_size(resolution: float) -> dict:
+    "The dataset keys that bucket clips at about `resolution`² px: an area in megapixels (632 → 832×480 for 16:9 clips)."
+    return {"resolution": resolution ** 2 / 1e6, "resolution_type": "area"}
+
+
 def training_tokens(resolution: float, frames: int) -> int:
-    "Latent tokens of a `resolution`² px (pixel_area) clip of `frames` frames: 16×16 px and 4 frames a token."
-    return int(resolution ** 2 / 256 * ((frames - 1) // 4 + 1))
+    "Latent tokens of a 16:9 clip of `frames` frames in the bucket the data chapter gives it under `dataset_size(resolution)`."
+    from longcat_nb.config import DatasetConfig
+    from longcat_nb.data import bucket_size
+    w, h = bucket_size(1920, 1080, DatasetConfig("clips", Path("."), **dataset_size(resolution)))
+    return ((frames - 1) // 4 + 1) * (h // 16) * (w // 16)
 
 
 def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDIA A100", rank: int = 16) -> dict:
@@ -670,7 +678,7 @@ def validation_size(resolution: float) -> str:
 def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num_frames: int = 93, **keys) -> Path:
     "Write `output_dir/config.json` and `output_dir/multidatabackend.json` for the clips in `data_dir`; `keys` set other config keys. Returns the config path."
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
-    size = {"resolution": resolution, "resolution_type": "pixel_area"}
+    size = dataset_size(resolution)
     clips = {"id": "clips", "dataset_type": "video", "instance_data_dir": str(data_dir), "caption_strategy": "textfile",
              **size, "video": {"num_frames": num_frames}}
     datasets = [clips]

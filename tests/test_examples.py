@@ -81,12 +81,12 @@ def test_colab_notebook_cells_run_on_a_pretend_gpu(tmp_path, monkeypatch):
         if "fit_training_settings(" in src:
             assert ns["settings"]["resolution"] == 632 and ns["settings"]["num_frames"] == 93
             ns["settings"] = {"resolution": 64, "num_frames": 9, "estimated_peak_gib": 0}   # the tiny clips' size
-            assert ns["memory"] == {"base_model_precision": "bf16", "musubi_blocks_to_swap": 0, "activation_offload": False}
+            assert ns["memory"] == {"base_model_precision": "bf16", "musubi_blocks_to_swap": 0, "activation_offload": False, "ffn_chunks": 1}
     assert ns["result"].steps == 2 and ns["output_dir"] == data.parent / "longcat_output"
     assert ns["sample"].is_file() and ns["lora"].endswith("lora_peft.safetensors")
     assert ns["cfg"].quantised_base_dir is None                          # a bf16 plan keeps no quantised copy
     config_cell = next(c for c in cells if "quantised_base_dir" in c)
-    ns["memory"] = {"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 0, "activation_offload": False}
+    ns["memory"] = {"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 0, "activation_offload": False, "ffn_chunks": 1}
     exec(config_cell, ns)                                                # an int8 plan keeps it beside the outputs
     assert ns["cfg"].quantised_base_dir == (ns["output_dir"] / "quantised_base_int8-quanto").resolve()
     import shutil

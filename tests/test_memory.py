@@ -35,7 +35,7 @@ def test_plan_cli(example, capsys):
     out = capsys.readouterr().out
     keys = json.loads(out.split("config keys for the plan: ")[1])
     row = next(l for l in out.splitlines() if l.startswith("plan"))
-    assert float(row.split()[-3]) <= 24 and set(keys) == {"base_model_precision", "musubi_blocks_to_swap", "activation_offload"}
+    assert float(row.split()[-3]) <= 24 and set(keys) == {"base_model_precision", "musubi_blocks_to_swap", "activation_offload", "ffn_chunks"}
     assert cli(["plan", "--config", str(example), "--gpu-gib", "0.05", "--host-gib", "64"]) == 1
     assert "cannot fit" in capsys.readouterr().err
 
@@ -49,6 +49,24 @@ def _step(model, device, dtype):
     loss = model(x, torch.tensor([500.0], device=device), y, torch.ones(1, 8, dtype=torch.bool, device=device)).sample.square().mean()
     loss.backward()
     return loss.item(), {n: m.lora_A["default"].weight.grad.float().cpu() for n, m in lora_layers(model).items()}
+
+
+def test_ffn_chunks_through_the_trainer_loader(example):
+    "`ffn_chunks` reaches every block's FFN through the trainer's loader; the loss is the same and the LoRA gradients agree."
+    from longcat_nb.training import load_trainable_transformer
+    results = []
+    for chunks in (1, 3):
+        cfg = load_config(example)
+        cfg.ffn_chunks = chunks
+        model = load_trainable_transformer(cfg, tiny_checkpoint(), torch.float32).train()
+        assert all(b.ffn.chunks == chunks for b in model.blocks)
+        g = torch.Generator().manual_seed(0)
+        for n, p in sorted(model.named_parameters()):
+            if p.requires_grad: p.data.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        results.append(_step(model, "cpu", torch.float32))
+    (loss1, grads1), (loss3, grads3) = results
+    assert loss1 == loss3
+    for n in grads1: close_(grads3[n], grads1[n], eps=1e-5 * grads1[n].abs().max().item())
 
 
 def _lora_model(precision, dtype, swap=0):
