@@ -8,12 +8,13 @@
 # PART (in the order worth running):
 #   tests    the cuda-flagged tests and notebook cells (precision, block swap/offload, compile, speed, kernels)
 #   train    issue 14: `longcat-nb train` at 832×480×93, rank 16, default vs checkpoint_attention recompute (builds the
-#            full-size checkpoint in $WORK first); train2: the same with compiled blocks
+#            full-size checkpoint in $WORK first); train2: the same with compiled blocks. NB the earlier H200 figures
+#            (22.2 s/step, 58.9 GiB) were at 43,008 tokens (896×512, the old example bucket): compare within one session
 #   memory   issue 11: the 24 GB and 16 GB plans and fp8 through `longcat-nb train`, capped with
 #            set_per_process_memory_fraction; int8 host RSS
 #   bsa      issue 15: bench_bsa (both kernels) and training steps at 832×512×93, attention bsa vs dense (after train)
 #   long     issue 16: continuation, a 3-segment long video, refinement, K/V-cache saving per step
-#   profile  issue 14: the torch-profiler table of one trainer step
+#   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
 set -euo pipefail
 PART=${1:?usage: bash benchmarks/gpu_session.sh tests|train|train2|memory|bsa|long|profile}
@@ -54,7 +55,9 @@ case $PART in
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1
     python benchmarks/bench_long_video.py "$WORK/ckpt" --work "$WORK/bench" --steps 2 --kv-steps 3 --refine-steps 50 \
         --segments 3 --json "$OUT/bench_long_video.json" 2>&1 | tee "$OUT/long.log" | tail -20 ;;
-  profile)
-    python benchmarks/profile_step.py --json "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
+  profile)   # three groups, one call each: PART=profile GROUP=a|b|c
+    case ${GROUP:-a} in a) V=before,lora_fix,keep ;; b) V=default,bare ;; c) V=compiled,compiled_keep ;; esac
+    python benchmarks/profile_step.py --variants "$V" --steps 2 --json "$OUT/profile_${GROUP:-a}.json" 2>&1 \
+        | tee "$OUT/profile_${GROUP:-a}.log" | tail -40 ;;
   *) echo "unknown part $PART"; exit 2 ;;
 esac
