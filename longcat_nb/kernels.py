@@ -163,7 +163,7 @@ triton = tl = None                          # imported on first use (Linux wheel
 constexpr = "constexpr"                     # marks the kernels' compile-time parameters (Triton reads the annotation's
                                             # text, so the name must be `constexpr` or `tl.constexpr`)
 
-# %% ../nbs/09_kernels.ipynb #71407026
+# %% ../nbs/09_kernels.ipynb #ccbd23c9
 TRITON_KERNEL_OPTIONS = dict(num_warps=4, num_stages=2, chunks_per_step=2)   # untuned: no GPU measurement yet
 
 
@@ -187,7 +187,7 @@ def _triton(interpret: bool):
 
 @contextmanager
 def _interpreting(on: bool):
-    "TRITON_INTERPRET=1 while `on` (Triton reads it when it wraps a kernel and while running one)."
+    "TRITON_INTERPRET=1 while `on` (Triton reads it at its first import and in a few checks while a kernel runs)."
     old = os.environ.get("TRITON_INTERPRET")
     if on: os.environ["TRITON_INTERPRET"] = "1"
     try: yield
