@@ -158,13 +158,17 @@ def output_and_grads(fn, *xs, seed: int = 1):
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device)
     return [out.detach().float(), *(g.float() for g in torch.autograd.grad((out.float() * w).sum(), xs))]
 
-# %% ../nbs/09_kernels.ipynb #384bd882
-triton = tl = None                          # imported on first use (Linux wheels; absent on macOS)
-constexpr = "constexpr"                     # marks the kernels' compile-time parameters (Triton reads the annotation's
-                                            # text, so the name must be `constexpr` or `tl.constexpr`)
+# %% ../nbs/09_kernels.ipynb #8d8b00b6
+class _NoTriton:
+    "Stands in for `triton.language` until triton is imported on first use (Linux wheels; absent on macOS)."
+    constexpr = "constexpr"                 # so the kernels' `tl.constexpr` annotations evaluate without triton
 
-# %% ../nbs/09_kernels.ipynb #ccbd23c9
-TRITON_KERNEL_OPTIONS = dict(num_warps=4, num_stages=2, chunks_per_step=2)   # untuned: no GPU measurement yet
+
+triton, tl = None, _NoTriton
+
+# %% ../nbs/09_kernels.ipynb #512d5a1b
+TRITON_KERNEL_OPTIONS = dict(num_warps=4, num_stages=2, chunks_per_step=2,   # untuned: no GPU measurement yet
+                             dkdv_chunks_per_step=1)                           # 2 spills registers (sm_90 compile)
 
 
 def _triton(interpret: bool):
@@ -195,9 +199,9 @@ def _interpreting(on: bool):
         if on and old is None: os.environ.pop("TRITON_INTERPRET", None)
         elif on: os.environ["TRITON_INTERPRET"] = old
 
-# %% ../nbs/09_kernels.ipynb #ff8b140d
-def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, N, n_chunks, qk_scale, D: constexpr, BLOCK: constexpr,
-             TILE: constexpr, PREC: constexpr, IN: constexpr, DOT: constexpr):
+# %% ../nbs/09_kernels.ipynb #57225d1a
+def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, N, n_chunks, qk_scale, D: tl.constexpr, BLOCK: tl.constexpr,
+             TILE: tl.constexpr, PREC: tl.constexpr, IN: tl.constexpr, DOT: tl.constexpr):
     qb, bh = tl.program_id(0), tl.program_id(1)
     base, lst = bh.to(tl.int64) * N * D, bh.to(tl.int64) * n_chunks + qb
     count, idx_ptr = tl.load(CNT + lst), IDX + lst * n_chunks
@@ -222,17 +226,17 @@ def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, N, n_chunks, qk_scale, D: constexpr, BLO
     tl.store(O + base + rows_q[:, None] * D + cols[None, :], (acc / l[:, None]).to(O.dtype.element_ty))
     tl.store(LSE + bh.to(tl.int64) * N + rows_q, m + tl.log2(l))
 
-# %% ../nbs/09_kernels.ipynb #e88e251e
-def _bsa_delta(O, DO, DELTA, D: constexpr, BLOCK: constexpr):
+# %% ../nbs/09_kernels.ipynb #16cf1525
+def _bsa_delta(O, DO, DELTA, D: tl.constexpr, BLOCK: tl.constexpr):
     rows, cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK), tl.arange(0, D)
     o = tl.load(O + rows[:, None] * D + cols[None, :]).to(tl.float32)
     do = tl.load(DO + rows[:, None] * D + cols[None, :]).to(tl.float32)
     tl.store(DELTA + rows, tl.sum(o * do, 1))
 
 
-def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, CNT, IDX, N, n_chunks, qk_scale, sm_scale, D: constexpr,
-              BLOCK: constexpr, TILE: constexpr, PREC: constexpr, IN: constexpr,
-              DOT: constexpr):
+def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, CNT, IDX, N, n_chunks, qk_scale, sm_scale, D: tl.constexpr,
+              BLOCK: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr, IN: tl.constexpr,
+              DOT: tl.constexpr):
     kb, bh = tl.program_id(0), tl.program_id(1)
     base, lst = bh.to(tl.int64) * N * D, bh.to(tl.int64) * n_chunks + kb
     count, idx_ptr = tl.load(CNT + lst), IDX + lst * n_chunks
@@ -257,10 +261,10 @@ def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, CNT, IDX, N, n_chunks, qk_scale, 
     tl.store(DK + base + rows_k[:, None] * D + cols[None, :], (dk * sm_scale).to(DK.dtype.element_ty))
     tl.store(DV + base + rows_k[:, None] * D + cols[None, :], dv.to(DV.dtype.element_ty))
 
-# %% ../nbs/09_kernels.ipynb #46a2b866
-def _bsa_dq(Q, K, V, DO, LSE, DELTA, DQ, CNT, IDX, N, n_chunks, qk_scale, sm_scale, D: constexpr,
-            BLOCK: constexpr, TILE: constexpr, PREC: constexpr, IN: constexpr,
-            DOT: constexpr):
+# %% ../nbs/09_kernels.ipynb #4a7d995f
+def _bsa_dq(Q, K, V, DO, LSE, DELTA, DQ, CNT, IDX, N, n_chunks, qk_scale, sm_scale, D: tl.constexpr,
+            BLOCK: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr, IN: tl.constexpr,
+            DOT: tl.constexpr):
     qb, bh = tl.program_id(0), tl.program_id(1)
     base, lst = bh.to(tl.int64) * N * D, bh.to(tl.int64) * n_chunks + qb
     count, idx_ptr = tl.load(CNT + lst), IDX + lst * n_chunks
@@ -281,7 +285,7 @@ def _bsa_dq(Q, K, V, DO, LSE, DELTA, DQ, CNT, IDX, N, n_chunks, qk_scale, sm_sca
         dq += tl.dot(ds.to(IN).to(DOT), k, input_precision=PREC)
     tl.store(DQ + base + rows_q[:, None] * D + cols[None, :], (dq * sm_scale).to(DQ.dtype.element_ty))
 
-# %% ../nbs/09_kernels.ipynb #db2bdd4f
+# %% ../nbs/09_kernels.ipynb #7d5ce1f1
 _BSA_KERNELS = {}
 _LOG2E = 1.4426950408889634
 
@@ -297,7 +301,7 @@ def _bsa_kernels(interpret: bool):
 
 
 def _bsa_launch(x, block, kernel_options):
-    "Launch settings shared by the kernels: (constexpr and launch kwargs, kernels, interpret?) for inputs like `x`."
+    "Launch settings for inputs like `x`: (kwargs for fwd and dq, kwargs for dk/dv, the kernels, interpret?)."
     opts = TRITON_KERNEL_OPTIONS | (kernel_options or {})
     B, nh, N, D = x.shape
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or D & (D - 1) or block & (block - 1) or N % block:
@@ -308,15 +312,15 @@ def _bsa_launch(x, block, kernel_options):
     IN = getattr(tl, str(x.dtype).removeprefix("torch."))
     kw = dict(D=D, BLOCK=block, TILE=opts["chunks_per_step"] * block, PREC="ieee" if x.dtype == torch.float32 else "tf32",
               IN=IN, DOT=tl.float32 if interpret else IN, num_warps=opts["num_warps"], num_stages=opts["num_stages"])
-    return kw, kernels, interpret
+    return kw, kw | dict(TILE=opts["dkdv_chunks_per_step"] * block), kernels, interpret
 
-# %% ../nbs/09_kernels.ipynb #0f0d36dc
+# %% ../nbs/09_kernels.ipynb #248c6fe2
 class _TritonBlockAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qc, kc, vc, keep, block, kernel_options):
         qc, kc, vc = (x.contiguous() for x in (qc, kc, vc))
         B, nh, N, D = qc.shape
-        kw, (fwd, *_), interpret = _bsa_launch(qc, block, kernel_options)
+        kw, _, (fwd, *_), interpret = _bsa_launch(qc, block, kernel_options)
         counts, idx = _ordered(keep)
         o, lse = torch.empty_like(qc), qc.new_empty(B, nh, N, dtype=torch.float32)
         with _interpreting(interpret):
@@ -329,13 +333,13 @@ class _TritonBlockAttention(torch.autograd.Function):
     def backward(ctx, do):
         qc, kc, vc, o, lse, keep = ctx.saved_tensors
         (B, nh, N, D), block, do = qc.shape, ctx.block, do.contiguous()
-        kw, (_, pre, dkdv, dq_kernel), interpret = _bsa_launch(qc, block, ctx.kernel_options)
+        kw, kw_dkdv, (_, pre, dkdv, dq_kernel), interpret = _bsa_launch(qc, block, ctx.kernel_options)
         (counts, idx), (counts_t, idx_t) = _ordered(keep), _ordered(keep.transpose(-1, -2))
         dq, dk, dv, delta = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc), torch.empty_like(lse)
         scales, grid = (_LOG2E / math.sqrt(D), 1 / math.sqrt(D)), (N // block, B * nh)
         with _interpreting(interpret):
             pre[(B * nh * N // block,)](o, do, delta, D=D, BLOCK=block)
-            dkdv[grid](qc, kc, vc, do, lse, delta, dk, dv, counts_t, idx_t, N, N // block, *scales, **kw)
+            dkdv[grid](qc, kc, vc, do, lse, delta, dk, dv, counts_t, idx_t, N, N // block, *scales, **kw_dkdv)
             dq_kernel[grid](qc, kc, vc, do, lse, delta, dq, counts, idx, N, N // block, *scales, **kw)
         return dq, dk, dv, None, None, None
 

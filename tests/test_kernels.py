@@ -126,7 +126,7 @@ def test_model_bsa_cuda_compiled_checkpointed_matches_eager():
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed (pyproject installs it on Linux, so CI runs these)")
 
-TRITON_CASES = {  # name: (sparsity, cdf_threshold, head_dim, dtype, chunks_per_step, head 1 keeps every chunk)
+TRITON_CASES = {  # name: (sparsity, cdf_threshold, head_dim, dtype, chunks per step (fwd, dq, dk/dv), head 1 keeps all)
     "topk_even_fp32_d64": (0.5, None, 64, "float32", 2, False),        # 4 kept of 8
     "topk_odd_fp32_d128": (0.625, None, 128, "float32", 2, False),     # 3 kept: the last pair is half masked
     "cdf_fp32_d64": (None, 0.6, 64, "float32", 2, False),              # counts vary per query chunk (chunk means)
@@ -148,7 +148,7 @@ for name, (sp, cdf, d, dtype, step, dense_head) in json.loads(sys.argv[1]).items
     qc, kc, vc = ((torch.randn(1, 2, 512, d, generator=g) + mean()).to(getattr(torch, dtype)) for _ in range(3))
     keep = K.select_blocks(K.block_scores(qc, kc), sp, cdf, d)
     if dense_head: keep[:, 1] = True
-    got = K.output_and_grads(lambda q, k, v: K.triton_block_attention(q, k, v, keep, kernel_options=dict(chunks_per_step=step)), qc, kc, vc)
+    got = K.output_and_grads(lambda q, k, v: K.triton_block_attention(q, k, v, keep, kernel_options=dict(chunks_per_step=step, dkdv_chunks_per_step=step)), qc, kc, vc)
     ref = K.output_and_grads(lambda q, k, v: K.masked_attention_reference(q, k, v, keep), qc.float(), kc.float(), vc.float())
     out[name] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)), counts=sorted(set(keep.sum(-1).flatten().tolist())))
 grid = (8, 8, 8)                                     # the whole path, raster order, with 1 conditioning frame (64 tokens)
@@ -231,3 +231,30 @@ def test_triton_matches_fp32_reference_bf16_cuda(sparsity, cdf, num_cond):
         err = ((a - b).norm() / b.norm()).item()
         print(f"triton vs reference sparsity={sparsity} cdf={cdf} num_cond={num_cond} {name}: rel {err:.2e}")
         assert err < 1e-2, (name, err)
+
+
+@needs_triton
+def test_triton_kernels_compile_for_h200_without_spills():
+    """bf16, head dim 128, default options: the forward, dq and dk/dv kernels compile for sm_90 (Triton's bundled
+    ptxas; no GPU needed) and keep every value in registers (cuobjdump: no stack). Not a speed measurement."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.interpreter import InterpretedFunction
+    if isinstance(triton.language.zeros, InterpretedFunction): pytest.skip("this process runs triton interpreted")
+    fwd, _, dkdv, dq = kernels._bsa_kernels(False)
+    opts, tl = kernels.TRITON_KERNEL_OPTIONS, triton.language
+    cx = dict(D=128, BLOCK=64, PREC="tf32", IN=tl.bfloat16, DOT=tl.bfloat16)
+    types = dict(N="i32", n_chunks="i32", qk_scale="fp32", sm_scale="fp32", LSE="*fp32", DELTA="*fp32", CNT="*i32", IDX="*i32")
+    cuobjdump = os.path.join(triton.__path__[0], "backends", "nvidia", "bin", "cuobjdump")
+    for fn, steps in [(fwd, opts["chunks_per_step"]), (dq, opts["chunks_per_step"]), (dkdv, opts["dkdv_chunks_per_step"])]:
+        c = {n: v for n, v in (cx | dict(TILE=64 * steps)).items() if n in fn.arg_names}
+        sig = {n: "constexpr" if n in c else types.get(n, "*bf16") for n in fn.arg_names}
+        compiled = triton.compile(ASTSource(fn, sig, c), target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=opts["num_warps"], num_stages=opts["num_stages"]))
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"longcat_{fn.__name__}_{os.getpid()}.cubin")
+        with open(path, "wb") as f: f.write(compiled.asm["cubin"])
+        usage = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+        os.remove(path)
+        assert "wgmma" in compiled.asm["ptx"], fn.__name__                  # Hopper tensor-core MMAs
+        assert "STACK:0 " in usage, (fn.__name__, usage)                      # no register spills
