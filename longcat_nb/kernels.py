@@ -314,7 +314,7 @@ def _bsa_launch(x, block, kernel_options):
               IN=IN, DOT=tl.float32 if interpret else IN, num_warps=opts["num_warps"], num_stages=opts["num_stages"])
     return kw, kw | dict(TILE=opts["dkdv_chunks_per_step"] * block), kernels, interpret
 
-# %% ../nbs/09_kernels.ipynb #248c6fe2
+# %% ../nbs/09_kernels.ipynb #ceb60b62
 class _TritonBlockAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qc, kc, vc, keep, block, kernel_options):
@@ -344,9 +344,14 @@ class _TritonBlockAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+@torch.compiler.disable                       # compiled blocks call it as is (a graph break), not traced into
 def triton_block_attention(qc, kc, vc, keep, block: int = 64, kernel_options=None):
     """Sparse attention over chunk-major [B, h, N, d] with our Triton kernels (`chunks_per_step` kept key chunks per
     iteration; trainable): compiled on CUDA, Triton's interpreter on the CPU (slow: tests only)."""
+    B, nh, N, _ = qc.shape
+    if kc.shape != qc.shape or vc.shape != qc.shape or keep.shape != (B, nh, N // block, N // block):
+        raise ValueError(f"triton_block_attention: q, k, v must share one shape [B, h, N, d] and keep be [B, h, N/{block}, "
+                         f"N/{block}]; got {tuple(qc.shape)}, {tuple(kc.shape)}, {tuple(vc.shape)}, keep {tuple(keep.shape)}")
     return _TritonBlockAttention.apply(qc, kc, vc, keep, block, kernel_options)
 
 # %% ../nbs/09_kernels.ipynb #431c02e7

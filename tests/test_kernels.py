@@ -156,6 +156,10 @@ q, k, v = (torch.randn(1, 2, 512, 64, generator=torch.Generator().manual_seed(1)
 got = K.output_and_grads(lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.625, num_cond=64), q, k, v)
 ref = K.output_and_grads(lambda q, k, v: K.block_sparse_reference(q, k, v, grid, 0.625, num_cond=64), q, k, v)
 out["whole_path_cond"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)))
+compiled = torch.compile(lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.625), backend="aot_eager")
+got = K.output_and_grads(compiled, q, k, v)                         # as compiled model blocks call it
+ref = K.output_and_grads(lambda q, k, v: K.block_sparse_reference(q, k, v, grid, 0.625), q, k, v)
+out["whole_path_compiled"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)))
 print(json.dumps(out))
 """
 
@@ -185,9 +189,11 @@ def test_triton_kernel_matches_fp32_reference_cpu(triton_cpu, name):
 
 @needs_triton
 def test_triton_kernel_env_switch_and_whole_path_cpu(triton_cpu):
-    "LONGCAT_BSA_KERNEL=triton switches block_sparse_attention to it; the whole path (cond frame) matches the reference."
+    """LONGCAT_BSA_KERNEL=triton switches block_sparse_attention to it; the whole path (cond frame; under torch.compile)
+    matches the reference."""
     assert triton_cpu["env_kernel"] == "triton" and triton_cpu["env_picks_triton"]
     for what, err in triton_cpu["whole_path_cond"].items(): assert err < 1e-4, (what, err)
+    for what, err in triton_cpu["whole_path_compiled"].items(): assert err < 1e-4, ("torch.compile", what, err)
 
 
 def test_bsa_kernel_choice(monkeypatch):
