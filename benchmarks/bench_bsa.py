@@ -8,7 +8,8 @@ For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×4
 - per kernel, the whole path: `block_sparse_attention(..., kernel=k)` (reorder, pooled scores, top-k, index lists,
   sparse kernel, reorder back), fwd and fwd+bwd;
 - its parts: selection alone; each sparse kernel alone on a prebuilt selection, fwd and fwd+bwd (ours also at each
-  of `--triton-steps` key chunks per iteration: 1 is the FlexAttention-like 64×64 tile, 2 the 128-wide key tile).
+  of `--triton-steps` key chunks per iteration in its forward and dq: 1 is the FlexAttention-like 64×64 tile, 2 the
+  128-wide key tile; its dk/dv kernel keeps `TRITON_KERNEL_OPTIONS["dkdv_chunks_per_step"]`).
 Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
 relative errors), the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the
 model's 3D RoPE, as q/k are made in the model) and on plain random inputs, and optionally one full-size transformer
@@ -19,6 +20,7 @@ block (hidden 4096) fwd+bwd with each attention (the default kernel, or LONGCAT_
 
 Our Triton kernel has NOT been run on a GPU yet (written in a session without one): expect a first compile per
 configuration (`first_call_s`), and treat its numbers as the first measurement of an untuned config.
+Its accuracy test at the issue's shape: `python -m pytest -q -s tests/test_kernels.py -k cuda`.
 """
 import argparse, json, math, statistics, sys, time
 from pathlib import Path
