@@ -1,15 +1,26 @@
-"""Block-sparse attention (longcat_nb.kernels) against dense cuDNN SDPA at LongCat-Video's shapes, on a GPU.
+"""Block-sparse attention (longcat_nb.kernels) against dense cuDNN SDPA at LongCat-Video's shapes, on a GPU, for each
+sparse kernel: FlexAttention (`flex`, today's default on CUDA) and ours (`triton`, `triton_block_attention`: kept key
+chunks taken `chunks_per_step` at a time, opt-in).
 
 For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×44×80 = 84,480, 1280×704×93), with q, k, v
 [1, 32, N, 128] bf16 and sparsity 0.9375, median of `--repeats` CUDA-event timings after warm-up (ms):
 - dense: `longcat_nb.model.attention` (SDPA, cuDNN first), fwd and fwd+bwd;
-- bsa whole path: `block_sparse_attention` (reorder, pooled scores, top-k, block mask, FlexAttention, reorder back);
-- its parts: selection + block-mask build alone; the FlexAttention kernel alone on a prebuilt mask.
-Then the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the model's 3D
-RoPE, as q/k are made in the model) and on plain random inputs, and optionally one full-size transformer block
-(hidden 4096) fwd+bwd with each attention.
+- per kernel, the whole path: `block_sparse_attention(..., kernel=k)` (reorder, pooled scores, top-k, index lists,
+  sparse kernel, reorder back), fwd and fwd+bwd;
+- its parts: selection alone; each sparse kernel alone on a prebuilt selection, fwd and fwd+bwd (ours also at each
+  of `--triton-steps` key chunks per iteration in its forward and dq: 1 is the FlexAttention-like 64×64 tile, 2 the
+  128-wide key tile; its dk/dv kernel keeps `TRITON_KERNEL_OPTIONS["dkdv_chunks_per_step"]`).
+Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
+relative errors), the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the
+model's 3D RoPE, as q/k are made in the model) and on plain random inputs, and optionally one full-size transformer
+block (hidden 4096) fwd+bwd with each attention (the default kernel, or LONGCAT_BSA_KERNEL).
 
-    python benchmarks/bench_bsa.py --json benchmarks/results/bench_bsa.json
+    python benchmarks/bench_bsa.py --json benchmarks/results/bench_bsa.json                      # both kernels
+    python benchmarks/bench_bsa.py --kernel triton --json benchmarks/results/bench_bsa_triton.json
+
+Our Triton kernel has NOT been run on a GPU yet (written in a session without one): expect a first compile per
+configuration (`first_call_s`), and treat its numbers as the first measurement of an untuned config.
+Its accuracy test at the issue's shape: `python -m pytest -q -s tests/test_kernels.py -k cuda`.
 """
 import argparse, json, math, statistics, sys, time
 from pathlib import Path
@@ -17,8 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from longcat_nb.kernels import (BlockSparse, FLEX_KERNEL_OPTIONS, block_scores, block_sparse_attention,
-                                flex_block_attention, select_blocks, to_chunks)
+from longcat_nb.kernels import (BlockSparse, FLEX_KERNEL_OPTIONS, TRITON_KERNEL_OPTIONS, block_scores,
+                                block_sparse_attention, block_sparse_reference, flex_block_attention, output_and_grads,
+                                select_blocks, to_chunks, triton_block_attention)
 from longcat_nb.model import LongCatBlock, apply_rope, attention, rope_3d
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,37 +68,63 @@ def structured_qkv(grid, heads=32, dim=128, seed=0):
 def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def sparse_kernel(name, steps=None):
+    "The sparse step alone, chunk-major: FlexAttention, or ours with `steps` key chunks per iteration."
+    if name == "flex": return flex_block_attention
+    opts = None if steps is None else dict(chunks_per_step=steps)
+    return lambda qc, kc, vc, keep: triton_block_attention(qc, kc, vc, keep, kernel_options=opts)
+
+
 def bench_grid(grid, args, record):
     N, heads, dim = math.prod(grid), args.heads, args.dim
     q, k, v = (torch.randn(1, heads, N, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     grad = torch.randn_like(q)
-    bsa = lambda q, k, v: block_sparse_attention(q, k, v, grid, args.sparsity)
     dense = lambda q, k, v: attention(q, k, v, "sdpa")
     r = dict(grid=list(grid), tokens=N)
-    t0 = time.time()
-    with torch.no_grad(): bsa(q, k, v)
-    fwd_bwd(bsa, (q, k, v), grad)()
-    torch.cuda.synchronize(); r["first_call_s"] = round(time.time() - t0, 1)       # includes compiling the kernels
     with torch.no_grad():
         r["dense_fwd_ms"] = timed(lambda: dense(q, k, v), args.repeats)
-        r["bsa_fwd_ms"] = timed(lambda: bsa(q, k, v), args.repeats)
         qc, kc, vc = (to_chunks(x, grid) for x in (q, k, v))
         r["select_ms"] = timed(lambda: select_blocks(block_scores(qc, kc), args.sparsity, None, dim), args.repeats)
         keep = select_blocks(block_scores(qc, kc), args.sparsity, None, dim)
         r["kept_fraction"] = keep.float().mean().item()
-        r["kernel_fwd_ms"] = timed(lambda: flex_block_attention(qc, kc, vc, keep), args.repeats)
         r["reorder_qkv_ms"] = timed(lambda: [to_chunks(x, grid) for x in (q, k, v)], args.repeats)
     r["dense_fwdbwd_ms"] = timed(fwd_bwd(dense, (q, k, v), grad), args.repeats)
-    r["bsa_fwdbwd_ms"] = timed(fwd_bwd(bsa, (q, k, v), grad), args.repeats)
-    qc, kc, vc = (to_chunks(x, grid).detach().requires_grad_() for x in (q, k, v))
-    r["kernel_fwdbwd_ms"] = timed(fwd_bwd(lambda a, b, c: flex_block_attention(a, b, c, keep), (qc, kc, vc), grad), args.repeats)
-    r["speedup_fwd"] = r["dense_fwd_ms"] / r["bsa_fwd_ms"]
-    r["speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r["bsa_fwdbwd_ms"]
-    r["kernel_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r["kernel_fwdbwd_ms"]
-    with torch.no_grad():
-        sq, sk, sv = structured_qkv(grid, heads, dim)
-        r["diff_structured"] = rel(bsa(sq, sk, sv), dense(sq, sk, sv))
-        r["diff_random"] = rel(bsa(q, k, v), dense(q, k, v))
+    cq, ck, cv = (to_chunks(x, grid).detach().requires_grad_() for x in (q, k, v))
+    for name in args.kernel:
+        bsa = lambda q, k, v: block_sparse_attention(q, k, v, grid, args.sparsity, kernel=name)
+        t0 = time.time()
+        with torch.no_grad(): bsa(q, k, v)
+        fwd_bwd(bsa, (q, k, v), grad)()
+        torch.cuda.synchronize(); r[f"{name}_first_call_s"] = round(time.time() - t0, 1)   # includes compiling
+        with torch.no_grad(): r[f"{name}_fwd_ms"] = timed(lambda: bsa(q, k, v), args.repeats)
+        r[f"{name}_fwdbwd_ms"] = timed(fwd_bwd(bsa, (q, k, v), grad), args.repeats)
+        r[f"{name}_speedup_fwd"] = r["dense_fwd_ms"] / r[f"{name}_fwd_ms"]
+        r[f"{name}_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{name}_fwdbwd_ms"]
+        for steps in ([None] if name == "flex" else args.triton_steps):
+            tag = name if steps is None else f"{name}{steps}"
+            fn = sparse_kernel(name, steps)
+            with torch.no_grad(): r[f"{tag}_kernel_fwd_ms"] = timed(lambda: fn(qc, kc, vc, keep), args.repeats)
+            r[f"{tag}_kernel_fwdbwd_ms"] = timed(fwd_bwd(lambda a, b, c: fn(a, b, c, keep), (cq, ck, cv), grad),
+                                                 args.repeats)
+            r[f"{tag}_kernel_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{tag}_kernel_fwdbwd_ms"]
+        with torch.no_grad():
+            sq, sk, sv = structured_qkv(grid, heads, dim)
+            r[f"{name}_diff_structured"] = rel(bsa(sq, sk, sv), dense(sq, sk, sv))
+            r[f"{name}_diff_random"] = rel(bsa(q, k, v), dense(q, k, v))
+    record(r)
+
+
+def accuracy(args, record, grid=(8, 16, 32)):
+    "Each kernel's whole path (bf16) against the fp32 dense-under-mask reference at 4,096 tokens: output, dq, dk, dv."
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, args.heads, math.prod(grid), args.dim, device="cuda", generator=g, dtype=torch.bfloat16)
+               for _ in range(3))
+    ref = output_and_grads(lambda q, k, v: block_sparse_reference(q, k, v, grid, args.sparsity), q.float(), k.float(),
+                           v.float())
+    r = dict(what="accuracy vs fp32 reference", grid=list(grid), tokens=math.prod(grid))
+    for name in args.kernel:
+        got = output_and_grads(lambda q, k, v: block_sparse_attention(q, k, v, grid, args.sparsity, kernel=name), q, k, v)
+        for what, a, b in zip(("out", "dq", "dk", "dv"), got, ref): r[f"{name}_rel_{what}"] = rel(a, b)
     record(r)
 
 
@@ -116,10 +154,16 @@ def main():
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--sparsity", type=float, default=0.9375)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--kernel", default="flex,triton", help="sparse kernels to time, comma-separated: flex, triton")
+    ap.add_argument("--triton-steps", default="1,2", help="key chunks per iteration to time our kernel alone at")
     ap.add_argument("--block", action="store_true", help="also time one full-size transformer block")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    args.kernel = args.kernel.split(",")
+    args.triton_steps = [int(n) for n in args.triton_steps.split(",")]
+    if not set(args.kernel) <= {"flex", "triton"}: ap.error(f"--kernel {args.kernel}: expected flex and/or triton")
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, kernel_options=FLEX_KERNEL_OPTIONS,
+                   triton_kernel_options=TRITON_KERNEL_OPTIONS,
                    heads=args.heads, dim=args.dim, sparsity=args.sparsity, repeats=args.repeats, rows=[])
     def record(r):
         results["rows"].append(r)
@@ -127,6 +171,7 @@ def main():
         if args.json:
             with open(args.json, "w") as f: json.dump(results, f, indent=1)
     grids = [tuple(int(n) for n in g.split("x")) for g in args.grids.split(",")]
+    accuracy(args, record)
     for grid in grids: bench_grid(grid, args, record)
     if args.block: bench_block(grids[0], args, record)
 
