@@ -12,7 +12,8 @@
 #            (22.2 s/step, 58.9 GiB) were at 43,008 tokens (896×512, the old example bucket): compare within one session
 #   memory   issue 11: the 24 GB and 16 GB plans and fp8 through `longcat-nb train`, capped with
 #            set_per_process_memory_fraction; int8 host RSS
-#   bsa      issue 15: bench_bsa (both kernels) and training steps at 832×512×93, attention bsa vs dense (after train)
+#   bsa      issue 15: bench_bsa (FlexAttention and our Triton kernel) and training steps at 832×512×93, attention bsa
+#            (both kernels) vs dense (after train; may need two calls: split after bench_bsa if it runs long)
 #   long     issue 16: continuation, a 3-segment long video, refinement, K/V-cache saving per step
 #   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
@@ -48,9 +49,11 @@ case $PART in
         2>&1 | tee "$OUT/memory.log" | tail -20 ;;
   bsa)
     python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bench_bsa.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
+    [ "${BSA_BENCH_ONLY:-0}" = 1 ] && exit 0
     mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
     WORK=$WORK-512 e2e dense512 '{}' --size 832x512
-    WORK=$WORK-512 e2e bsa512 '{"attention_implementation": "bsa"}' --size 832x512 ;;
+    WORK=$WORK-512 e2e bsa512 '{"attention_implementation": "bsa"}' --size 832x512
+    WORK=$WORK-512 LONGCAT_BSA_KERNEL=triton e2e bsa512_triton '{"attention_implementation": "bsa"}' --size 832x512 ;;
   long)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1
     python benchmarks/bench_long_video.py "$WORK/ckpt" --work "$WORK/bench" --steps 2 --kv-steps 3 --refine-steps 50 \
