@@ -27,8 +27,8 @@ __all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'BLOCK_P
            'BlockSwap', 'BlockRunner', 'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes',
            'one_block_model', 'measure_block', 'block_activation_model', 'gpu_rate', 'MemoryPlan', 'block_bytes',
            'lora_params', 'pinned_bytes', 'swapped_block_host_bytes', 'workspace_bytes', 'predict', 'PlanError',
-           'choose_plan', 'machine_memory', 'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans',
-           'apply_memory_plan', 'checkpoint_attention_choice']
+           'choose_plan', 'machine_memory', 'bucket_tokens', 'config_tokens', 'usable_precisions', 'plan_for_config',
+           'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -755,7 +755,7 @@ def machine_memory() -> tuple[str, float | None, float]:
     return torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory / GiB, host
 
 
-def _bucket_tokens(w: int, h: int, frames: int, batch: int) -> int:
+def bucket_tokens(w: int, h: int, frames: int, batch: int) -> int:
     "Tokens of a batch of `frames`-frame `w`×`h` clips: latent frames × (H/16) × (W/16) × batch."
     return ((frames - 1) // 4 + 1) * (h // 16) * (w // 16) * batch
 
@@ -767,14 +767,14 @@ def config_tokens(cfg) -> tuple[int, str]:
     if any(d.instance_data_dir.is_dir() for d in cfg.datasets if not d.disabled):
         report = check_datasets(cfg)
         if report.samples:
-            b = max((s.bucket for s in report.samples), key=lambda b: _bucket_tokens(*b, 1))
-            return _bucket_tokens(*b, cfg.train_batch_size), f"{b} × batch {cfg.train_batch_size} (from the data)"
+            b = max((s.bucket for s in report.samples), key=lambda b: bucket_tokens(*b, 1))
+            return bucket_tokens(*b, cfg.train_batch_size), f"{b} × batch {cfg.train_batch_size} (from the data)"
     best = (0, "")
     for ds in cfg.datasets:
         if ds.disabled or ds.dataset_type == "conditioning": continue
         w, h = bucket_size(cfg.validation_width, cfg.validation_height, ds)
         f = (ds.video.num_frames or ds.video.max_frames or 93) if ds.dataset_type == "video" else 1
-        best = max(best, (_bucket_tokens(w, h, f, cfg.train_batch_size), f"{w}x{h}@{f} × batch {cfg.train_batch_size} (estimated)"))
+        best = max(best, (bucket_tokens(w, h, f, cfg.train_batch_size), f"{w}x{h}@{f} × batch {cfg.train_batch_size} (estimated)"))
     if not best[0]: raise PlanError(f"{cfg.config_path or '<config>'}: no enabled video or image dataset to plan for")
     return best
 

@@ -627,8 +627,8 @@ def autocasts(device, mixed_precision: str) -> bool:
 
 def batch_tokens(samples, batch_size: int) -> int:
     "Tokens of the largest batch of `samples` (`data.Sample`s): latent frames × H/16 × W/16 × `batch_size`."
-    from longcat_nb.memory import _bucket_tokens
-    return max((_bucket_tokens(*s.bucket, batch_size) for s in samples), default=0)
+    from longcat_nb.memory import bucket_tokens
+    return max((bucket_tokens(*s.bucket, batch_size) for s in samples), default=0)
 
 
 def keeps_attention(cfg, tokens: int, device) -> bool:

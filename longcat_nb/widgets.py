@@ -647,8 +647,9 @@ def training_tokens(resolution: float, frames: int) -> int:
     "Latent tokens of a 16:9 clip of `frames` frames in the bucket the data chapter gives it under `dataset_size(resolution)`."
     from longcat_nb.config import DatasetConfig
     from longcat_nb.data import bucket_size
+    from longcat_nb.memory import bucket_tokens
     w, h = bucket_size(1920, 1080, DatasetConfig("clips", Path("."), **dataset_size(resolution)))
-    return ((frames - 1) // 4 + 1) * (h // 16) * (w // 16)
+    return bucket_tokens(w, h, frames, 1)
 
 
 def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDIA A100", rank: int = 16) -> dict:
