@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_memory.ipynb #47f7282b
 from __future__ import annotations
-import json, math, os, shutil, uuid
+import functools, json, math, os, shutil, uuid
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -20,15 +20,16 @@ from .config import PRECISIONS
 from .model import LongCatVideoTransformer3DModel, ffn_hidden_size
 
 # %% auto #0
-__all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'GROUP_OFFLOAD_REFUSAL', 'BLOCK_PARTS', 'BLOCK_MEASURED', 'H200_BLOCK_PEAK',
-           'CALIBRATION', 'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S', 'KEEP_ATTENTION_MARGIN', 'MemorySettingsError',
-           'check_precision', 'quantise_block', 'is_quantised', 'load_transformer', 'copy_manifest',
-           'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised', 'load_quantised',
-           'BlockSwap', 'BlockRunner', 'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes',
-           'one_block_model', 'measure_block', 'block_activation_model', 'gpu_rate', 'MemoryPlan', 'block_bytes',
-           'lora_params', 'pinned_bytes', 'swapped_block_host_bytes', 'workspace_bytes', 'predict', 'PlanError',
-           'choose_plan', 'machine_memory', 'bucket_tokens', 'config_tokens', 'usable_precisions', 'plan_for_config',
-           'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
+__all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'PINNED_SLAB', 'GROUP_OFFLOAD_REFUSAL', 'BLOCK_PARTS', 'BLOCK_MEASURED',
+           'H200_BLOCK_PEAK', 'CALIBRATION', 'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S', 'KEEP_ATTENTION_MARGIN',
+           'MemorySettingsError', 'check_precision', 'quantise_block', 'is_quantised', 'load_transformer',
+           'copy_manifest', 'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised',
+           'load_quantised', 'pinned_bytes', 'arena_slab', 'PinnedArena', 'packed_bytes', 'BlockSwap', 'BlockRunner',
+           'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes', 'one_block_model', 'measure_block',
+           'block_activation_model', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params', 'block_host_sizes',
+           'swap_host_bytes', 'offload_host_bytes', 'workspace_bytes', 'predict', 'PlanError', 'choose_plan',
+           'machine_memory', 'bucket_tokens', 'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans',
+           'apply_memory_plan', 'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -285,6 +286,63 @@ def _rebuild(like, plains):
     attrs, ctx = like.__tensor_flatten__()
     return type(like).__tensor_unflatten__({a: _rebuild(getattr(like, a), plains) for a in attrs}, ctx, like.size(), like.stride())
 
+# %% ../nbs/10_memory.ipynb #fc024d80
+PINNED_SLAB = 1 << 30   # a power of two: the pinned allocator takes exactly this much per slab
+
+
+def pinned_bytes(nbytes: float) -> int:
+    "Host bytes PyTorch's caching host allocator takes for a pinned tensor of `nbytes`: the next power of two."
+    return 1 << (math.ceil(nbytes) - 1).bit_length() if nbytes > 0 else 0
+
+
+def arena_slab(total: float, largest: float = 0) -> int:
+    "The slab size for an arena of `total` bytes whose largest buffer is `largest`: 1 GiB, less for a small total."
+    return max(min(PINNED_SLAB, pinned_bytes(total)), pinned_bytes(largest), 512)
+
+
+class PinnedArena:
+    """Host buffers carved out of `slab`-byte pinned slabs (`pin=False`: plain memory; `allocate=False`: only the
+    bookkeeping, for the planner). A buffer larger than a slab gets a pinned allocation of its own (power-of-two)."""
+    def __init__(self, pin: bool = True, slab: int = PINNED_SLAB, allocate: bool = True):
+        self.pin, self.slab, self.allocate = pin, slab, allocate
+        self.used, self.slabs, self.own = [], [], 0      # bytes used per slab, the slabs, bytes of own allocations
+
+    def _place(self, nbytes: int) -> tuple[int, int]:
+        "`(slab index, byte offset)` for `nbytes` more: the first slab with room, else a new one."
+        need = -(-nbytes // 512) * 512
+        for j, u in enumerate(self.used):
+            if u + need <= self.slab: self.used[j] += need; return j, u
+        self.used.append(need)
+        if self.allocate: self.slabs.append(torch.empty(self.slab, dtype=torch.uint8, pin_memory=self.pin))
+        return len(self.used) - 1, 0
+
+    def empty(self, shape, dtype) -> torch.Tensor | None:
+        "An uninitialised host tensor (None with `allocate=False`)."
+        n = math.prod(shape) * dtype.itemsize
+        if n > self.slab:
+            self.own += 1 << (n - 1).bit_length()
+            return torch.empty(shape, dtype=dtype, pin_memory=self.pin) if self.allocate else None
+        j, at = self._place(n)
+        return self.slabs[j][at:at + n].view(dtype).view(shape) if self.allocate else None
+
+    def copy(self, x: torch.Tensor) -> torch.Tensor:
+        "A host copy of `x` in the arena."
+        out = self.empty(x.shape, x.dtype)
+        return out.copy_(x.detach())
+
+    @property
+    def nbytes(self) -> int:
+        "Host bytes the arena holds (or would hold)."
+        return len(self.used) * self.slab + self.own
+
+
+def packed_bytes(sizes) -> int:
+    "Host bytes a `PinnedArena` (slab from `arena_slab`) takes for buffers of `sizes` bytes, in that order."
+    sizes = list(sizes)
+    arena = PinnedArena(allocate=False, slab=arena_slab(sum(sizes)))
+    for n in sizes: arena.empty((int(n),), torch.uint8)
+    return arena.nbytes
+
 # %% ../nbs/10_memory.ipynb #34e5ac9b
 class BlockSwap:
     """Stream the frozen weights of the last `n` blocks of `model` from pinned host memory through `slots` buffers on
@@ -297,6 +355,8 @@ class BlockSwap:
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.mode, self.where, self.held = None, {}, [None] * slots   # mode: None | "forward" | "backward" (set by checkpoint)
         self.ready, self.free, self.used, self.clock = [None] * slots, [None] * slots, [0] * slots, 0
+        frozen = [x for i in range(self.first, depth) for p in model.blocks[i].parameters() if not p.requires_grad for x in _plain(p)]
+        self.arena = PinnedArena(pin=self.cuda, slab=arena_slab(sum(x.numel() * x.element_size() for x in frozen)))
         self.host = {i: self._to_host(model.blocks[i]) for i in tqdm(range(self.first, depth), desc="pinning swapped blocks", unit="block", disable=n < 4)}
         self.slots = [[[torch.empty_like(p, device=self.device) for p in _plain(h)] for _, _, h in self.host[self.first]]
                       for _ in range(slots)]
@@ -310,8 +370,7 @@ class BlockSwap:
             for name, p in list(mod._parameters.items()):
                 if p is None: continue
                 if p.requires_grad: p.data = p.data.to(self.device); continue
-                pin = lambda x: x.detach().to("cpu").pin_memory() if self.cuda else x.detach().to("cpu").clone()
-                out.append((mod, name, _rebuild(p, iter([pin(x) for x in _plain(p)]))))
+                out.append((mod, name, _rebuild(p, iter([self.arena.copy(x) for x in _plain(p)]))))
             for name, b in list(mod._buffers.items()):
                 if b is not None: mod._buffers[name] = b.to(self.device)
         return out
@@ -407,24 +466,34 @@ class BlockRunner:
     """A gradient-checkpointing function for `model.enable_gradient_checkpointing`: recompute each block in the
     backward, streaming swapped blocks (`swap`, a `BlockSwap`) and offloading block inputs to pinned host memory
     (`offload`)."""
-    def __init__(self, model, device, swap: BlockSwap | None = None, offload: bool = False):
+    def __init__(self, model, device, swap: BlockSwap | None = None, offload: bool = False, max_tokens: int | None = None):
         self.blocks, self.device, self.swap, self.offload = model.blocks, torch.device(device), swap, offload
         self.cuda = self.device.type == "cuda"
         if offload and not self.cuda: raise MemorySettingsError("activation_offload needs a CUDA GPU (pinned host memory and copy streams)")
         self.index = {id(b): i for i, b in enumerate(model.blocks)}
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.host, self.events, self.fetched = {}, {}, {}
+        self.host, self.events, self.fetched, self.shapes = {}, {}, {}, {}   # host: block → its byte buffer (capacity) in the arena
+        itemsize = next(model.parameters()).element_size()
+        self.capacity = (max_tokens or 0) * model.config.hidden_size * itemsize   # bytes of the largest block input
+        self.arena = PinnedArena(slab=arena_slab(len(self.blocks) * self.capacity, self.capacity)) if offload else None
         self.anchor = torch.zeros((), requires_grad=True)   # makes autograd call backward even when no input needs a gradient
 
     def __call__(self, block, *args):
         flat, spec = tree_flatten(args)
         return _Checkpoint.apply(self, self.index[id(block)], spec, self.anchor, *flat)
 
+    def host_buffer(self, i: int, shape, dtype, grow: bool = False) -> torch.Tensor:
+        """Block `i`'s host buffer viewed as `shape`/`dtype`; `grow`: (re)take it from the arena when it is missing or
+        smaller (at least `capacity` bytes, so one buffer serves every bucket up to the planned largest)."""
+        n = math.prod(shape) * dtype.itemsize
+        if grow:
+            if i not in self.host or self.host[i].numel() < n: self.host[i] = self.arena.empty((max(n, self.capacity),), torch.uint8)
+            self.shapes[i] = (shape, dtype)
+        return self.host[i][:n].view(dtype).view(shape)
+
     def stash(self, i: int, x: torch.Tensor):
         "Copy block `i`'s input to its pinned host buffer on the side stream; returns a placeholder holding shape and dtype."
-        buf = self.host.get(i)
-        if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
-            buf = self.host[i] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        buf = self.host_buffer(i, x.shape, x.dtype, grow=True)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             buf.copy_(x, non_blocking=True)
@@ -435,10 +504,11 @@ class BlockRunner:
     def prefetch(self, i: int):
         "Start copying block `i`'s input back to the GPU on the side stream."
         if i in self.fetched or i not in self.host: return
-        x = torch.empty(self.host[i].shape, dtype=self.host[i].dtype, device=self.device)
+        buf = self.host_buffer(i, *self.shapes[i])
+        x = torch.empty(buf.shape, dtype=buf.dtype, device=self.device)
         with torch.cuda.stream(self.stream):
             self.stream.wait_event(self.events[i])
-            x.copy_(self.host[i], non_blocking=True)
+            x.copy_(buf, non_blocking=True)
             self.fetched[i] = (x, self.stream.record_event())
 
     def fetch(self, i: int, placeholder) -> torch.Tensor:
@@ -449,9 +519,11 @@ class BlockRunner:
         return x.requires_grad_(placeholder.requires_grad)
 
 # %% ../nbs/10_memory.ipynb #8cd085e3
-def place_model(model, device, blocks_to_swap: int = 0, activation_offload: bool = False) -> BlockSwap | None:
+def place_model(model, device, blocks_to_swap: int = 0, activation_offload: bool = False,
+                max_tokens: int | None = None) -> BlockSwap | None:
     """Move `model` to `device`, except the frozen weights of its last `blocks_to_swap` blocks (pinned host memory,
-    streamed by a `BlockSwap`, returned); with swap or `activation_offload`, checkpointing goes through a `BlockRunner`."""
+    streamed by a `BlockSwap`, returned); with swap or `activation_offload`, checkpointing goes through a `BlockRunner`
+    (`max_tokens`: the largest batch's tokens, so offload buffers are sized once)."""
     device = torch.device(device)
     if (blocks_to_swap or activation_offload) and device.type != "cuda":
         what = "musubi_blocks_to_swap" if blocks_to_swap else "activation_offload"
@@ -460,7 +532,7 @@ def place_model(model, device, blocks_to_swap: int = 0, activation_offload: bool
     swap = BlockSwap(model, blocks_to_swap, device) if blocks_to_swap else None
     model.to(device)                                      # swapped blocks already point into their GPU slots
     if swap or activation_offload:
-        model._block_runner = BlockRunner(model, device, swap, activation_offload)
+        model._block_runner = BlockRunner(model, device, swap, activation_offload, max_tokens)
         if model.gradient_checkpointing: model.enable_gradient_checkpointing(model._block_runner)
     return swap
 
@@ -669,20 +741,26 @@ def lora_params(rank: int, hidden: int = 4096, mlp_ratio: float = 4, depth: int 
 GiB = 2 ** 30
 
 
-def pinned_bytes(nbytes: float) -> int:
-    "Host bytes PyTorch's caching host allocator takes for a pinned tensor of `nbytes`: the next power of two."
-    return 1 << (math.ceil(nbytes) - 1).bit_length() if nbytes > 0 else 0
-
-
-def swapped_block_host_bytes(precision: str, hidden: int = 4096, mlp_ratio: float = 4, tembed: int = 512) -> int:
-    "Pinned host bytes of one swapped block: each weight (and quantisation scale) pinned on its own, rounded up."
+def block_host_sizes(precision: str, hidden: int = 4096, mlp_ratio: float = 4, tembed: int = 512) -> list[int]:
+    "Bytes of each plain tensor a swapped block keeps on the host: weights (and quantisation scales), biases, adaLN, norms."
     f, per = ffn_hidden_size(hidden, mlp_ratio), {"bf16": 2.0, "int8-quanto": 1.0, "fp8-torchao": 1.0, "int4-quanto": 0.5 + 4 / 128}[precision]
     linears = [(3 * hidden, hidden), (hidden, hidden), (hidden, hidden), (2 * hidden, hidden), (hidden, hidden), (f, hidden), (hidden, f), (f, hidden)]
-    scale = 0 if precision == "bf16" else 1
-    big = sum(pinned_bytes(o * i * per) + scale * pinned_bytes(o * 4) for o, i in linears)
-    biases = sum(pinned_bytes(o * 2) for o, _ in linears[:5])                          # attention linears have biases
-    return big + biases + pinned_bytes(6 * hidden * tembed * 2) + pinned_bytes(6 * hidden * 2) \
-        + 2 * pinned_bytes(hidden * 2) + 4 * pinned_bytes(256)                          # adaLN, LayerNorm, q/k RMSNorms
+    scales = [] if precision == "bf16" else [o * 4 for o, _ in linears]
+    biases = [o * 2 for o, _ in linears[:5]]                                            # attention linears have biases
+    return [int(o * i * per) for o, i in linears] + scales + biases + [6 * hidden * tembed * 2, 6 * hidden * 2] \
+        + 2 * [hidden * 2] + 4 * [256]                                                  # adaLN, LayerNorm, q/k RMSNorms
+
+
+@functools.lru_cache(maxsize=None)
+def swap_host_bytes(blocks: int, precision: str, hidden: int = 4096) -> int:
+    "Pinned host bytes of `blocks` swapped blocks, packed as `BlockSwap` packs them."
+    return packed_bytes(block_host_sizes(precision, hidden) * blocks) if blocks else 0
+
+
+@functools.lru_cache(maxsize=None)
+def offload_host_bytes(blocks: int, input_bytes: int) -> int:
+    "Pinned host bytes of `blocks` offloaded block inputs of `input_bytes` each, packed as `BlockRunner` packs them."
+    return packed_bytes([input_bytes] * blocks) if blocks else 0
 
 
 def workspace_bytes(tokens: int, ffn_chunks: int = 1, hidden: int = 4096, cal: dict = CALIBRATION) -> float:
@@ -702,8 +780,8 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     kept = depth * tokens * (hidden * 2 + heads * 4) if keep_attention else 0
     gpu = weights + lora_params(rank, hidden, depth=depth) * 16 + (2 if activation_offload else depth) * act + kept \
         + workspace_bytes(tokens, ffn_chunks, hidden, cal)
-    host = cal["host_base_gib"] * GiB + n * swapped_block_host_bytes(precision, hidden) \
-        + (depth * pinned_bytes(act) if activation_offload else 0)
+    host = cal["host_base_gib"] * GiB + swap_host_bytes(n, precision, hidden) \
+        + (offload_host_bytes(depth, act) if activation_offload else 0)
     r, rate = tokens / 37440, tflops * 1e12 * cal["efficiency"] / cal["precision_speed"][precision]
     flops = cal["flops_at_37440"] * ((1 - cal["attention_share"]) * r + cal["attention_share"] * r * r)
     compute = flops / rate

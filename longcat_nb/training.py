@@ -719,7 +719,8 @@ def _prepare_run(cfg) -> SimpleNamespace:
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
     dtype = default_dtype(device)                                # bf16 on GPUs, fp32 on the CPU
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
-    keep = keeps_attention(cfg, batch_tokens(dataset.samples, cfg.train_batch_size), device) \
+    tokens = batch_tokens(dataset.samples, cfg.train_batch_size)  # the largest batch: plans and buffers are sized for it
+    keep = keeps_attention(cfg, tokens, device) \
         and not (fsdp and cfg.checkpoint_attention == "auto")  # auto: not with FSDP (not measured together)
     if keep and main and cfg.checkpoint_attention == "auto":
         print("checkpoint_attention auto: keeping self-attention's outputs through the backward (the memory planner says it fits)")
@@ -727,7 +728,7 @@ def _prepare_run(cfg) -> SimpleNamespace:
                                        and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision))
     if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
         from longcat_nb.memory import place_model
-        place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload)
+        place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens)
     model = model.train()
     seed_process(cfg.seed, accelerator.process_index)            # LoRA dropout masks differ across processes
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
