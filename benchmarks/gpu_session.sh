@@ -21,9 +21,11 @@ set -euo pipefail
 PART=${1:?usage: bash benchmarks/gpu_session.sh tests|train|train2|memory|bsa|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .dev/whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 E2E_SAMPLE_BEFORE_S=0
 E2E=.dev/fullscale_e2e.py
+shopt -s nullglob
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .dev/whl/*.whl
+[ -f "$E2E" ] || { echo "copy /work/shared/tools/fullscale_e2e.py to $E2E (and carry .dev)"; exit 2; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 E2E_SAMPLE_BEFORE_S=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 e2e() {  # name, extra JSON, further e2e arguments
