@@ -1,7 +1,9 @@
 # The GPU measurements still open (issues 11, 14, 15, 16), one part per device call (each fits the 10-minute limit).
 #
-# Carry the shared py3.12 wheels as .whl/ and the extra ones (optimum-quanto 0.2.7, torchao 0.17.0) as .dev/whl/, and a
-# copy of /work/shared/tools/fullscale_e2e.py as .dev/fullscale_e2e.py; then, in the checkout's root on the GPU machine:
+# Carry the shared py3.12 wheels as .whl/ (/work/shared/wheels/device-py312) and the extra ones (optimum-quanto 0.2.7,
+# torchao 0.17.0, py3.12 manylinux) as .dev/whl/, and a copy of /work/shared/tools/fullscale_e2e.py as
+# .dev/fullscale_e2e.py (all git-ignored; ~46 MiB), i.e. the device tool's `carry: [".whl", ".dev"]`, and run in the
+# checkout's root on the GPU machine ($OUT is the device's result folder):
 #
 #     bash benchmarks/gpu_session.sh PART
 #
