@@ -148,3 +148,35 @@ def test_cuda_levers_keep_the_numbers():
         eq_(runs[key][0], ref[0])                                 # the forward is deterministic
         for n, g in ref[1].items():                               # fused attention backwards may accumulate in any order
             assert (runs[key][1][n] - g).norm() <= 1e-2 * g.norm(), (key, n)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_blocks_trace_whole_for_compile(keep):
+    """`compile_transformer` compiles each block; a graph break inside one (a new op dynamo cannot trace) would quietly
+    cost speed. Dynamo traces a LoRA-adapted block — fp32 regions, UpcastNorm, bf16 autocast — as ONE graph
+    (`fullgraph=True` raises on a break), inside the trainer's checkpointing (plain, or keeping attention), and the
+    gradients equal eager's. `aot_eager`: dynamo + AOTAutograd without a C++ compiler (Inductor's code is GPU-tested)."""
+    from longcat_nb.lora import add_lora
+    from longcat_nb.model import TINY_DIT_CONFIG, LongCatVideoTransformer3DModel, checkpoint_keeping_attention, compute_autocast
+
+    def run(compiled):
+        torch.manual_seed(0)
+        m = LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG)
+        for p in m.parameters(): p.data.normal_(0, 0.2)
+        m.requires_grad_(False)
+        add_lora(m, 4, None, 0.0, None)
+        for n, p in m.named_parameters():
+            if "lora_B" in n: torch.nn.init.normal_(p, std=0.02)
+        m.enable_gradient_checkpointing(checkpoint_keeping_attention if keep else None)
+        if compiled: m.compile_blocks(backend="aot_eager", fullgraph=True)
+        m.train()
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(1, 16, 5, 8, 8, generator=g), torch.randn(1, 16, 32, generator=g)
+        with compute_autocast(torch.device("cpu"), "bf16"):
+            v = m(x, torch.tensor([[0.0, 500, 500, 500, 500]]), y, torch.ones(1, 16, dtype=torch.long), num_cond_latents=1).sample
+        v.float().pow(2).mean().backward()
+        return torch.cat([p.grad.flatten() for p in m.parameters() if p.requires_grad])
+
+    torch._dynamo.reset()
+    eager, compiled = run(False), run(True)
+    assert ((compiled - eager).norm() / eager.norm()).item() < 1e-5
