@@ -21,15 +21,16 @@ from .model import LongCatVideoTransformer3DModel, ffn_hidden_size
 
 # %% auto #0
 __all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'PINNED_SLAB', 'GROUP_OFFLOAD_REFUSAL', 'BLOCK_PARTS', 'BLOCK_MEASURED',
-           'H200_BLOCK_PEAK', 'CALIBRATION', 'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S', 'KEEP_ATTENTION_MARGIN',
-           'MemorySettingsError', 'check_precision', 'quantise_block', 'is_quantised', 'load_transformer',
-           'copy_manifest', 'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy', 'save_quantised',
-           'load_quantised', 'pinned_bytes', 'arena_slab', 'PinnedArena', 'packed_bytes', 'BlockSwap', 'BlockRunner',
-           'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes', 'one_block_model', 'measure_block',
-           'block_activation_model', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params', 'block_host_sizes',
-           'swap_host_bytes', 'offload_host_bytes', 'workspace_bytes', 'predict', 'PlanError', 'choose_plan',
-           'machine_memory', 'bucket_tokens', 'config_tokens', 'usable_precisions', 'plan_for_config', 'format_plans',
-           'apply_memory_plan', 'checkpoint_attention_choice']
+           'SAMPLING_MEASURED', 'H200_BLOCK_PEAK', 'CALIBRATION', 'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S',
+           'KEEP_ATTENTION_MARGIN', 'MemorySettingsError', 'check_precision', 'quantise_block', 'is_quantised',
+           'load_transformer', 'copy_manifest', 'has_quantised_copy', 'quantised_copy_bytes', 'check_room_for_copy',
+           'save_quantised', 'load_quantised', 'pinned_bytes', 'arena_slab', 'PinnedArena', 'packed_bytes', 'BlockSwap',
+           'BlockRunner', 'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes', 'one_block_model',
+           'measure_block', 'block_activation_model', 'measure_block_forward', 'sampling_activation_model', 'gpu_rate',
+           'MemoryPlan', 'block_bytes', 'lora_params', 'block_host_sizes', 'swap_host_bytes', 'offload_host_bytes',
+           'workspace_bytes', 'predict', 'predict_sampling', 'PlanError', 'choose_plan', 'machine_memory',
+           'bucket_tokens', 'config_tokens', 'usable_precisions', 'validation_tokens', 'plan_for_config',
+           'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -618,7 +619,7 @@ def saved_bytes(block: nn.Module, run, exclude=()) -> tuple[dict[str, int], obje
 # %% ../nbs/10_memory.ipynb #99ea4e51
 def one_block_model(hidden: int = 4096, heads: int = 32, rank: int = 16, seed: int = 0) -> LongCatVideoTransformer3DModel:
     "A 1-block transformer of width `hidden` on the CPU: random bf16 weights, the trainer's LoRA (rank `rank`, fp32, B ≠ 0)."
-    from longcat_nb.lora import add_lora
+    from longcat_nb.lora import add_lora, set_lora_input_cast
     with torch.device("meta"):
         model = LongCatVideoTransformer3DModel(hidden_size=hidden, num_heads=heads, caption_channels=hidden, depth=1)
     model, g = nn.Module.to(model.to_empty(device="cpu"), torch.bfloat16), torch.Generator().manual_seed(seed)
@@ -626,6 +627,7 @@ def one_block_model(hidden: int = 4096, heads: int = 32, rank: int = 16, seed: i
         for n, p in model.named_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02 if p.ndim > 1 else float("norm" in n) * torch.ones_like(p))
     add_lora(model, rank)
+    set_lora_input_cast(model, False)                   # as the trainer sets it under its bf16 autocast
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n: p.normal_(0, 0.02, generator=g)
@@ -664,16 +666,39 @@ def block_activation_model(hidden: int = 4096, heads: int = 32, rank: int = 16, 
                       constant=round(a["peak"] - (b["peak"] - a["peak"]) / dn * tokens[0]))
     return out
 
+# %% ../nbs/10_memory.ipynb #cc87b88e
+def measure_block_forward(model, tokens: int = 256, frames: int = 2, text_tokens: int = 512, batch: int = 2) -> dict:
+    "One block's no-grad forward (a sampling step; `batch` 2 under guidance) on the CPU: live-bytes peak, its input excluded."
+    from longcat_nb.model import rope_3d
+    block, C, w = model.blocks[0], model.config.hidden_size, tokens // (frames * 8)
+    if frames * 8 * w != tokens: raise ValueError(f"tokens = {tokens}: use a multiple of {frames * 8}")
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(batch, n, C, generator=g).to(torch.bfloat16) for n in (tokens, text_tokens))
+    t, rope = torch.randn(batch, frames, model.config.adaln_tembed_dim, generator=g), rope_3d((frames, 8, w), C // model.config.num_heads)
+    with torch.no_grad(), LiveBytes() as live, torch.autocast("cpu", torch.bfloat16): block(x, y, t, rope)
+    return dict(tokens=batch * tokens, peak=live.peak)
+
+
+def sampling_activation_model(hidden: int = 4096, heads: int = 32, rank: int = 16, tokens=(256, 512)) -> dict:
+    "`{peak: bytes a token of the batch, constant: bytes}` of one block's sampling forward, by `measure_block_forward`."
+    model = one_block_model(hidden, heads, rank)
+    a, b = (measure_block_forward(model, n) for n in tokens)
+    per = (b["peak"] - a["peak"]) / (b["tokens"] - a["tokens"])
+    return dict(peak=round(per), constant=round(a["peak"] - per * a["tokens"]))
+
 # %% ../nbs/10_memory.ipynb #89e4d91f
 # One block's recompute + backward at hidden 4096, text 512, LoRA rank 16 under bf16 autocast: bytes a token (and a
 # constant), by `block_activation_model()` on the CPU (torch 2.13, 2026-11-30); key = ffn_chunks (8 stands for any > 1:
 # the peak is then in the recompute's FFN forward, whatever the chunk count).
 BLOCK_MEASURED = {
-    1: dict(saved={"FFN": 66_048, "LoRA inputs": 63_168, "cross-attention": 49_416, "modulation": 8_192, "self-attention": 82_816},
-            peak=384_328, constant=28_434_432),
+    1: dict(saved={"FFN": 66_048, "LoRA inputs": 54_976, "cross-attention": 49_416, "modulation": 8_192, "self-attention": 82_816},
+            peak=334_664, constant=24_240_128),
     8: dict(saved={"FFN": 8_192, "LoRA inputs": 24_672, "cross-attention": 49_416, "modulation": 8_192, "self-attention": 82_816},
-            peak=288_168, constant=30_736_384),
+            peak=255_400, constant=34_930_688),
 }
+# One block's sampling forward (no grad, bf16 autocast), bytes a token of the batch and a constant, by
+# `sampling_activation_model()` on the CPU (torch 2.13, 2026-11-30).
+SAMPLING_MEASURED = dict(peak=54_880, constant=61_947_904)
 H200_BLOCK_PEAK = 417_112   # the same measurement of the block as it ran on the H200 (before modulate's UpcastNorm)
 CALIBRATION = dict(
     workspace_slack=1.00,                # H200 bf16: 58.8 GiB at 43,008 tokens − weights − LoRA − inputs = 1.00 × H200_BLOCK_PEAK
@@ -796,6 +821,15 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     step = compute + exposed + n * cal["swap_s_per_block"]
     return MemoryPlan(precision, n, activation_offload, round(gpu / GiB, 1), round(host / GiB, 1), round(step, 1), ffn_chunks)
 
+def predict_sampling(precision: str, blocks_to_swap: int, tokens: int, rank: int = 16, depth: int = 48,
+                     hidden: int = 4096, cal: dict = CALIBRATION) -> float:
+    """Predicted peak GPU GiB of a sampling step over `tokens` tokens (the CFG batch included) with the training model
+    and these settings: the same weights, the LoRA with its optimizer state, the block input and one block's forward."""
+    blk, n = block_bytes(precision, hidden), blocks_to_swap
+    weights = (depth - n + min(n, 2)) * blk + 35e6 * 2
+    act = cal["workspace_slack"] * (SAMPLING_MEASURED["peak"] * tokens + SAMPLING_MEASURED["constant"]) * hidden / 4096
+    return round((weights + lora_params(rank, hidden, depth=depth) * 16 + tokens * hidden * 2 + act) / GiB, 1)
+
 # %% ../nbs/10_memory.ipynb #05eeb015
 class PlanError(MemorySettingsError):
     "No memory settings fit the budgets."
@@ -803,12 +837,16 @@ class PlanError(MemorySettingsError):
 
 def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gpu_name: str = "NVIDIA H200",
                 precisions=PRECISIONS, depth: int = 48, hidden: int = 4096, margin: float = 0.95,
-                ffn_chunks=(1, FFN_CHUNKS)) -> MemoryPlan:
+                ffn_chunks=(1, FFN_CHUNKS), sample_tokens: int = 0) -> MemoryPlan:
     """The fastest plan whose peaks fit `margin` × `gpu_gib` and × `host_gib` (ties: bf16 first, fewer swapped blocks,
-    no offload, no FFN chunks); `ffn_chunks` the values it may choose (`(1,)` with LoRA dropout)."""
+    no offload, no FFN chunks); `ffn_chunks` the values it may choose (`(1,)` with LoRA dropout); `sample_tokens`: the
+    validation videos' tokens (CFG batch included), whose sampling steps must fit the GPU too."""
     tflops, bf16 = gpu_rate(gpu_name)
     cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c) for p in precisions for o in (False, True)
-             for n in range(depth + 1) for c in ffn_chunks]
+             for n in range(depth + 1) for c in ffn_chunks
+             if not sample_tokens or predict_sampling(p, n, sample_tokens, rank, depth, hidden) <= margin * gpu_gib]
+    if not cands: raise PlanError(f"no memory settings fit the validation videos ({sample_tokens:,} tokens a sampling step) in "
+                                  f"{gpu_gib:g} GiB of GPU — lower validation_resolution or validation_num_video_frames")
     fits = [c for c in cands if c.gpu_gib <= margin * gpu_gib and c.host_gib <= margin * host_gib]
     if fits: return min(fits, key=lambda c: (c.step_s, PRECISIONS.index(c.precision), c.blocks_to_swap, c.activation_offload, c.ffn_chunks))
     least_gpu = min(cands, key=lambda c: c.gpu_gib)
@@ -869,6 +907,13 @@ def usable_precisions(gpu_name: str) -> list[str]:
     return precisions
 
 
+def validation_tokens(cfg) -> int:
+    "Tokens of one sampling step of the config's validation videos (× 2 under guidance), 0 when it renders none."
+    if not (cfg.validation_prompts or cfg.validation_using_datasets): return 0
+    return bucket_tokens(cfg.validation_width, cfg.validation_height, cfg.validation_num_video_frames,
+                         2 if cfg.validation_guidance > 1 and not cfg.validation_distilled else 1)
+
+
 def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = None, gpu_name: str | None = None):
     "`(plain plan, chosen plan, notes)` for `cfg`'s largest bucket on this machine (or the given budgets)."
     name, g, h = machine_memory()
@@ -878,9 +923,12 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     tflops, bf16 = gpu_rate(gpu_name)
     plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops,
                     ffn_chunks=cfg.ffn_chunks)
+    sample = validation_tokens(cfg)
     chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name),
-                         ffn_chunks=(1,) if cfg.lora_dropout else (1, FFN_CHUNKS))
+                         ffn_chunks=(1,) if cfg.lora_dropout else (1, FFN_CHUNKS), sample_tokens=sample)
     notes = [f"{gpu_name}: {gpu_gib:.1f} GiB GPU, {host_gib:.1f} GiB host; largest bucket {what} = {tokens:,} tokens"]
+    if sample: notes.append(f"validation {cfg.validation_resolution}@{cfg.validation_num_video_frames}: {sample:,} tokens a sampling "
+                            f"step, ~{predict_sampling(chosen.precision, chosen.blocks_to_swap, sample, cfg.lora_rank):.1f} GiB under the plan")
     if not bf16: notes.append(f"{gpu_name} has no bf16 units: torch runs the bf16 model at about its fp32 rate "
                               f"({tflops:g} TFLOP/s), so steps are slow; fp16 is not used (it overflows in this model)")
     if chosen.step_s > TOO_SLOW_S: notes.append(f"~{chosen.step_s:.0f} s/step: too slow to train at this size in reasonable time — "
