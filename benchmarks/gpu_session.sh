@@ -7,7 +7,9 @@
 #
 #     bash benchmarks/gpu_session.sh PART
 #
-# PART (in the order worth running):
+# PART, in the order worth running, with rough minutes of device time (a machine released between calls loses /tmp,
+# so a part rebuilds the full-size checkpoint, ~1 min, when it is missing): tests ~4, train ~8, memory ~8 (×2),
+# bsa ~9, long ~8, train2 ~9, profile ~8 (×3) — a 30-minute budget covers tests, train, memory, bsa:
 #   tests    the CUDA tests (precision, block swap/offload with the packed pinned arena, compile, speed, kernels)
 #   train    issue 14: `longcat-nb train` at 832×480×93, rank 16, default vs checkpoint_attention recompute (builds the
 #            full-size checkpoint in $WORK first); train2: the same with compiled blocks. NB the earlier H200 figures
@@ -47,12 +49,15 @@ case $PART in
   train2)
     e2e compiled '{"compile_transformer": true}'
     e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
-  memory)
-    python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only bf16,plan24,plan16,fp8 \
+  memory)   # two calls: MEM_ONLY=plan24,plan16 (default), then MEM_ONLY=fp8,bf16; the checkpoint is train's
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1
+    mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
+    python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-plan24,plan16}" \
         2>&1 | tee "$OUT/memory.log" | tail -20 ;;
   bsa)
     python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bench_bsa.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
     [ "${BSA_BENCH_ONLY:-0}" = 1 ] && exit 0
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1   # a fresh machine: build it
     mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
     WORK=$WORK-512 e2e dense512 '{}' --size 832x512
     WORK=$WORK-512 e2e bsa512 '{"attention_implementation": "bsa"}' --size 832x512
