@@ -474,7 +474,7 @@ class BlockRunner:
         self.index = {id(b): i for i, b in enumerate(model.blocks)}
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.host, self.events, self.fetched, self.shapes = {}, {}, {}, {}   # host: block → its byte buffer (capacity) in the arena
-        itemsize = next(model.parameters()).element_size()
+        itemsize = model.x_embedder.proj.weight.element_size()        # the block inputs' dtype (the forward's)
         self.capacity = (max_tokens or 0) * model.config.hidden_size * itemsize   # bytes of the largest block input
         self.arena = PinnedArena(slab=arena_slab(len(self.blocks) * self.capacity, self.capacity)) if offload else None
         self.anchor = torch.zeros((), requires_grad=True)   # makes autograd call backward even when no input needs a gradient
