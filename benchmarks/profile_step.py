@@ -103,7 +103,7 @@ def trainer_run(model, cfg, device, batch):
 def one_variant(a) -> dict:
     from longcat_nb import training
     from longcat_nb.config import LORA_TARGETS, parse_config
-    from longcat_nb.model import TINY_DIT_CONFIG
+    from longcat_nb.model import TINY_DIT_CONFIG, autocasts
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     cfg = parse_config({"lora_rank": a.rank, "report_to": "none", **VARIANTS[a.one]})
@@ -113,7 +113,7 @@ def one_variant(a) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(0)                                      # the same base and LoRA in every variant
     model = build_model(config, device, torch.bfloat16).train()
-    autocast = training.autocasts(device, cfg.mixed_precision) or a.tiny      # --tiny: CPU bf16 autocast, as on CUDA
+    autocast = autocasts(device, cfg.mixed_precision) or a.tiny      # --tiny: CPU bf16 autocast, as on CUDA
     keep = training.keeps_attention(cfg, tokens, device)
     if a.one == "bare":
         from peft import LoraConfig

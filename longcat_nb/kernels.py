@@ -325,16 +325,16 @@ class _TritonBlockAttention(torch.autograd.Function):
         o, lse = torch.empty_like(qc), qc.new_empty(B, nh, N, dtype=torch.float32)
         with _interpreting(interpret):
             fwd[(N // block, B * nh)](qc, kc, vc, o, lse, counts, idx, N, N // block, _LOG2E / math.sqrt(D), **kw)
-        ctx.save_for_backward(qc, kc, vc, o, lse, keep)
+        ctx.save_for_backward(qc, kc, vc, o, lse, keep, counts, idx)
         ctx.block, ctx.kernel_options = block, kernel_options
         return o
 
     @staticmethod
     def backward(ctx, do):
-        qc, kc, vc, o, lse, keep = ctx.saved_tensors
+        qc, kc, vc, o, lse, keep, counts, idx = ctx.saved_tensors
         (B, nh, N, D), block, do = qc.shape, ctx.block, do.contiguous()
         kw, kw_dkdv, (_, pre, dkdv, dq_kernel), interpret = _bsa_launch(qc, block, ctx.kernel_options)
-        (counts, idx), (counts_t, idx_t) = _ordered(keep), _ordered(keep.transpose(-1, -2))
+        counts_t, idx_t = _ordered(keep.transpose(-1, -2))       # for each key chunk, the query chunks that kept it
         dq, dk, dv, delta = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc), torch.empty_like(lse)
         scales, grid = (_LOG2E / math.sqrt(D), 1 / math.sqrt(D)), (N // block, B * nh)
         with _interpreting(interpret):

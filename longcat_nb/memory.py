@@ -28,9 +28,9 @@ __all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'PINNED_SLAB', 'GROUP_OFFLOAD_REF
            'BlockRunner', 'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes', 'one_block_model',
            'measure_block', 'block_activation_model', 'measure_block_forward', 'sampling_activation_model', 'gpu_rate',
            'MemoryPlan', 'block_bytes', 'lora_params', 'block_host_sizes', 'swap_host_bytes', 'offload_host_bytes',
-           'workspace_bytes', 'predict', 'predict_sampling', 'PlanError', 'choose_plan', 'machine_memory',
-           'bucket_tokens', 'config_tokens', 'usable_precisions', 'validation_tokens', 'plan_for_config',
-           'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
+           'workspace_bytes', 'resident_bytes', 'predict', 'predict_sampling', 'PlanError', 'choose_plan',
+           'machine_memory', 'bucket_tokens', 'config_tokens', 'usable_precisions', 'validation_tokens',
+           'plan_for_config', 'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #6cd4355c
 QUANTISED_LINEARS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
@@ -321,7 +321,7 @@ class PinnedArena:
         "An uninitialised host tensor (None with `allocate=False`)."
         n = math.prod(shape) * dtype.itemsize
         if n > self.slab:
-            self.own += 1 << (n - 1).bit_length()
+            self.own += pinned_bytes(n)
             return torch.empty(shape, dtype=dtype, pin_memory=self.pin) if self.allocate else None
         j, at = self._place(n)
         return self.slabs[j][at:at + n].view(dtype).view(shape) if self.allocate else None
@@ -794,16 +794,21 @@ def workspace_bytes(tokens: int, ffn_chunks: int = 1, hidden: int = 4096, cal: d
     return cal["workspace_slack"] * (m["peak"] * tokens + m["constant"]) * hidden / 4096
 
 
+def resident_bytes(precision: str, blocks_to_swap: int, rank: int = 16, depth: int = 48, hidden: int = 4096) -> float:
+    "GPU bytes that stay through a step: the resident blocks, the two-slot swap ring, the non-block layers, the LoRA (16 B a parameter with its gradient and AdamW state)."
+    n = blocks_to_swap                                   # the swap ring has two slots (one when one block swaps)
+    return (depth - n + min(n, 2)) * block_bytes(precision, hidden) + 35e6 * 2 + lora_params(rank, hidden, depth=depth) * 16
+
+
 def predict(precision: str, blocks_to_swap: int, activation_offload: bool, tokens: int, rank: int = 16,
             tflops: float = 989, depth: int = 48, hidden: int = 4096, cal: dict = CALIBRATION, ffn_chunks: int = 1,
             keep_attention: bool = False, heads: int = 32) -> MemoryPlan:
     """Predicted peak GPU / host GiB and s/step of a LoRA step over `tokens` tokens (batch included) with these settings;
     `keep_attention`: each checkpointed block also keeps its attention output (no attention forward in the recompute)."""
     blk, n = block_bytes(precision, hidden), blocks_to_swap
-    weights = (depth - n + min(n, 2)) * blk + 35e6 * 2   # the swap ring has two slots (one when one block swaps)
     act = tokens * hidden * 2
     kept = depth * tokens * (hidden * 2 + heads * 4) if keep_attention else 0
-    gpu = weights + lora_params(rank, hidden, depth=depth) * 16 + (2 if activation_offload else depth) * act + kept \
+    gpu = resident_bytes(precision, n, rank, depth, hidden) + (2 if activation_offload else depth) * act + kept \
         + workspace_bytes(tokens, ffn_chunks, hidden, cal)
     host = cal["host_base_gib"] * GiB + swap_host_bytes(n, precision, hidden) \
         + (offload_host_bytes(depth, act) if activation_offload else 0)
@@ -825,10 +830,8 @@ def predict_sampling(precision: str, blocks_to_swap: int, tokens: int, rank: int
                      hidden: int = 4096, cal: dict = CALIBRATION) -> float:
     """Predicted peak GPU GiB of a sampling step over `tokens` tokens (the CFG batch included) with the training model
     and these settings: the same weights, the LoRA with its optimizer state, the block input and one block's forward."""
-    blk, n = block_bytes(precision, hidden), blocks_to_swap
-    weights = (depth - n + min(n, 2)) * blk + 35e6 * 2
     act = cal["workspace_slack"] * (SAMPLING_MEASURED["peak"] * tokens + SAMPLING_MEASURED["constant"]) * hidden / 4096
-    return round((weights + lora_params(rank, hidden, depth=depth) * 16 + tokens * hidden * 2 + act) / GiB, 1)
+    return round((resident_bytes(precision, blocks_to_swap, rank, depth, hidden) + tokens * hidden * 2 + act) / GiB, 1)
 
 # %% ../nbs/10_memory.ipynb #05eeb015
 class PlanError(MemorySettingsError):

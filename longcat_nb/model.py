@@ -5,11 +5,11 @@ checkpoint's conventions so the released `dit/` shards load as they are."""
 
 # %% auto #0
 __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'ATTENTION_BACKENDS', 'BSA_MIN_FRAME_TOKENS', 'ATTENTION_OPS', 'ffn_hidden_size',
-           'FeedForwardSwiGLU', 'ChunkedSwiGLU', 'set_ffn_chunks', 'fp32_region', 'compute_autocast', 'FP32Linear',
-           'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D', 'rope_split',
-           'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention', 'SelfAttention',
-           'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer', 'unpatchify',
-           'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'CondKVCache',
+           'FeedForwardSwiGLU', 'ChunkedSwiGLU', 'set_ffn_chunks', 'fp32_region', 'compute_autocast', 'autocasts',
+           'FP32Linear', 'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D',
+           'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention',
+           'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer',
+           'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'CondKVCache',
            'keep_attention_policy', 'checkpoint_keeping_attention']
 
 # %% ../nbs/03_model.ipynb #81a7a708
@@ -54,8 +54,9 @@ class FeedForwardSwiGLU(nn.Module):
     def swiglu(self, x): return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
     def forward(self, x):
+        if self.chunks == 1 or not torch.is_grad_enabled(): return self.swiglu(x)      # sampling and the default: plain
         params = [p for p in self.parameters() if p.requires_grad]
-        if self.chunks == 1 or not torch.is_grad_enabled() or not (x.requires_grad or params): return self.swiglu(x)
+        if not (x.requires_grad or params): return self.swiglu(x)
         if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()):
             raise RuntimeError("ffn_chunks > 1 recomputes the FFN in the backward, where LoRA dropout would draw other "
                                "masks — set lora_dropout: 0 or ffn_chunks: 1")
@@ -105,6 +106,11 @@ def compute_autocast(device, mixed_precision: str = "bf16"):
     device = torch.device(device)
     if device.type == "cuda" and mixed_precision == "bf16": return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def autocasts(device, mixed_precision: str = "bf16") -> bool:
+    "Whether the transformer runs under an autocast on `device` (`compute_autocast`): then LoRA skips PEFT's fp32 input cast."
+    return isinstance(compute_autocast(device, mixed_precision), torch.autocast)
 
 
 class FP32Linear(nn.Linear):

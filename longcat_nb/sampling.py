@@ -24,7 +24,7 @@ from .data import _to_tensor, check_datasets, decode_video, fit_rgb, read_image,
 from .caching import (
     clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory, normalize_latents,
     load_text_encoder, load_vae)
-from .model import LongCatVideoTransformer3DModel, check_attention_backend, compute_autocast
+from .model import LongCatVideoTransformer3DModel, autocasts, check_attention_backend, compute_autocast
 
 # %% auto #0
 __all__ = ['DISTILL_GRID_STEPS', 'ENHANCE_HF_START', 'ENHANCE_HF_STEPS', 'REFINE_T_THRESH', 'BSA_LATENT_CHUNK',
@@ -161,7 +161,7 @@ def load_lora(self: LongCatVideoPipeline, path, multiplier: float = 1.0, adapter
     "Attach the LoRA file at `path` (peft / ComfyUI / official format) to the transformer, scaled by `multiplier`."
     from longcat_nb.lora import load_lora, set_lora_input_cast
     load_lora(self.transformer, path, multiplier, adapter_name=adapter_name)
-    set_lora_input_cast(self.transformer, not isinstance(compute_autocast(self._execution_device, self.mixed_precision), torch.autocast))
+    set_lora_input_cast(self.transformer, not autocasts(self._execution_device, self.mixed_precision))
     self.loaded_loras.append(Path(path))
     return self
 

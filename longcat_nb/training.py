@@ -26,7 +26,7 @@ from .caching import CachedDataset, build_cache, default_dtype, load_empty_promp
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import add_lora, lora_layers, read_lora, save_lora, set_lora_input_cast
-from .model import LongCatVideoTransformer3DModel, checkpoint_keeping_attention, compute_autocast, set_ffn_chunks
+from .model import LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention, compute_autocast, set_ffn_chunks
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
@@ -37,8 +37,8 @@ __all__ = ['RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FA
            'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'previous_run',
            'check_output_dir', 'clear_previous_run', 'resume_changes', 'good_checkpoint', 'TrainResult',
            'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler', 'seed_process',
-           'autocasts', 'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop',
-           'stop_requested', 'stop_on_signals', 'train', 'main']
+           'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop', 'stop_requested',
+           'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -620,11 +620,6 @@ def _progress(loss, lr, seconds, device) -> dict:
     return d
 
 # %% ../nbs/07_training.ipynb #7bec5cb2
-def autocasts(device, mixed_precision: str) -> bool:
-    "Whether the transformer runs under a bf16 autocast on `device` (`model.compute_autocast`): then LoRA skips PEFT's fp32 input cast."
-    return isinstance(compute_autocast(device, mixed_precision), torch.autocast)
-
-
 def batch_tokens(samples, batch_size: int) -> int:
     "Tokens of the largest batch of `samples` (`data.Sample`s): latent frames × H/16 × W/16 × `batch_size`."
     from longcat_nb.memory import bucket_tokens
