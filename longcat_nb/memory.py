@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .caching import fingerprint
-from .config import PRECISIONS
+from .config import PRECISIONS, continuation_frames
 from .model import LongCatVideoTransformer3DModel, ffn_hidden_size
 
 # %% auto #0
@@ -827,11 +827,13 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     return MemoryPlan(precision, n, activation_offload, round(gpu / GiB, 1), round(host / GiB, 1), round(step, 1), ffn_chunks)
 
 def predict_sampling(precision: str, blocks_to_swap: int, tokens: int, rank: int = 16, depth: int = 48,
-                     hidden: int = 4096, cal: dict = CALIBRATION) -> float:
+                     hidden: int = 4096, cal: dict = CALIBRATION, cond_tokens: int = 0) -> float:
     """Predicted peak GPU GiB of a sampling step over `tokens` tokens (the CFG batch included) with the training model
-    and these settings: the same weights, the LoRA with its optimizer state, the block input and one block's forward."""
+    and these settings: the same weights, the LoRA with its optimizer state, the block input and one block's forward,
+    and the cached keys and values of `cond_tokens` conditioning tokens (image-to-video, continuation) in every block."""
     act = cal["workspace_slack"] * (SAMPLING_MEASURED["peak"] * tokens + SAMPLING_MEASURED["constant"]) * hidden / 4096
-    return round((resident_bytes(precision, blocks_to_swap, rank, depth, hidden) + tokens * hidden * 2 + act) / GiB, 1)
+    cache = depth * cond_tokens * hidden * 2 * 2
+    return round((resident_bytes(precision, blocks_to_swap, rank, depth, hidden) + tokens * hidden * 2 + act + cache) / GiB, 1)
 
 # %% ../nbs/10_memory.ipynb #05eeb015
 class PlanError(MemorySettingsError):
@@ -840,14 +842,16 @@ class PlanError(MemorySettingsError):
 
 def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gpu_name: str = "NVIDIA H200",
                 precisions=PRECISIONS, depth: int = 48, hidden: int = 4096, margin: float = 0.95,
-                ffn_chunks=(1, FFN_CHUNKS), sample_tokens: int = 0) -> MemoryPlan:
+                ffn_chunks=(1, FFN_CHUNKS), sample_tokens: int = 0, sample_cond_tokens: int = 0) -> MemoryPlan:
     """The fastest plan whose peaks fit `margin` × `gpu_gib` and × `host_gib` (ties: bf16 first, fewer swapped blocks,
     no offload, no FFN chunks); `ffn_chunks` the values it may choose (`(1,)` with LoRA dropout); `sample_tokens`: the
-    validation videos' tokens (CFG batch included), whose sampling steps must fit the GPU too."""
+    validation videos' tokens (CFG batch included), whose sampling steps must fit the GPU too, with the K/V cache of
+    `sample_cond_tokens` conditioning tokens."""
     tflops, bf16 = gpu_rate(gpu_name)
     cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c) for p in precisions for o in (False, True)
              for n in range(depth + 1) for c in ffn_chunks
-             if not sample_tokens or predict_sampling(p, n, sample_tokens, rank, depth, hidden) <= margin * gpu_gib]
+             if not sample_tokens or predict_sampling(p, n, sample_tokens, rank, depth, hidden, cond_tokens=sample_cond_tokens)
+             <= margin * gpu_gib]
     if not cands: raise PlanError(f"no memory settings fit the validation videos ({sample_tokens:,} tokens a sampling step) in "
                                   f"{gpu_gib:g} GiB of GPU — lower validation_resolution or validation_num_video_frames")
     fits = [c for c in cands if c.gpu_gib <= margin * gpu_gib and c.host_gib <= margin * host_gib]
@@ -910,11 +914,15 @@ def usable_precisions(gpu_name: str) -> list[str]:
     return precisions
 
 
-def validation_tokens(cfg) -> int:
-    "Tokens of one sampling step of the config's validation videos (× 2 under guidance), 0 when it renders none."
-    if not (cfg.validation_prompts or cfg.validation_using_datasets): return 0
-    return bucket_tokens(cfg.validation_width, cfg.validation_height, cfg.validation_num_video_frames,
-                         2 if cfg.validation_guidance > 1 and not cfg.validation_distilled else 1)
+def validation_tokens(cfg) -> tuple[int, int]:
+    """`(tokens of one sampling step of the config's validation videos (× 2 under guidance), conditioning tokens whose
+    keys and values they cache: a latent frame for image-to-video, K for continuation)`; `(0, 0)` when it renders none."""
+    if not (cfg.validation_prompts or cfg.validation_using_datasets): return 0, 0
+    tokens = bucket_tokens(cfg.validation_width, cfg.validation_height, cfg.validation_num_video_frames,
+                           2 if cfg.validation_guidance > 1 and not cfg.validation_distilled else 1)
+    ds = cfg.dataset(cfg.eval_dataset_id) if cfg.validation_using_datasets and cfg.eval_dataset_id else None
+    latents = 0 if ds is None else (continuation_frames(ds) - 1) // 4 + 1 if cfg.validation_continuation else int(ds.is_i2v)
+    return tokens, latents * bucket_tokens(cfg.validation_width, cfg.validation_height, 1, 1)
 
 
 def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = None, gpu_name: str | None = None):
@@ -926,12 +934,12 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     tflops, bf16 = gpu_rate(gpu_name)
     plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops,
                     ffn_chunks=cfg.ffn_chunks)
-    sample = validation_tokens(cfg)
+    sample, cond = validation_tokens(cfg)
     chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name),
-                         ffn_chunks=(1,) if cfg.lora_dropout else (1, FFN_CHUNKS), sample_tokens=sample)
+                         ffn_chunks=(1,) if cfg.lora_dropout else (1, FFN_CHUNKS), sample_tokens=sample, sample_cond_tokens=cond)
     notes = [f"{gpu_name}: {gpu_gib:.1f} GiB GPU, {host_gib:.1f} GiB host; largest bucket {what} = {tokens:,} tokens"]
     if sample: notes.append(f"validation {cfg.validation_resolution}@{cfg.validation_num_video_frames}: {sample:,} tokens a sampling "
-                            f"step, ~{predict_sampling(chosen.precision, chosen.blocks_to_swap, sample, cfg.lora_rank):.1f} GiB under the plan")
+                            f"step, ~{predict_sampling(chosen.precision, chosen.blocks_to_swap, sample, cfg.lora_rank, cond_tokens=cond):.1f} GiB under the plan")
     if not bf16: notes.append(f"{gpu_name} has no bf16 units: torch runs the bf16 model at about its fp32 rate "
                               f"({tflops:g} TFLOP/s), so steps are slow; fp16 is not used (it overflows in this model)")
     if chosen.step_s > TOO_SLOW_S: notes.append(f"~{chosen.step_s:.0f} s/step: too slow to train at this size in reasonable time — "
