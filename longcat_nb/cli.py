@@ -6,20 +6,19 @@
 from __future__ import annotations
 import argparse, json, sys, time
 from pathlib import Path
-from typing import NamedTuple
 
 from .config import ConfigError, load_config
+from .service import work_errors
 
 # %% auto #0
-__all__ = ['VIDEO_SUFFIXES', 'cmd_check', 'cmd_cache', 'cmd_train', 'parse_lora_spec', 'SamplePlan', 'check_sample_args',
-           'cmd_sample', 'run_demo', 'cmd_demo', 'cmd_plan', 'parser', 'main']
+__all__ = ['cmd_check', 'cmd_cache', 'cmd_train', 'cmd_sample', 'run_demo', 'cmd_demo', 'cmd_plan', 'parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #7c94a46a
 def cmd_check(args) -> int:
-    "Check every dataset of the config; print the report (or JSON); 1 when it has errors."
+    "Check the datasets and the checkpoint folder (`service.check`); print the report (or JSON); 1 when training cannot start."
     cfg = load_config(args.config)
-    from longcat_nb.data import check_datasets
-    report = check_datasets(cfg)
+    from longcat_nb.service import check
+    report = check(cfg)
     print(report.to_json() if args.json else report)
     return 0 if report.ok else 1
 
@@ -46,143 +45,14 @@ def cmd_train(args) -> int:
     if result.stopped: print("stopped on request — continue with: --resume-from-checkpoint latest")
     return 130 if result.stopped else 0
 
-# %% ../nbs/08_cli.ipynb #8e1ccc24
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
-
-def parse_lora_spec(spec: str) -> tuple[str, float]:
-    "`PATH[:MULTIPLIER]` → `(path, multiplier)`; split at the last colon only when a number follows it."
-    path, sep, tail = spec.rpartition(":")
-    if sep and path:
-        try: return path, float(tail)
-        except ValueError: pass
-    return spec, 1.0
-
-
-class SamplePlan(NamedTuple):
-    "What `sample` will do, worked out from its arguments before any model loads."
-    width: int
-    height: int
-    num_frames: int         # frames of each generated segment
-    segments: int           # 0: one plain clip (or, with --video --refine, no generation at all)
-    prompts: list           # one for all segments, or one per segment
-
-
-def _check_video(path: str, need: int, fix: str) -> int:
-    "Frames of the video at `path` at the base model's 15 fps; a `ConfigError` when unreadable or shorter than `need`."
-    from longcat_nb.data import MediaError, probe_media
-    if not Path(path).is_file(): raise ConfigError(f"--video {path}: no such file — give the path of the video to continue or refine")
-    try: info = probe_media(path, 15.0, image=False)
-    except (OSError, MediaError) as e:
-        raise ConfigError(f"--video {path}: not a readable video ({getattr(e, 'message', None) or e.__class__.__name__}) — give an mp4, mov or mkv") from None
-    if info.frames < need: raise ConfigError(f"--video {path}: {info.frames} frames at 15 fps, {need} needed — {fix}")
-    return info.frames
-
-
-def check_sample_args(args, cfg) -> SamplePlan:
-    "Raise `ConfigError` (one line, exit 2) for a `sample` argument that cannot work; returns the `SamplePlan`."
-    from longcat_nb.config import check_frames, parse_resolution
-    width, height = parse_resolution(args.size or cfg.validation_resolution, "--size", "command line")
-    if args.frames is not None:
-        if args.frames < 1: raise ConfigError(f"--frames {args.frames}: must be at least 1 — e.g. 93 (or 1 for an image)")
-        check_frames(args.frames, "--frames", "command line")
-    frames, cond = args.frames or cfg.validation_num_video_frames, args.cond_frames
-    for spec in args.lora or []:
-        path, _ = parse_lora_spec(spec)
-        if not Path(path).is_file(): raise ConfigError(f"--lora {spec}: {path} is not a file — give PATH or PATH:MULTIPLIER (e.g. lora.safetensors:0.8)")
-    if args.image:
-        from PIL import Image
-        try:
-            with Image.open(args.image) as im: im.verify()
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ConfigError(f"--image {args.image}: not a readable image ({e.__class__.__name__}) — give a PNG or JPEG start frame") from None
-    out = Path(args.output)
-    if out.is_dir() or args.output.endswith(("/", "\\")):
-        raise ConfigError(f"--output {args.output}: is a folder — give a file name, e.g. {out / 'sample.mp4'}")
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ConfigError(f"--output {args.output}: unknown video extension {out.suffix or '(none)'!r} — use one of {', '.join(VIDEO_SUFFIXES)}")
-    segments = _check_long_video_args(args, frames, cond)
-    prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
-    if len(prompts) not in {1, max(segments, 1)}:
-        raise ConfigError(f"--prompt given {len(prompts)} times for {segments or 1} segment(s) — give one prompt, or one per "
-                          f"segment (--segments {len(prompts)})")
-    return SamplePlan(width, height, frames, segments, prompts)
-
-# %% ../nbs/08_cli.ipynb #62f6e867
-def _check_long_video_args(args, frames: int, cond: int) -> int:
-    "The `--video / --segments / --seconds / --refine` checks; returns the number of segments to generate."
-    from longcat_nb.config import check_frames
-    if args.segments is not None and args.seconds is not None:
-        raise ConfigError(f"--segments {args.segments} and --seconds {args.seconds:g}: both set the length — give one")
-    if args.segments is not None and args.segments < 1:
-        raise ConfigError(f"--segments {args.segments}: must be at least 1 — e.g. 3 (93 + 2·80 frames)")
-    if args.seconds is not None and not 0 < args.seconds < float("inf"):
-        raise ConfigError(f"--seconds {args.seconds:g}: must be a number more than 0 — e.g. 20")
-    if args.image and args.video:
-        raise ConfigError(f"--image {args.image} and --video {args.video}: --image starts a new video, --video continues one — give one")
-    if cond < 1: raise ConfigError(f"--cond-frames {cond}: must be at least 1 — 13 as released (1 + 4k)")
-    check_frames(cond, "--cond-frames", "command line")
-    long = args.segments is not None or args.seconds is not None
-    if args.video and args.refine and not long:          # refine the given video only
-        _check_video(args.video, 1, "give a video with at least one frame")
-        return 0
-    if not (long or args.video): return 0
-    if not 1 <= cond < frames:
-        raise ConfigError(f"--cond-frames {cond}: continuing keeps {cond} frames of each segment's {frames} — use fewer "
-                          f"than --frames (13 of 93 as released)")
-    start = args.video and _check_video(args.video, cond, f"continuing takes its last {cond} frames (--cond-frames)")
-    if args.seconds is None: return args.segments or 1
-    from longcat_nb.sampling import segments_for_seconds
-    return segments_for_seconds(args.seconds, 15.0, frames, cond, start or None)
-
 # %% ../nbs/08_cli.ipynb #55b36b6c
-def _released_lora(ckpt, name: str, flag: str) -> Path:
-    "The checkpoint's `lora/<name>`, or a `ConfigError` naming `flag` (checked before the model loads)."
-    path = Path(ckpt) / "lora" / name
-    if not path.is_file(): raise ConfigError(f"{flag}: {path} not found — the released checkpoint ships lora/{name}; copy it there")
-    return path
-
-
 def cmd_sample(args) -> int:
     """Sample a video — text-to-video, image-to-video (--image), a continuation (--video), a long video (--segments /
     --seconds), refined to 720p at 30 fps (--refine) — with optional LoRAs; writes one mp4 and prints its path."""
-    from longcat_nb.config import resolve_checkpoint
+    from longcat_nb.service import SampleRequest, Sampler
     cfg = load_config(args.config)
-    plan = check_sample_args(args, cfg)
-    ckpt = resolve_checkpoint(cfg)
-    distill = _released_lora(ckpt, "cfg_step_lora.safetensors", "--distilled") if args.distilled else None
-    refine = _released_lora(ckpt, "refinement_lora.safetensors", "--refine") if args.refine else None
-    import torch
-    from longcat_nb.caching import default_device, default_dtype
-    from longcat_nb.sampling import LongCatVideoPipeline, save_video, video_frames
-    pipe = LongCatVideoPipeline.from_pretrained(   # on the GPU when there is one, with the config's memory settings and autocast
-        ckpt, torch_dtype=default_dtype(default_device()), precision=cfg.base_model_precision,
-        blocks_to_swap=cfg.musubi_blocks_to_swap, group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
-        group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision,
-        quantised_dir=cfg.quantised_base_dir)
-    if args.compile or cfg.compile_transformer: pipe.transformer.compile_blocks()
-    if distill: pipe.load_lora(distill)
-    for spec in args.lora or []: pipe.load_lora(*parse_lora_spec(spec))
-    image = None
-    if args.image:
-        from PIL import Image
-        image = Image.open(args.image).convert("RGB")
-    # --distilled brings its own 16 steps and guidance 1.0 unless given explicitly; otherwise the config's validation_*
-    steps = args.steps or (None if args.distilled else cfg.validation_num_inference_steps)
-    guidance = args.guidance if args.guidance is not None else (None if args.distilled else cfg.validation_guidance)
-    width, height, n_frames = plan.width, plan.height, plan.num_frames
-    def announce_decode(pipe, i, t, _):                 # the VAE decode after the last step has no bar of its own
-        if i == len(pipe.scheduler.timesteps) - 1:
-            print(f"denoised; decoding {n_frames} frames of {width}x{height} with the VAE ...", file=sys.stderr, flush=True)
-    gen = torch.Generator().manual_seed(args.seed)
-    kw = dict(negative_prompt=args.negative_prompt, num_inference_steps=steps, guidance_scale=guidance, distilled=args.distilled,
-              width=width, height=height, num_frames=n_frames, generator=gen, callback_on_step_end=announce_decode)
-    if plan.segments:
-        frames = pipe.generate_long_video(plan.prompts, plan.segments, video=args.video, image=image,
-                                          num_cond_frames=args.cond_frames, **kw)
-    elif args.video: frames = video_frames(args.video, width, height)        # --video --refine: refine it as it is
-    else: frames = pipe(plan.prompts[0], image=image, **kw).frames[0]
-    if refine: frames = pipe.refine(frames, plan.prompts[0], lora_path=refine, generator=gen)
-    print(save_video(frames, args.output, fps=30.0 if refine else 15.0))
+    say = lambda text: print(text, file=sys.stderr, flush=True)
+    print(Sampler().generate(cfg, SampleRequest.from_args(args), say))
     return 0
 
 # %% ../nbs/08_cli.ipynb #02e2a611
@@ -280,12 +150,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _work_errors() -> tuple:
-    "The library's own failure types (cache, training) among the modules loaded so far: reported in one line, exit 1."
-    found = [getattr(sys.modules.get(m), n, None) for m, n in (("longcat_nb.caching", "CacheError"), ("longcat_nb.training", "TrainingError"))]
-    return tuple(c for c in found if c is not None)
-
-
 def main(argv=None) -> int:
     "Run `longcat-nb`: config and argument errors print one line and exit 2; cache and training failures exit 1."
     args = parser().parse_args(argv)
@@ -294,6 +158,6 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        if not isinstance(e, _work_errors()): raise
+        if not isinstance(e, work_errors()): raise
         print(f"error: {e}", file=sys.stderr)
         return 1

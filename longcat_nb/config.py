@@ -4,17 +4,18 @@
 
 # %% ../nbs/00_config.ipynb #c0f82dd0
 from __future__ import annotations
-import difflib, json, os, re, warnings
+import difflib, json, logging, os, re, warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'PRECISIONS', 'FLAVOURS', 'TRAIN_KEYS', 'VIDEO_KEYS',
-           'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS', 'ConfigError', 'strip_jsonc', 'read_jsonc',
-           'Key', 'check_value', 'check_keys', 'check_frames', 'parse_resolution', 'resolve_path', 'VideoSettings',
-           'DatasetConfig', 'parse_dataset', 'parse_datasets', 'load_datasets', 'TrainConfig', 'continuation_frames',
-           'parse_config', 'load_config', 'resolve_checkpoint', 'config_reference']
+           'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS', 'THIRD_PARTY_NOISE', 'ConfigError',
+           'strip_jsonc', 'read_jsonc', 'Key', 'check_value', 'check_keys', 'check_frames', 'parse_resolution',
+           'resolve_path', 'VideoSettings', 'DatasetConfig', 'parse_dataset', 'parse_datasets', 'load_datasets',
+           'TrainConfig', 'continuation_frames', 'parse_config', 'load_config', 'resolve_checkpoint',
+           'quiet_third_party', 'config_reference']
 
 # %% ../nbs/00_config.ipynb #10a04cfa
 class ConfigError(ValueError):
@@ -470,6 +471,33 @@ def resolve_checkpoint(cfg_or_name, parts=CHECKPOINT_PARTS) -> Path:
     missing = [s for s in parts if not (p / s).is_dir()]
     if missing: raise ConfigError(f"pretrained_model_name_or_path = {str(name)!r}: {p} lacks {', '.join(s + '/' for s in missing)} — it must be the released LongCat-Video layout (dit/, vae/, text_encoder/, tokenizer/, scheduler/)")
     return p
+
+# %% ../nbs/00_config.ipynb #f2e9b549
+THIRD_PARTY_NOISE = {   # logger name → message openings dropped (records of other loggers are never touched)
+    "torchao": ("Failed to load ",),
+    "torch.utils._pytree": ("<enum ",),
+    "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
+}
+
+
+class _Drop(logging.Filter):
+    "Drop a record whose message starts with one of `openings` (torch's: only when it names `register_constant()`)."
+    def __init__(self, openings): super().__init__(); self.openings = openings
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        if not msg.startswith(self.openings): return True
+        return record.name == "torch.utils._pytree" and "register_constant()" not in msg
+
+
+def quiet_third_party() -> None:
+    "Install the `THIRD_PARTY_NOISE` filters once (idempotent)."
+    for name, openings in THIRD_PARTY_NOISE.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) for f in log.filters): log.addFilter(_Drop(openings))
+
+
+quiet_third_party()
 
 # %% ../nbs/00_config.ipynb #e0db1e74
 def config_reference() -> str:
