@@ -4,7 +4,8 @@
 
 # %% ../nbs/11_widgets.ipynb #9cae9042
 from __future__ import annotations
-import base64, html, io, json, os, shutil, subprocess, sys, tempfile, threading, time
+import base64, contextlib, html, io, json, os, shutil, subprocess, sys, tempfile, threading, time, traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import ipywidgets as W
@@ -12,13 +13,15 @@ from fastcore.basics import patch
 
 from .config import (TRAIN_KEYS, ConfigError, Key, check_keys, load_config, parse_config, parse_datasets,
                                read_jsonc, resolve_path, strip_jsonc)
+from .service import SampleRequest, Sampler, error_line
 
 # %% auto #0
 __all__ = ['TRAINING_SHAPES', 'field_text', 'field_value', 'field_error', 'ConfigForm', 'video_html', 'image_html', 'figure_png',
-           'report_html', 'bucket_figure', 'sample_preview', 'saved_config', 'CheckView', 'CacheView', 'smooth',
-           'loss_figure', 'eta_text', 'run_state', 'TrainView', 'lora_choices', 'SampleView', 'default_config',
-           'MemoryView', 'Workbench', 'runtime_info', 'dataset_size', 'training_tokens', 'fit_training_settings',
-           'validation_size', 'folder_config']
+           'report_html', 'bucket_figure', 'sample_preview', 'saved_config', 'failure_html', 'printed_html', 'Outcome',
+           'guarded', 'CheckView', 'CacheView', 'smooth', 'loss_figure', 'eta_text', 'run_state', 'TrainView',
+           'free_folder', 'lora_choices', 'SampleView', 'default_config', 'model_dims', 'fits_line', 'MemoryView',
+           'Workbench', 'runtime_info', 'dataset_size', 'training_tokens', 'training_shapes', 'fit_training_settings',
+           'validation_size', 'clip_frames', 'folder_config', 'card_story', 'text_progress']
 
 # %% ../nbs/11_widgets.ipynb #f213e77f
 def field_text(key: Key, value) -> str:
@@ -74,16 +77,18 @@ class ConfigForm:
         self.datasets = W.Textarea(placeholder='[{"id": "my-clips", "instance_data_dir": "data/clips"}]',
                                    layout=W.Layout(width="95%", height="220px"))
         self.datasets_note, self.status = W.HTML(), W.HTML()
-        load, save = W.Button(description="Load", icon="folder-open"), W.Button(description="Save", icon="save", button_style="primary")
+        load = W.Button(description="Load", icon="folder-open")
+        self.save_button = W.Button(description="Save", icon="save", button_style="primary")
         load.on_click(lambda _: self.load())
-        save.on_click(lambda _: self.save())
+        self.save_button.on_click(lambda _: self.save())
         for name, w in self.inputs.items(): w.observe(lambda _, n=name: self.check_field(n), "value")
         self.datasets.observe(lambda _: self.check_datasets(), "value")
-        rows = [W.HBox([W.Label(k.name, layout=W.Layout(width="280px", flex="0 0 280px")), self.inputs[k.name], self.notes[k.name]]) for k in TRAIN_KEYS]
-        self.widget = W.VBox([W.HBox([self.path, load, save]), self.status, *rows,
+        rows = [W.HBox([W.Label(k.name, layout=W.Layout(width="280px", flex="0 0 280px")), self.inputs[k.name],
+                        self.notes[k.name]]) for k in TRAIN_KEYS]
+        self.widget = W.VBox([W.HBox([self.path, load, self.save_button]), self.status, *rows,
                               W.HTML("<b>Dataset list</b> (the <code>multidatabackend.json</code> that data_backend_config names)"),
                               self.datasets, self.datasets_note])
-        if Path(path).is_file(): self.load()
+        self.load()
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
@@ -124,10 +129,20 @@ def check_field(self: ConfigForm, name: str) -> str | None:
 
 # %% ../nbs/11_widgets.ipynb #47e8b365
 @patch
+def show_missing(self: ConfigForm):
+    "Say that the config file does not exist yet and offer to create it: Save becomes Create."
+    self.save_button.description = "Create"
+    self.status.value = _note(f"{Path(self.path.value)} does not exist yet — fill in the form (at least "
+                              "pretrained_model_name_or_path and the dataset list), then press Create to write it; "
+                              "or type the path of an existing config.json and press Load", True)
+
+
+@patch
 def load(self: ConfigForm, path=None):
-    "Fill the form from `config.json` (comments allowed) and the dataset list it names."
+    "Fill the form from `config.json` (comments allowed) and the dataset list it names; a missing file is offered for creation."
     if path is not None: self.path.value = str(path)
     path = Path(self.path.value)
+    if not path.is_file(): return self.show_missing()
     try:
         d = read_jsonc(path)
         if not isinstance(d, dict): raise ConfigError(f"{path}: expected a JSON object {{...}} at the top level")
@@ -145,6 +160,7 @@ def load(self: ConfigForm, path=None):
     for n in self.inputs:
         if n in unshowable: self.errors[n], self.notes[n].value = unshowable[n], _note(unshowable[n], True)
         else: self.check_field(n)
+    self.save_button.description = "Save"
     self.status.value = _note(f"loaded {path}")
 
 @patch
@@ -169,6 +185,7 @@ def save(self: ConfigForm, path=None) -> Path | None:
         if not ds.is_file() or ds.read_text(encoding="utf-8") != self.datasets.value: ds.write_text(self.datasets.value, encoding="utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    self.save_button.description = "Save"
     self.status.value = _note(f"saved {path}")
     return path
 
@@ -248,6 +265,9 @@ def sample_preview(sample, width: int = 160) -> str:
 def saved_config(source):
     "`(TrainConfig, path)` from a `config.json` path or a `ConfigForm` (saved first); raises `ConfigError`."
     if isinstance(source, ConfigForm):
+        if not Path(source.path.value).is_file():
+            raise ConfigError(f"{source.path.value}: the config file does not exist yet — fill in the Config tab and press "
+                              "Create (nothing was written)")
         path = source.save()
         if path is None: raise ConfigError(f"{source.path.value}: the config form has errors — {source.config_error()}")
     else: path = Path(source)
@@ -260,29 +280,71 @@ def config_error(self: ConfigForm) -> str:
     try: self.config(); return ""
     except ConfigError as e: return str(e)
 
+# %% ../nbs/11_widgets.ipynb #20dd41fb
+def _details(summary: str, text: str) -> str:
+    return (f"<details><summary style='cursor:pointer;color:#666;font-size:90%'>{html.escape(summary)}</summary>"
+            f"<pre style='font-size:85%;white-space:pre-wrap'>{html.escape(text)}</pre></details>") if text.strip() else ""
 
-def _error(e) -> str:
-    "An error in red; exceptions other than config errors are named by their type (a crash in a view never goes unseen)."
-    msg = e if isinstance(e, (str, ConfigError)) else f"{type(e).__name__}: {e}"
-    return f"<pre style='color:#c62828;white-space:pre-wrap'>{html.escape(str(msg))}</pre>"
+
+def failure_html(e, details: str = "") -> str:
+    """A failure as one readable line in red (`service.error_line` of an exception, or the text given), with the rest —
+    the whole message, what the step printed, the traceback — collapsed beneath it."""
+    line = error_line(e) if isinstance(e, BaseException) else str(e)
+    tb = "".join(traceback.format_exception(e)) if isinstance(e, BaseException) else ""
+    more = "\n".join(t.strip() for t in (details, tb) if t.strip())
+    return (f"<div style='color:#c62828;font-weight:bold;white-space:pre-wrap'>{html.escape(line)}</div>"
+            + _details("details", more))
+
+
+def printed_html(text: str) -> str:
+    "What a step wrote to stderr (warnings, notices), collapsed: kept for the curious, never a red block."
+    n = len(text.strip().splitlines())
+    return _details(f"{n} line{'s' * (n != 1)} of messages", text)
+
+# %% ../nbs/11_widgets.ipynb #1a7fa462
+@dataclass
+class Outcome:
+    "What `guarded` ran: the value, or the exception it raised; and what it wrote to stderr."
+    value: object = None
+    error: BaseException | None = None
+    printed: str = ""
+    @property
+    def ok(self) -> bool: return self.error is None
+
+
+def guarded(status: W.HTML, fn, out: W.Output | None = None, busy: str = "") -> Outcome:
+    """Run `fn()` for a view: `status` cleared first (or showing `busy`), `out` cleared and receiving what `fn` displays
+    (progress bars), stderr kept aside. A failure is shown in `status` (`failure_html`) and returned, never raised."""
+    status.value = _note(busy) if busy else ""
+    if out is not None: out.clear_output()
+    err, result = io.StringIO(), Outcome()
+    with out if out is not None else contextlib.nullcontext():
+        try:
+            with contextlib.redirect_stderr(err): result.value = fn()
+        except Exception as e: result.error = e
+    result.printed = err.getvalue()
+    if result.error is not None: status.value = failure_html(result.error, result.printed)
+    return result
 
 # %% ../nbs/11_widgets.ipynb #1780602a
 class CheckView:
-    "Check the datasets: the report as tables, the bucket histogram, the first clips inline with their start frames."
+    "Check the datasets and the checkpoint: the report as tables, the bucket histogram, the first clips inline with their start frames."
     def __init__(self, config, previews: int = 4):
         self.source, self.previews, self.report = config, previews, None
         self.button = W.Button(description="Check data", icon="search", button_style="primary")
         self.button.on_click(lambda _: self.run())
-        self.table, self.plot, self.clips = W.HTML(), W.Image(format="png", layout=W.Layout(max_width="480px")), W.HTML()
-        self.widget = W.VBox([self.button, self.table, self.plot, self.clips])
+        self.status, self.table, self.clips = W.HTML(), W.HTML(), W.HTML()
+        self.plot = W.Image(format="png", layout=W.Layout(max_width="480px"))
+        self.widget = W.VBox([self.button, self.status, self.table, self.plot, self.clips])
 
     def run(self):
-        "Check the data of the (saved) config and fill the view; returns the `DataReport` (None on a config error)."
-        from longcat_nb.data import check_datasets
-        self.table.value, self.clips.value = "checking …", ""
-        try: self.report = check_datasets(saved_config(self.source)[0])
-        except Exception as e:
-            self.table.value = _error(e); return None
+        "Check the data and checkpoint of the (saved) config (`service.check`) and fill the view; returns the `DataReport` (None on an error)."
+        from longcat_nb.service import check
+        self.table.value, self.plot.value, self.clips.value, self.report = "", b"", "", None
+        r = guarded(self.status, lambda: check(saved_config(self.source)[0]), busy="checking …")
+        if not r.ok: return None
+        self.report = r.value
+        self.status.value = printed_html(r.printed)
         self.table.value = report_html(self.report)
         self.plot.value = figure_png(bucket_figure(self.report))
         self.clips.value = "".join(sample_preview(s) for s in self.report.samples[:self.previews])
@@ -297,18 +359,18 @@ class CacheView:
         self.source, self.summary = config, None
         self.button = W.Button(description="Build cache", icon="database", button_style="primary")
         self.button.on_click(lambda _: self.run())
-        self.out, self.result = W.Output(), W.HTML()
-        self.widget = W.VBox([self.button, self.out, self.result])
+        self.status, self.out, self.result = W.HTML(), W.Output(), W.HTML()
+        self.widget = W.VBox([self.button, self.status, self.out, self.result])
 
     def run(self):
         "Build the caches of the (saved) config; returns the `CacheSummary` (None on an error, which the view shows)."
         from longcat_nb.caching import build_cache
-        self.result.value = ""
-        try:
-            with self.out: self.summary = build_cache(saved_config(self.source)[0])
-        except Exception as e:
-            self.result.value = _error(e); return None
+        self.result.value, self.summary = "", None
+        r = guarded(self.status, lambda: build_cache(saved_config(self.source)[0]), self.out)
+        if not r.ok: return None
+        self.summary = r.value
         self.out.clear_output()
+        self.status.value = printed_html(r.printed)
         self.result.value = f"<pre>{html.escape(str(self.summary))}</pre>"
         return self.summary
 
@@ -364,20 +426,34 @@ def run_state(events: list[dict]) -> dict:
 # %% ../nbs/11_widgets.ipynb #1f6b1ef9
 class TrainView:
     "Start, stop and resume training in a separate process; a live loss curve, s/step, ETA, peak memory and the latest validation video."
-    def __init__(self, config, poll_seconds: float = 2.0):
-        self.source, self.poll_seconds, self.proc, self.output_dir, self._thread = config, poll_seconds, None, None, None
+    def __init__(self, config, poll_seconds: float = 2.0, background: bool = True):
+        self.source, self.poll_seconds, self.background = config, poll_seconds, background
+        self.proc, self.output_dir, self._thread, self.before_start = None, None, None, None
         self._curve_from = self._state_from = 0    # events before these indices belong to earlier runs
         self.start_button = W.Button(description="Start", icon="play", button_style="success")
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning")
         self.resume_button = W.Button(description="Resume", icon="step-forward", button_style="info")
+        self.steps = W.Text(description="steps", placeholder="config", layout=W.Layout(width="180px"),
+                            tooltip="max_train_steps of the run; empty: the config's")
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.resume_button.on_click(lambda _: self.start(resume=True))
+        self.choices = self._choice_buttons()
         self.status, self.stats, self.video = W.HTML(), W.HTML(), W.HTML()
         self.plot = W.Image(format="png", layout=W.Layout(max_width="560px"))
-        self.widget = W.VBox([W.HBox([self.start_button, self.stop_button, self.resume_button]), self.status, self.stats,
-                              self.plot, self.video])
+        self.widget = W.VBox([W.HBox([self.start_button, self.stop_button, self.resume_button, self.steps]), self.status,
+                              self.choices, self.stats, self.plot, self.video])
         self.attach()
+
+    def _choice_buttons(self) -> W.HBox:
+        "Resume / new folder / overwrite: offered when Start finds a run in output_dir."
+        resume = W.Button(description="Resume that run", icon="step-forward", layout=W.Layout(width="auto"))
+        new = W.Button(description="Start in a new folder", icon="folder", layout=W.Layout(width="auto"))
+        over = W.Button(description="Overwrite it", icon="trash", button_style="danger", layout=W.Layout(width="auto"))
+        resume.on_click(lambda _: self.start(resume=True))
+        new.on_click(lambda _: self.start_in_new_folder())
+        over.on_click(lambda _: self.start(overwrite=True))
+        return W.HBox([resume, new, over], layout=W.Layout(display="none"))
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
@@ -392,6 +468,16 @@ def _pid_alive(pid: int) -> bool:
     except OSError: return True                               # no /proc (macOS): trust the pid
 
 
+def free_folder(path) -> Path:
+    "`path` when it holds no run, else the first of `path-2`, `path-3`, … that holds none."
+    from longcat_nb.training import previous_run
+    path, n = Path(path), 2
+    candidate = path
+    while previous_run(candidate):
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return candidate
+
+
 @patch
 def running(self: TrainView) -> bool:
     "Is the training process (started here, or found through `train.pid`) alive?"
@@ -400,27 +486,72 @@ def running(self: TrainView) -> bool:
     return bool(pid_file and pid_file.is_file() and _pid_alive(int(pid_file.read_text() or 0)))
 
 @patch
-def start(self: TrainView, resume: bool = False, max_train_steps: int | None = None):
-    "Save the config and start `python -m longcat_nb.training` on it (with `resume_from_checkpoint` latest when `resume`)."
-    try: cfg, path = saved_config(self.source)
-    except ConfigError as e:
-        self.status.value = _error(e); return
-    self.output_dir = Path(cfg.output_dir)
+def step_count(self: TrainView) -> int | None:
+    "The steps field as `max_train_steps` (None when empty); raises `ConfigError` for anything but a positive whole number."
+    text = self.steps.value.strip()
+    if not text: return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"steps = {text!r}: expected a whole number of optimizer steps above 0 — e.g. 200, or empty for "
+                          "the config's max_train_steps")
+    return int(text)
+
+# %% ../nbs/11_widgets.ipynb #88194afa
+@patch
+def start(self: TrainView, resume: bool = False, max_train_steps: int | None = None, overwrite: bool = False,
+          output_dir=None):
+    """Save the config and start `python -m longcat_nb.training` on it: from the latest checkpoint (`resume`), for
+    `max_train_steps` (else the steps field), into `output_dir` (else the config's), deleting an earlier run there
+    (`overwrite`). A new run into a folder that holds another offers Resume / new folder / overwrite in the view."""
+    self.choices.layout.display = "none"
+    guarded(self.status, lambda: self._launch(resume, max_train_steps, overwrite, output_dir))
+
+@patch
+def _launch(self: TrainView, resume, max_train_steps, overwrite, output_dir):
+    from longcat_nb.training import previous_run, read_progress
+    cfg, path = saved_config(self.source)
+    steps = max_train_steps if max_train_steps is not None else self.step_count()
+    self.output_dir = Path(output_dir or cfg.output_dir).resolve()
     if self.running():
         self.status.value = _note("training is already running — Stop it first"); return
+    found = previous_run(self.output_dir)
+    if found and not (resume or overwrite or cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
+        return self.offer_choices(found)
+    if self.before_start: self.before_start()
     self.output_dir.mkdir(parents=True, exist_ok=True)
-    from longcat_nb.training import read_progress
-    self._state_from = len(read_progress(self.output_dir))
+    self._state_from = 0 if overwrite else len(read_progress(self.output_dir))
     if not resume: self._curve_from = self._state_from     # a resumed run continues the curve; a new run starts one
     cmd = [sys.executable, "-m", "longcat_nb.training", "--config", str(path)]
     if resume: cmd += ["--resume-from-checkpoint", "latest"]
-    if max_train_steps is not None: cmd += ["--max-train-steps", str(max_train_steps)]
+    if steps is not None: cmd += ["--max-train-steps", str(steps)]
+    if output_dir is not None: cmd += ["--output-dir", str(self.output_dir)]
+    if overwrite: cmd += ["--overwrite-output-dir"]
     with open(self.output_dir / "train.log", "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n"); log.flush()
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     (self.output_dir / "train.pid").write_text(str(self.proc.pid))
     self.status.value = _note(f"{'resuming' if resume else 'starting'} (process {self.proc.pid}, log: {self.output_dir / 'train.log'})")
-    self._poll()
+    if self.background: self._poll()
+
+@patch
+def offer_choices(self: TrainView, found):
+    "Say what `output_dir` holds and show the Resume / new folder / overwrite buttons."
+    from longcat_nb.training import read_progress
+    st = run_state(read_progress(self.output_dir))
+    where = f"stopped at step {st['step']}" if st["state"] == "stopped" else \
+            f"finished at step {st['step']}" if st["state"] == "done" else f"{len(found)} files"
+    self.status.value = (f"<div style='color:#e65100;font-weight:bold'>{html.escape(str(self.output_dir))} already holds "
+                         f"a run ({where}) — resume it, start in a new folder ({free_folder(self.output_dir).name}), or "
+                         "overwrite it (deletes its checkpoints and LoRA files):</div>")
+    self.choices.layout.display = "flex"
+
+@patch
+def start_in_new_folder(self: TrainView):
+    "Start a new run in the first free sibling of output_dir (written into the config form when there is one)."
+    new = free_folder(self.output_dir)
+    if isinstance(self.source, ConfigForm):
+        self.source.inputs["output_dir"].value = str(new)
+        return self.start()
+    self.start(output_dir=new)
 
 @patch
 def stop(self: TrainView):
@@ -450,13 +581,26 @@ def wait(self: TrainView, timeout: float | None = None) -> dict:
     return self.refresh()
 
 @patch
+def follow(self: TrainView) -> dict:
+    """Redraw from this thread until the run ends (Colab and Kaggle show no widget updates made from a background
+    thread); an interrupt (■) asks the run to stop with a checkpoint and keeps following until it has stopped.
+    Returns the final `run_state`."""
+    while self.running():
+        try:
+            self.refresh()
+            time.sleep(self.poll_seconds)
+        except KeyboardInterrupt: self.stop()
+    return self.refresh()
+
+@patch
 def attach(self: TrainView):
     "Show the run of the config's output_dir as it stands; follow it when its process is still alive (after a reconnect)."
     try: cfg = self.source.config() if isinstance(self.source, ConfigForm) else load_config(self.source)
-    except ConfigError: return
+    except (ConfigError, OSError): return
     self.output_dir = Path(cfg.output_dir)
+    self.steps.value = "" if cfg.max_train_steps is None else str(cfg.max_train_steps)
     if (self.output_dir / "progress.jsonl").is_file(): self.refresh()
-    if self.running(): self._poll()
+    if self.running() and self.background: self._poll()
 
 @patch
 def _log_tail(self: TrainView, lines: int = 15) -> str:
@@ -482,9 +626,11 @@ def refresh(self: TrainView) -> dict:
     if st["video"] and Path(st["video"]).is_file() and st["video"] != getattr(self, "_shown", None):
         self.video.value, self._shown = video_html(st["video"], 320, f"latest validation: {Path(st['video']).name}"), st["video"]
     rc = self.proc.poll() if self.proc is not None else None
-    if st["state"] == "error": self.status.value = _error(f"training failed: {st['message']}")
+    log = f"end of {Path(self.output_dir) / 'train.log'}:\n{self._log_tail()}"
+    if st["state"] == "error": self.status.value = failure_html(f"training failed: {st['message']}", log)
     elif rc not in (None, 0) or (not alive and st["state"] == "running"):
-        self.status.value = _error(f"training process ended (exit code {rc}) — end of {Path(self.output_dir) / 'train.log'}:\n{self._log_tail()}")
+        last = next((l for l in reversed(self._log_tail().splitlines()) if l.strip()), "no message")
+        self.status.value = failure_html(f"training process ended (exit code {rc}): {last}", log)
         st["state"] = "error"
     elif st["state"] == "stopped": self.status.value = _note(f"stopped at step {st['step']}: checkpoint written — Resume continues from it")
     elif st["state"] == "done": self.status.value = _note("done — LoRA files: " + ", ".join(Path(p).name for p in st["loras"]))
@@ -500,9 +646,9 @@ def lora_choices(output_dir) -> list[tuple[str, str]]:
 
 # %% ../nbs/11_widgets.ipynb #e59377cb
 class SampleView:
-    "Sample a video with the config's checkpoint and an optional LoRA; the video is shown inline and saved."
+    "Sample a video with the config's checkpoint and an optional LoRA; the pipeline stays loaded between clicks."
     def __init__(self, config):
-        self.source, self.path = config, None
+        self.source, self.path, self.sampler = config, None, Sampler()
         self.prompt = W.Textarea(placeholder="a fox running through snow", description="prompt", layout=W.Layout(width="90%"))
         self.negative_prompt = W.Text(description="negative", layout=W.Layout(width="90%"))
         self.image = W.Text(description="start image", placeholder="path to a PNG/JPEG: image-to-video", layout=W.Layout(width="90%"))
@@ -516,10 +662,10 @@ class SampleView:
         refresh.on_click(lambda _: self.find_loras())
         self.button = W.Button(description="Generate", icon="film", button_style="primary")
         self.button.on_click(lambda _: self.generate())
-        self.out, self.result = W.Output(), W.HTML()
+        self.status, self.out, self.result = W.HTML(), W.Output(), W.HTML()
         self.widget = W.VBox([self.prompt, self.negative_prompt, self.image, W.HBox([self.size, self.frames]),
                               W.HBox([self.steps, self.guidance]), W.HBox([self.seed, self.distilled]),
-                              W.HBox([self.lora, refresh, self.strength]), self.button, self.out, self.result])
+                              W.HBox([self.lora, refresh, self.strength]), self.button, self.status, self.out, self.result])
         self.find_loras()
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
@@ -527,44 +673,52 @@ class SampleView:
     def find_loras(self):
         "Offer the LoRA files of the config's output_dir."
         try: out = Path(self.source.config().output_dir if isinstance(self.source, ConfigForm) else load_config(self.source).output_dir)
-        except ConfigError: return
+        except (ConfigError, OSError): return
         self.lora.options = lora_choices(out)
 
 # %% ../nbs/11_widgets.ipynb #ace67220
+def _number(w: W.Text, name: str, kind, example):
+    "A number field: None when empty, else the number; a `ConfigError` naming the field for anything else."
+    text = w.value.strip()
+    if not text: return None
+    try: return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} = {text!r}: expected {what} — e.g. {example}, or empty for the config's value") from None
+
+
 @patch
-def argv(self: SampleView, config_path, output) -> list[str]:
-    "The `longcat-nb sample` arguments the fields describe."
-    a = ["sample", "--config", str(config_path), "--prompt", self.prompt.value, "--seed", str(self.seed.value), "--output", str(output)]
-    for flag, w in (("--negative-prompt", self.negative_prompt), ("--image", self.image), ("--size", self.size),
-                    ("--frames", self.frames), ("--steps", self.steps), ("--guidance", self.guidance)):
-        if w.value.strip(): a += [flag, w.value.strip()]
-    if self.lora.value: a += ["--lora", f"{self.lora.value}:{self.strength.value:g}"]
-    return a + (["--distilled"] if self.distilled.value else [])
+def request(self: SampleView, output) -> SampleRequest:
+    "The `SampleRequest` the fields describe, written to `output`; raises `ConfigError` for a field that cannot work."
+    if not self.prompt.value.strip(): raise ConfigError("prompt: empty — type what the video should show")
+    return SampleRequest(prompt=self.prompt.value.strip(), negative_prompt=self.negative_prompt.value.strip() or None,
+                         image=self.image.value.strip() or None, size=self.size.value.strip() or None,
+                         lora=[f"{self.lora.value}:{self.strength.value:g}"] if self.lora.value else None,
+                         frames=_number(self.frames, "frames", int, 93), steps=_number(self.steps, "steps", int, 40),
+                         guidance=_number(self.guidance, "guidance", float, 4.0), seed=self.seed.value,
+                         distilled=self.distilled.value, output=str(output))
+
+@patch
+def _generate(self: SampleView) -> Path:
+    cfg, _ = saved_config(self.source)
+    folder = Path(cfg.output_dir) / "samples"
+    output = folder / f"sample_{len(list(folder.glob('sample_*.mp4'))):03d}.mp4"
+    req = self.request(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    return self.sampler.generate(cfg, req, say=lambda text: setattr(self.status, "value", _note(text)))
 
 @patch
 def generate(self: SampleView) -> Path | None:
     "Sample with the fields' settings; saves `output_dir/samples/sample_NNN.mp4`, shows it, returns its path (None on an error, shown in the view)."
-    from longcat_nb.cli import cmd_sample, parser
-    self.result.value = ""
-    if not self.prompt.value.strip():
-        self.result.value = _error("prompt: empty — type what the video should show"); return None
-    try:
-        cfg, path = saved_config(self.source)
-        folder = Path(cfg.output_dir) / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        output = folder / f"sample_{len(list(folder.glob('sample_*.mp4'))):03d}.mp4"
-        args = parser().parse_args(self.argv(path, output))
-        with self.out: rc = cmd_sample(args)
-        if rc != 0 or not output.is_file():
-            raise RuntimeError(f"longcat-nb sample ended with exit code {rc} and wrote no video — its message is above")
-    except SystemExit:             # argparse: its message went to stderr
-        self.result.value = _error("invalid arguments — check frames, steps, guidance (numbers) and size (WIDTHxHEIGHT)"); return None
-    except Exception as e:
-        self.result.value = _error(e); return None
+    self.result.value, loads, t0 = "", self.sampler.loads, time.time()
+    r = guarded(self.status, self._generate, self.out)
+    if not r.ok: return None
     self.out.clear_output()
-    self.path = output
-    self.result.value = video_html(output, 320, str(output))
-    return output
+    self.path = r.value
+    how = "loaded the pipeline" if self.sampler.loads > loads else "reused the loaded pipeline"
+    self.status.value = _note(f"{r.value.name} in {time.time() - t0:.1f} s ({how})") + printed_html(r.printed)
+    self.result.value = video_html(r.value, 320, str(r.value))
+    return r.value
 
 # %% ../nbs/11_widgets.ipynb #54974f60
 def default_config(config=None, root="runs/tiny") -> Path:
@@ -573,52 +727,105 @@ def default_config(config=None, root="runs/tiny") -> Path:
     from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
     path = Path(root) / "config.json"
     if not path.is_file():
-        make_example_dataset(root, checkpoint=tiny_checkpoint(), max_train_steps=40, learning_rate=3e-3,
-                             checkpointing_steps=20, validation_steps=20)
+        make_example_dataset(root, checkpoint=tiny_checkpoint(), max_train_steps=400, learning_rate=3e-3,
+                             checkpointing_steps=50, validation_steps=200)
     return path.resolve()
 
 # %% ../nbs/11_widgets.ipynb #0f6f8019
+def model_dims(ckpt) -> tuple[int, int, int]:
+    "`(blocks, width, heads)` of the transformer in the checkpoint folder `ckpt` (its `dit/config.json`)."
+    d = json.loads((Path(ckpt) / "dit" / "config.json").read_text())
+    return d["depth"], d["hidden_size"], d["num_heads"]
+
+
+def fits_line(plain, chosen, gpu_gib: float, host_gib: float) -> str:
+    "Whether the config's own settings (`plain`) fit the budgets, and what the plan (`chosen`) changes, in a line."
+    import inspect
+    from longcat_nb.memory import choose_plan
+    margin = inspect.signature(choose_plan).parameters["margin"].default    # the planner's own headroom
+    mine = f"peak {plain.gpu_gib:.1f} of {gpu_gib:.1f} GiB GPU, {plain.host_gib:.1f} of {host_gib:.1f} GiB host, ~{plain.step_s:.1f} s/step"
+    if plain.gpu_gib <= margin * gpu_gib and plain.host_gib <= margin * host_gib:
+        head = f"✓ fits: your settings predict {mine}"
+    else: head = f"✗ does not fit: your settings predict {mine}"
+    if chosen.settings() == plain.settings(): return head
+    return f"{head}; the plan ({chosen.precision}, {chosen.blocks_to_swap} blocks swapped) predicts peak {chosen.gpu_gib:.1f} GiB, ~{chosen.step_s:.1f} s/step"
+
+
 class MemoryView:
     "The memory planner's choice for the config on this (or a given) GPU and host RAM; applies it to the form."
     def __init__(self, config):
         from longcat_nb.memory import machine_memory
         name, gpu, host = machine_memory()
         self.source, self.plan = config, None
-        self.gpu_name = W.Text(value=name if gpu else "NVIDIA A100", description="GPU")
-        self.gpu_gib = W.FloatText(value=round(gpu or 40.0, 1), description="GPU GiB")
+        self.gpu_name = W.Text(value=name if gpu else "NVIDIA A100-SXM4-40GB", description="GPU")
+        self.gpu_gib = W.FloatText(value=round(gpu or 39.4, 1), description="GPU GiB")
         self.host_gib = W.FloatText(value=round(host, 1), description="host GiB")
+        machine = f"GPU detected: {name}, {gpu:.1f} GiB; host RAM {host:.1f} GiB" if gpu else \
+            (f"No CUDA GPU detected here: planning for the card in the fields (an A100 40 GB unless you type another) "
+             f"with this machine's {host:.1f} GiB of host RAM")
+        self.machine = W.HTML(_note(machine))
         self.button = W.Button(description="Plan", icon="calculator", button_style="primary")
-        self.use = W.Button(description="Use these settings", icon="check", disabled=True)
+        self.use = W.Button(description="Use these settings", icon="check", disabled=True, layout=W.Layout(width="auto"))
         self.button.on_click(lambda _: self.run()); self.use.on_click(lambda _: self.apply())
-        self.result = W.HTML()
-        self.widget = W.VBox([W.HBox([self.gpu_name, self.gpu_gib, self.host_gib]), W.HBox([self.button, self.use]), self.result])
-
-    def run(self):
-        "Plan for the (saved) config; returns the chosen `MemoryPlan` (None on an error, which the view shows)."
-        from longcat_nb.memory import format_plans, plan_for_config
-        self.result.value, self.use.disabled, self.plan = "", True, None
-        try:
-            plain, self.plan, notes = plan_for_config(saved_config(self.source)[0], self.gpu_gib.value, self.host_gib.value,
-                                                      self.gpu_name.value)
-        except Exception as e:
-            self.result.value = _error(e); return None
-        self.result.value = f"<pre>{html.escape(format_plans(plain, self.plan, notes))}</pre>"
-        self.use.disabled = not isinstance(self.source, ConfigForm)
-        return self.plan
-
-    def apply(self):
-        "Write the chosen settings into the config form (saving the form keeps them)."
-        for k, v in self.plan.settings().items(): self.source.inputs[k].value = v if isinstance(v, bool) else field_text(self.source.keys[k], v)
+        self.status, self.result = W.HTML(), W.HTML()
+        self.widget = W.VBox([self.machine, W.HBox([self.gpu_name, self.gpu_gib, self.host_gib]), W.HBox([self.button, self.use]),
+                              self.status, self.result])
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
+# %% ../nbs/11_widgets.ipynb #c008f4c0
+@patch
+def _plan(self: MemoryView):
+    from longcat_nb.config import resolve_checkpoint
+    from longcat_nb.memory import config_tokens, format_plans, plan_for_config, predict
+    cfg = saved_config(self.source)[0]
+    gpu, host = self.gpu_gib.value, self.host_gib.value
+    plain, chosen, notes = plan_for_config(cfg, gpu, host, self.gpu_name.value)
+    lines = [fits_line(plain, chosen, gpu, host), "", format_plans(plain, chosen, notes)]
+    depth, hidden, heads = model_dims(resolve_checkpoint(cfg))
+    if (depth, hidden) != (48, 4096):
+        own = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, config_tokens(cfg)[0],
+                      cfg.lora_rank, depth=depth, hidden=hidden, heads=heads, ffn_chunks=cfg.ffn_chunks)
+        lines += ["", f"This checkpoint is not the released 13.6B model ({depth} blocks × {hidden} wide): the figures above "
+                      f"are the released model's. This model's own step, with your settings: peak {own.gpu_gib:.1f} GiB "
+                      f"GPU, {own.host_gib:.1f} GiB host."]
+    return chosen, lines
+
+@patch
+def run(self: MemoryView):
+    "Plan for the (saved) config; returns the chosen `MemoryPlan` (None on an error, which the view shows)."
+    self.result.value, self.use.disabled, self.plan = "", True, None
+    r = guarded(self.status, self._plan)
+    if not r.ok:
+        from longcat_nb.memory import PlanError
+        if isinstance(r.error, PlanError): self.status.value = failure_html(f"✗ does not fit: {error_line(r.error)}", r.printed)
+        return None
+    self.plan, lines = r.value
+    self.status.value = f"<b>{html.escape(lines[0])}</b>"
+    self.result.value = f"<pre>{html.escape(chr(10).join(lines[2:]))}</pre>"
+    self.use.disabled = not isinstance(self.source, ConfigForm)
+    return self.plan
+
+@patch
+def apply(self: MemoryView) -> list[str]:
+    "Write the chosen settings into the config form (saving the form keeps them); says and returns what changed."
+    changed, values = [], self.source.values()
+    for k, v in self.plan.settings().items():
+        if values[k] == v: continue
+        changed.append(f"{k} {json.dumps(values[k])} → {json.dumps(v)}")
+        self.source.inputs[k].value = v if isinstance(v, bool) else field_text(self.source.keys[k], v)
+    self.status.value = _note("changed in the Config tab (Save or any step keeps them): " + ", ".join(changed) if changed
+                              else "the config already has these settings — nothing changed")
+    return changed
+
 # %% ../nbs/11_widgets.ipynb #b59caf1b
 class Workbench:
-    "Config, data check, cache, training and sampling views in tabs, sharing one `ConfigForm`."
+    "Config, data check, cache, memory, training and sampling views in tabs, sharing one `ConfigForm`."
     def __init__(self, config_path="config/config.json"):
         self.form = ConfigForm(config_path)
         self.check, self.cache = CheckView(self.form), CacheView(self.form)
         self.memory, self.train, self.sample = MemoryView(self.form), TrainView(self.form), SampleView(self.form)
+        self.train.before_start = self.sample.sampler.release     # the trainer gets the GPU memory the sampler held
         self.widget = W.Tab(children=[v.widget for v in (self.form, self.check, self.cache, self.memory, self.train, self.sample)],
                             titles=("Config", "Data", "Cache", "Memory", "Train", "Sample"))
 
@@ -652,20 +859,33 @@ def training_tokens(resolution: float, frames: int) -> int:
     return bucket_tokens(w, h, frames, 1)
 
 
-def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDIA A100", rank: int = 16) -> dict:
-    """The largest `(resolution, num_frames)` of `TRAINING_SHAPES` that the memory planner (`memory.choose_plan`) fits in
-    `gpu_gib` of GPU and `ram_gib` of host RAM at ≤ `memory.TOO_SLOW_S` s/step, with the memory settings it chose
-    (`base_model_precision`, `musubi_blocks_to_swap`, `activation_offload`); raises `RuntimeError` saying why none fits."""
-    from longcat_nb.memory import TOO_SLOW_S, PlanError, choose_plan, usable_precisions
-    why = None
+def training_shapes(max_frames: int | None = None) -> list[tuple[int, int]]:
+    "`TRAINING_SHAPES` with at most `max_frames` frames (cut to the largest 4k + 1 that fits), in order, without repeats."
+    if max_frames is None: return list(TRAINING_SHAPES)
+    cap, out = (max(1, max_frames) - 1) // 4 * 4 + 1, []
     for res, frames in TRAINING_SHAPES:
+        if (res, min(frames, cap)) not in out: out.append((res, min(frames, cap)))
+    return out
+
+# %% ../nbs/11_widgets.ipynb #333028c0
+def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDIA A100", rank: int = 16,
+                          max_frames: int | None = None) -> dict:
+    """The largest `(resolution, num_frames)` of `training_shapes(max_frames)` that the memory planner
+    (`memory.choose_plan`) fits in `gpu_gib` of GPU and `ram_gib` of host RAM at ≤ `memory.TOO_SLOW_S` s/step, with
+    the memory settings it chose. Raises the planner's `PlanError` when it refuses every shape for the same reason
+    (a card without bf16), else `RuntimeError` saying why none fits."""
+    from longcat_nb.memory import TOO_SLOW_S, PlanError, choose_plan, usable_precisions
+    refusals, why = [], None
+    for res, frames in training_shapes(max_frames):
         try: plan = choose_plan(training_tokens(res, frames), gpu_gib, ram_gib, rank, gpu_name, usable_precisions(gpu_name))
-        except PlanError as e: why = str(e); continue          # the reason for the smallest shape is reported
+        except PlanError as e:
+            refusals.append(str(e)); why = str(e); continue      # the reason for the smallest shape is reported
         if plan.step_s > TOO_SLOW_S:
             why = f"the best plan for {res}² px × {frames} frames takes ~{plan.step_s:.0f} s/step — too slow to train"
             continue
         return {"resolution": res, "num_frames": frames, "estimated_peak_gib": plan.gpu_gib,
                 "estimated_s_per_step": plan.step_s, **plan.settings()}
+    if len(refusals) == len(training_shapes(max_frames)) and len(set(refusals)) == 1: raise PlanError(refusals[0])
     raise RuntimeError(f"{gpu_name} with {gpu_gib:.1f} GiB and {ram_gib:.1f} GiB of host RAM: no training shape fits in reasonable "
                        f"time ({why}) — use a larger GPU (A100 40/80 GB, H100), more host RAM, or several GPUs with FSDP")
 
@@ -676,12 +896,24 @@ def validation_size(resolution: float) -> str:
     return f"{w}x{h}"
 
 
-def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num_frames: int = 93, **keys) -> Path:
+def clip_frames(data_dir, fps: float = 15.0) -> dict[str, int]:
+    "Frames at `fps` of each readable video under `data_dir` (not its `start_frames/`), by path relative to it."
+    from longcat_nb.data import VIDEO_EXTS, MediaError, probe_media
+    data_dir, out = Path(data_dir), {}
+    for p in sorted(data_dir.rglob("*")):
+        if p.suffix.lower() not in VIDEO_EXTS - {".gif"} or "start_frames" in p.relative_to(data_dir).parts: continue
+        try: out[str(p.relative_to(data_dir))] = probe_media(p, fps, image=False).frames
+        except (OSError, MediaError): continue                 # the data check reports it with its fix
+    return out
+
+
+def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num_frames: int = 93,
+                  min_frames: int | None = None, **keys) -> Path:
     "Write `output_dir/config.json` and `output_dir/multidatabackend.json` for the clips in `data_dir`; `keys` set other config keys. Returns the config path."
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
     size = dataset_size(resolution)
     clips = {"id": "clips", "dataset_type": "video", "instance_data_dir": str(data_dir), "caption_strategy": "textfile",
-             **size, "video": {"num_frames": num_frames}}
+             **size, "video": {"num_frames": num_frames, "min_frames": min_frames}}
     datasets = [clips]
     if (data_dir / "start_frames").is_dir():
         clips.update(is_i2v=True, conditioning_data=["start-frames"])
@@ -696,3 +928,31 @@ def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num
     (out / "multidatabackend.json").write_text(json.dumps(datasets, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out / "config.json"
+
+# %% ../nbs/11_widgets.ipynb #0eed0437
+def card_story(settings: dict, gpu_name: str, gpu_gib: float, ram_gib: float, steps: int) -> str:
+    "What `fit_training_settings` chose for this card, as one sentence with the total time of `steps` steps."
+    memory = [settings["base_model_precision"] + " base"]
+    if settings["musubi_blocks_to_swap"]: memory.append(f"{settings['musubi_blocks_to_swap']} blocks swapped to host RAM")
+    if settings["activation_offload"]: memory.append("activation offload")
+    if settings.get("ffn_chunks", 1) > 1: memory.append(f"the FFN in {settings['ffn_chunks']} chunks")
+    total = steps * settings["estimated_s_per_step"]
+    return (f"{gpu_name} ({gpu_gib:.1f} GiB, {ram_gib:.0f} GiB host RAM): clips of about {settings['resolution']}² px "
+            f"({validation_size(settings['resolution'])} for 16:9) × {settings['num_frames']} frames fit with "
+            f"{', '.join(memory)} — predicted peak {settings['estimated_peak_gib']:.1f} GiB, "
+            f"~{settings['estimated_s_per_step']:.0f} s/step, so {steps} steps take about {eta_text(total)} "
+            "(the planner's prediction, calibrated on an H200, not a measurement of this card).")
+
+# %% ../nbs/11_widgets.ipynb #349a2e6d
+def text_progress():
+    "Make the progress bars of the modules loaded so far, and of those loaded later, plain text on stdout."
+    import tqdm.auto, tqdm.std
+    class TextBar(tqdm.std.tqdm):
+        def __init__(self, *args, **kw):
+            kw.setdefault("file", sys.stdout); kw.setdefault("ascii", True); kw.setdefault("ncols", 100)
+            super().__init__(*args, **kw)
+    widget_bar = tqdm.auto.tqdm
+    tqdm.auto.tqdm = TextBar
+    for m in list(sys.modules.values()):
+        if getattr(m, "tqdm", None) is widget_bar: m.tqdm = TextBar
+    return TextBar
