@@ -22,7 +22,7 @@
 #   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|train|train2|memory|bsa|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|train|train2|memory|bsa|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -43,6 +43,11 @@ case $PART in
   tests)
     python -m pytest -q -rs tests/test_precision.py tests/test_compile_cuda.py tests/test_memory.py tests/test_kernels.py \
         tests/test_speed.py 2>&1 | tee "$OUT/pytest_cuda.log" | tail -15 ;;   # (pytest is on the image; nbdev is not)
+  memtests)   # issue 19: the stream test (new prefetch, then the old one, which must fail), swap/offload CUDA tests
+    python -m pytest -q -rs tests/test_memory.py 2>&1 | tee "$OUT/pytest_memory.log" | tail -8
+    python .dev/race_old.py 2>&1 | tail -3
+    python -c "import longcat_nb, os, torch; x = torch.empty(2**28, device='cuda'); \
+print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']][:3])" ;;
   train)   # the first run builds the checkpoint (~60 s) and the caches; later ones reuse both
     e2e default '{}'
     e2e recompute '{"checkpoint_attention": "recompute"}' ;;
