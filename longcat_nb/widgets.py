@@ -867,13 +867,13 @@ def training_shapes(max_frames: int | None = None) -> list[tuple[int, int]]:
         if (res, min(frames, cap)) not in out: out.append((res, min(frames, cap)))
     return out
 
-# %% ../nbs/11_widgets.ipynb #333028c0
+# %% ../nbs/11_widgets.ipynb #33bf527c
 def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDIA A100", rank: int = 16,
                           max_frames: int | None = None) -> dict:
     """The largest `(resolution, num_frames)` of `training_shapes(max_frames)` that the memory planner
     (`memory.choose_plan`) fits in `gpu_gib` of GPU and `ram_gib` of host RAM at ≤ `memory.TOO_SLOW_S` s/step, with
-    the memory settings it chose. Raises the planner's `PlanError` when it refuses every shape for the same reason
-    (a card without bf16), else `RuntimeError` saying why none fits."""
+    the memory settings it chose. Raises the planner's `PlanError` (for the smallest shape) when it refuses every shape
+    (a card without bf16, too little memory), else `RuntimeError` saying why none fits in reasonable time."""
     from longcat_nb.memory import TOO_SLOW_S, PlanError, choose_plan, usable_precisions
     refusals, why = [], None
     for res, frames in training_shapes(max_frames):
@@ -885,7 +885,7 @@ def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDI
             continue
         return {"resolution": res, "num_frames": frames, "estimated_peak_gib": plan.gpu_gib,
                 "estimated_s_per_step": plan.step_s, **plan.settings()}
-    if len(refusals) == len(training_shapes(max_frames)) and len(set(refusals)) == 1: raise PlanError(refusals[0])
+    if len(refusals) == len(training_shapes(max_frames)): raise PlanError(refusals[-1])    # the planner's own line
     raise RuntimeError(f"{gpu_name} with {gpu_gib:.1f} GiB and {ram_gib:.1f} GiB of host RAM: no training shape fits in reasonable "
                        f"time ({why}) — use a larger GPU (A100 40/80 GB, H100), more host RAM, or several GPUs with FSDP")
 
