@@ -89,7 +89,8 @@ def test_sampling_view_writes_and_shows_video(runs, tmp_path):
     view.lora.value = dict(view.lora.options)["lora_kohya.safetensors"]
     view.strength.value = 0.5
     view.button.click()
-    assert view.path is not None and view.path.parent == root / "data" / "output" / "samples", view.result.value
+    assert view.path is not None and view.path.parent == root / "data" / "output" / "samples", view.status.value
+    assert "loaded the pipeline" in view.status.value
     with av.open(str(view.path)) as c:
         frames = list(c.decode(video=0))
     assert len(frames) == 5 and (frames[0].width, frames[0].height) == (64, 48)
@@ -99,13 +100,14 @@ def test_sampling_view_writes_and_shows_video(runs, tmp_path):
     view.image.value, view.distilled.value, view.lora.value = str(img), True, ""
     first = view.path
     view.button.click()
-    assert view.path != first and view.path.stat().st_size > 0, view.result.value
+    assert view.path != first and view.path.stat().st_size > 0, view.status.value
+    assert "reused the loaded pipeline" in view.status.value and view.sampler.loads == 1   # LoRAs changed, not the pipeline
     view.size.value = "65x48"
     view.button.click()
-    assert "not divisible by 16" in view.result.value
+    assert "not divisible by 16" in view.status.value and view.result.value == ""
     view.size.value, view.frames.value = "64x48", "five"
     view.button.click()
-    assert "invalid arguments" in view.result.value
+    assert "frames = &#x27;five&#x27;: expected a whole number" in view.status.value
 
 
 def test_training_crash_shows_its_message(tmp_path):
@@ -137,8 +139,25 @@ def test_form_errors_stop_every_view(tmp_path):
     assert "config form has errors" in wb.train.status.value and wb.train.proc is None
     wb.sample.prompt.value = "x"
     wb.sample.button.click()
-    assert "config form has errors" in wb.sample.result.value
+    assert "config form has errors" in wb.sample.status.value
     wb.cache.button.click()
-    assert "config form has errors" in wb.cache.result.value
+    assert "config form has errors" in wb.cache.status.value
     assert lora_choices(tmp_path / "nothing") == [("none", "")]
     assert isinstance(wb.form, ConfigForm)
+
+
+def test_a_second_start_offers_resume_new_folder_or_overwrite(runs):
+    "Start on the finished run's folder: the tab says what the folder holds and offers the three ways on."
+    root, cfg, _ = runs
+    view = TrainView(cfg, poll_seconds=0.1)
+    view.steps.value = "2"
+    view.start_button.click()
+    assert view.proc is None and view.choices.layout.display == "flex", view.status.value
+    assert f"already holds a run (finished at step {STEPS})" in view.status.value and "output-2" in view.status.value
+    new = view.choices.children[1]
+    new.click()                                   # a new folder beside it, the config left as it is
+    st = view.wait(300)
+    assert view.output_dir == (root / "data" / "output-2").resolve() and st["state"] == "done" and st["step"] == 2, view.status.value
+    view.steps.value = "abc"
+    view.start_button.click()
+    assert "steps = &#x27;abc&#x27;: expected a whole number" in view.status.value and view.choices.layout.display == "none"
