@@ -1,0 +1,35 @@
+"The CLI face of the service: `check` refuses what cannot train, and a training run prints none of the third-party noise."
+import json, shutil, subprocess, sys
+
+from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
+
+CLI = [sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())"]
+NOISE = ("Failed to load", "register_constant()", "Unable to import `torchao` Tensor objects")
+
+
+def _cli(*args):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+
+
+def test_check_fails_when_nothing_can_train(tmp_path):
+    (tmp_path / "empty.json").write_text(json.dumps({"pretrained_model_name_or_path": str(tiny_checkpoint())}))
+    r = _cli("check", "--config", tmp_path / "empty.json")
+    assert r.returncode == 1 and "NOT OK: 0 usable samples" in r.stdout and "nothing to train" in r.stdout, r.stdout + r.stderr
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint(), ckpt)
+    (ckpt / "text_encoder" / "model-00003-of-00003.safetensors").unlink()     # an interrupted download
+    cfg = make_example_dataset(tmp_path / "data", n_clips=1, checkpoint=ckpt)
+    r = _cli("check", "--config", cfg)
+    assert r.returncode == 1 and "model-00003-of-00003.safetensors is missing" in r.stdout, r.stdout + r.stderr
+    assert "fetch the checkpoint again" in r.stdout
+    report = json.loads(_cli("check", "--config", cfg, "--json").stdout)
+    assert any(p["rule"] == "missing-dir" and p["dataset"] == "checkpoint" for p in report["problems"]), report
+
+
+def test_training_prints_our_warnings_but_no_third_party_noise(tmp_path):
+    cfg = make_example_dataset(tmp_path / "data", n_clips=1, checkpoint=tiny_checkpoint(), max_train_steps=1,
+                               validation_steps=0, aspect_bucket_alignment=32)     # forced to 64: our own warning
+    r = _cli("train", "--config", cfg)
+    assert r.returncode == 0, r.stderr
+    assert not [n for n in NOISE if n in r.stderr + r.stdout], r.stderr
+    assert "aspect_bucket_alignment" in r.stderr, r.stderr
