@@ -943,9 +943,9 @@ def card_story(settings: dict, gpu_name: str, gpu_gib: float, ram_gib: float, st
             f"~{settings['estimated_s_per_step']:.0f} s/step, so {steps} steps take about {eta_text(total)} "
             "(the planner's prediction, calibrated on an H200, not a measurement of this card).")
 
-# %% ../nbs/11_widgets.ipynb #349a2e6d
+# %% ../nbs/11_widgets.ipynb #74edde7a
 def text_progress():
-    "Make the progress bars of the modules loaded so far, and of those loaded later, plain text on stdout."
+    "Progress bars of the modules loaded so far and later as plain text on stdout; stderr to stdout (headless notebooks)."
     import tqdm.auto, tqdm.std
     class TextBar(tqdm.std.tqdm):
         def __init__(self, *args, **kw):
@@ -955,4 +955,5 @@ def text_progress():
     tqdm.auto.tqdm = TextBar
     for m in list(sys.modules.values()):
         if getattr(m, "tqdm", None) is widget_bar: m.tqdm = TextBar
+    sys.stderr = sys.stdout
     return TextBar
