@@ -1,5 +1,6 @@
-"The example notebooks, headless with papermill on their default parameters (the embedded tiny default), and their JSON figures."
-import json
+"""The example notebooks: the README's papermill commands verbatim (twice, after the workbench was used), the
+workbench notebook, and the Colab/Kaggle notebook on simulated runtimes."""
+import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -8,35 +9,57 @@ pm = pytest.importorskip("papermill")
 ROOT = Path(__file__).parents[1]
 
 
-def _run(name, cwd, **parameters):
-    out = cwd / "outputs"
-    out.mkdir(exist_ok=True)
-    pm.execute_notebook(str(ROOT / "examples" / f"{name}.ipynb"), str(out / f"{name}.ipynb"), kernel_name="python3",
-                        parameters=parameters, progress_bar=False, cwd=str(cwd))
-    return json.loads((out / f"{name}.json").read_text()), json.loads((out / f"{name}.ipynb").read_text())
+def _readme_block(heading: str) -> str:
+    "The first ```bash block after `heading` in the README."
+    text = (ROOT / "README.md").read_text()
+    return re.search(r"```bash\n(.*?)```", text[text.index(heading):], re.S)[1]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("examples")
+def clone(tmp_path_factory):
+    "A copy of the repository's files as git has them (a fresh clone) with `.venv` from the set-up, and a workbench run."
+    dst = tmp_path_factory.mktemp("clone")
+    for f in subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines():
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    (dst / ".venv").symlink_to(Path(sys.prefix))
+    env = {**os.environ, "PYTHONPATH": str(dst)}
+    used = ("import os; from longcat_nb.widgets import Workbench, default_config; wb = Workbench(default_config()); "
+            "wb.train.steps.value = '2'; wb.train.start(); st = wb.train.wait(300); assert st['state'] == 'done', st")
+    subprocess.run([sys.executable, "-c", used], cwd=dst, env=env, check=True, capture_output=True)
+    return dst, env
 
 
-def test_check_notebook(workdir):
-    figures, nb = _run("check", workdir)
-    assert figures["ok"] and figures["samples"] == 8 and figures["errors"] == 0
-    assert figures["buckets"] == {"64x64@9": 8} and Path(figures["config"]) == workdir / "runs" / "tiny" / "config.json"
-    html = json.dumps(nb)
-    assert "image/png" in html and html.count("data:video/mp4;base64") >= 4
+def _text(nb: dict) -> str:
+    "What a saved notebook shows as text: each stream with carriage returns applied, as a notebook renders it."
+    out = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            if o["output_type"] == "stream": out += [line.split("\r")[-1] for line in "".join(o["text"]).split("\n")]
+    return "\n".join(out)
 
 
-def test_train_then_sample_notebooks(workdir):
-    figures, _ = _run("train", workdir, max_train_steps=6)
-    assert figures["steps"] == 6 and not figures["stopped"] and len(figures["loras"]) == 3 and figures["videos"]
-    assert all(Path(p).is_file() for p in figures["loras"] + figures["videos"])
-    figures, nb = _run("sample", workdir)          # "auto" picks the LoRA the training notebook left
-    assert figures["lora"] and figures["lora"].endswith("lora_peft.safetensors")
-    assert (figures["frames"], figures["width"], figures["height"]) == (9, 64, 64) and Path(figures["output"]).is_file()
-    assert "data:video/mp4;base64" in json.dumps(nb)
+def test_readme_papermill_commands_twice_after_the_workbench(clone):
+    dst, env = clone
+    block = _readme_block("## Headless: papermill")
+    assert "source .venv/bin/activate" in block and block.count("papermill -k python3") == 3
+    for run in (1, 2):
+        r = subprocess.run(["bash", "-e", "-c", block], cwd=dst, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, f"run {run}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    out = dst / "outputs" / "papermill"
+    check, train, sample = (json.loads((out / f"{n}.json").read_text()) for n in ("check", "train", "sample"))
+    assert check["ok"] and check["samples"] == 8 and check["buckets"] == {"64x64@9": 8}
+    assert train["steps"] == 6 and not train["stopped"] and len(train["loras"]) == 3 and train["videos"]
+    assert Path(train["loras"][0]).parent == (out / "run").resolve()                 # its own folder, not the workbench's
+    assert json.loads((dst / "runs" / "tiny" / "output" / "progress.jsonl").read_text().splitlines()[-1])["event"] == "done"
+    assert sample["lora"].endswith("outputs/papermill/run/lora_peft.safetensors") and (sample["frames"], sample["width"]) == (9, 64)
+    nb = json.loads((out / "train.ipynb").read_text())
+    text = _text(nb)
+    assert re.search(r"training: 100%.*6/6", text), text[-2000:]                    # plain text that reads finished
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("name") == "stderr" or "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert "data:video/mp4;base64" in json.dumps(json.loads((out / "sample.ipynb").read_text()))
 
 
 def test_workbench_notebook_opens(tmp_path):
@@ -53,43 +76,78 @@ def _code_cells(name):
 
 
 def test_colab_notebook_parses_and_stops_without_a_gpu(tmp_path):
-    import ast
+    import ast, tomllib
     cells = _code_cells("colab")
     assert [c["metadata"].get("tags") for c in cells].count(["parameters"]) == 1
     for c in cells: ast.parse("".join(c["source"]))          # plain Python: no shell or magic lines
+    repo = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    assert f'PACKAGE_SOURCE = "git+{repo}"' in "".join(cells[0]["source"])     # installs this project's own repository
     with pytest.raises(pm.PapermillExecutionError, match="no CUDA GPU"):
         pm.execute_notebook(str(ROOT / "examples" / "colab.ipynb"), str(tmp_path / "colab.ipynb"), kernel_name="python3",
                             parameters={"DATA_DIR": str(tmp_path)}, progress_bar=False, cwd=str(tmp_path))
 
 
-def test_colab_notebook_cells_run_on_a_pretend_gpu(tmp_path, monkeypatch):
-    "Every cell after the install, on the tiny checkpoint, with the machine reported as an A100 80GB (no download: the checkpoint is there)."
+CARDS = {"L4": ("NVIDIA L4", 22.0, 51.0), "A100": ("NVIDIA A100-SXM4-80GB", 79.2, 83.5),
+         "P100": ("Tesla P100-PCIE-16GB", 15.9, 31.4), "T4": ("Tesla T4", 14.7, 51.0)}
+
+
+@pytest.fixture
+def colab(tmp_path, monkeypatch):
+    "Run the Colab notebook's cells in order, here, on a pretend runtime; the hub download fails the test if reached."
+    import huggingface_hub
     import longcat_nb.widgets as widgets
     from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
     data = make_example_dataset(tmp_path / "ex", n_clips=2, checkpoint=tiny_checkpoint(), i2v=False).parent / "t2v"
-    monkeypatch.setattr(widgets, "runtime_info", lambda: {"platform": "local", "gpus": [("NVIDIA A100-SXM4-80GB", 79.2)],
-                                                          "ram_gib": 83.5, "disk_gib": 150.0})
-    real = widgets.folder_config                  # 2 sampling steps for the validation video and the sample (the notebook keeps 40)
-    monkeypatch.setattr(widgets, "folder_config", lambda *a, **k: real(*a, validation_num_inference_steps=2, **k))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("the checkpoint download was reached"))
     monkeypatch.chdir(tmp_path)
     cells = ["".join(c["source"]) for c in _code_cells("colab")]
-    ns = {}
-    exec(cells[0], ns)
-    ns.update(DATA_DIR=str(data), CHECKPOINT_DIR=str(tiny_checkpoint()), MAX_TRAIN_STEPS=2, CHECKPOINTING_STEPS=2, VALIDATION_STEPS=2)
-    for i, src in enumerate(cells[1:], 1):
-        exec(src, ns)
-        if "fit_training_settings(" in src:
-            assert ns["settings"]["resolution"] == 632 and ns["settings"]["num_frames"] == 93
-            ns["settings"] = {"resolution": 64, "num_frames": 9, "estimated_peak_gib": 0}   # the tiny clips' size
-            assert ns["memory"] == {"base_model_precision": "bf16", "musubi_blocks_to_swap": 0, "activation_offload": False, "ffn_chunks": 1}
-    assert ns["result"].steps == 2 and ns["output_dir"] == data.parent / "longcat_output"
-    assert ns["sample"].is_file() and ns["lora"].endswith("lora_peft.safetensors")
-    assert ns["cfg"].quantised_base_dir is None                          # a bf16 plan keeps no quantised copy
-    config_cell = next(c for c in cells if "quantised_base_dir" in c)
-    ns["memory"] = {"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 0, "activation_offload": False, "ffn_chunks": 1}
-    exec(config_cell, ns)                                                # an int8 plan keeps it beside the outputs
-    assert ns["cfg"].quantised_base_dir == (ns["output_dir"] / "quantised_base_int8-quanto").resolve()
-    import shutil
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
-    exec(config_cell, ns)                                                # no room for the copy: quantise on every load
-    assert ns["cfg"].quantised_base_dir is None
+
+    def run(card, until=None, **params):
+        name, gib, ram = CARDS[card]
+        monkeypatch.setattr(widgets, "runtime_info", lambda: {"platform": "colab", "gpus": [(name, gib)], "ram_gib": ram,
+                                                              "disk_gib": 150.0})
+        ns = {}
+        exec(cells[0], ns)
+        ns.update(DATA_DIR=str(data), WORK_DIR=str(tmp_path / "work"), CHECKPOINT_DIR=str(tiny_checkpoint()),
+                  EXPORT_DIR=str(tmp_path / "drive" / "loras"), **params)
+        for src in cells[1:]:
+            if until and until in src: break
+            exec(src, ns)
+        return ns
+    return run, data
+
+
+@pytest.mark.parametrize("card", ["L4", "A100"])
+def test_colab_prints_one_plan_per_card(colab, card, capsys):
+    from longcat_nb.widgets import card_story, fit_training_settings
+    run, _ = colab
+    ns = run(card, until="snapshot_download")
+    printed = capsys.readouterr().out
+    name, gib, ram = CARDS[card]
+    expected = card_story(fit_training_settings(gib, ram, name, 16, max_frames=9), name, gib, ram, 500)
+    assert expected in printed and "500 steps take about" in expected, printed
+    stories = [l for l in printed.splitlines() if "s/step" in l]
+    assert stories == [expected], stories                     # one plan per card, no other figures beside it
+    assert ns["settings"]["num_frames"] == 9                  # never more frames than the clips have
+
+
+@pytest.mark.parametrize("card", ["P100", "T4"])
+def test_colab_refuses_cards_without_bf16_before_the_download(colab, card):
+    run, _ = colab
+    with pytest.raises(SystemExit, match=f"this runtime cannot train LongCat-Video: {CARDS[card][0]} has no bf16 units"):
+        run(card)
+
+
+def test_colab_notebook_trains_exports_and_samples(colab, monkeypatch, tmp_path):
+    "Every cell on the tiny checkpoint on a pretend A100: trains, copies the LoRA to the drive folder, samples."
+    import longcat_nb.widgets as widgets
+    run, data = colab
+    real = widgets.folder_config                  # the tiny clips' size, and 2 sampling steps (the notebook keeps 40)
+    monkeypatch.setattr(widgets, "folder_config", lambda d, c, o, res, frames, *a, **k:
+                        real(d, c, o, 64, frames, *a, **{**k, "validation_num_inference_steps": 2}))
+    ns = run("A100", MAX_TRAIN_STEPS=2, CHECKPOINTING_STEPS=2, VALIDATION_STEPS=2)
+    assert ns["state"]["state"] == "done" and ns["state"]["step"] == 2
+    assert ns["output_dir"] == tmp_path / "work" / "output" and ns["cfg"].quantised_base_dir is None
+    assert sorted(p.name for p in (tmp_path / "drive" / "loras").iterdir()) == \
+        ["lora_kohya.safetensors", "lora_official.safetensors", "lora_peft.safetensors"]
+    assert ns["sample"].is_file() and ns["sample"].stat().st_size > 0
