@@ -1,7 +1,9 @@
 """Drive examples/workbench.ipynb in a real browser (Chromium via selenium + chromedriver) on a running JupyterLab:
-run the notebook, then config → check → cache → train (a few steps) → sample, asserting the rendered widgets and
-saving a screenshot after each step. Started by `scripts/browser_test.sh`; exits non-zero on any failure."""
-import argparse, sys, time, urllib.request
+run the notebook, then config → check → cache (a missing checkpoint first) → memory → train (Stop, a page reload
+that finds the run again, Resume, a second Start into the used folder) → sample (a bad size first), asserting the
+rendered widgets, failing whenever a red stderr block is visible, and saving a screenshot after each step. Started
+by `scripts/browser_test.sh`; exits non-zero on any failure."""
+import argparse, re, sys, time, urllib.request
 from pathlib import Path
 
 from selenium import webdriver
@@ -56,6 +58,38 @@ class Lab:
     def button(self, label):
         self.click(f"//button[contains(@class,'jupyter-button')][normalize-space(.)='{label}']", f"button {label!r}")
 
+    def no_red_blocks(self, where):
+        "Fail when the page shows a stderr output (JupyterLab's red block) anywhere."
+        red = self.visible("//div[@data-mime-type='application/vnd.jupyter.stderr']")
+        assert not red, f"{where}: a red stderr block is visible: {red[0].text[:500]!r}"
+
+    def field(self, label):
+        "The input of a config form row or of a labelled widget (`description`)."
+        return wait(f"the field {label!r}", lambda: self.visible(
+            f"//div[contains(@class,'widget-tab-contents')]//*[contains(@class,'widget-label')][normalize-space(text())='{label}']"
+            "/following-sibling::*//input | //div[contains(@class,'widget-tab-contents')]//*[contains(@class,'widget-label')]"
+            f"[normalize-space(text())='{label}']/following-sibling::input"))[0]
+
+    def type_into(self, el, text):
+        el.send_keys(Keys.CONTROL, "a"); el.send_keys(Keys.DELETE)
+        if text: el.send_keys(text)
+        el.send_keys(Keys.TAB)
+
+    def run_all(self):
+        wait("the notebook opened with an idle kernel", lambda: self.visible("//div[contains(@class,'jp-Notebook')]") and
+             "Idle" in self.d.find_element(By.XPATH, "//body").text, timeout=180)
+        self.click("//div[contains(@class,'lm-MenuBar-itemLabel')][text()='Run']", "the Run menu")
+        self.click("//div[contains(@class,'lm-Menu-itemLabel')][text()='Run All Cells']", "Run All Cells")
+        wait("the workbench tabs", lambda: self.visible("//li[contains(@class,'lm-TabBar-tab')][.//div[text()='Sample']]"), timeout=300)
+
+
+def one_line_error(lab, says, what):
+    "Wait for the tab's status to show `says` as its bold line, with the details collapsed (no traceback on view)."
+    wait(what, lambda: says in lab.panel_text(), timeout=120)
+    text = lab.panel_text()
+    assert "Traceback" not in text, f"{what}: a traceback is on view: {text[:800]}"
+    assert lab.visible("//div[contains(@class,'widget-tab-contents')]//details/summary[normalize-space(.)='details']"), what
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -63,23 +97,19 @@ def main():
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--chromedriver", default="/usr/bin/chromedriver")
-    p.add_argument("--steps", default="6")
+    p.add_argument("--steps", default="6", help="steps the resumed run adds after the stop")
     a = p.parse_args()
     wait("JupyterLab server", lambda: urllib.request.urlopen(a.url, timeout=5).status == 200, timeout=120)
     lab = Lab(a.url, a.out, a.chromium, a.chromedriver)
     try:
-        wait("the notebook opened with an idle kernel", lambda: lab.visible("//div[contains(@class,'jp-Notebook')]") and
-             "Idle" in lab.d.find_element(By.XPATH, "//body").text, timeout=180)
-        lab.click("//div[contains(@class,'lm-MenuBar-itemLabel')][text()='Run']", "the Run menu")
-        lab.click("//div[contains(@class,'lm-Menu-itemLabel')][text()='Run All Cells']", "Run All Cells")
-        wait("the workbench tabs", lambda: lab.visible("//li[contains(@class,'lm-TabBar-tab')][.//div[text()='Sample']]"), timeout=300)
-        # Config: a few training steps, typed into the form
-        field = wait("the max_train_steps field", lambda: lab.visible(
-            "//div[contains(@class,'widget-label')][normalize-space(text())='max_train_steps']/following-sibling::div//input"))[0]
-        field.send_keys(Keys.CONTROL, "a"); field.send_keys("abc")
+        lab.run_all()
+        lab.no_red_blocks("the notebook ran")
+        # Config: a bad value shows its error beside the field
+        field = lab.field("max_train_steps")
+        lab.type_into(field, "abc")
         wait("the form's error beside max_train_steps", lambda: "expected an integer" in lab.panel_text(), timeout=30)
         lab.shot("config_error")
-        field.send_keys(Keys.CONTROL, "a"); field.send_keys(a.steps, Keys.TAB)
+        lab.type_into(field, "400")
         wait("the error cleared", lambda: "expected an integer" not in lab.panel_text(), timeout=30)
         lab.button("Save")
         wait("saved", lambda: "saved " in lab.panel_text(), timeout=30)
@@ -90,23 +120,53 @@ def main():
         wait("clips inline", lambda: len(lab.visible("//div[contains(@class,'widget-tab-contents')]//video")) >= 4)
         assert "example-i2v-start" in lab.panel_text()
         lab.shot("data")
-        # Cache
+        # Cache: a missing checkpoint first — one line, details collapsed — then the real one
+        lab.tab("Config")
+        ckpt = lab.field("pretrained_model_name_or_path")
+        real = ckpt.get_attribute("value")
+        lab.type_into(ckpt, "/nonexistent/LongCat-Video")
         lab.tab("Cache"); lab.button("Build cache")
-        wait("the cache summary", lambda: "cache OK" in lab.panel_text(), timeout=300)
+        one_line_error(lab, "directory not found — point it at the checkpoint folder", "the Cache tab's error")
+        lab.no_red_blocks("the Cache tab's error")
+        lab.shot("cache_error")
+        lab.tab("Config"); lab.type_into(lab.field("pretrained_model_name_or_path"), real)
+        lab.tab("Cache"); lab.button("Build cache")
+        wait("the cache summary", lambda: "cache OK" in lab.panel_text() and "directory not found" not in lab.panel_text(), timeout=300)
         lab.shot("cache")
-        # Memory: the planner's table for the GPU in the fields (on a CPU machine: an A100 40 GB to plan for)
+        # Memory: on a CPU machine it says so and plans for the card in the fields
         lab.tab("Memory"); lab.button("Plan")
         wait("the memory plan", lambda: "GPU peak GiB" in lab.panel_text(), timeout=120)
+        text = lab.panel_text()
+        assert "No CUDA GPU detected here" in text and ("fits" in text) and "not the released 13.6B model" in text, text
         lab.shot("memory")
-        # Train: loss curve, stats, validation video
+        # Train: start the 400-step run, reload the page mid-run and find it again, stop, resume for a few more steps
         lab.tab("Train"); lab.button("Start")
+        wait("training under way", lambda: re.search(r"step ([3-9]|\d\d+)/400", lab.panel_text()), timeout=300, every=1)
+        lab.shot("train_running")
+        lab.d.refresh()
+        lab.run_all()
+        lab.tab("Train")
+        wait("the running run found again", lambda: "from an earlier session" in lab.panel_text(), timeout=120)
+        lab.shot("train_reattached")
+        lab.button("Stop")
+        wait("stopped", lambda: "stopped at step" in lab.panel_text(), timeout=300, every=1)
+        stopped = int(re.search(r"stopped at step (\d+)", lab.panel_text())[1])
+        lab.shot("train_stopped")
+        target = stopped + int(a.steps)
+        lab.type_into(lab.field("steps"), str(target))
+        lab.button("Resume")
         wait("training finished", lambda: "done — LoRA files" in lab.panel_text(), timeout=400, every=2)
         text = lab.panel_text()
-        assert f"step {a.steps}/{a.steps}" in text and "s/step" in text, text
+        assert f"step {target}/{target}" in text and "s/step" in text, text
         wait("the loss curve", lambda: lab.visible("//div[contains(@class,'widget-tab-contents')]//img[contains(@class,'widget-image')]"))
         wait("the validation video", lambda: lab.visible("//div[contains(@class,'widget-tab-contents')]//video"))
+        lab.no_red_blocks("training")
         lab.shot("train")
-        # Sample with the run's LoRA
+        lab.button("Start")                        # a second Start into the used folder: the choices, in the tab
+        wait("the used-folder choices", lambda: "already holds a run" in lab.panel_text() and
+             lab.visible("//button[normalize-space(.)='Start in a new folder']"), timeout=60)
+        lab.shot("train_used_folder")
+        # Sample: a bad size first — one line — then the run's LoRA
         lab.tab("Sample")
         lab.click("//div[contains(@class,'widget-tab-contents')]//button[.//i[contains(@class,'fa-refresh')]]", "the LoRA refresh button")
         select = wait("the LoRA picker", lambda: lab.visible("//div[contains(@class,'widget-dropdown')]//select"))[0]
@@ -115,9 +175,16 @@ def main():
         Select(select).select_by_visible_text("lora_peft.safetensors")
         prompt = lab.visible("//div[contains(@class,'widget-textarea')]//textarea")[0]
         prompt.send_keys("a red ball moves from left to right on a dark blue background")
+        lab.type_into(lab.field("size"), "480p")
+        lab.button("Generate")
+        one_line_error(lab, '--size = "480p": expected "WIDTHxHEIGHT"', "the Sample tab's error")
+        lab.no_red_blocks("the Sample tab's error")
+        lab.shot("sample_error")
+        lab.type_into(lab.field("size"), "")
         lab.button("Generate")
         wait("the sampled video", lambda: "sample_000.mp4" in lab.panel_text() and
              lab.visible("//div[contains(@class,'widget-tab-contents')]//video"), timeout=300)
+        lab.no_red_blocks("sampling")
         lab.shot("sample")
     except Exception as e:
         lab.shot("failure")

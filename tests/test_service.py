@@ -33,3 +33,17 @@ def test_training_prints_our_warnings_but_no_third_party_noise(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not [n for n in NOISE if n in r.stderr + r.stdout], r.stderr
     assert "aspect_bucket_alignment" in r.stderr, r.stderr
+
+
+def test_sample_tab_benchmark_runs_on_the_tiny_checkpoint(capsys):
+    "benchmarks/bench_sample_tab.py, which the H200 runs at full size: two clicks, one pipeline load, both timed."
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_sample_tab.py"
+    spec = importlib.util.spec_from_file_location("bench_sample_tab", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main([str(tiny_checkpoint()), "--size", "64x48", "--frames", "5", "--steps", "2"])
+    assert result["pipeline_loads"] == 1 and result["first_click_s"] > 0 and result["second_click_s"] > 0, result
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.rindex('{\n  "checkpoint"'):]) == result                # the JSON the lead copies into RESULTS.md
