@@ -565,11 +565,13 @@ def stop(self: TrainView):
 # %% ../nbs/11_widgets.ipynb #674704c7
 @patch
 def _poll(self: TrainView):
-    "Refresh in a background thread until the process ends, then once more."
+    "Refresh in a background thread until the process ends, then once more; a failure to draw shows in the status."
     def loop():
-        while self.running():
-            self.refresh(); time.sleep(self.poll_seconds)
-        self.refresh()
+        try:
+            while self.running():
+                self.refresh(); time.sleep(self.poll_seconds)
+            self.refresh()
+        except Exception as e: self.status.value = failure_html(e)   # a thread's exception would reach stderr
     self._thread = threading.Thread(target=loop, daemon=True)
     self._thread.start()
 
@@ -773,7 +775,7 @@ class MemoryView:
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/11_widgets.ipynb #c008f4c0
+# %% ../nbs/11_widgets.ipynb #98050dff
 @patch
 def _plan(self: MemoryView):
     from longcat_nb.config import resolve_checkpoint
@@ -781,15 +783,13 @@ def _plan(self: MemoryView):
     cfg = saved_config(self.source)[0]
     gpu, host = self.gpu_gib.value, self.host_gib.value
     plain, chosen, notes = plan_for_config(cfg, gpu, host, self.gpu_name.value)
-    lines = [fits_line(plain, chosen, gpu, host), "", format_plans(plain, chosen, notes)]
     depth, hidden, heads = model_dims(resolve_checkpoint(cfg))
-    if (depth, hidden) != (48, 4096):
-        own = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, config_tokens(cfg)[0],
-                      cfg.lora_rank, depth=depth, hidden=hidden, heads=heads, ffn_chunks=cfg.ffn_chunks)
-        lines += ["", f"This checkpoint is not the released 13.6B model ({depth} blocks × {hidden} wide): the figures above "
-                      f"are the released model's. This model's own step, with your settings: peak {own.gpu_gib:.1f} GiB "
-                      f"GPU, {own.host_gib:.1f} GiB host."]
-    return chosen, lines
+    if (depth, hidden) == (48, 4096): return chosen, [fits_line(plain, chosen, gpu, host), format_plans(plain, chosen, notes)]
+    own = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, config_tokens(cfg)[0],
+                  cfg.lora_rank, depth=depth, hidden=hidden, heads=heads, ffn_chunks=cfg.ffn_chunks)
+    line = fits_line(own, own, gpu, host).replace("your settings predict", f"this {depth}-block × {hidden} model predicts", 1)
+    return chosen, [line, f"The released 13.6B model on the same bucket (what the plan and Use these settings are for):\n"
+                          + format_plans(plain, chosen, notes)]
 
 @patch
 def run(self: MemoryView):
@@ -800,9 +800,9 @@ def run(self: MemoryView):
         from longcat_nb.memory import PlanError
         if isinstance(r.error, PlanError): self.status.value = failure_html(f"✗ does not fit: {error_line(r.error)}", r.printed)
         return None
-    self.plan, lines = r.value
-    self.status.value = f"<b>{html.escape(lines[0])}</b>"
-    self.result.value = f"<pre>{html.escape(chr(10).join(lines[2:]))}</pre>"
+    self.plan, (line, table) = r.value
+    self.status.value = f"<b>{html.escape(line)}</b>"
+    self.result.value = f"<pre>{html.escape(table)}</pre>"
     self.use.disabled = not isinstance(self.source, ConfigForm)
     return self.plan
 

@@ -137,7 +137,7 @@ def main():
         lab.tab("Memory"); lab.button("Plan")
         wait("the memory plan", lambda: "GPU peak GiB" in lab.panel_text(), timeout=120)
         text = lab.panel_text()
-        assert "No CUDA GPU detected here" in text and ("fits" in text) and "not the released 13.6B model" in text, text
+        assert "No CUDA GPU detected here" in text and ("fits" in text) and "The released 13.6B model on the same bucket" in text, text
         lab.shot("memory")
         # Train: start the 400-step run, reload the page mid-run and find it again, stop, resume for a few more steps
         lab.tab("Train"); lab.button("Start")
