@@ -151,3 +151,10 @@ def test_colab_notebook_trains_exports_and_samples(colab, monkeypatch, tmp_path)
     assert sorted(p.name for p in (tmp_path / "drive" / "loras").iterdir()) == \
         ["lora_kohya.safetensors", "lora_official.safetensors", "lora_peft.safetensors"]
     assert ns["sample"].is_file() and ns["sample"].stat().st_size > 0
+    config_cell = next("".join(c["source"]) for c in _code_cells("colab") if "quantised_base_dir" in "".join(c["source"]))
+    ns["settings"] = {**ns["settings"], "base_model_precision": "int8-quanto"}
+    exec(config_cell, ns)                                # an int8 plan keeps the quantised base on the local disk
+    assert ns["cfg"].quantised_base_dir == (tmp_path / "work" / "quantised_base_int8-quanto").resolve()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
+    exec(config_cell, ns)                                # no room for the copy: quantise on every load
+    assert ns["cfg"].quantised_base_dir is None
