@@ -17,11 +17,11 @@ from .config import ConfigError, load_config, resolve_checkpoint
 __all__ = ['WEIGHTS_PARTS', 'VIDEO_SUFFIXES', 'work_errors', 'error_line', 'checkpoint_problems', 'check', 'SampleRequest',
            'parse_lora_spec', 'SamplePlan', 'check_sample_args', 'pipeline_key', 'Sampler']
 
-# %% ../nbs/07a_service.ipynb #861aeaa9
+# %% ../nbs/07a_service.ipynb #0a9371e0
 def work_errors() -> tuple:
-    "The library's own failure types (cache, training, memory) among the modules loaded so far."
+    "The library's own failure types (cache, training, memory settings and plans) among the modules loaded so far."
     found = [getattr(sys.modules.get(m), n, None) for m, n in (("longcat_nb.caching", "CacheError"),
-             ("longcat_nb.training", "TrainingError"), ("longcat_nb.memory", "MemorySettingsError"))]
+             ("longcat_nb.training", "TrainingError"), ("longcat_nb.quantise", "MemorySettingsError"))]
     return tuple(c for c in found if c is not None)
 
 
