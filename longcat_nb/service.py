@@ -48,7 +48,8 @@ def checkpoint_problems(ckpt) -> list[str]:
             shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
             out += [f"{d / s} is missing (named in {index.name})" for s in shards if not (d / s).is_file()]
         elif not any(d.glob("*.safetensors")): out.append(f"{d} holds no .safetensors weights")
-    if not (ckpt / "scheduler" / "scheduler_config.json").is_file(): out.append(f"{ckpt}/scheduler/scheduler_config.json is missing")
+    if not (ckpt / "scheduler" / "scheduler_config.json").is_file():
+        out.append(f"{ckpt}/scheduler/scheduler_config.json is missing")
     if not any((ckpt / "tokenizer").iterdir()): out.append(f"{ckpt}/tokenizer is empty")
     return out
 
@@ -69,13 +70,13 @@ def check(cfg):
     except ConfigError as e: extra.append(_problem("missing-dir", "checkpoint", str(e)))
     else:
         missing = checkpoint_problems(ckpt)
-        if missing:
-            extra.append(_problem("missing-dir", "checkpoint", f"{ckpt}: {missing[0]}" + (f" (and {len(missing) - 1} more)"
-                         if len(missing) > 1 else "") + " — the download is incomplete: fetch the checkpoint again"))
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        if missing: extra.append(_problem("missing-dir", "checkpoint", f"{ckpt}: {missing[0]}{more} — the download is "
+                                          "incomplete: fetch the checkpoint again"))
     if not report.samples and not report.errors:
         where = str(cfg.data_backend_config or cfg.config_path or "config")
-        extra.append(_problem("no-usable-samples", where, "no enabled dataset with a usable sample — nothing to train; "
-                              "add a dataset of clips to the dataset list (data_backend_config)"))
+        extra.append(_problem("no-usable-samples", where, "no enabled dataset with a usable sample — nothing to "
+                              "train; add a dataset of clips to the dataset list (data_backend_config)"))
     return DataReport(report.datasets, extra + report.problems, report.samples)
 
 # %% ../nbs/07a_service.ipynb #034db501
@@ -140,15 +141,17 @@ def _check_video(path: str, need: int, fix: str) -> int:
 def _check_image(path: str):
     "A `ConfigError` unless `path` is a readable image file."
     from PIL import Image
-    if not Path(path).is_file(): raise ConfigError(f"--image {path}: no such file — give the path of a PNG or JPEG start frame")
+    if not Path(path).is_file():
+        raise ConfigError(f"--image {path}: no such file — give the path of a PNG or JPEG start frame")
     try:
         with Image.open(path) as im: im.verify()
     except (OSError, SyntaxError, ValueError) as e:
-        raise ConfigError(f"--image {path}: not a readable image ({e.__class__.__name__}) — give a PNG or JPEG start frame") from None
+        raise ConfigError(f"--image {path}: not a readable image ({e.__class__.__name__}) — give a PNG or JPEG "
+                          "start frame") from None
 
 
 def check_sample_args(args, cfg) -> SamplePlan:
-    "Raise `ConfigError` (one line) for an option of `args` (a `SampleRequest`) that cannot work; returns the `SamplePlan`."
+    "A `ConfigError` (one line) for an option of `args` (a `SampleRequest`) that cannot work; else the `SamplePlan`."
     from longcat_nb.config import check_frames, parse_resolution
     width, height = parse_resolution(args.size or cfg.validation_resolution, "--size", "command line")
     if args.frames is not None:
@@ -248,7 +251,7 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
 
 @patch
 def use_loras(self: Sampler, loras: list):
-    "Attach exactly `loras` (`[(path, multiplier)]`) to the loaded pipeline; nothing happens when they are attached already."
+    "Attach exactly `loras` (`[(path, multiplier)]`) to the loaded pipeline; nothing happens when they are already."
     want = tuple((str(Path(p).resolve()), Path(p).stat().st_mtime_ns, float(m)) for p, m in loras)
     if want == self.loras: return
     model = self.pipe.transformer
@@ -263,7 +266,8 @@ def use_loras(self: Sampler, loras: list):
 @patch
 def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     """Sample what `req` asks with `cfg`'s checkpoint and memory settings; writes one video to `req.output` and returns
-    its path. Every option is checked before anything loads; `say(text)` hears what has no progress bar (the VAE decode)."""
+    its path. Every option is checked before anything loads; `say(text)` hears what has no progress bar (the VAE
+    decode)."""
     import torch
     from longcat_nb.sampling import save_video, video_frames
     plan = check_sample_args(req, cfg)

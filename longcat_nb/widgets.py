@@ -266,8 +266,8 @@ def saved_config(source):
     "`(TrainConfig, path)` from a `config.json` path or a `ConfigForm` (saved first); raises `ConfigError`."
     if isinstance(source, ConfigForm):
         if not Path(source.path.value).is_file():
-            raise ConfigError(f"{source.path.value}: the config file does not exist yet — fill in the Config tab and press "
-                              "Create (nothing was written)")
+            raise ConfigError(f"{source.path.value}: the config file does not exist yet — fill in the Config tab and "
+                              "press Create (nothing was written)")
         path = source.save()
         if path is None: raise ConfigError(f"{source.path.value}: the config form has errors — {source.config_error()}")
     else: path = Path(source)
@@ -280,15 +280,16 @@ def config_error(self: ConfigForm) -> str:
     try: self.config(); return ""
     except ConfigError as e: return str(e)
 
-# %% ../nbs/11_widgets.ipynb #20dd41fb
+# %% ../nbs/11_widgets.ipynb #b95b1d69
 def _details(summary: str, text: str) -> str:
+    if not text.strip(): return ""
     return (f"<details><summary style='cursor:pointer;color:#666;font-size:90%'>{html.escape(summary)}</summary>"
-            f"<pre style='font-size:85%;white-space:pre-wrap'>{html.escape(text)}</pre></details>") if text.strip() else ""
+            f"<pre style='font-size:85%;white-space:pre-wrap'>{html.escape(text)}</pre></details>")
 
 
 def failure_html(e, details: str = "") -> str:
-    """A failure as one readable line in red (`service.error_line` of an exception, or the text given), with the rest —
-    the whole message, what the step printed, the traceback — collapsed beneath it."""
+    """A failure as one readable line in red (`service.error_line` of an exception, or the text given), with the
+    rest — the whole message, what the step printed, the traceback — collapsed beneath it."""
     line = error_line(e) if isinstance(e, BaseException) else str(e)
     tb = "".join(traceback.format_exception(e)) if isinstance(e, BaseException) else ""
     more = "\n".join(t.strip() for t in (details, tb) if t.strip())
@@ -328,7 +329,7 @@ def guarded(status: W.HTML, fn, out: W.Output | None = None, busy: str = "") -> 
 
 # %% ../nbs/11_widgets.ipynb #1780602a
 class CheckView:
-    "Check the datasets and the checkpoint: the report as tables, the bucket histogram, the first clips inline with their start frames."
+    "Check the datasets and the checkpoint: the report as tables, the bucket histogram, the first clips inline."
     def __init__(self, config, previews: int = 4):
         self.source, self.previews, self.report = config, previews, None
         self.button = W.Button(description="Check data", icon="search", button_style="primary")
@@ -338,7 +339,7 @@ class CheckView:
         self.widget = W.VBox([self.button, self.status, self.table, self.plot, self.clips])
 
     def run(self):
-        "Check the data and checkpoint of the (saved) config (`service.check`) and fill the view; returns the `DataReport` (None on an error)."
+        "Check data and checkpoint of the (saved) config (`service.check`); returns the `DataReport` (None on an error)."
         from longcat_nb.service import check
         self.table.value, self.plot.value, self.clips.value, self.report = "", b"", "", None
         r = guarded(self.status, lambda: check(saved_config(self.source)[0]), busy="checking …")
@@ -487,15 +488,15 @@ def running(self: TrainView) -> bool:
 
 @patch
 def step_count(self: TrainView) -> int | None:
-    "The steps field as `max_train_steps` (None when empty); raises `ConfigError` for anything but a positive whole number."
+    "The steps field as `max_train_steps` (None when empty); a `ConfigError` for anything but a positive whole number."
     text = self.steps.value.strip()
     if not text: return None
     if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"steps = {text!r}: expected a whole number of optimizer steps above 0 — e.g. 200, or empty for "
-                          "the config's max_train_steps")
+        raise ConfigError(f"steps = {text!r}: expected a whole number of optimizer steps above 0 — e.g. 200, "
+                          "or empty for the config's max_train_steps")
     return int(text)
 
-# %% ../nbs/11_widgets.ipynb #88194afa
+# %% ../nbs/11_widgets.ipynb #acbb49fe
 @patch
 def start(self: TrainView, resume: bool = False, max_train_steps: int | None = None, overwrite: bool = False,
           output_dir=None):
@@ -539,9 +540,9 @@ def offer_choices(self: TrainView, found):
     st = run_state(read_progress(self.output_dir))
     where = f"stopped at step {st['step']}" if st["state"] == "stopped" else \
             f"finished at step {st['step']}" if st["state"] == "done" else f"{len(found)} files"
-    self.status.value = (f"<div style='color:#e65100;font-weight:bold'>{html.escape(str(self.output_dir))} already holds "
-                         f"a run ({where}) — resume it, start in a new folder ({free_folder(self.output_dir).name}), or "
-                         "overwrite it (deletes its checkpoints and LoRA files):</div>")
+    line = (f"{self.output_dir} already holds a run ({where}) — resume it, start in a new folder "
+            f"({free_folder(self.output_dir).name}), or overwrite it (deletes its checkpoints and LoRA files):")
+    self.status.value = f"<div style='color:#e65100;font-weight:bold'>{html.escape(line)}</div>"
     self.choices.layout.display = "flex"
 
 @patch
@@ -686,7 +687,8 @@ def _number(w: W.Text, name: str, kind, example):
     try: return kind(text)
     except ValueError:
         what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{name} = {text!r}: expected {what} — e.g. {example}, or empty for the config's value") from None
+        raise ConfigError(f"{name} = {text!r}: expected {what} — e.g. {example}, "
+                          "or empty for the config's value") from None
 
 
 @patch
@@ -745,12 +747,14 @@ def fits_line(plain, chosen, gpu_gib: float, host_gib: float) -> str:
     import inspect
     from longcat_nb.memory import choose_plan
     margin = inspect.signature(choose_plan).parameters["margin"].default    # the planner's own headroom
-    mine = f"peak {plain.gpu_gib:.1f} of {gpu_gib:.1f} GiB GPU, {plain.host_gib:.1f} of {host_gib:.1f} GiB host, ~{plain.step_s:.1f} s/step"
+    mine = (f"peak {plain.gpu_gib:.1f} of {gpu_gib:.1f} GiB GPU, {plain.host_gib:.1f} of {host_gib:.1f} GiB host, "
+            f"~{plain.step_s:.1f} s/step")
     if plain.gpu_gib <= margin * gpu_gib and plain.host_gib <= margin * host_gib:
         head = f"✓ fits: your settings predict {mine}"
     else: head = f"✗ does not fit: your settings predict {mine}"
     if chosen.settings() == plain.settings(): return head
-    return f"{head}; the plan ({chosen.precision}, {chosen.blocks_to_swap} blocks swapped) predicts peak {chosen.gpu_gib:.1f} GiB, ~{chosen.step_s:.1f} s/step"
+    return (f"{head}; the plan ({chosen.precision}, {chosen.blocks_to_swap} blocks swapped) predicts peak "
+            f"{chosen.gpu_gib:.1f} GiB, ~{chosen.step_s:.1f} s/step")
 
 
 class MemoryView:
@@ -767,15 +771,16 @@ class MemoryView:
              f"with this machine's {host:.1f} GiB of host RAM")
         self.machine = W.HTML(_note(machine))
         self.button = W.Button(description="Plan", icon="calculator", button_style="primary")
-        self.use = W.Button(description="Use these settings", icon="check", disabled=True, layout=W.Layout(width="auto"))
+        self.use = W.Button(description="Use these settings", icon="check", disabled=True,
+                            layout=W.Layout(width="auto"))
         self.button.on_click(lambda _: self.run()); self.use.on_click(lambda _: self.apply())
         self.status, self.result = W.HTML(), W.HTML()
-        self.widget = W.VBox([self.machine, W.HBox([self.gpu_name, self.gpu_gib, self.host_gib]), W.HBox([self.button, self.use]),
-                              self.status, self.result])
+        self.widget = W.VBox([self.machine, W.HBox([self.gpu_name, self.gpu_gib, self.host_gib]),
+                              W.HBox([self.button, self.use]), self.status, self.result])
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/11_widgets.ipynb #98050dff
+# %% ../nbs/11_widgets.ipynb #5af0b3d2
 @patch
 def _plan(self: MemoryView):
     from longcat_nb.config import resolve_checkpoint
@@ -784,12 +789,13 @@ def _plan(self: MemoryView):
     gpu, host = self.gpu_gib.value, self.host_gib.value
     plain, chosen, notes = plan_for_config(cfg, gpu, host, self.gpu_name.value)
     depth, hidden, heads = model_dims(resolve_checkpoint(cfg))
-    if (depth, hidden) == (48, 4096): return chosen, [fits_line(plain, chosen, gpu, host), format_plans(plain, chosen, notes)]
+    table = format_plans(plain, chosen, notes)
+    if (depth, hidden) == (48, 4096): return chosen, [fits_line(plain, chosen, gpu, host), table]
     own = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, config_tokens(cfg)[0],
                   cfg.lora_rank, depth=depth, hidden=hidden, heads=heads, ffn_chunks=cfg.ffn_chunks)
-    line = fits_line(own, own, gpu, host).replace("your settings predict", f"this {depth}-block × {hidden} model predicts", 1)
-    return chosen, [line, f"The released 13.6B model on the same bucket (what the plan and Use these settings are for):\n"
-                          + format_plans(plain, chosen, notes)]
+    line = fits_line(own, own, gpu, host).replace("your settings predict", f"this {depth}-block × {hidden} model predicts")
+    return chosen, [line, "The released 13.6B model on the same bucket (what the plan and Use these settings are for):\n"
+                          + table]
 
 @patch
 def run(self: MemoryView):
@@ -798,7 +804,8 @@ def run(self: MemoryView):
     r = guarded(self.status, self._plan)
     if not r.ok:
         from longcat_nb.memory import PlanError
-        if isinstance(r.error, PlanError): self.status.value = failure_html(f"✗ does not fit: {error_line(r.error)}", r.printed)
+        if isinstance(r.error, PlanError):
+            self.status.value = failure_html(f"✗ does not fit: {error_line(r.error)}", r.printed)
         return None
     self.plan, (line, table) = r.value
     self.status.value = f"<b>{html.escape(line)}</b>"
@@ -814,8 +821,9 @@ def apply(self: MemoryView) -> list[str]:
         if values[k] == v: continue
         changed.append(f"{k} {json.dumps(values[k])} → {json.dumps(v)}")
         self.source.inputs[k].value = v if isinstance(v, bool) else field_text(self.source.keys[k], v)
-    self.status.value = _note("changed in the Config tab (Save or any step keeps them): " + ", ".join(changed) if changed
-                              else "the config already has these settings — nothing changed")
+    said = "changed in the Config tab (Save or any step keeps them): " + ", ".join(changed) if changed else \
+        "the config already has these settings — nothing changed"
+    self.status.value = _note(said)
     return changed
 
 # %% ../nbs/11_widgets.ipynb #b59caf1b
@@ -860,7 +868,7 @@ def training_tokens(resolution: float, frames: int) -> int:
 
 
 def training_shapes(max_frames: int | None = None) -> list[tuple[int, int]]:
-    "`TRAINING_SHAPES` with at most `max_frames` frames (cut to the largest 4k + 1 that fits), in order, without repeats."
+    "`TRAINING_SHAPES` with at most `max_frames` frames (cut to the largest 4k + 1 that fits), in order, no repeats."
     if max_frames is None: return list(TRAINING_SHAPES)
     cap, out = (max(1, max_frames) - 1) // 4 * 4 + 1, []
     for res, frames in TRAINING_SHAPES:
@@ -929,11 +937,12 @@ def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out / "config.json"
 
-# %% ../nbs/11_widgets.ipynb #0eed0437
+# %% ../nbs/11_widgets.ipynb #fb7673fb
 def card_story(settings: dict, gpu_name: str, gpu_gib: float, ram_gib: float, steps: int) -> str:
     "What `fit_training_settings` chose for this card, as one sentence with the total time of `steps` steps."
     memory = [settings["base_model_precision"] + " base"]
-    if settings["musubi_blocks_to_swap"]: memory.append(f"{settings['musubi_blocks_to_swap']} blocks swapped to host RAM")
+    swapped = settings["musubi_blocks_to_swap"]
+    if swapped: memory.append(f"{swapped} blocks swapped to host RAM")
     if settings["activation_offload"]: memory.append("activation offload")
     if settings.get("ffn_chunks", 1) > 1: memory.append(f"the FFN in {settings['ffn_chunks']} chunks")
     total = steps * settings["estimated_s_per_step"]
@@ -943,9 +952,9 @@ def card_story(settings: dict, gpu_name: str, gpu_gib: float, ram_gib: float, st
             f"~{settings['estimated_s_per_step']:.0f} s/step, so {steps} steps take about {eta_text(total)} "
             "(the planner's prediction, calibrated on an H200, not a measurement of this card).")
 
-# %% ../nbs/11_widgets.ipynb #74edde7a
+# %% ../nbs/11_widgets.ipynb #62c64fb4
 def text_progress():
-    "Progress bars of the modules loaded so far and later as plain text on stdout; stderr to stdout (headless notebooks)."
+    "Progress bars (of modules loaded so far and later) as plain text on stdout, and stderr to stdout: headless runs."
     import tqdm.auto, tqdm.std
     class TextBar(tqdm.std.tqdm):
         def __init__(self, *args, **kw):
