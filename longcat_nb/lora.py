@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_lora.ipynb #7d4f5325
 from __future__ import annotations
-import json, os, re, warnings
+import functools, hashlib, json, os, re, warnings
 import peft
 from collections import Counter
 from pathlib import Path
@@ -20,15 +20,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch.nn.functional as F
-from .config import LORA_FORMAT_ALIASES, LORA_FORMATS, LORA_TARGETS
+from .config import FLAVOURS, LORA_FORMAT_ALIASES, LORA_FORMATS, LORA_LOADERS, LORA_TARGETS
 from .data import user_permissions
 
 # %% auto #0
-__all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'OFFICIAL_RANK',
+__all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'WAN_BLOCK_NAMES', 'WAN_TOP_NAMES',
+           'DORA_REFUSED', 'OFFICIAL_RANK', 'LOADERS', 'FORMAT_LOADERS', 'FORMAT_WORDS', 'linear_names',
            'lora_target_names', 'lora_layers', 'add_lora', 'set_lora_input_cast', 'LoraFactors', 'lora_factors',
-           'fused_splits', 'official_key', 'fused_form', 'lora_format', 'drop_zero_rank', 'read_lora', 'lora_delta',
-           'canonical_lora_format', 'pad_rank', 'lora_state_dict', 'check_lora_export', 'save_lora', 'attach_lora',
-           'load_lora', 'write_official_lora']
+           'fused_splits', 'official_key', 'fused_form', 'wan_names', 'from_wan_name', 'released_linear_names',
+           'LoraKey', 'parse_lora_key', 'lora_format', 'drop_zero_rank', 'LoraFile', 'read_lora_file', 'read_lora',
+           'lora_delta', 'canonical_lora_format', 'pad_rank', 'lora_state_dict', 'check_lora_export', 'save_lora',
+           'attach_lora', 'scale_note', 'load_lora', 'write_official_lora', 'LoaderKey', 'Loader', 'LoaderCoverage',
+           'lora_coverage', 'report_lora_coverage', 'checkpoint_identity', 'training_metadata', 'lora_info']
 
 # %% ../nbs/05_lora.ipynb #b8482ecc
 REFINEMENT_LORA_TARGETS = LORA_TARGETS + ["adaLN_modulation.1", "final_layer.linear"]
@@ -44,13 +47,17 @@ def _base_linear(m: nn.Module) -> nn.Module:
     return m.get_base_layer() if isinstance(m, LoraLayer) else m
 
 
+def linear_names(model: nn.Module) -> list[str]:
+    "Paths of the nn.Linear layers of `model`, a LoRA-wrapped one under its own path (not PEFT's inner linears)."
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    inside = tuple(w + "." for w in wrapped)  # PEFT's own base_layer / lora_A linears are not targets
+    return [n for n, m in model.named_modules() if n in wrapped or (isinstance(m, nn.Linear) and not n.startswith(inside))]
+
+
 def lora_target_names(model: nn.Module, targets=None) -> list[str]:
     "Paths of the linears of `model` that the suffixes in `targets` name; raises on a target that names none."
     targets = LORA_TARGETS if targets is None else list(targets)
-    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
-    inside = tuple(w + "." for w in wrapped)  # PEFT's own base_layer / lora_A linears are not targets
-    linears = [n for n, m in model.named_modules()
-               if n in wrapped or (isinstance(m, nn.Linear) and not n.startswith(inside))]
+    linears = linear_names(model)
     for t in targets:
         if not any(_is_suffix(n, t) for n in linears):
             raise ValueError(f"LoRA target '{t}' names no nn.Linear of {type(model).__name__}; targets are "
@@ -61,6 +68,13 @@ def lora_target_names(model: nn.Module, targets=None) -> list[str]:
 def lora_layers(model: nn.Module, adapter_name: str = "default") -> dict[str, LoraLayer]:
     "The modules of `model` that carry the LoRA adapter `adapter_name`, by module path."
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
+
+
+def _lora_params(m: LoraLayer, adapter_name: str) -> list[nn.Module]:
+    "The trainable parts of one LoRA layer: `lora_A`, `lora_B` and, for DoRA, the magnitude vector."
+    parts = [m.lora_A[adapter_name], m.lora_B[adapter_name]]
+    if m.use_dora.get(adapter_name): parts.append(m.lora_magnitude_vector[adapter_name])
+    return parts
 
 
 def _inject(model: nn.Module, config: LoraConfig, adapter_name: str):
@@ -75,19 +89,21 @@ def _inject(model: nn.Module, config: LoraConfig, adapter_name: str):
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         model.add_adapter(config, adapter_name)
     for m in lora_layers(model, adapter_name).values():
-        m.lora_A[adapter_name].float(); m.lora_B[adapter_name].float()
+        for p in _lora_params(m, adapter_name): p.float()
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0, target_modules=None,
-             adapter_name: str = "default") -> LoraConfig:
-    "Wrap the `target_modules` linears of `model` (default `LORA_TARGETS`) with a trainable fp32 LoRA; all else frozen."
+             adapter_name: str = "default", use_dora: bool = False) -> LoraConfig:
+    """Wrap the `target_modules` linears of `model` (default `LORA_TARGETS`) with a trainable fp32 LoRA — a DoRA with
+    `use_dora` (PEFT's weight-decomposed LoRA: a learned magnitude per output row); all else frozen."""
     targets = LORA_TARGETS if target_modules is None else list(target_modules)
     lora_target_names(model, targets)  # a target that names no layer is an error, not a silent no-op
-    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout, target_modules=targets)
+    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout,
+                        target_modules=targets, use_dora=use_dora)
     _inject(model, config, adapter_name)
     model.requires_grad_(False)
     for m in lora_layers(model, adapter_name).values():
-        m.lora_A[adapter_name].requires_grad_(True); m.lora_B[adapter_name].requires_grad_(True)
+        for p in _lora_params(m, adapter_name): p.requires_grad_(True)
     return config
 
 # %% ../nbs/05_lora.ipynb #59b26998
@@ -106,13 +122,14 @@ def set_lora_input_cast(model: nn.Module, cast: bool) -> int:
 
 # %% ../nbs/05_lora.ipynb #cfd5a4bd
 class LoraFactors(NamedTuple):
-    "One module's LoRA: `ΔW = scale · up @ down`, `down` [R, in], `up` [out, R]."
+    "One module's LoRA: `ΔW = scale · up @ down`, `down` [R, in], `up` [out, R]; a DoRA adds `magnitude` [out]."
     down: torch.Tensor
     up: torch.Tensor
     scale: float
+    magnitude: torch.Tensor | None = None
 
     def delta(self, multiplier: float = 1.0) -> torch.Tensor:
-        "ΔW [out, in] in fp32."
+        "ΔW [out, in] in fp32 (for a DoRA: the update of the direction, before the magnitude rescales each row)."
         return (multiplier * self.scale) * (self.up.float() @ self.down.float())
 
 
@@ -124,9 +141,8 @@ def lora_factors(model: nn.Module, adapter_name: str = "default") -> dict[str, L
                          f"{sorted(getattr(model, 'peft_config', None) or {})}")
     out = {}
     for name, m in layers.items():
-        if m.use_dora.get(adapter_name): raise NotImplementedError(f"{name}: DoRA adapters cannot be exported")
-        out[name] = LoraFactors(m.lora_A[adapter_name].weight.detach().float().cpu(),
-                                m.lora_B[adapter_name].weight.detach().float().cpu(), float(m.scaling[adapter_name]))
+        parts = [p.weight.detach().float().cpu() for p in _lora_params(m, adapter_name)]
+        out[name] = LoraFactors(parts[0], parts[1], float(m.scaling[adapter_name]), *parts[2:])
     return out
 
 # %% ../nbs/05_lora.ipynb #0713ba2c
@@ -156,35 +172,114 @@ def fused_form(f: LoraFactors, n: int) -> tuple[torch.Tensor, list[torch.Tensor]
         if sum(int(b.count_nonzero()) for b in blocks) == int(f.up.count_nonzero()): return f.down, blocks
     return f.down.repeat(n, 1), rows
 
-# %% ../nbs/05_lora.ipynb #dcdab3f1
-_KEY_PATTERNS = {
-    "official": re.compile(r"^lora___lorahyphen___(?P<m>[^.]+)\.(?P<t>lora_down\.weight|lora_up\.weight|lora_up\.blocks\.\d+\.weight|alpha_scale)$"),
-    "kohya": re.compile(r"^diffusion_model\.(?P<m>.+)\.(?P<t>lora_down\.weight|lora_up\.weight|lora_A\.weight|lora_B\.weight|alpha)$"),
-    "peft": re.compile(r"^(?:transformer\.)?(?P<m>.+)\.(?P<t>lora_A\.weight|lora_B\.weight)$"),
+# %% ../nbs/05_lora.ipynb #a824dd9c
+WAN_BLOCK_NAMES = {  # released module in a block → the wrapper's module(s), in output-row order
+    "attn.qkv": ("self_attn.q", "self_attn.k", "self_attn.v"), "attn.proj": ("self_attn.o",),
+    "cross_attn.q_linear": ("cross_attn.q",), "cross_attn.kv_linear": ("cross_attn.k", "cross_attn.v"),
+    "cross_attn.proj": ("cross_attn.o",), "adaLN_modulation.1": ("modulation.1",),
+    "ffn.w1": ("ffn.w1",), "ffn.w2": ("ffn.w2",), "ffn.w3": ("ffn.w3",),
 }
+WAN_TOP_NAMES = {  # released module outside the blocks → the wrapper's
+    "final_layer.adaLN_modulation.1": ("head.modulation.1",), "final_layer.linear": ("head.head",),
+    "y_embedder.y_proj.0": ("text_embedding.0",), "y_embedder.y_proj.2": ("text_embedding.2",),
+}
+_WAN_BLOCK_PIECES = {w: (o, j, len(ws)) for o, ws in WAN_BLOCK_NAMES.items() for j, w in enumerate(ws)}
+_WAN_TOP_PIECES = {w: (o, j, len(ws)) for o, ws in WAN_TOP_NAMES.items() for j, w in enumerate(ws)}
 
 
-def lora_format(keys, source: str = "LoRA state dict") -> str:
-    "Which of `LORA_FORMATS` the state-dict `keys` are written in."
+def wan_names(name: str) -> tuple[str, ...]:
+    "The wrapper's module paths for the released module `name` (several for a fused layer, in row order); () if none."
+    if name in WAN_TOP_NAMES: return WAN_TOP_NAMES[name]
+    m = re.fullmatch(r"(blocks\.\d+)\.(.+)", name)
+    return tuple(f"{m[1]}.{w}" for w in WAN_BLOCK_NAMES[m[2]]) if m and m[2] in WAN_BLOCK_NAMES else ()
+
+
+def from_wan_name(name: str) -> tuple[str, int, int] | None:
+    "`(released module path, piece j, pieces n)` of a wrapper module path; None when `name` is not one."
+    if name in _WAN_TOP_PIECES: return _WAN_TOP_PIECES[name]
+    m = re.fullmatch(r"(blocks\.\d+)\.(.+)", name)
+    if m is None or m[2] not in _WAN_BLOCK_PIECES: return None
+    o, j, n = _WAN_BLOCK_PIECES[m[2]]
+    return f"{m[1]}.{o}", j, n
+
+# %% ../nbs/05_lora.ipynb #dcdab3f1
+_OFFICIAL_KEY = re.compile(rf"^{OFFICIAL_PREFIX}(?P<m>[^.]+)\."
+                           r"(?P<t>lora_down\.weight|lora_up\.weight|lora_up\.blocks\.\d+\.weight|alpha_scale)$")
+_PART_KEY = re.compile(r"^(?P<stem>.+?)\.(?P<t>lora_down\.weight|lora_up\.weight|alpha|dora_scale|lora_magnitude_vector"
+                       r"|lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight)$")
+_PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.")
+_UNDERSCORE = re.compile(r"^lora_unet__?")
+
+
+@functools.cache
+def released_linear_names() -> tuple[str, ...]:
+    "Paths of every nn.Linear of the released transformer (built on the meta device: no memory, no file)."
+    from longcat_nb.model import LongCatVideoTransformer3DModel
+    with torch.device("meta"): model = LongCatVideoTransformer3DModel()
+    return tuple(linear_names(model))
+
+
+@functools.lru_cache(maxsize=8)
+def _underscore_names(names: tuple[str, ...]) -> dict[str, str]:
+    "Module paths, released and Wan, by their underscore spelling (`blocks_0_attn_qkv`), for `lora_unet_` keys."
+    return {m.replace(".", "_"): m for n in names for m in (n, *wan_names(n))}
+
+# %% ../nbs/05_lora.ipynb #7c52bada
+class LoraKey(NamedTuple):
+    "One key of a LoRA file: `part` of the LoRA of released module `module`, output piece `piece` of `pieces`."
+    module: str
+    piece: int
+    pieces: int
+    part: str       # down | up | alpha | magnitude
+    layout: str     # the layout it is written in (see the table)
+    stem: str       # the key without its part, for messages
+
+
+def parse_lora_key(key: str, names=None) -> LoraKey | None:
+    """The `LoraKey` of a non-official key; None for a key that is no LoRA part or whose `lora_unet_` name names no
+    module of `names` (module paths; default the released transformer's)."""
+    m = _PART_KEY.match(key)
+    if m is None: return None
+    stem, t = m["stem"], m["t"]
+    if _UNDERSCORE.match(stem):
+        name = _underscore_names(tuple(names or released_linear_names())).get(_UNDERSCORE.sub("", stem))
+        if name is None: return None
+    else: name = next((stem[len(p):] for p in _PREFIXES if stem.startswith(p)), stem)
+    wan = from_wan_name(name)
+    module, piece, pieces = wan or (name, 0, 1)
+    part = {"A": "down", "B": "up"}.get(m["ab"]) or {"lora_down.weight": "down", "lora_up.weight": "up",
+                                                     "alpha": "alpha"}.get(t, "magnitude")
+    layout = ("wan" if module != name else "kohya_underscore" if _UNDERSCORE.match(stem) else
+              "diffsynth" if m["adapter"] else "kohya" if stem.startswith("diffusion_model.") else
+              "peft" if stem.startswith("transformer.") else "peft_noprefix" if m["ab"] else "kohya")
+    return LoraKey(module, piece, pieces, part, layout, stem)
+
+
+def lora_format(keys, source: str = "LoRA state dict", names=None) -> str:
+    "Which layout of the table the state-dict `keys` are written in (`wan` when any key uses the wrapper's names)."
     keys = list(keys)
     if any(k.startswith(OFFICIAL_PREFIX) for k in keys): return "official"
-    if any(k.startswith("diffusion_model.") for k in keys): return "kohya"
-    if any(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys): return "peft"
-    raise ValueError(f"{source}: not a LoRA in a known format (first key {keys[:1]}); expected "
-                     f"'transformer.<module>.lora_A.weight' (peft), 'diffusion_model.<module>.lora_down.weight' (kohya) "
-                     f"or '{OFFICIAL_PREFIX}<module>.lora_down.weight' (official)")
+    parsed = [p for k in keys if (p := parse_lora_key(k, names)) and p.part in ("down", "up")]
+    if not parsed and any(_UNDERSCORE.match(k) for k in keys):
+        raise ValueError(f"{source}: key {keys[0]}: its lora_unet_ name resolves to no module of the model — is this a "
+                         f"LoRA for another model?")
+    if not parsed:
+        raise ValueError(f"{source}: not a LoRA in a known format (first key {keys[:1]}); expected e.g. "
+                         f"'transformer.<module>.lora_A.weight' (peft), 'diffusion_model.<module>.lora_down.weight' "
+                         f"(kohya), 'lora_unet_<module>.lora_down.weight' or '{OFFICIAL_PREFIX}<module>.lora_down.weight'")
+    return "wan" if any(p.layout == "wan" for p in parsed) else parsed[0].layout
 
-
-def _key_stem(fmt: str, name: str) -> str:
-    "What the keys of module `name` start with in format `fmt` (for error messages)."
-    return {"peft": f"transformer.{name}", "kohya": f"diffusion_model.{name}", "official": official_key(name)}[fmt]
-
-
+# %% ../nbs/05_lora.ipynb #6b51aebc
 def _read(path_or_state, metadata=None):
     "(state dict, metadata, label for errors) from a safetensors path or an in-memory state dict."
     if isinstance(path_or_state, dict): return path_or_state, metadata or {}, "LoRA state dict"
-    with safe_open(str(path_or_state), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}, str(path_or_state)
+    if not Path(path_or_state).is_file(): raise FileNotFoundError(f"{path_or_state}: no such LoRA file")
+    try:
+        with safe_open(str(path_or_state), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}, str(path_or_state)
+    except Exception as e:
+        if isinstance(e, OSError): raise
+        raise ValueError(f"{path_or_state}: not a safetensors file ({e}) — LoRA files are .safetensors") from None
 
 
 def _peft_config(metadata: dict, prefixed: bool) -> dict | None:
@@ -192,7 +287,8 @@ def _peft_config(metadata: dict, prefixed: bool) -> dict | None:
     raw = metadata.get(LORA_ADAPTER_METADATA_KEY)
     if not raw: return None
     cfg = json.loads(raw)
-    return {k.removeprefix("transformer."): v for k, v in cfg.items() if k.startswith("transformer.")} if prefixed else cfg
+    cfg = {k.removeprefix("transformer."): v for k, v in cfg.items() if k.startswith("transformer.")} if prefixed else cfg
+    return cfg if "r" in cfg else None
 
 
 def _peft_scale(cfg: dict | None, name: str, rank: int, src: str) -> float:
@@ -215,52 +311,114 @@ def drop_zero_rank(down: torch.Tensor, ups: list[torch.Tensor]) -> tuple[torch.T
     return d[:, keep].reshape(-1, down.shape[1]), [u[:, keep] for u in ups]
 
 
-def _up_blocks(blocks: list, down: torch.Tensor, key: str, src: str) -> list[torch.Tensor]:
-    "The `lora_up.blocks.{j}` tensors of a fused layer in order, checked against `down`."
-    n = len(blocks)
-    if [j for j, _ in blocks] != list(range(n)) or down.shape[0] % n or any(b.shape[1] != down.shape[0] // n for _, b in blocks):
-        raise ValueError(f"{src}: {key}: lora_up.blocks.{{0..{n - 1}}} must each be [out/{n}, r] with lora_down "
-                         f"[{n}·r, in]; got blocks {[(j, tuple(b.shape)) for j, b in blocks]}, lora_down {tuple(down.shape)}")
-    return [b.float() for _, b in blocks]
-
-
-def _factors(fmt: str, name: str, parts: dict, cfg, strict: bool, src: str) -> LoraFactors:
-    "Check one module's tensors and build its factors; errors name the file and the key."
-    key = _key_stem(fmt, name)
-    ab = fmt == "peft" or (fmt == "kohya" and "lora_A.weight" in parts)   # kohya-keyed files in PEFT's A/B naming too
-    down_t, up_t = ("lora_A.weight", "lora_B.weight") if ab else ("lora_down.weight", "lora_up.weight")
+def _official_factors(name: str, parts: dict, src: str) -> LoraFactors:
+    "One module of an official file (fused layers in the block form), checked; errors name the file and the key."
+    key = official_key(name)
     blocks = sorted((int(t.split(".")[2]), v) for t, v in parts.items() if t.startswith("lora_up.blocks."))
-    need = [down_t] if blocks else [down_t, up_t]
-    if fmt == "official": need.append("alpha_scale")
-    if fmt == "kohya" and strict: need.append("alpha")
-    missing = [t for t in need if t not in parts]
+    missing = [t for t in ["lora_down.weight", "alpha_scale"] + ([] if blocks else ["lora_up.weight"]) if t not in parts]
     if missing: raise ValueError(f"{src}: {key}: missing {missing} (has {sorted(parts)})")
-    down = parts[down_t].float()
-    if blocks and up_t in parts: raise ValueError(f"{src}: {key}: has both lora_up.weight and lora_up.blocks")
-    if not blocks and parts[up_t].shape[1] != down.shape[0]:
-        raise ValueError(f"{src}: {key}: {up_t} {tuple(parts[up_t].shape)} does not fit {down_t} {tuple(down.shape)}")
-    ups = _up_blocks(blocks, down, key, src) if blocks else [parts[up_t].float()]
-    rank = down.shape[0] // len(ups)
-    if fmt == "official": down, ups = drop_zero_rank(down, ups)
-    up = torch.block_diag(*ups) if blocks else ups[0]
-    if fmt == "official": scale = float(parts["alpha_scale"])
-    elif fmt == "kohya": scale = float(parts["alpha"]) / rank if "alpha" in parts else 1.0
-    else: scale = _peft_scale(cfg, name, rank, src)
-    return LoraFactors(down, up, scale)
+    if blocks and "lora_up.weight" in parts: raise ValueError(f"{src}: {key}: has both lora_up.weight and lora_up.blocks")
+    down, n = parts["lora_down.weight"].float(), len(blocks) or 1
+    ups = [b.float() for _, b in blocks] if blocks else [parts["lora_up.weight"].float()]
+    if ((blocks and [j for j, _ in blocks] != list(range(n))) or down.shape[0] % n
+            or any(u.dim() != 2 or u.shape[1] != down.shape[0] // n for u in ups)):
+        raise ValueError(f"{src}: {key}: lora_up {[tuple(u.shape) for u in ups]} does not fit lora_down "
+                         f"{tuple(down.shape)} (each up [out/{n}, r] with down [{n}·r, in])")
+    down, ups = drop_zero_rank(down, ups)
+    return LoraFactors(down, torch.block_diag(*ups) if blocks else ups[0], float(parts["alpha_scale"]))
+
+# %% ../nbs/05_lora.ipynb #436166ab
+def _magnitude(v: torch.Tensor, out: int, src: str, stem: str) -> torch.Tensor:
+    "A DoRA magnitude as [out]: PEFT's `lora_magnitude_vector` [out] or a kohya-style `dora_scale` [out, 1]."
+    if v.numel() != out or (v.dim() == 2 and v.shape[1] != 1):
+        raise ValueError(f"{src}: {stem}: DoRA magnitude {tuple(v.shape)} is not one value per output row ({out}) — "
+                         f"a dora_scale per input column is another decomposition, which this project does not read")
+    return v.float().reshape(out)
 
 
-def read_lora(path_or_state, metadata: dict | None = None, strict: bool = False) -> tuple[str, dict[str, LoraFactors]]:
-    "`(format, {module path: LoraFactors})` of a LoRA safetensors file or state dict (`metadata`: its safetensors metadata)."
-    state, metadata, src = _read(path_or_state, metadata)
-    fmt = lora_format(state, src)
+def _piece(name: str, parts: dict, cfg, need_alpha: bool, src: str, stem: str) -> tuple[LoraFactors, str]:
+    "One piece's factors and where its scale came from (`alpha`, `config` or `none`)."
+    missing = [t for t in ("down", "up") + (("alpha",) if need_alpha else ()) if t not in parts]
+    if missing: raise ValueError(f"{src}: {stem} (module {name}): missing {missing} (has {sorted(parts)})")
+    down, up = parts["down"].float(), parts["up"].float()
+    if down.dim() != 2 or up.dim() != 2 or up.shape[1] != down.shape[0]:
+        raise ValueError(f"{src}: {stem}: up {tuple(up.shape)} does not fit down {tuple(down.shape)}")
+    rank = down.shape[0]
+    scale, how = ((float(parts["alpha"]) / rank, "alpha") if "alpha" in parts else
+                  (_peft_scale(cfg, name, rank, src), "config") if cfg is not None else (1.0, "none"))
+    mag = _magnitude(parts["magnitude"], up.shape[0], src, stem) if "magnitude" in parts else None
+    return LoraFactors(down, up, scale, mag), how
+
+
+def _fuse_pieces(name: str, pieces: dict[int, LoraFactors], n: int, src: str) -> LoraFactors:
+    "The released module's LoRA from its Wan pieces: `down` stacked, each piece's `up` on its own rows and columns."
+    rows = {f.up.shape[0] for f in pieces.values()}
+    if len(rows) != 1: raise ValueError(f"{src}: {name}: its {n} pieces have different row counts {sorted(rows)}")
+    out, s0 = rows.pop(), next(iter(pieces.values())).scale
+    up = torch.zeros(n * out, sum(f.down.shape[0] for f in pieces.values()))
+    col = 0
+    for j, f in sorted(pieces.items()):
+        r = f.down.shape[0]
+        up[j * out:(j + 1) * out, col:col + r] = f.up if f.scale == s0 else f.up * (f.scale / s0)
+        col += r
+    mags = [f.magnitude for _, f in sorted(pieces.items())]
+    if any(m is not None for m in mags) and (len(mags) < n or any(m is None for m in mags)):
+        raise ValueError(f"{src}: {name}: a DoRA needs the magnitude of all {n} pieces, the file has {len(mags)}")
+    down = torch.cat([f.down for _, f in sorted(pieces.items())])
+    return LoraFactors(down, up, s0, torch.cat(mags) if mags[0] is not None else None)
+
+# %% ../nbs/05_lora.ipynb #8fe8e30c
+class LoraFile(NamedTuple):
+    "A LoRA file as read: its layout, factors by released module path, metadata, each module's scale source, key stems."
+    format: str
+    factors: dict[str, LoraFactors]
+    metadata: dict
+    scale_from: dict[str, str]     # module → alpha_scale | alpha | config | none
+    stems: dict[str, str]          # module → its keys' stem, for messages
+
+
+def _read_official(state: dict, metadata: dict, src: str) -> LoraFile:
     grouped = {}
     for k, v in state.items():
-        m = _KEY_PATTERNS[fmt].match(k)
-        if m is None: raise ValueError(f"{src}: unexpected key '{k}' in a {fmt}-format LoRA")
-        name = m["m"].replace(OFFICIAL_DOT, ".") if fmt == "official" else m["m"]
-        grouped.setdefault(name, {})[m["t"]] = v
-    cfg = _peft_config(metadata, any(k.startswith("transformer.") for k in state)) if fmt == "peft" else None
-    return fmt, {name: _factors(fmt, name, parts, cfg, strict, src) for name, parts in grouped.items()}
+        m = _OFFICIAL_KEY.match(k)
+        if m is None: raise ValueError(f"{src}: unexpected key '{k}' in an official-format LoRA")
+        grouped.setdefault(m["m"].replace(OFFICIAL_DOT, "."), {})[m["t"]] = v
+    factors = {name: _official_factors(name, parts, src) for name, parts in grouped.items()}
+    return LoraFile("official", factors, metadata, dict.fromkeys(factors, "alpha_scale"),
+                    {n: official_key(n) for n in factors})
+
+
+def read_lora_file(path_or_state, metadata: dict | None = None, strict: bool = False, names=None) -> LoraFile:
+    """Read a LoRA safetensors file (or state dict; `metadata`: its safetensors metadata) in any layout of the table.
+    `names`: module paths to resolve `lora_unet_` keys against (default: the released transformer's)."""
+    state, metadata, src = _read(path_or_state, metadata)
+    fmt = lora_format(state, src, names)
+    if fmt == "official": return _read_official(state, metadata, src)
+    grouped, stems = {}, {}
+    for k, v in state.items():
+        p = parse_lora_key(k, names)
+        if p is None:
+            why = " (its name resolves to no module of the model)" if _UNDERSCORE.match(k) else ""
+            raise ValueError(f"{src}: unexpected key '{k}' in a {fmt}-format LoRA{why}")
+        pieces = grouped.setdefault(p.module, ({}, p.pieces))[0]
+        pieces.setdefault(p.piece, {})[p.part] = v
+        stems.setdefault(p.module, p.stem)
+    cfg = _peft_config(metadata, any(k.startswith("transformer.") for k in state)) if fmt.startswith("peft") else None
+    need_alpha = strict and fmt in ("kohya", "kohya_underscore", "wan")
+    factors, scale_from = {}, {}
+    for name, (pieces, n) in grouped.items():
+        read = {j: _piece(name, parts, cfg, need_alpha, src, stems[name]) for j, parts in pieces.items()}
+        if strict and len(read) != n: raise ValueError(f"{src}: {stems[name]} (module {name}): {len(read)} of its {n} pieces")
+        factors[name] = read[0][0] if n == 1 else _fuse_pieces(name, {j: f for j, (f, _) in read.items()}, n, src)
+        scale_from[name] = next(iter(read.values()))[1]
+    return LoraFile(fmt, factors, metadata, scale_from, stems)
+
+
+def read_lora(path_or_state, metadata: dict | None = None, strict: bool = False,
+              names=None) -> tuple[str, dict[str, LoraFactors]]:
+    "`(format, {released module path: LoraFactors})` of a LoRA file or state dict — `read_lora_file`, in short."
+    f = read_lora_file(path_or_state, metadata, strict, names)
+    return f.format, f.factors
 
 
 def lora_delta(path_or_state, module_name: str, multiplier: float = 1.0) -> torch.Tensor:
@@ -271,12 +429,17 @@ def lora_delta(path_or_state, module_name: str, multiplier: float = 1.0) -> torc
 
 # %% ../nbs/05_lora.ipynb #7a56e631
 def canonical_lora_format(format: str) -> str:
-    "The name a LoRA format is written under (`comfyui` → `kohya`); raises for an unknown one."
+    "The name a LoRA format is written under (`comfyui` → `wan`); raises for an unknown one."
     fmt = LORA_FORMAT_ALIASES.get(format, format)
-    if fmt not in LORA_FORMATS: raise ValueError(f"unknown LoRA format '{format}'; use one of {LORA_FORMATS} (or 'comfyui' = 'kohya')")
+    if fmt not in LORA_FORMATS:
+        raise ValueError(f"unknown LoRA format '{format}'; use one of {LORA_FORMATS} (or 'comfyui' = 'wan')")
     return fmt
 
 
+DORA_REFUSED = {
+    "official": "the release's load_lora builds plain LoRA modules and loads strictly: a DoRA magnitude cannot go in",
+    "peft_noprefix": "VideoX-Fun's merge_lora and DiffSynth's loader merge up @ down only: the magnitude would be lost",
+}
 OFFICIAL_RANK = 128   # the rank the release's `dit.load_lora(path, key)` builds every module at by default (SPEC §11)
 
 
@@ -306,25 +469,61 @@ def _official_state(factors: dict[str, LoraFactors], rank: int = OFFICIAL_RANK) 
         sd[f"{p}.alpha_scale"] = torch.tensor(factors[name].scale)
     return sd
 
+# %% ../nbs/05_lora.ipynb #1c169dbe
+def _kohya_module(stem: str, down: torch.Tensor, up: torch.Tensor, scale: float, magnitude) -> dict[str, torch.Tensor]:
+    "One module's kohya-style keys: `lora_down`, `lora_up`, `.alpha` (= scale · rank) and a DoRA's `.dora_scale` [out, 1]."
+    sd = {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(scale * down.shape[0])}
+    if magnitude is not None: sd[f"{stem}.dora_scale"] = magnitude.reshape(-1, 1)
+    return sd
 
-def lora_state_dict(factors: dict[str, LoraFactors], format: str = "peft", official_rank: int = OFFICIAL_RANK) -> dict[str, torch.Tensor]:
-    """The fp32 state dict of `factors` in one of `LORA_FORMATS` (`comfyui` = `kohya`); official: fused layers in the
+
+def _wan_state(factors: dict[str, LoraFactors]) -> dict[str, torch.Tensor]:
+    "Kohya-style keys on the wrapper's names; a fused layer as n pieces, each the whole `down` and its rows of `up`."
+    sd = {}
+    for name, f in factors.items():
+        pieces = wan_names(name)
+        if not pieces:
+            raise ValueError(f"{name}: ComfyUI-WanVideoWrapper's LongCat model has no module known for it (known: "
+                             f"{sorted(WAN_BLOCK_NAMES)} in each block and {sorted(WAN_TOP_NAMES)}) — leave it out of "
+                             f"lora_target_modules or export another format")
+        n = len(pieces)
+        down, ups = fused_form(f, n) if n > 1 else (f.down, [f.up])
+        mags = f.magnitude.chunk(n) if f.magnitude is not None else [None] * n
+        for w, d, u, m in zip(pieces, down.view(n, -1, down.shape[1]), ups, mags):
+            sd.update(_kohya_module(f"diffusion_model.{w}", d, u, f.scale, m))
+    return sd
+
+
+def _peft_state(factors: dict[str, LoraFactors], prefix: str, fold_scale: bool) -> dict[str, torch.Tensor]:
+    "PEFT keys `<prefix><module>.lora_A/B.weight` (+ `lora_magnitude_vector`); `fold_scale`: `lora_B` carries the scale."
+    sd = {}
+    for name, f in factors.items():
+        sd[f"{prefix}{name}.lora_A.weight"] = f.down
+        sd[f"{prefix}{name}.lora_B.weight"] = f.up * f.scale if fold_scale and f.scale != 1 else f.up
+        if f.magnitude is not None: sd[f"{prefix}{name}.lora_magnitude_vector"] = f.magnitude
+    return sd
+
+
+def lora_state_dict(factors: dict[str, LoraFactors], format: str = "peft",
+                    official_rank: int = OFFICIAL_RANK) -> dict[str, torch.Tensor]:
+    """The fp32 state dict of `factors` in one of `LORA_FORMATS` (`comfyui` = `wan`); official: fused layers in the
     block form, zero-padded to `official_rank` per chunk (the release loader's default 128)."""
     format = canonical_lora_format(format)
+    if format in DORA_REFUSED and any(f.magnitude is not None for f in factors.values()):
+        raise ValueError(f"a DoRA cannot be written in the {format} format: {DORA_REFUSED[format]} — export peft, kohya "
+                         f"or wan (or train without use_dora)")
     if format == "official": sd = _official_state(factors, official_rank)
-    elif format == "peft":
+    elif format == "wan": sd = _wan_state(factors)
+    elif format == "kohya":
         sd = {k: v for name, f in factors.items()
-              for k, v in ((f"transformer.{name}.lora_A.weight", f.down), (f"transformer.{name}.lora_B.weight", f.up))}
-    else:
-        sd = {k: v for name, f in factors.items() for k, v in (
-              (f"diffusion_model.{name}.lora_down.weight", f.down), (f"diffusion_model.{name}.lora_up.weight", f.up),
-              (f"diffusion_model.{name}.alpha", torch.tensor(f.scale * f.down.shape[0])))}
+              for k, v in _kohya_module(f"diffusion_model.{name}", f.down, f.up, f.scale, f.magnitude).items()}
+    else: sd = _peft_state(factors, "transformer." if format == "peft" else "", fold_scale=format == "peft_noprefix")
     return {k: v.float().clone().contiguous() for k, v in sd.items()}  # clone: safetensors refuses shared storage
 
-
+# %% ../nbs/05_lora.ipynb #879a954e
 def check_lora_export(state: dict, model: nn.Module, adapter_name: str = "default", metadata: dict | None = None):
     "Raise unless `state` holds exactly the LoRA `adapter_name` of `model`: all wrapped modules, all keys, none extra, same ΔW."
-    fmt, got = read_lora(state, metadata, strict=True)
+    fmt, got = read_lora(state, metadata, strict=True, names=linear_names(model))
     want = lora_factors(model, adapter_name)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra: raise ValueError(f"{fmt} LoRA export of '{adapter_name}': modules missing {missing}, unexpected {extra}")
@@ -337,6 +536,8 @@ def check_lora_export(state: dict, model: nn.Module, adapter_name: str = "defaul
         a, b = w.scale * (w.up @ (w.down @ x)), f.scale * (f.up @ (f.down @ x))
         if (a - b).abs().max() > 1e-5 * a.abs().max() + 1e-12:
             raise ValueError(f"{fmt} LoRA export: {name}: the written ΔW differs from the model's")
+        if (w.magnitude is None) != (f.magnitude is None) or (w.magnitude is not None and not torch.equal(w.magnitude, f.magnitude)):
+            raise ValueError(f"{fmt} LoRA export: {name}: the written DoRA magnitude differs from the model's")
 
 
 def _json_config(config: LoraConfig) -> dict:
@@ -345,13 +546,16 @@ def _json_config(config: LoraConfig) -> dict:
 
 
 def _rank_metadata(model: nn.Module, adapter_name: str, state: dict, format: str) -> dict:
-    "What a file says of its LoRA: trained rank and alpha; for the official format the file's rank per chunk."
+    "What a file says of its LoRA: format, trained rank and alpha, DoRA; official: the file's rank per chunk; folded scales."
     cfg = model.peft_config[adapter_name]
-    meta = {"lora_rank": str(cfg.r), "lora_alpha": str(cfg.lora_alpha)}
+    meta = {"lora_format": format, "lora_rank": str(cfg.r), "lora_alpha": str(cfg.lora_alpha),
+            "use_dora": json.dumps(bool(cfg.use_dora))}
     if format == "official":
         down = next(k for k in state if k.endswith(".lora_down.weight"))
         n = sum(k.startswith(down.removesuffix("lora_down.weight") + "lora_up.blocks.") for k in state) or 1
         meta["lora_network_dim"] = str(state[down].shape[0] // n)
+    if format == "peft_noprefix" and any(f.scale != 1 for f in lora_factors(model, adapter_name).values()):
+        meta["lora_scale_folded"] = "alpha/rank is multiplied into lora_B (loaders of this layout ignore alpha): scale 1"
     return meta
 
 
@@ -364,6 +568,7 @@ def save_lora(model: nn.Module, path, format: str = "peft", adapter_name: str = 
         cfg = _json_config(model.peft_config[adapter_name])
         meta[LORA_ADAPTER_METADATA_KEY] = json.dumps({f"transformer.{k}": v for k, v in cfg.items()}, indent=2, sort_keys=True)
     check_lora_export(state, model, adapter_name, meta)
+    if "lora_scale_folded" in meta: print(f"{path}: alpha/rank folded into lora_B (its loaders ignore alpha)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")         # atomic: a killed run never leaves a half-written LoRA file
@@ -379,10 +584,10 @@ def _adapter_name(path_or_state) -> str:
     return "default" if isinstance(path_or_state, dict) else re.sub(r"\W", "_", Path(path_or_state).stem)
 
 
-def _check_fits(model: nn.Module, factors: dict[str, LoraFactors], fmt: str, src: str):
+def _check_fits(model: nn.Module, factors: dict[str, LoraFactors], stems: dict[str, str], src: str):
     "Raise, naming the key, for a module `model` lacks or whose shape the LoRA does not fit."
     for name, f in factors.items():
-        key = _key_stem(fmt, name)
+        key = stems.get(name, name)
         try: layer = _base_linear(model.get_submodule(name))
         except AttributeError:
             raise ValueError(f"{src}: key '{key}.*' is for module '{name}', which {type(model).__name__} does not have "
@@ -395,13 +600,18 @@ def _check_fits(model: nn.Module, factors: dict[str, LoraFactors], fmt: str, src
 
 
 def attach_lora(model: nn.Module, factors: dict[str, LoraFactors], adapter_name: str = "default",
-                multiplier: float = 1.0, source: str = "LoRA", fmt: str = "peft") -> str:
-    "Attach `factors` to `model` as the frozen, active PEFT adapter `adapter_name` with ΔW = multiplier · scale · up @ down."
-    _check_fits(model, factors, fmt, source)
+                multiplier: float = 1.0, source: str = "LoRA", stems: dict | None = None) -> str:
+    """Attach `factors` to `model` as the frozen, active PEFT adapter `adapter_name` with ΔW = multiplier · scale · up @
+    down (a DoRA when the factors carry magnitudes)."""
+    _check_fits(model, factors, stems or {}, source)
+    dora = {n for n, f in factors.items() if f.magnitude is not None}
+    if dora and dora != set(factors):
+        raise ValueError(f"{source}: DoRA magnitudes for {len(dora)} of {len(factors)} modules (e.g. missing for "
+                         f"{sorted(set(factors) - dora)[:2]}) — a DoRA file has one for every module")
     ranks = {n: f.down.shape[0] for n, f in factors.items()}
     alphas = {n: multiplier * f.scale * ranks[n] for n, f in factors.items()}
     r0, a0 = (Counter(d.values()).most_common(1)[0][0] for d in (ranks, alphas))
-    config = LoraConfig(r=r0, lora_alpha=a0, target_modules=sorted(factors),
+    config = LoraConfig(r=r0, lora_alpha=a0, target_modules=sorted(factors), use_dora=bool(dora),
                         rank_pattern={re.escape(n): r for n, r in ranks.items() if r != r0},
                         alpha_pattern={re.escape(n): a for n, a in alphas.items() if a != a0})
     active = model.active_adapters() if getattr(model, "_hf_peft_config_loaded", False) else []
@@ -409,18 +619,30 @@ def attach_lora(model: nn.Module, factors: dict[str, LoraFactors], adapter_name:
     _inject(model, config, adapter_name)
     with torch.no_grad():
         for name, m in lora_layers(model, adapter_name).items():
-            m.lora_A[adapter_name].weight.copy_(factors[name].down)
-            m.lora_B[adapter_name].weight.copy_(factors[name].up)
+            f = factors[name]
+            for p, v in zip(_lora_params(m, adapter_name), (f.down, f.up, f.magnitude)): p.weight.copy_(v)
     model.set_adapter(active + [adapter_name])
     for p in model.parameters(): p.requires_grad_(id(p) in trainable)
     return adapter_name
 
 
+def scale_note(file: LoraFile) -> str:
+    "How the scales of a read file were found, in words (`alpha / rank`, official `alpha_scale`, PEFT config, or 1.0)."
+    words = {"alpha": "alpha/rank from .alpha", "alpha_scale": "alpha_scale", "config": "the LoraConfig in the metadata",
+             "none": "1.0 (no alpha in the file)"}
+    counts = Counter(file.scale_from.values())
+    return ", ".join(f"{words[k]}" + (f" for {c} modules" if len(counts) > 1 else "") for k, c in counts.items())
+
+
 def load_lora(model: nn.Module, path, multiplier: float = 1.0, adapter_name: str | None = None) -> str:
-    "Attach the LoRA file (or state dict) `path`, in any of `LORA_FORMATS`, to `model`; returns the adapter name."
-    fmt, factors = read_lora(path)
+    """Attach the LoRA file (or state dict) `path`, in any layout `read_lora_file` reads, to `model`; says in one line
+    what was read and where its scale came from; returns the adapter name."""
     src = "LoRA state dict" if isinstance(path, dict) else str(path)
-    return attach_lora(model, factors, adapter_name or _adapter_name(path), multiplier, src, fmt)
+    file = read_lora_file(path, names=linear_names(model))
+    name = attach_lora(model, file.factors, adapter_name or _adapter_name(path), multiplier, src, file.stems)
+    dora = " DoRA" if any(f.magnitude is not None for f in file.factors.values()) else ""
+    print(f"{src}: {file.format}{dora} LoRA, {len(file.factors)} modules, scale {scale_note(file)}, multiplier {multiplier:g}")
+    return name
 
 # %% ../nbs/05_lora.ipynb #13335458
 def write_official_lora(path, model: nn.Module, rank: int, seed: int = 0, targets=None, alpha_scale: float = 0.5) -> Path:
@@ -437,3 +659,240 @@ def write_official_lora(path, model: nn.Module, rank: int, seed: int = 0, target
     save_file(lora_state_dict(factors, "official", official_rank=rank), str(path),
               metadata={"format": "pt", "longcat_nb": f"random fixture from write_official_lora(rank={rank}, seed={seed})"})
     return path
+
+# %% ../nbs/05_lora.ipynb #6fcb8e84
+class LoaderKey(NamedTuple):
+    "What a loader makes of one key: the module path it patches in its own model (None: skipped) and which part."
+    target: str | None
+    part: str | None     # down | up | alpha | alpha_scale | magnitude; `fail` when the key stops the loader
+
+
+_FACTOR_SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_down.weight": "down",
+                    ".lora_up.weight": "up", ".alpha": "alpha", ".dora_scale": "magnitude"}
+
+
+def _split_suffix(key: str, suffixes=_FACTOR_SUFFIXES) -> tuple[str | None, str | None]:
+    "`(module part, part)` of `key` by the first matching suffix; (None, None) when none matches."
+    return next(((key[:-len(s)], p) for s, p in suffixes.items() if key.endswith(s)), (None, None))
+
+
+def _official_loader(key: str, flat: dict) -> LoaderKey:
+    m = _OFFICIAL_KEY.match(key)
+    if m is None: return LoaderKey(None, "fail")
+    t = m["t"]
+    return LoaderKey(m["m"].replace(OFFICIAL_DOT, "."), "alpha_scale" if t == "alpha_scale" else t.split(".")[0][5:])
+
+
+def _wan2gp_loader(key: str, flat: dict) -> LoaderKey:
+    stem, part = _split_suffix(key)
+    if stem is None: return LoaderKey(None, None)
+    return LoaderKey(next((stem[len(p):] for p in ("diffusion_model.", "transformer.") if stem.startswith(p)), stem), part)
+
+
+def _videox_fun_loader(key: str, flat: dict) -> LoaderKey:
+    k = key.replace("diffusion_model.", "")
+    k = (k if "lora_unet__" in k else "lora_unet__" + k).replace(".", "_")
+    ends = {"_lora_up_weight": "up", "_lora_down_weight": "down", "_lora_A_default_weight": "down",
+            "_lora_B_default_weight": "up", "_lora_A_weight": "down", "_lora_B_weight": "up", "_alpha": "alpha"}
+    layer, part = _split_suffix(k, ends)
+    if layer is None: return LoaderKey(None, "fail")      # no '.' to split the key at: merge_lora raises
+    return LoaderKey(flat.get(layer.split("lora_unet_")[-1].lstrip("_")), part)
+
+
+def _diffsynth_loader(key: str, flat: dict) -> LoaderKey:
+    parts = key.split(".")
+    ab = next((x for x in ("lora_B", "lora_A") if x in parts), None)
+    if ab is None: return LoaderKey(None, None)
+    i = parts.index(ab)
+    if len(parts) > i + 2: parts.pop(i + 1)
+    parts.pop(i)
+    if parts[0] == "diffusion_model": parts.pop(0)
+    return LoaderKey(".".join(parts[:-1]), "up" if ab == "lora_B" else "down")
+
+
+def _comfyui_wrapper_loader(key: str, flat: dict) -> LoaderKey:
+    k = key.replace("transformer.", "diffusion_model.") if key.startswith("transformer.") else key
+    k = "diffusion_model." + k if k.startswith("blocks.") else k
+    k = k.replace(".default.", ".").replace("base_model.model.", "diffusion_model.")
+    stem, part = _split_suffix(k)
+    if stem is None: return LoaderKey(None, None)
+    if stem.startswith("diffusion_model."): return LoaderKey(stem[len("diffusion_model."):], part)
+    if stem.startswith("lora_unet_"): return LoaderKey(flat.get(stem[len("lora_unet_"):]), part)
+    return LoaderKey(None, None)
+
+
+def _simpletuner_loader(key: str, flat: dict) -> LoaderKey:
+    suffixes = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_magnitude_vector": "magnitude"}
+    stem, part = _split_suffix(key, suffixes)
+    if stem is None or not stem.startswith("transformer."): return LoaderKey(None, None)
+    return LoaderKey(stem[len("transformer."):], part)
+
+# %% ../nbs/05_lora.ipynb #121f0536
+class Loader(NamedTuple):
+    "A loader's key rule, the module names of its model (`released` or `wan`), and what it makes of scale and DoRA."
+    rule: object
+    names: str
+    scale: str           # alpha_scale | alpha | config | none
+    dora: bool
+
+
+LOADERS = {
+    "official": Loader(_official_loader, "released", "alpha_scale", False),
+    "wan2gp": Loader(_wan2gp_loader, "released", "alpha", True),
+    "videox-fun": Loader(_videox_fun_loader, "released", "alpha", False),
+    "diffsynth": Loader(_diffsynth_loader, "released", "none", False),
+    "comfyui-wrapper": Loader(_comfyui_wrapper_loader, "wan", "alpha", True),
+    "simpletuner": Loader(_simpletuner_loader, "released", "config", True),
+}
+assert tuple(LOADERS) == LORA_LOADERS
+
+# %% ../nbs/05_lora.ipynb #123802c3
+class LoaderCoverage(NamedTuple):
+    "What one loader would do with a LoRA file (`lora_coverage`)."
+    loader: str
+    modules: int              # modules the file holds a LoRA for
+    applied: list[str]        # … every key of which the loader applies
+    partly: list[str]         # … some keys of which it applies
+    skipped_keys: list[str]   # keys it does not apply
+    inexact: list[str]        # modules it applies at another scale, or without their DoRA magnitude
+    failure: str | None       # why the loader would stop with an error
+    model_modules: int        # LoRA-able modules of the model, in the loader's names
+    covered: int              # … that the file reaches there
+
+    @property
+    def verdict(self) -> str:
+        "`error`, `none`, `partial` (some modules or keys skipped), `inexact` (all applied, not all at the trained strength) or `full`."
+        if self.failure: return "error"
+        if not self.applied and not self.partly: return "none"
+        if self.partly or len(self.applied) < self.modules or any(_is_lora_key(k) for k in self.skipped_keys): return "partial"
+        return "inexact" if self.inexact else "full"
+
+    def line(self) -> str:
+        "One line: the verdict and what makes it."
+        mark = {"full": "ok", "partial": "WARNING partial", "inexact": "WARNING inexact", "none": "no", "error": "no"}
+        s = (f"{self.loader}: {mark[self.verdict]} — applies {len(self.applied)} of the file's {self.modules} modules, "
+             f"reaching {self.covered} of the model's {self.model_modules} LoRA-able modules in its names")
+        if self.partly: s += f"; only part of {len(self.partly)} (e.g. {self.partly[0]})"
+        if self.skipped_keys: s += f"; skips {len(self.skipped_keys)} keys (e.g. {self.skipped_keys[0]})"
+        if self.inexact: s += f"; {len(self.inexact)} at another strength or without DoRA (e.g. {self.inexact[0]})"
+        return s + (f"; fails: {self.failure}" if self.failure else "")
+
+
+def _is_lora_key(key: str) -> bool:
+    "Whether a skipped key carries a LoRA factor (skipping only an unused `.alpha` loses nothing)."
+    return not key.endswith((".alpha", ".alpha_scale"))
+
+# %% ../nbs/05_lora.ipynb #bc1d3902
+def _official_failure(state: dict, keys: dict) -> str | None:
+    "Why the release's strict loader would refuse the file: a key it has no module for, or a rank other than 128."
+    bad = [k for k, lk in keys.items() if lk.part == "fail"]
+    if bad: return f"strict load: unexpected key {bad[0]}"
+    for k, v in state.items():
+        if k.endswith(".lora_down.weight"):
+            n = sum(x.startswith(k.removesuffix("lora_down.weight") + "lora_up.blocks.") for x in state) or 1
+            if v.shape[0] // n != OFFICIAL_RANK:
+                return f"rank {v.shape[0] // n} ≠ lora_network_dim {OFFICIAL_RANK}: pass lora_network_dim={v.shape[0] // n}"
+    return None
+
+
+def _key_modules(state: dict, names) -> dict[str, tuple[str, str]]:
+    "Each key's `(released module, part)` as this project reads it (official keys: `factor` or `alpha_scale`)."
+    out = {}
+    for k in state:
+        if k.startswith(OFFICIAL_PREFIX):
+            out[k] = (k[len(OFFICIAL_PREFIX):].split(".")[0].replace(OFFICIAL_DOT, "."),
+                      "alpha_scale" if k.endswith(".alpha_scale") else "factor")
+        else:
+            p = parse_lora_key(k, names)
+            out[k] = (p.module, p.part)
+    return out
+
+
+def lora_coverage(path_or_state, loader: str, model: nn.Module | None = None, metadata=None) -> LoaderCoverage:
+    """What `loader` (one of `LORA_LOADERS`) would apply of a LoRA file: modules fully or partly applied, keys skipped,
+    modules at another strength, per its key rules (table above), against `model`'s modules (default: the release's)."""
+    if loader not in LOADERS: raise ValueError(f"unknown loader '{loader}'; use one of {LORA_LOADERS}")
+    spec, names = LOADERS[loader], tuple(linear_names(model)) if model is not None else released_linear_names()
+    state, metadata, src = _read(path_or_state, metadata)
+    file = read_lora_file(state, metadata, names=names)
+    space = set(names) if spec.names == "released" else {w for n in names for w in wan_names(n)}
+    keys = {k: spec.rule(k, {m.replace(".", "_"): m for m in space}) for k in state}
+    used = {k for k, lk in keys.items() if lk.target in space and lk.part not in (None, "fail")}
+    ours = _key_modules(state, names)
+    factor_keys = {}
+    for k, (m, part) in ours.items():
+        if part in ("down", "up", "factor"): factor_keys.setdefault(m, []).append(k)
+    applied = sorted(m for m, ks in factor_keys.items() if all(k in used for k in ks))
+    partly = sorted(m for m, ks in factor_keys.items() if m not in applied and any(k in used for k in ks))
+    inexact = []
+    for m in applied:
+        parts = {keys[k].part for k in used if ours[k][0] == m}
+        f = file.factors[m]
+        scale_ok = spec.scale in ("alpha_scale", "config") or "alpha" in parts and spec.scale == "alpha" or abs(f.scale - 1) < 1e-7
+        if not scale_ok or (f.magnitude is not None and not (spec.dora and "magnitude" in parts)): inexact.append(m)
+    failure = (_official_failure(state, keys) if loader == "official" else
+               next((f"the key {k} stops it (no '.' to split at)" for k, lk in keys.items() if lk.part == "fail"), None))
+    return LoaderCoverage(loader, len(file.factors), applied, partly, sorted(set(state) - used), inexact, failure,
+                          len(space), len({keys[k].target for k in used}))
+
+# %% ../nbs/05_lora.ipynb #a01a7d29
+FORMAT_LOADERS = {"peft": ("simpletuner",), "peft_noprefix": ("wan2gp", "videox-fun", "diffsynth"),
+                  "kohya": ("wan2gp", "videox-fun"), "wan": ("comfyui-wrapper",), "official": ("official",)}
+
+
+def report_lora_coverage(path, model: nn.Module | None = None, loaders=LORA_LOADERS) -> list[LoaderCoverage]:
+    """Print one verdict line per loader for the LoRA file `path`; warn where a loader its format is written for would
+    not apply it fully and exactly. Returns the coverages."""
+    covs = [lora_coverage(path, loader, model) for loader in loaders]
+    fmt, name = lora_format(_read(path)[0], str(path)), Path(path).name
+    for c in covs: print(f"{name}: {c.line()}")
+    for c in covs:
+        if c.loader in FORMAT_LOADERS.get(fmt, ()) and c.verdict != "full": warnings.warn(f"{name}: {c.line()}")
+    return covs
+
+# %% ../nbs/05_lora.ipynb #34d47c22
+def checkpoint_identity(checkpoint) -> dict[str, str]:
+    "`checkpoint` (its path or hub id) and `checkpoint_dit_sha256`: a hash of dit/config.json and the shard index."
+    d, h = Path(checkpoint) / "dit", hashlib.sha256()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors.index.json"):
+        if (d / name).is_file(): h.update((d / name).read_bytes())
+    return {"checkpoint": str(checkpoint), "checkpoint_dit_sha256": h.hexdigest()[:16] if d.is_dir() else "unknown"}
+
+
+def training_metadata(cfg, steps: int, checkpoint=None) -> dict[str, str]:
+    "What a LoRA file says of the run `cfg` (a `TrainConfig`) that trained it for `steps`, as safetensors metadata."
+    data = [d for d in cfg.datasets if d.dataset_type != "conditioning" and not d.disabled]
+    return {
+        "lora_target_modules": json.dumps(cfg.lora_targets), "base_model_precision": cfg.base_model_precision,
+        "attention_implementation": cfg.attention_implementation, "bsa_sparsity": json.dumps(cfg.bsa_sparsity),
+        "bsa_cdf_threshold": json.dumps(cfg.bsa_cdf_threshold),
+        "training_resolution": json.dumps({d.id: f"{d.resolution:g} {d.resolution_type}" for d in data}),
+        "training_frames": json.dumps({d.id: d.video.num_frames or d.video.max_frames for d in data}),
+        "steps": str(steps),
+        **checkpoint_identity(checkpoint or cfg.pretrained_model_name_or_path or FLAVOURS[cfg.model_flavour]),
+    }
+
+
+FORMAT_WORDS = {
+    "official": "the release's format (lora___lorahyphen___ keys)",
+    "peft": "diffusers/PEFT keys (transformer.<module>.lora_A/lora_B)",
+    "peft_noprefix": "PEFT keys without a prefix (<module>.lora_A/lora_B)",
+    "diffsynth": "PEFT's in-model keys (<module>.lora_A.default.weight)",
+    "kohya": "kohya-style keys (diffusion_model.<module>.lora_down/lora_up + .alpha)",
+    "kohya_underscore": "kohya-style underscore names (lora_unet_<module with _>)",
+    "wan": "kohya-style keys on ComfyUI-WanVideoWrapper's Wan module names (self_attn.q/k/v, …)",
+}
+
+
+def lora_info(path) -> str:
+    "What a LoRA file is: the layout detected, modules, ranks, scale source, DoRA, and its metadata."
+    file = read_lora_file(path)
+    ranks = Counter(f.down.shape[0] for f in file.factors.values())
+    dora = any(f.magnitude is not None for f in file.factors.values())
+    lines = [f"{path}", f"format: {file.format} — {FORMAT_WORDS[file.format]}",
+             f"modules: {len(file.factors)}, ranks {dict(sorted(ranks.items()))} (as read; fused pieces count together)",
+             f"scale: {scale_note(file)}", f"DoRA: {'yes' if dora else 'no'}", "metadata:"]
+    meta = {k: v for k, v in file.metadata.items() if k != LORA_ADAPTER_METADATA_KEY}
+    lines += [f"  {k}: {v}" for k, v in sorted(meta.items())] or ["  (none)"]
+    if LORA_ADAPTER_METADATA_KEY in file.metadata: lines.append(f"  {LORA_ADAPTER_METADATA_KEY}: (the PEFT LoraConfig)")
+    return "\n".join(lines)
