@@ -28,10 +28,11 @@ __all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'O
            'DORA_REFUSED', 'OFFICIAL_RANK', 'LOADERS', 'FORMAT_LOADERS', 'FORMAT_WORDS', 'linear_names',
            'lora_target_names', 'lora_layers', 'add_lora', 'set_lora_input_cast', 'LoraFactors', 'lora_factors',
            'fused_splits', 'official_key', 'fused_form', 'wan_names', 'from_wan_name', 'released_linear_names',
-           'LoraKey', 'parse_lora_key', 'lora_format', 'drop_zero_rank', 'LoraFile', 'read_lora_file', 'read_lora',
-           'lora_delta', 'canonical_lora_format', 'pad_rank', 'lora_state_dict', 'check_lora_export', 'save_lora',
-           'attach_lora', 'scale_note', 'load_lora', 'write_official_lora', 'LoaderKey', 'Loader', 'LoaderCoverage',
-           'lora_coverage', 'report_lora_coverage', 'checkpoint_identity', 'training_metadata', 'lora_info']
+           'LoraKey', 'parse_lora_key', 'lora_format', 'drop_zero_rank', 'pieces_as_lora', 'LoraFile', 'read_lora_file',
+           'read_lora', 'lora_delta', 'canonical_lora_format', 'pad_rank', 'lora_state_dict', 'check_lora_export',
+           'save_lora', 'attach_lora', 'scale_note', 'load_lora', 'write_official_lora', 'LoaderKey', 'Loader',
+           'LoaderCoverage', 'lora_coverage', 'report_lora_coverage', 'checkpoint_identity', 'training_metadata',
+           'lora_info']
 
 # %% ../nbs/05_lora.ipynb #b8482ecc
 REFINEMENT_LORA_TARGETS = LORA_TARGETS + ["adaLN_modulation.1", "final_layer.linear"]
@@ -269,7 +270,7 @@ def lora_format(keys, source: str = "LoRA state dict", names=None) -> str:
                          f"(kohya), 'lora_unet_<module>.lora_down.weight' or '{OFFICIAL_PREFIX}<module>.lora_down.weight'")
     return "wan" if any(p.layout == "wan" for p in parsed) else parsed[0].layout
 
-# %% ../nbs/05_lora.ipynb #6b51aebc
+# %% ../nbs/05_lora.ipynb #d642be48
 def _read(path_or_state, metadata=None):
     "(state dict, metadata, label for errors) from a safetensors path or an in-memory state dict."
     if isinstance(path_or_state, dict): return path_or_state, metadata or {}, "LoRA state dict"
@@ -325,9 +326,10 @@ def _official_factors(name: str, parts: dict, src: str) -> LoraFactors:
         raise ValueError(f"{src}: {key}: lora_up {[tuple(u.shape) for u in ups]} does not fit lora_down "
                          f"{tuple(down.shape)} (each up [out/{n}, r] with down [{n}·r, in])")
     down, ups = drop_zero_rank(down, ups)
-    return LoraFactors(down, torch.block_diag(*ups) if blocks else ups[0], float(parts["alpha_scale"]))
+    down, up = pieces_as_lora(list(down.chunk(n)), ups) if blocks else (down, ups[0])
+    return LoraFactors(down, up, float(parts["alpha_scale"]))
 
-# %% ../nbs/05_lora.ipynb #436166ab
+# %% ../nbs/05_lora.ipynb #01f86e11
 def _magnitude(v: torch.Tensor, out: int, src: str, stem: str) -> torch.Tensor:
     "A DoRA magnitude as [out]: PEFT's `lora_magnitude_vector` [out] or a kohya-style `dora_scale` [out, 1]."
     if v.numel() != out or (v.dim() == 2 and v.shape[1] != 1):
@@ -350,21 +352,25 @@ def _piece(name: str, parts: dict, cfg, need_alpha: bool, src: str, stem: str) -
     return LoraFactors(down, up, scale, mag), how
 
 
+def pieces_as_lora(downs: list[torch.Tensor], ups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fused layer's pieces (`down_j` [r_j, in], `up_j` [out/n, r_j], in row order) as one `(down, up)`: when every
+    piece has the same `down` — a rank-r LoRA written split — that `down` with the `up`s stacked, exactly the LoRA that
+    was split; else the `down`s stacked and `up` block-diagonal (rank Σ r_j), also exact."""
+    if all(d.shape == downs[0].shape and torch.equal(d, downs[0]) for d in downs[1:]): return downs[0], torch.cat(ups)
+    return torch.cat(downs), torch.block_diag(*ups)
+
+
 def _fuse_pieces(name: str, pieces: dict[int, LoraFactors], n: int, src: str) -> LoraFactors:
-    "The released module's LoRA from its Wan pieces: `down` stacked, each piece's `up` on its own rows and columns."
+    "The released module's LoRA from its Wan pieces; a missing piece adds nothing, a piece's own scale goes into its `up`."
     rows = {f.up.shape[0] for f in pieces.values()}
     if len(rows) != 1: raise ValueError(f"{src}: {name}: its {n} pieces have different row counts {sorted(rows)}")
-    out, s0 = rows.pop(), next(iter(pieces.values())).scale
-    up = torch.zeros(n * out, sum(f.down.shape[0] for f in pieces.values()))
-    col = 0
-    for j, f in sorted(pieces.items()):
-        r = f.down.shape[0]
-        up[j * out:(j + 1) * out, col:col + r] = f.up if f.scale == s0 else f.up * (f.scale / s0)
-        col += r
-    mags = [f.magnitude for _, f in sorted(pieces.items())]
-    if any(m is not None for m in mags) and (len(mags) < n or any(m is None for m in mags)):
-        raise ValueError(f"{src}: {name}: a DoRA needs the magnitude of all {n} pieces, the file has {len(mags)}")
-    down = torch.cat([f.down for _, f in sorted(pieces.items())])
+    out, s0 = rows.pop(), pieces[min(pieces)].scale
+    empty = LoraFactors(torch.zeros(0, pieces[min(pieces)].down.shape[1]), torch.zeros(out, 0), s0)
+    full = [pieces.get(j, empty) for j in range(n)]
+    down, up = pieces_as_lora([f.down for f in full], [f.up if f.scale == s0 else f.up * (f.scale / s0) for f in full])
+    mags = [f.magnitude for f in full]
+    if any(m is not None for m in mags) and any(m is None for m in mags):
+        raise ValueError(f"{src}: {name}: a DoRA needs the magnitude of all {n} pieces, the file has {len(pieces)}")
     return LoraFactors(down, up, s0, torch.cat(mags) if mags[0] is not None else None)
 
 # %% ../nbs/05_lora.ipynb #8fe8e30c
