@@ -27,12 +27,12 @@ from .data import user_permissions
 __all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'WAN_BLOCK_NAMES', 'WAN_TOP_NAMES',
            'DORA_REFUSED', 'OFFICIAL_RANK', 'LOADERS', 'FORMAT_LOADERS', 'FORMAT_WORDS', 'linear_names',
            'lora_target_names', 'lora_layers', 'add_lora', 'set_lora_input_cast', 'LoraFactors', 'lora_factors',
-           'fused_splits', 'official_key', 'fused_form', 'wan_names', 'from_wan_name', 'released_linear_names',
-           'LoraKey', 'parse_lora_key', 'lora_format', 'drop_zero_rank', 'pieces_as_lora', 'LoraFile', 'read_lora_file',
-           'read_lora', 'lora_delta', 'canonical_lora_format', 'pad_rank', 'lora_state_dict', 'check_lora_export',
-           'save_lora', 'attach_lora', 'scale_note', 'load_lora', 'write_official_lora', 'LoaderKey', 'Loader',
-           'LoaderCoverage', 'lora_coverage', 'report_lora_coverage', 'checkpoint_identity', 'training_metadata',
-           'lora_info']
+           'peft_magnitude', 'base_norm_magnitude', 'fused_splits', 'official_key', 'fused_form', 'wan_names',
+           'from_wan_name', 'released_linear_names', 'LoraKey', 'parse_lora_key', 'lora_format', 'drop_zero_rank',
+           'pieces_as_lora', 'LoraFile', 'read_lora_file', 'read_lora', 'lora_delta', 'canonical_lora_format',
+           'pad_rank', 'lora_state_dict', 'check_lora_export', 'base_weights', 'save_lora', 'attach_lora', 'scale_note',
+           'load_lora', 'write_official_lora', 'LoaderKey', 'Loader', 'LoaderCoverage', 'lora_coverage',
+           'report_lora_coverage', 'checkpoint_identity', 'training_metadata', 'lora_info']
 
 # %% ../nbs/05_lora.ipynb #b8482ecc
 REFINEMENT_LORA_TARGETS = LORA_TARGETS + ["adaLN_modulation.1", "final_layer.linear"]
@@ -123,11 +123,14 @@ def set_lora_input_cast(model: nn.Module, cast: bool) -> int:
 
 # %% ../nbs/05_lora.ipynb #cfd5a4bd
 class LoraFactors(NamedTuple):
-    "One module's LoRA: `ΔW = scale · up @ down`, `down` [R, in], `up` [out, R]; a DoRA adds `magnitude` [out]."
+    """One module's LoRA: `ΔW = scale · up @ down`, `down` [R, in], `up` [out, R]; a DoRA adds `magnitude` [out], the
+    length of each output row of the new weight — divided by the row norm of `W + ΔW` (`norm="updated"`, PEFT's
+    definition) or of the base `W` (`norm="base"`, what ComfyUI does with a `.dora_scale`; see `peft_magnitude`)."""
     down: torch.Tensor
     up: torch.Tensor
     scale: float
     magnitude: torch.Tensor | None = None
+    norm: str = "updated"
 
     def delta(self, multiplier: float = 1.0) -> torch.Tensor:
         "ΔW [out, in] in fp32 (for a DoRA: the update of the direction, before the magnitude rescales each row)."
@@ -145,6 +148,23 @@ def lora_factors(model: nn.Module, adapter_name: str = "default") -> dict[str, L
         parts = [p.weight.detach().float().cpu() for p in _lora_params(m, adapter_name)]
         out[name] = LoraFactors(parts[0], parts[1], float(m.scaling[adapter_name]), *parts[2:])
     return out
+
+# %% ../nbs/05_lora.ipynb #91e67cf2
+_COMFY_EPS = torch.finfo(torch.float32).eps   # ComfyUI adds its weight dtype's eps to the row norm (fp32 when merging)
+
+
+def peft_magnitude(f: LoraFactors, weight: torch.Tensor) -> torch.Tensor | None:
+    "The DoRA magnitude [out] of `f` as PEFT defines it, for the base weight `weight` [out, in]; None for a plain LoRA."
+    if f.magnitude is None or f.norm == "updated": return f.magnitude
+    w = weight.detach().float().cpu()
+    return f.magnitude * (w + f.delta()).norm(dim=1) / (w.norm(dim=1) + _COMFY_EPS)
+
+
+def base_norm_magnitude(f: LoraFactors, weight: torch.Tensor) -> torch.Tensor | None:
+    "The `.dora_scale` [out] of `f` that ComfyUI turns into PEFT's DoRA weight, for the base weight `weight`."
+    if f.magnitude is None or f.norm == "base": return f.magnitude
+    w = weight.detach().float().cpu()
+    return f.magnitude * (w.norm(dim=1) + _COMFY_EPS) / (w + f.delta()).norm(dim=1)
 
 # %% ../nbs/05_lora.ipynb #0713ba2c
 FUSED_LORA_SPLITS = {"attn.qkv": 3, "cross_attn.kv_linear": 2, "adaLN_modulation.1": 6, "final_layer.adaLN_modulation.1": 2}
@@ -225,13 +245,13 @@ def _underscore_names(names: tuple[str, ...]) -> dict[str, str]:
     "Module paths, released and Wan, by their underscore spelling (`blocks_0_attn_qkv`), for `lora_unet_` keys."
     return {m.replace(".", "_"): m for n in names for m in (n, *wan_names(n))}
 
-# %% ../nbs/05_lora.ipynb #7c52bada
+# %% ../nbs/05_lora.ipynb #ad5bee17
 class LoraKey(NamedTuple):
     "One key of a LoRA file: `part` of the LoRA of released module `module`, output piece `piece` of `pieces`."
     module: str
     piece: int
     pieces: int
-    part: str       # down | up | alpha | magnitude
+    part: str       # down | up | alpha | magnitude (PEFT's) | dora_scale (kohya-style)
     layout: str     # the layout it is written in (see the table)
     stem: str       # the key without its part, for messages
 
@@ -249,7 +269,7 @@ def parse_lora_key(key: str, names=None) -> LoraKey | None:
     wan = from_wan_name(name)
     module, piece, pieces = wan or (name, 0, 1)
     part = {"A": "down", "B": "up"}.get(m["ab"]) or {"lora_down.weight": "down", "lora_up.weight": "up",
-                                                     "alpha": "alpha"}.get(t, "magnitude")
+                                                     "alpha": "alpha", "dora_scale": "dora_scale"}.get(t, "magnitude")
     layout = ("wan" if module != name else "kohya_underscore" if _UNDERSCORE.match(stem) else
               "diffsynth" if m["adapter"] else "kohya" if stem.startswith("diffusion_model.") else
               "peft" if stem.startswith("transformer.") else "peft_noprefix" if m["ab"] else "kohya")
@@ -329,7 +349,7 @@ def _official_factors(name: str, parts: dict, src: str) -> LoraFactors:
     down, up = pieces_as_lora(list(down.chunk(n)), ups) if blocks else (down, ups[0])
     return LoraFactors(down, up, float(parts["alpha_scale"]))
 
-# %% ../nbs/05_lora.ipynb #01f86e11
+# %% ../nbs/05_lora.ipynb #6c26d325
 def _magnitude(v: torch.Tensor, out: int, src: str, stem: str) -> torch.Tensor:
     "A DoRA magnitude as [out]: PEFT's `lora_magnitude_vector` [out] or a kohya-style `dora_scale` [out, 1]."
     if v.numel() != out or (v.dim() == 2 and v.shape[1] != 1):
@@ -348,8 +368,9 @@ def _piece(name: str, parts: dict, cfg, need_alpha: bool, src: str, stem: str) -
     rank = down.shape[0]
     scale, how = ((float(parts["alpha"]) / rank, "alpha") if "alpha" in parts else
                   (_peft_scale(cfg, name, rank, src), "config") if cfg is not None else (1.0, "none"))
-    mag = _magnitude(parts["magnitude"], up.shape[0], src, stem) if "magnitude" in parts else None
-    return LoraFactors(down, up, scale, mag), how
+    key = next((k for k in ("magnitude", "dora_scale") if k in parts), None)
+    mag = _magnitude(parts[key], up.shape[0], src, stem) if key else None
+    return LoraFactors(down, up, scale, mag, "base" if key == "dora_scale" else "updated"), how
 
 
 def pieces_as_lora(downs: list[torch.Tensor], ups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,7 +392,7 @@ def _fuse_pieces(name: str, pieces: dict[int, LoraFactors], n: int, src: str) ->
     mags = [f.magnitude for f in full]
     if any(m is not None for m in mags) and any(m is None for m in mags):
         raise ValueError(f"{src}: {name}: a DoRA needs the magnitude of all {n} pieces, the file has {len(pieces)}")
-    return LoraFactors(down, up, s0, torch.cat(mags) if mags[0] is not None else None)
+    return LoraFactors(down, up, s0, torch.cat(mags) if mags[0] is not None else None, full[0].norm)
 
 # %% ../nbs/05_lora.ipynb #8fe8e30c
 class LoraFile(NamedTuple):
@@ -475,15 +496,23 @@ def _official_state(factors: dict[str, LoraFactors], rank: int = OFFICIAL_RANK) 
         sd[f"{p}.alpha_scale"] = torch.tensor(factors[name].scale)
     return sd
 
-# %% ../nbs/05_lora.ipynb #1c169dbe
+# %% ../nbs/05_lora.ipynb #6319654c
 def _kohya_module(stem: str, down: torch.Tensor, up: torch.Tensor, scale: float, magnitude) -> dict[str, torch.Tensor]:
-    "One module's kohya-style keys: `lora_down`, `lora_up`, `.alpha` (= scale · rank) and a DoRA's `.dora_scale` [out, 1]."
+    "One module's kohya-style keys: `lora_down`, `lora_up`, `.alpha` (= scale · rank), a DoRA's `.dora_scale` [out, 1]."
     sd = {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(scale * down.shape[0])}
     if magnitude is not None: sd[f"{stem}.dora_scale"] = magnitude.reshape(-1, 1)
     return sd
 
 
-def _wan_state(factors: dict[str, LoraFactors]) -> dict[str, torch.Tensor]:
+def _dora_scale(name: str, f: LoraFactors, base: dict | None) -> torch.Tensor | None:
+    "The `.dora_scale` of module `name` (ComfyUI's convention), from the base weights `base` where it needs converting."
+    if f.magnitude is None or f.norm == "base": return f.magnitude
+    if base is None or name not in base:
+        raise ValueError(f"{name}: a DoRA's .dora_scale is relative to the base weight — pass base_weights (save_lora does)")
+    return base_norm_magnitude(f, base[name])
+
+
+def _wan_state(factors: dict[str, LoraFactors], base: dict | None = None) -> dict[str, torch.Tensor]:
     "Kohya-style keys on the wrapper's names; a fused layer as n pieces, each the whole `down` and its rows of `up`."
     sd = {}
     for name, f in factors.items():
@@ -494,39 +523,43 @@ def _wan_state(factors: dict[str, LoraFactors]) -> dict[str, torch.Tensor]:
                              f"lora_target_modules or export another format")
         n = len(pieces)
         down, ups = fused_form(f, n) if n > 1 else (f.down, [f.up])
-        mags = f.magnitude.chunk(n) if f.magnitude is not None else [None] * n
+        mags = _dora_scale(name, f, base).chunk(n) if f.magnitude is not None else [None] * n
         for w, d, u, m in zip(pieces, down.view(n, -1, down.shape[1]), ups, mags):
             sd.update(_kohya_module(f"diffusion_model.{w}", d, u, f.scale, m))
     return sd
 
 
-def _peft_state(factors: dict[str, LoraFactors], prefix: str, fold_scale: bool) -> dict[str, torch.Tensor]:
+def _peft_state(factors: dict[str, LoraFactors], prefix: str, fold_scale: bool, base=None) -> dict[str, torch.Tensor]:
     "PEFT keys `<prefix><module>.lora_A/B.weight` (+ `lora_magnitude_vector`); `fold_scale`: `lora_B` carries the scale."
     sd = {}
     for name, f in factors.items():
         sd[f"{prefix}{name}.lora_A.weight"] = f.down
         sd[f"{prefix}{name}.lora_B.weight"] = f.up * f.scale if fold_scale and f.scale != 1 else f.up
-        if f.magnitude is not None: sd[f"{prefix}{name}.lora_magnitude_vector"] = f.magnitude
+        if f.magnitude is None: continue
+        if f.norm == "base" and (base is None or name not in base):
+            raise ValueError(f"{name}: converting a .dora_scale to PEFT's magnitude needs the base weight — pass base_weights")
+        sd[f"{prefix}{name}.lora_magnitude_vector"] = peft_magnitude(f, base[name]) if f.norm == "base" else f.magnitude
     return sd
 
 
-def lora_state_dict(factors: dict[str, LoraFactors], format: str = "peft",
-                    official_rank: int = OFFICIAL_RANK) -> dict[str, torch.Tensor]:
+def lora_state_dict(factors: dict[str, LoraFactors], format: str = "peft", official_rank: int = OFFICIAL_RANK,
+                    base_weights: dict | None = None) -> dict[str, torch.Tensor]:
     """The fp32 state dict of `factors` in one of `LORA_FORMATS` (`comfyui` = `wan`); official: fused layers in the
-    block form, zero-padded to `official_rank` per chunk (the release loader's default 128)."""
+    block form, zero-padded to `official_rank` per chunk (the release loader's default 128). A DoRA needs the base
+    weights `{module: W}` where its magnitude changes convention (`.dora_scale` ↔ PEFT's)."""
     format = canonical_lora_format(format)
     if format in DORA_REFUSED and any(f.magnitude is not None for f in factors.values()):
         raise ValueError(f"a DoRA cannot be written in the {format} format: {DORA_REFUSED[format]} — export peft, kohya "
                          f"or wan (or train without use_dora)")
     if format == "official": sd = _official_state(factors, official_rank)
-    elif format == "wan": sd = _wan_state(factors)
+    elif format == "wan": sd = _wan_state(factors, base_weights)
     elif format == "kohya":
-        sd = {k: v for name, f in factors.items()
-              for k, v in _kohya_module(f"diffusion_model.{name}", f.down, f.up, f.scale, f.magnitude).items()}
-    else: sd = _peft_state(factors, "transformer." if format == "peft" else "", fold_scale=format == "peft_noprefix")
+        sd = {k: v for name, f in factors.items() for k, v in
+              _kohya_module(f"diffusion_model.{name}", f.down, f.up, f.scale, _dora_scale(name, f, base_weights)).items()}
+    else: sd = _peft_state(factors, "transformer." if format == "peft" else "", format == "peft_noprefix", base_weights)
     return {k: v.float().clone().contiguous() for k, v in sd.items()}  # clone: safetensors refuses shared storage
 
-# %% ../nbs/05_lora.ipynb #879a954e
+# %% ../nbs/05_lora.ipynb #090f8d7a
 def check_lora_export(state: dict, model: nn.Module, adapter_name: str = "default", metadata: dict | None = None):
     "Raise unless `state` holds exactly the LoRA `adapter_name` of `model`: all wrapped modules, all keys, none extra, same ΔW."
     fmt, got = read_lora(state, metadata, strict=True, names=linear_names(model))
@@ -542,8 +575,11 @@ def check_lora_export(state: dict, model: nn.Module, adapter_name: str = "defaul
         a, b = w.scale * (w.up @ (w.down @ x)), f.scale * (f.up @ (f.down @ x))
         if (a - b).abs().max() > 1e-5 * a.abs().max() + 1e-12:
             raise ValueError(f"{fmt} LoRA export: {name}: the written ΔW differs from the model's")
-        if (w.magnitude is None) != (f.magnitude is None) or (w.magnitude is not None and not torch.equal(w.magnitude, f.magnitude)):
-            raise ValueError(f"{fmt} LoRA export: {name}: the written DoRA magnitude differs from the model's")
+        if (w.magnitude is None) != (f.magnitude is None): raise ValueError(f"{fmt} LoRA export: {name}: DoRA magnitude lost")
+        if w.magnitude is not None:
+            m = peft_magnitude(f, _base_linear(model.get_submodule(name)).weight)
+            if (m - w.magnitude).abs().max() > 1e-5 * w.magnitude.abs().max():
+                raise ValueError(f"{fmt} LoRA export: {name}: the written DoRA magnitude differs from the model's")
 
 
 def _json_config(config: LoraConfig) -> dict:
@@ -565,10 +601,17 @@ def _rank_metadata(model: nn.Module, adapter_name: str, state: dict, format: str
     return meta
 
 
+def base_weights(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    "The base weight of every layer the adapter `adapter_name` wraps, by module path."
+    return {n: _base_linear(m).weight for n, m in lora_layers(model, adapter_name).items()}
+
+
 def save_lora(model: nn.Module, path, format: str = "peft", adapter_name: str = "default", metadata: dict | None = None) -> Path:
     "Write the LoRA `adapter_name` of `model` to the safetensors file `path` in `format`, after a self-check; returns the path."
     format = canonical_lora_format(format)
-    state = lora_state_dict(lora_factors(model, adapter_name), format)
+    factors = lora_factors(model, adapter_name)
+    dora = any(f.magnitude is not None for f in factors.values())
+    state = lora_state_dict(factors, format, base_weights=base_weights(model, adapter_name) if dora else None)
     meta = {"format": "pt", **_rank_metadata(model, adapter_name, state, format), **{k: str(v) for k, v in (metadata or {}).items()}}
     if format == "peft":
         cfg = _json_config(model.peft_config[adapter_name])
@@ -626,7 +669,8 @@ def attach_lora(model: nn.Module, factors: dict[str, LoraFactors], adapter_name:
     with torch.no_grad():
         for name, m in lora_layers(model, adapter_name).items():
             f = factors[name]
-            for p, v in zip(_lora_params(m, adapter_name), (f.down, f.up, f.magnitude)): p.weight.copy_(v)
+            for p, v in zip(_lora_params(m, adapter_name), (f.down, f.up, peft_magnitude(f, _base_linear(m).weight))):
+                p.weight.copy_(v)
     model.set_adapter(active + [adapter_name])
     for p in model.parameters(): p.requires_grad_(id(p) in trainable)
     return adapter_name

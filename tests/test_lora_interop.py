@@ -216,3 +216,26 @@ def test_train_export_every_format_then_sample_the_same_video(example, tmp_path,
     plain = base(prompt="a red ball", width=64, height=64, num_frames=5, num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0), output_type="pt").frames
     assert not torch.equal(plain, ref)                   # the LoRA changes the video: the comparison can fail
+
+
+def test_dora_files_load_back_and_match_comfyuis_dora_rule(tmp_path):
+    m = with_lora(use_dora=True)
+    want = outputs(m)
+    for fmt in ("peft", "kohya", "wan"):
+        fresh = tiny()
+        load_lora(fresh, save_lora(m, tmp_path / f"{fmt}.safetensors", fmt))
+        assert (outputs(fresh) - want).abs().max() <= 1e-6 * want.abs().max(), fmt    # the magnitude's conversion: fp32 rounding
+    # ComfyUI applies `.dora_scale` d [out, 1] as (W + ΔW) · d / (‖W_row‖ + eps) (comfy/weight_adapter/base.py,
+    # weight_decompose, output axis); PEFT's layer gives m · (W + ΔW) / ‖(W + ΔW)_row‖. Same weight from the file:
+    sd = lora_state_dict(lora_factors(m), "kohya", base_weights={n: l.base_layer.weight for n, l in
+                                                                 ((n, m.get_submodule(n)) for n in lora_factors(m))})
+    layer = m.get_submodule("blocks.1.cross_attn.kv_linear")
+    W = layer.base_layer.weight.detach()
+    p = "diffusion_model.blocks.1.cross_attn.kv_linear"
+    dw = (sd[f"{p}.alpha"] / sd[f"{p}.lora_down.weight"].shape[0]) * sd[f"{p}.lora_up.weight"] @ sd[f"{p}.lora_down.weight"]
+    comfy = (W + dw) * sd[f"{p}.dora_scale"] / (W.norm(dim=1, keepdim=True) + torch.finfo(torch.float32).eps)
+    x = torch.randn(3, W.shape[1])
+    with torch.no_grad(): peft = layer(x) - layer.base_layer.bias          # the DoRA layer's x @ Wᵀ
+    torch.testing.assert_close(x @ comfy.T, peft, rtol=1e-5, atol=1e-6)
+    for fmt in ("official", "peft_noprefix"):
+        with pytest.raises(ValueError, match="DoRA cannot be written"): save_lora(m, tmp_path / "x.safetensors", fmt)
