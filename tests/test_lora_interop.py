@@ -94,6 +94,28 @@ def test_wrapper_export_covers_every_module_of_the_wrappers_longcat():
     eq_(c.skipped_keys, [])
 
 
+# What each loader's key rules make of each export (alpha = rank / 2): the README's interop table, cell by cell.
+EXPECTED = {
+    "peft": dict(official="error", wan2gp="inexact", diffsynth="none", simpletuner="full",
+                 **{"videox-fun": "none", "comfyui-wrapper": "partial"}),
+    "kohya": dict(official="error", wan2gp="full", diffsynth="none", simpletuner="none",
+                  **{"videox-fun": "full", "comfyui-wrapper": "partial"}),
+    "official": dict(official="full", wan2gp="none", diffsynth="none", simpletuner="none",
+                     **{"videox-fun": "error", "comfyui-wrapper": "none"}),
+    "wan": dict(official="error", wan2gp="partial", diffsynth="none", simpletuner="none",
+                **{"videox-fun": "partial", "comfyui-wrapper": "full"}),
+    "peft_noprefix": dict(official="error", wan2gp="full", diffsynth="full", simpletuner="none",
+                          **{"videox-fun": "full", "comfyui-wrapper": "partial"}),
+}
+
+
+@pytest.mark.parametrize("fmt", LORA_FORMATS)
+def test_each_export_in_each_loader_as_the_readme_says(fmt, tmp_path):
+    m = with_lora()
+    path = save_lora(m, tmp_path / f"lora_{fmt}.safetensors", fmt)
+    eq_({loader: lora_coverage(path, loader, m).verdict for loader in LORA_LOADERS}, EXPECTED[fmt])
+
+
 def test_coverage_report_flags_partial_loads(tmp_path, capsys):
     m = with_lora()
     kohya = save_lora(m, tmp_path / "lora_kohya.safetensors", "kohya")
