@@ -231,7 +231,7 @@ def cmd_plan(args) -> int:
     print("config keys for the plan: " + json.dumps(chosen.settings()))
     return 0
 
-# %% ../nbs/08_cli.ipynb #08d34b67
+# %% ../nbs/08_cli.ipynb #402a8c07
 def cmd_lora_info(args) -> int:
     "Print what a LoRA file is and the metadata it carries."
     from longcat_nb.lora import lora_info
@@ -266,7 +266,8 @@ def add_lora_commands(sub):
     i.set_defaults(fn=_lora_file_errors(cmd_lora_info))
     c = cmds.add_parser("check", help="Which of the loaders would apply the file fully, partly or not at all.")
     c.add_argument("file")
-    c.add_argument("--for", dest="loaders", action="append", choices=LORA_LOADERS, help="a loader (repeatable; default all)")
+    c.add_argument("--for", dest="loaders", action="append", choices=LORA_LOADERS,
+                   help="a loader (repeatable; default all)")
     c.set_defaults(fn=_lora_file_errors(cmd_lora_check))
 
 # %% ../nbs/08_cli.ipynb #6584ec44

@@ -272,7 +272,8 @@ def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
     if cfg.compile_transformer:
         _refuse(cfg, "compile_transformer", True, "compiled blocks are not tested with FSDP sharding yet", "set it to false for FSDP runs (or train with DDP)")
     if cfg.use_dora:
-        _refuse(cfg, "use_dora", True, "the sharded checkpoint gathers LoRA factors only, not a DoRA's magnitude", "set it to false for FSDP runs (or train with DDP)")
+        _refuse(cfg, "use_dora", True, "the sharded checkpoint gathers LoRA factors only, not a DoRA's magnitude",
+                "set it to false for FSDP runs (or train with DDP)")
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
     plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = transformer_auto_wrap_policy, ["LongCatBlock"]
     plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)

@@ -1,7 +1,7 @@
-"""LoRA files that work where users generate (issue 21): every export read back to the same ΔW; the ComfyUI-WanVideoWrapper
-file covers every module of the wrapper's LongCat model; the coverage report flags loaders that would apply a file only
-in part or at another strength; LoRAs in each foreign layout read like their kohya-style twin; and a short training run
-exported in every format samples the same video from each file."""
+"""LoRA files that work where users generate (issue 21): every export read back to the same ΔW; the
+ComfyUI-WanVideoWrapper file covers every module of the wrapper's LongCat model; the coverage report flags loaders that
+would apply a file only in part or at another strength; LoRAs in each foreign layout read like their kohya-style twin;
+and a short training run exported in every format samples the same video from each file."""
 import re
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from longcat_nb.cli import main
 from longcat_nb.config import LORA_FORMATS, LORA_LOADERS, load_config
-from longcat_nb.lora import (REFINEMENT_LORA_TARGETS, add_lora, load_lora, lora_coverage, lora_factors,
+from longcat_nb.lora import (REFINEMENT_LORA_TARGETS, add_lora, base_weights, load_lora, lora_coverage, lora_factors,
                              lora_state_dict, read_lora, save_lora)
 from longcat_nb.model import TINY_DIT_CONFIG, LongCatVideoTransformer3DModel
 
@@ -125,7 +125,7 @@ def test_coverage_report_flags_partial_loads(tmp_path, capsys):
     assert "WARNING partial" in c.line()
     eq_(lora_coverage(kohya, "wan2gp", m).verdict, "full")
     peft = save_lora(m, tmp_path / "lora_peft.safetensors", "peft")
-    eq_([lora_coverage(peft, x, m).verdict for x in ("videox-fun", "diffsynth")], ["none", "none"])   # transformer. prefix
+    eq_([lora_coverage(peft, x, m).verdict for x in ("videox-fun", "diffsynth")], ["none", "none"])   # the prefix
     # a file that only partly matches a loader's names: the wrapper's own file with one released-name module added
     wan = lora_state_dict(lora_factors(m), "wan")
     extra = with_lora(targets=["t_embedder.mlp.0"], seed=2)
@@ -165,8 +165,8 @@ def foreign_loras(rank=4):
     g = torch.Generator().manual_seed(7)
     rnd = lambda *s: torch.randn(*s, generator=g) * 0.1
     model, h, depth = tiny(), TINY_DIT_CONFIG["hidden_size"], TINY_DIT_CONFIG["depth"]
-    plain = {n: (rnd(rank, h), rnd(model.get_submodule(n).out_features, rank), 0.5)
-             for i in range(depth) for n in (f"blocks.{i}.attn.proj", f"blocks.{i}.cross_attn.q_linear", f"blocks.{i}.ffn.w1")}
+    names = [f"blocks.{i}.{n}" for i in range(depth) for n in ("attn.proj", "cross_attn.q_linear", "ffn.w1")]
+    plain = {n: (rnd(rank, h), rnd(model.get_submodule(n).out_features, rank), 0.5) for n in names}
     qkv = {i: [(rnd(rank, h), rnd(h, rank)) for _ in range(3)] for i in range(depth)}
     fused = {f"blocks.{i}.attn.qkv": (torch.cat([d for d, _ in p]), torch.block_diag(*[u for _, u in p]), 0.5)
              for i, p in qkv.items()}
@@ -175,7 +175,7 @@ def foreign_loras(rank=4):
     files = {}
     files["diffsynth"] = {f"{n}.lora_{ab}.default.weight": t for n, (d, u, s) in plain.items()
                           for ab, t in (("A", d), ("B", u * s))}                          # no alpha: scale folded
-    for prefix in ("lora_unet_", "lora_unet__"):                                          # musubi, VideoX-Fun's comfy files
+    for prefix in ("lora_unet_", "lora_unet__"):                                # musubi, VideoX-Fun's comfy files
         files[prefix] = {f"{prefix}{n.replace('.', '_')}.{p}": t for n, (d, u, s) in plain.items()
                          for p, t in (("lora_down.weight", d), ("lora_up.weight", u), ("alpha", a(d)))}
     for prefix in ("diffusion_model.", "lora_unet_"):                                     # Wan names, split q/k/v
@@ -187,9 +187,12 @@ def foreign_loras(rank=4):
                                  for p, t in (("lora_A.weight", d), ("lora_B.weight", u), ("alpha", a(d)))}
     files["peft base_model.model."] = {f"base_model.model.{n}.lora_{ab}.weight": t for n, (d, u, s) in plain.items()
                                        for ab, t in (("A", d), ("B", u * s))}
-    files["official"] = {f"lora___lorahyphen___{n.replace('.', '___lorahyphen___')}.{p}": t for n, (d, u, s) in fused.items()
-                         for p, t in ([("lora_down.weight", d), ("alpha_scale", torch.tensor(s))]
-                                      + [(f"lora_up.blocks.{j}.weight", pu) for j, (_, pu) in enumerate(qkv[int(n.split('.')[1])])])}
+    files["official"] = {}
+    for i, pieces in qkv.items():                                              # the release's block form
+        stem = f"lora___lorahyphen___blocks___lorahyphen___{i}___lorahyphen___attn___lorahyphen___qkv"
+        d, _, s = fused[f"blocks.{i}.attn.qkv"]
+        files["official"] |= {f"{stem}.lora_down.weight": d, f"{stem}.alpha_scale": torch.tensor(s)}
+        files["official"] |= {f"{stem}.lora_up.blocks.{j}.weight": u for j, (_, u) in enumerate(pieces)}
     parts = {"diffsynth": plain, "lora_unet_": plain, "lora_unet__": plain, "wan diffusion_model.": fused,
              "wan lora_unet_": fused, "peft with .alpha": plain, "peft base_model.model.": plain, "official": fused}
     return files, {k: kohya_twin(v) for k, v in parts.items()}, twin
@@ -220,9 +223,11 @@ def test_train_export_every_format_then_sample_the_same_video(example, tmp_path,
     eq_(sorted(Path(p).name for p in result.lora_paths), sorted(f"lora_{f}.safetensors" for f in LORA_FORMATS))
     for p in result.lora_paths:                           # one verdict per loader, printed for every file
         assert all(f"{Path(p).name}: {loader}: " in out for loader in LORA_LOADERS), out
-    assert "lora_wan.safetensors: comfyui-wrapper: ok" in out and "lora_kohya.safetensors: comfyui-wrapper: WARNING partial" in out
+    assert "lora_wan.safetensors: comfyui-wrapper: ok" in out
+    assert "lora_kohya.safetensors: comfyui-wrapper: WARNING partial" in out
     meta = safe_open(str(tmp_path / "lora_wan.safetensors"), "pt").metadata()
-    eq_((meta["steps"], meta["lora_rank"], meta["lora_alpha"], meta["base_model_precision"]), ("2", "4", "2.0", cfg.base_model_precision))
+    eq_((meta["steps"], meta["lora_rank"], meta["lora_alpha"]), ("2", "4", "2.0"))
+    eq_(meta["base_model_precision"], cfg.base_model_precision)
     assert meta["checkpoint_dit_sha256"] != "unknown" and "example" in meta["training_resolution"]
     videos = {}
     for p in result.lora_paths:
@@ -246,15 +251,15 @@ def test_dora_files_load_back_and_match_comfyuis_dora_rule(tmp_path):
     for fmt in ("peft", "kohya", "wan"):
         fresh = tiny()
         load_lora(fresh, save_lora(m, tmp_path / f"{fmt}.safetensors", fmt))
-        assert (outputs(fresh) - want).abs().max() <= 1e-6 * want.abs().max(), fmt    # the magnitude's conversion: fp32 rounding
+        assert (outputs(fresh) - want).abs().max() <= 1e-6 * want.abs().max(), fmt    # converting the magnitude: fp32
     # ComfyUI applies `.dora_scale` d [out, 1] as (W + ΔW) · d / (‖W_row‖ + eps) (comfy/weight_adapter/base.py,
-    # weight_decompose, output axis); PEFT's layer gives m · (W + ΔW) / ‖(W + ΔW)_row‖. Same weight from the file:
-    sd = lora_state_dict(lora_factors(m), "kohya", base_weights={n: l.base_layer.weight for n, l in
-                                                                 ((n, m.get_submodule(n)) for n in lora_factors(m))})
+    # weight_decompose, output axis); PEFT's layer gives m · (W + ΔW) / ‖(W + ΔW)_row‖. The same weight, from the file:
+    sd = lora_state_dict(lora_factors(m), "kohya", base_weights=base_weights(m))
     layer = m.get_submodule("blocks.1.cross_attn.kv_linear")
     W = layer.base_layer.weight.detach()
     p = "diffusion_model.blocks.1.cross_attn.kv_linear"
-    dw = (sd[f"{p}.alpha"] / sd[f"{p}.lora_down.weight"].shape[0]) * sd[f"{p}.lora_up.weight"] @ sd[f"{p}.lora_down.weight"]
+    down, up = sd[f"{p}.lora_down.weight"], sd[f"{p}.lora_up.weight"]
+    dw = (sd[f"{p}.alpha"] / down.shape[0]) * up @ down
     comfy = (W + dw) * sd[f"{p}.dora_scale"] / (W.norm(dim=1, keepdim=True) + torch.finfo(torch.float32).eps)
     x = torch.randn(3, W.shape[1])
     with torch.no_grad(): peft = layer(x) - layer.base_layer.bias          # the DoRA layer's x @ Wᵀ
