@@ -722,7 +722,7 @@ def write_official_lora(path, model: nn.Module, rank: int, seed: int = 0, target
               metadata={"format": "pt", "longcat_nb": f"random fixture from write_official_lora(rank={rank}, seed={seed})"})
     return path
 
-# %% ../nbs/05_lora.ipynb #90446b14
+# %% ../nbs/05_lora.ipynb #ef0d7ad8
 class LoaderKey(NamedTuple):
     "What a loader makes of one key: the module path it patches in its own model (None: skipped) and which part."
     target: str | None
@@ -773,7 +773,21 @@ def _diffsynth_loader(key: str, flat: dict) -> LoaderKey:
     return LoaderKey(".".join(parts[:-1]), "up" if ab == "lora_B" else "down")
 
 
+def _wrapper_block_name(name: str) -> str:
+    "The wrapper's reading of a `lora_unet__blocks_N_…` name: `self_attn`, `cross_attn`, `ffn`, then one component."
+    c, out, i = name.split("_"), f"blocks.{name.split('_')[1]}", 2
+    for head in (["self", "attn"], ["cross", "attn"], ["ffn"]):
+        if c[i:i + len(head)] == head: out, i = out + "." + "_".join(head), i + len(head); break
+    if i < len(c): out += "." + c[i] + ("_img" if c[i + 1:i + 2] == ["img"] else "")
+    return out
+
+
 def _comfyui_wrapper_loader(key: str, flat: dict) -> LoaderKey:
+    if key.startswith("lora_unet__") and "." in key:              # the wrapper's own conversion of these names
+        main, rest = key[len("lora_unet__"):].split(".", 1)
+        part = {"lora_down.weight": "down", "lora_down": "down", "lora_up.weight": "up", "lora_up": "up",
+                "alpha": "alpha", "dora_scale": "magnitude"}.get(rest)
+        return LoaderKey(_wrapper_block_name(main) if main.startswith("blocks_") else flat.get(main), part)
     k = key.replace("transformer.", "diffusion_model.") if key.startswith("transformer.") else key
     k = "diffusion_model." + k if k.startswith("blocks.") else k
     k = k.replace(".default.", ".").replace("base_model.model.", "diffusion_model.")
@@ -903,7 +917,7 @@ def lora_coverage(path_or_state, loader: str, model: nn.Module | None = None, me
     return LoaderCoverage(loader, len(file.factors), applied, partly, sorted(set(state) - used), inexact, failure,
                           len(space), len({keys[k].target for k in used}))
 
-# %% ../nbs/05_lora.ipynb #a01a7d29
+# %% ../nbs/05_lora.ipynb #0b6debbc
 FORMAT_LOADERS = {"peft": ("simpletuner",), "peft_noprefix": ("wan2gp", "videox-fun", "diffsynth"),
                   "kohya": ("wan2gp", "videox-fun"), "wan": ("comfyui-wrapper",), "official": ("official",)}
 
@@ -911,8 +925,9 @@ FORMAT_LOADERS = {"peft": ("simpletuner",), "peft_noprefix": ("wan2gp", "videox-
 def report_lora_coverage(path, model: nn.Module | None = None, loaders=LORA_LOADERS) -> list[LoaderCoverage]:
     """Print one verdict line per loader for the LoRA file `path`; warn where a loader its format is written for would
     not apply it fully and exactly. Returns the coverages."""
-    covs = [lora_coverage(path, loader, model) for loader in loaders]
-    fmt, name = lora_format(_read(path)[0], str(path)), Path(path).name
+    state, metadata, _ = _read(path)                                   # read once for all loaders
+    covs = [lora_coverage(state, loader, model, metadata) for loader in loaders]
+    fmt, name = lora_format(state, str(path)), Path(path).name
     for c in covs: print(f"{name}: {c.line()}")
     for c in covs:
         if c.loader in FORMAT_LOADERS.get(fmt, ()) and c.verdict != "full": warnings.warn(f"{name}: {c.line()}")

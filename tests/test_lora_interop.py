@@ -266,3 +266,25 @@ def test_dora_files_load_back_and_match_comfyuis_dora_rule(tmp_path):
     torch.testing.assert_close(x @ comfy.T, peft, rtol=1e-5, atol=1e-6)
     for fmt in ("official", "peft_noprefix"):
         with pytest.raises(ValueError, match="DoRA cannot be written"): save_lora(m, tmp_path / "x.safetensors", fmt)
+
+
+def underscored(sd: dict, prefix: str) -> dict:
+    "A kohya-style file's keys with underscore module names: `lora_unet_` (musubi) or `lora_unet__` (VideoX-Fun)."
+    out = {}
+    for k, v in sd.items():
+        stem, part = re.fullmatch(r"diffusion_model\.(.+?)\.(lora_down\.weight|lora_up\.weight|alpha)", k).groups()
+        out[f"{prefix}{stem.replace('.', '_')}.{part}"] = v
+    return out
+
+
+def test_wrapper_reads_underscore_wan_names_as_its_code_does():
+    "`lora_unet__` names go through the wrapper's own parser (attention and FFN only); `lora_unet_` through ComfyUI's."
+    attn_ffn = with_lora(targets=None)                         # the default targets: attention and FFN linears
+    wan = lora_state_dict(lora_factors(attn_ffn), "wan")
+    for prefix in ("lora_unet_", "lora_unet__"):
+        eq_(lora_coverage(underscored(wan, prefix), "comfyui-wrapper", attn_ffn).verdict, "full")
+    every = with_lora()                                        # + modulation, head, text embedding
+    wan = lora_state_dict(lora_factors(every), "wan")
+    eq_(lora_coverage(underscored(wan, "lora_unet_"), "comfyui-wrapper", every).verdict, "full")
+    c = lora_coverage(underscored(wan, "lora_unet__"), "comfyui-wrapper", every)
+    assert c.verdict == "partial" and "blocks.0.adaLN_modulation.1" not in c.applied and "blocks.0.ffn.w1" in c.applied
