@@ -231,7 +231,7 @@ def cmd_plan(args) -> int:
     print("config keys for the plan: " + json.dumps(chosen.settings()))
     return 0
 
-# %% ../nbs/08_cli.ipynb #402a8c07
+# %% ../nbs/08_cli.ipynb #5d42cf26
 def cmd_lora_info(args) -> int:
     "Print what a LoRA file is and the metadata it carries."
     from longcat_nb.lora import lora_info
@@ -240,11 +240,11 @@ def cmd_lora_info(args) -> int:
 
 
 def cmd_lora_check(args) -> int:
-    "Print one verdict line per loader for a LoRA file; 0 only when every loader asked for applies all of it exactly."
+    "Print one verdict line per loader for a LoRA file; with `--for`, 0 only when those loaders apply all of it exactly."
     from longcat_nb.lora import lora_coverage
     found = [lora_coverage(args.file, loader) for loader in args.loaders or LORA_LOADERS]
     for c in found: print(c.line())
-    return 0 if all(c.verdict == "full" for c in found) else 1
+    return 0 if not args.loaders or all(c.verdict == "full" for c in found) else 1
 
 
 def _lora_file_errors(fn):
