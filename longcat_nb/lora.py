@@ -861,7 +861,7 @@ def _is_lora_key(key: str) -> bool:
     "Whether a skipped key carries a LoRA factor (skipping only an unused `.alpha` loses nothing)."
     return not key.endswith((".alpha", ".alpha_scale"))
 
-# %% ../nbs/05_lora.ipynb #a4e1285e
+# %% ../nbs/05_lora.ipynb #7114fb40
 def _official_failure(state: dict, keys: dict) -> str | None:
     "Why the release's strict loader would refuse the file: a key it has no module for, or a rank other than 128."
     bad = [k for k, lk in keys.items() if lk.part == "fail"]
@@ -896,18 +896,19 @@ def lora_coverage(path_or_state, loader: str, model: nn.Module | None = None, me
     state, metadata, src = _read(path_or_state, metadata)
     file = read_lora_file(state, metadata, names=names)
     space = set(names) if spec.names == "released" else {w for n in names for w in wan_names(n)}
-    keys = {k: spec.rule(k, {m.replace(".", "_"): m for m in space}) for k in state}
+    flat = {m.replace(".", "_"): m for m in space}
+    keys = {k: spec.rule(k, flat) for k in state}
     used = {k for k, lk in keys.items() if lk.target in space and lk.part not in (None, "fail")}
     ours = _key_modules(state, names)
-    factor_keys = {}
+    factor_keys, used_parts = {}, {}
     for k, (m, part) in ours.items():
         if part in ("down", "up", "factor"): factor_keys.setdefault(m, []).append(k)
+        if k in used: used_parts.setdefault(m, set()).add(keys[k].part)
     applied = sorted(m for m, ks in factor_keys.items() if all(k in used for k in ks))
     partly = sorted(m for m, ks in factor_keys.items() if m not in applied and any(k in used for k in ks))
     inexact = []
     for m in applied:
-        parts = {keys[k].part for k in used if ours[k][0] == m}
-        f = file.factors[m]
+        parts, f = used_parts[m], file.factors[m]
         reads_scale = spec.scale in ("alpha_scale", "config") or (spec.scale == "alpha" and "alpha" in parts)
         scale_ok = reads_scale or abs(f.scale - 1) < 1e-7
         if not scale_ok or (f.magnitude is not None and not (spec.dora and "magnitude" in parts)): inexact.append(m)
