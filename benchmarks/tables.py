@@ -19,7 +19,8 @@ def _plan(row: dict) -> str:
     "The settings a memory run trained with: the planner's choice (`plan_lines`) or the variant's own keys."
     chosen = next((line.split() for line in row.get("plan_lines", []) if line.startswith("plan ")), None)
     if chosen:
-        return f"{chosen[1]}, {chosen[2]} swapped, offload {chosen[3]}, FFN chunks {chosen[4]}"
+        recomputed = f", {chosen[5]} inputs recomputed" if len(chosen) == 9 else ""
+        return f"{chosen[1]}, {chosen[2]} swapped, offload {chosen[3]}, FFN chunks {chosen[4]}{recomputed}"
     return ", ".join(f"{k}: {v}" for k, v in row["extra"].items())
 
 
@@ -28,12 +29,13 @@ def memory_plans() -> str:
     head = ["| run | settings | GPU cap GiB | s/step | peak allocated GiB | peak reserved GiB | host RSS GiB | "
             "validation videos | date, commit |", "|---|---|---|---|---|---|---|---|---|"]
     body = []
-    for r in _rows("memory_h200_2026-12-04.jsonl"):
+    rows = [r for f in sorted(RESULTS.glob("memory_h200_*.jsonl")) for r in _rows(f.name)]
+    for r in rows:
         cap = r["gpu_gib_cap"] or "—"
         body.append(f"| {r['variant']} | {_plan(r)} | {cap} | {r['train_step_s'][-1]:.2f} | {r['train_peak_gib']:.1f} | "
                     f"{r['train_reserved_gib']:.1f} | {r['peak_host_rss_gib']:.1f} | {len(r['videos'])} | "
                     f"{r['date']}, {r['commit']} |")
-    gpu = {r["gpu"] + ", torch " + r["torch"] for r in _rows("memory_h200_2026-12-04.jsonl")}
+    gpu = {r["gpu"] + ", torch " + r["torch"] for r in rows}
     return "\n".join(head + body + ["", f"({'; '.join(sorted(gpu))}; step = the last step of two; each row's command "
                                         "is in its JSON line.)"])
 

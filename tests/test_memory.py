@@ -218,3 +218,13 @@ def test_offload_streams_keep_gradients_exact(recomputed):
     for _ in range(3):
         got = _delayed_step(model)
         for k in want: close_(got[k], want[k], eps=1e-3 * max(1.0, want[k].abs().max().item()))
+
+
+def test_grad_check_script_on_the_tiny_checkpoint():
+    "benchmarks/grad_check_plans.py (the full-size check of the plans' gradients) runs; on the CPU, recompute is exact."
+    import subprocess, sys
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "grad_check_plans.py"
+    out = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["plans"] and all(p["max_rel_grad_diff"] == 0 and p["loss"] == res["resident_loss"] for p in res["plans"])
