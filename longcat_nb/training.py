@@ -25,7 +25,8 @@ from diffusers.optimization import get_scheduler
 from .caching import CachedDataset, build_cache, default_dtype, load_empty_prompt, load_prompts
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
-from .lora import add_lora, lora_layers, read_lora, save_lora, set_lora_input_cast
+from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
+                             training_metadata)
 from .model import LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention, compute_autocast, set_ffn_chunks
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
@@ -95,7 +96,8 @@ def _check_memory(cfg):
     from longcat_nb.offload import check_memory_settings
     from longcat_nb.quantise import MemorySettingsError
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
-            cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap or cfg.activation_offload):
+            cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap or cfg.activation_offload
+            or cfg.recomputed_block_inputs):
         raise ConfigError(f"{cfg.config_path or '<config>'}: base_model_precision / musubi_blocks_to_swap / activation_offload are "
                           "single-GPU memory savers, not combined with FSDP sharding — launch without FSDP, or keep bf16 with no swap/offload")
     try: depth = LongCatVideoTransformer3DModel.load_config(resolve_checkpoint(cfg), subfolder="dit")["depth"]
@@ -110,9 +112,10 @@ def check_training_config(cfg):
     from longcat_nb.memory import apply_memory_plan
     apply_memory_plan(cfg)
     if cfg.model_type != "lora": _refuse(cfg, "model_type", cfg.model_type, "only LoRA training is supported", 'set "lora"')
-    if cfg.checkpoint_attention == "keep" and (cfg.musubi_blocks_to_swap or cfg.activation_offload):
+    if cfg.checkpoint_attention == "keep" and (cfg.musubi_blocks_to_swap or cfg.activation_offload or cfg.recomputed_block_inputs):
         _refuse(cfg, "checkpoint_attention", "keep", "keeping attention's outputs is not supported with musubi_blocks_to_swap / "
-                "activation_offload (their block runner checkpoints on its own)", 'set "auto" or "recompute", or turn block swap and activation offload off')
+                "activation_offload / recomputed_block_inputs (their block runner checkpoints on its own)",
+                'set "auto" or "recompute", or turn block swap, activation offload and recomputed inputs off')
     if cfg.checkpoint_attention == "keep" and cfg.attention_implementation == "bsa":
         _refuse(cfg, "checkpoint_attention", "keep", "with attention_implementation \"bsa\" there is no fused SDPA output to keep "
                 "(block-sparse attention runs through FlexAttention)", 'set "auto" or "recompute"')
@@ -251,6 +254,7 @@ def restore_lora(model, path):
                 raise TrainingError(f"{path}: {name} has LoRA shapes {tuple(f.down.shape)}/{tuple(f.up.shape)}, the model "
                                     f"{tuple(a.shape)}/{tuple(b.shape)} — resume with the checkpoint's lora_rank")
             _assign(a, f.down); _assign(b, f.up)
+            if f.magnitude is not None: _assign(layers[name].lora_magnitude_vector["default"].weight, f.magnitude)
 
 # %% ../nbs/07_training.ipynb #ce6cbcea
 def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
@@ -270,6 +274,9 @@ def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
                 "done to an FSDP-sharded one", "set it to false for FSDP runs (or train with DDP)")
     if cfg.compile_transformer:
         _refuse(cfg, "compile_transformer", True, "compiled blocks are not tested with FSDP sharding yet", "set it to false for FSDP runs (or train with DDP)")
+    if cfg.use_dora:
+        _refuse(cfg, "use_dora", True, "the sharded checkpoint gathers LoRA factors only, not a DoRA's magnitude",
+                "set it to false for FSDP runs (or train with DDP)")
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
     plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = transformer_auto_wrap_policy, ["LongCatBlock"]
     plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
@@ -509,7 +516,7 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`. Returns `model`."""
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
-    add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, use_dora=cfg.use_dora)
     set_lora_input_cast(model, lora_input_cast)
     set_ffn_chunks(model, cfg.ffn_chunks)
     if cfg.gradient_checkpointing: model.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention else None)
@@ -735,7 +742,7 @@ def _prepare_run(cfg) -> SimpleNamespace:
                                        and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision))
     if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
         from longcat_nb.offload import place_model
-        place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens)
+        place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.recomputed_block_inputs)
     model = model.train()
     seed_process(cfg.seed, accelerator.process_index)            # LoRA dropout masks differ across processes
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)
@@ -863,11 +870,15 @@ def _train_steps(run, cfg, stop, log, validate, scratch) -> bool:
 
 
 def _export_loras(run, cfg, step: int | None = None) -> list[Path]:
-    "The LoRA (of `step`, default the current) in every `lora_export_formats` format, by the main process (FSDP: gathered)."
+    """The LoRA (of `step`, default the current) in every `lora_export_formats` format, with the run's metadata, by the
+    main process (FSDP: gathered); one line per file and loader says where it loads (`lora.report_lora_coverage`)."""
     step = run.state.step if step is None else step
+    meta = training_metadata(cfg, step, resolve_checkpoint(cfg))
     with gathered_lora(run.unwrapped, run.main) as whole, _writing(run.output_dir, "the LoRA files", run.ckpt_bytes // 3 * len(cfg.lora_export_formats)):
-        return [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": step})
-                for fmt in cfg.lora_export_formats] if run.main else []
+        paths = [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata=meta)
+                 for fmt in cfg.lora_export_formats] if run.main else []
+        for p in paths: report_lora_coverage(p, whole)
+    return paths
 
 # %% ../nbs/07_training.ipynb #82798666
 def train(cfg, stop=None) -> TrainResult:
