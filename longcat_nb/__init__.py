@@ -7,3 +7,7 @@ import os
 # activation offload (the 24 / 16 GB plans ran out with ~2 GiB reserved but unallocated). A user's own setting wins.
 if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+# Importing the config chapter installs its filters for third-party start-up noise (torchao's missing optional
+# extensions and the like, `config.THIRD_PARTY_NOISE`) before any module that imports torchao loads.
+from . import config as _config  # noqa: E402,F401
