@@ -9,8 +9,8 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'ATTENTION_BACKENDS', 'BSA_MIN_FRAME
            'FP32Linear', 'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D',
            'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention',
            'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer',
-           'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'CondKVCache',
-           'keep_attention_policy', 'checkpoint_keeping_attention']
+           'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'cond_cache_bytes',
+           'CondKVCache', 'keep_attention_policy', 'checkpoint_keeping_attention']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -510,8 +510,36 @@ def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encod
 
 # %% ../nbs/03_model.ipynb #4d9dc27d
 class CondKV:
-    "One block's conditioning k, v [B, heads, N_cond, d] (RMS-normed, before RoPE); empty until the caching pass fills it."
+    """One block's conditioning keys and values [videos, heads, N_c, d], each in a storage of its own: k RMS-normed and
+    rotated (the conditioning tokens' positions are the first N_c, at every step), v. Empty until the caching pass."""
     def __init__(self): self.k = self.v = None
+
+    def keep(self, k, v):
+        "Keep copies of k (rotated), v [B, heads, N_c, d]: never views, which would keep the fused qkv output alive."
+        self.k = k.clone(memory_format=torch.contiguous_format)
+        self.v = v.clone(memory_format=torch.contiguous_format)
+
+    def join(self, k, v):
+        """The cached keys and values followed by `k`, `v` [B, heads, N, d] → [B, heads, N_c + N, d]. B is a multiple
+        of the cached videos (guidance: [negative, prompt] share one cache), written in the one copy the join makes."""
+        return _after(self.k, k), _after(self.v, v)
+
+
+def _after(cached, new):
+    "`cached` [b, h, N_c, d] repeated to new's batch [B = r·b, h, N, d], then `new`, along the tokens: one copy of each."
+    (b, _, Nc, _), (B, h, N, d) = cached.shape, new.shape
+    out = new.new_empty(B, h, Nc + N, d)
+    out.view(B // b, b, h, Nc + N, d)[:, :, :, :Nc] = cached
+    out[:, :, Nc:] = new
+    return out
+
+
+def cond_cache_bytes(cond_tokens: int, depth: int = 48, hidden: int = 4096, batch: int = 1, dtype_bytes: int = 2,
+                     out_values: int = 64) -> int:
+    """Bytes a `CondKVCache` keeps for `cond_tokens` conditioning tokens of `batch` videos: k and v (`hidden` values
+    each, `dtype_bytes` each) in `depth` blocks, and the conditioning frames' fp32 velocity (`out_values` a token:
+    patch volume × out channels). A guidance batch of [negative, prompt] shares one video's cache: `batch` counts videos."""
+    return cond_tokens * batch * (depth * 2 * hidden * dtype_bytes + out_values * 4)
 
 
 class CondKVCache:
@@ -536,14 +564,14 @@ class CondKVCache:
 def forward_cached(self: SelfAttention, x, rope, cond_kv: CondKV, backend: str = "auto"):
     """Self-attention around a conditioning cache. Empty `cond_kv`: x [B, N_c, C] are the conditioning tokens alone
     (rope for their frames); their k, v are kept. Filled: x [B, N, C] are the tokens after them, rope covers the
-    N_c + N positions, and these queries attend to the cached keys and their own — as in the uncached forward."""
+    N_c + N positions, and these queries attend to the cached keys and their own — as in the uncached forward.
+    B may be a multiple of the cached videos (a guidance batch)."""
     B, N, C = x.shape
     q, k, v = self.qkv_heads(x)
-    if cond_kv.k is None: cond_kv.k, cond_kv.v = k, v
-    else:
-        rep = B // cond_kv.k.shape[0]                       # guidance: one cache serves [negative, prompt]
-        k, v = torch.cat([cond_kv.k.repeat(rep, 1, 1, 1), k], dim=2), torch.cat([cond_kv.v.repeat(rep, 1, 1, 1), v], dim=2)
-    q, k = apply_rope(q, (rope[0][-N:], rope[1][-N:])), apply_rope(k, rope)
+    own = (rope[0][-N:], rope[1][-N:])                    # these tokens' positions: the last N of the rope
+    q, k = apply_rope(q, own), apply_rope(k, own)
+    if cond_kv.k is None: cond_kv.keep(k, v)
+    else: k, v = cond_kv.join(k, v)
     return self.proj(attention(q, k, v, backend).transpose(1, 2).reshape(B, N, C))
 
 
