@@ -5,12 +5,13 @@ checkpoint's conventions so the released `dit/` shards load as they are."""
 
 # %% auto #0
 __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'ATTENTION_BACKENDS', 'BSA_MIN_FRAME_TOKENS', 'ATTENTION_OPS', 'ffn_hidden_size',
-           'FeedForwardSwiGLU', 'ChunkedSwiGLU', 'set_ffn_chunks', 'fp32_region', 'compute_autocast', 'autocasts',
-           'FP32Linear', 'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D',
-           'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention',
-           'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer',
-           'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'cond_cache_bytes',
-           'CondKVCache', 'keep_attention_policy', 'checkpoint_keeping_attention']
+           'fused', 'silu_mul', 'FeedForwardSwiGLU', 'ChunkedSwiGLU', 'set_ffn_chunks', 'fp32_region',
+           'compute_autocast', 'autocasts', 'FP32Linear', 'rms_norm_fp32', 'FP32RMSNorm', 'timestep_sinusoid',
+           'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D', 'rope_split', 'rope_3d', 'apply_rope',
+           'check_attention_backend', 'attention', 'plan_attention', 'qk_norm_rope', 'SelfAttention', 'CrossAttention',
+           'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer', 'unpatchify', 'text_mask',
+           'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'cond_cache_bytes', 'CondKVCache',
+           'keep_attention_policy', 'checkpoint_keeping_attention']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -41,6 +42,23 @@ def ffn_hidden_size(hidden_size: int, mlp_ratio: float, multiple_of: int = 256) 
     return multiple_of * -(-width // multiple_of)
 
 # %% ../nbs/03_model.ipynb #6d27f59a
+_FUSED = {}   # (function, backend) → its torch.compile twin, compiled on first use
+
+
+def fused(fn, backend: str | None = None):
+    """`fn`, or with a torch.compile `backend` ("inductor"; "aot_eager" traces without generating code) the twin
+    `torch.compile(fn, dynamic=True)`. Always `fn` while dynamo traces a compiled block: its graph fuses `fn` already."""
+    if backend is None or torch.compiler.is_compiling(): return fn
+    if (fn, backend) not in _FUSED: _FUSED[fn, backend] = torch.compile(fn, dynamic=True, backend=backend)
+    return _FUSED[fn, backend]
+
+
+def silu_mul(a, b):
+    """SwiGLU's gate `silu(a)·b` for a = w1 x, b = w3 x [..., hidden_ffn]. In place on the SiLU's fresh output: one
+    wide tensor fewer alive in a sampling step (autograd keeps what it needs)."""
+    return F.silu(a).mul_(b)
+
+
 class FeedForwardSwiGLU(nn.Module):
     """SwiGLU feed-forward `w2(silu(w1 x) · w3 x)`, no biases. x: [B, N, dim]. With `chunks` > 1 and autograd on, the
     wide intermediates are not kept for the backward, which recomputes them `chunks` token-chunks at a time."""
@@ -51,7 +69,9 @@ class FeedForwardSwiGLU(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
         self.chunks = 1
 
-    def swiglu(self, x): return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    fused_elementwise = None   # a torch.compile backend for `silu_mul` (`set_fused_elementwise`), or None: eager
+
+    def swiglu(self, x): return self.w2(fused(silu_mul, self.fused_elementwise)(self.w1(x), self.w3(x)))
 
     def forward(self, x):
         if self.chunks == 1 or not torch.is_grad_enabled(): return self.swiglu(x)      # sampling and the default: plain
@@ -120,10 +140,16 @@ class FP32Linear(nn.Linear):
         with fp32_region(x): return F.linear(x.float(), self.weight.float(), bias)
 
 
+def rms_norm_fp32(x, weight, eps: float):
+    "RMSNorm of x [..., d] over its last dim in fp32, cast back to x's dtype, then scaled by `weight` [d] (the release's)."
+    with fp32_region(x): return F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype) * weight
+
+
 class FP32RMSNorm(nn.RMSNorm):
     "RMSNorm over the last dim, normalised in fp32, cast back to the input dtype, then scaled by `weight`."
-    def forward(self, x):
-        return F.rms_norm(x.float(), self.normalized_shape, eps=self.eps).to(x.dtype) * self.weight
+    fused_elementwise = None   # a torch.compile backend (`set_fused_elementwise`), or None: eager
+
+    def forward(self, x): return fused(rms_norm_fp32, self.fused_elementwise)(x, self.weight, self.eps)
 
 # %% ../nbs/03_model.ipynb #cf89fb90
 def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -274,6 +300,17 @@ def plan_attention(backend: str, latent_shape, device, bsa_params: dict, enable_
     return plan
 
 # %% ../nbs/03_model.ipynb #b2636c78
+def qk_norm_rope(qkv, heads: int, q_weight, k_weight, eps: float, cos, sin):
+    """The fused qkv output [B, N, 3C] → q, k, v [B, heads, N, d]: q and k RMS-normed per head, scaled by their norm
+    weights [d] and rotated by `(cos, sin)` [N, d/2], all in fp32 and rounded once to qkv's dtype; v a view of qkv."""
+    B, N, _ = qkv.shape
+    with fp32_region(qkv):
+        q, k, v = qkv.view(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        q = apply_rope(F.rms_norm(q.float(), q_weight.shape, eps=eps) * q_weight.float(), (cos, sin))
+        k = apply_rope(F.rms_norm(k.float(), k_weight.shape, eps=eps) * k_weight.float(), (cos, sin))
+        return q.to(qkv.dtype), k.to(qkv.dtype), v
+
+
 class SelfAttention(nn.Module):
     "Multi-head self-attention with per-head q/k RMSNorm and 3D RoPE; the first `num_cond` tokens see only themselves."
     def __init__(self, dim: int, num_heads: int):
@@ -284,19 +321,19 @@ class SelfAttention(nn.Module):
         self.k_norm = FP32RMSNorm(self.head_dim, eps=1e-6)
         self.proj = nn.Linear(dim, dim)
 
-    def qkv_heads(self, x):
-        "x [B, N, C] → q, k, v [B, heads, N, d], q and k RMS-normed (RoPE not applied yet)."
-        B, N, _ = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return self.q_norm(q), self.k_norm(k), v
+    fused_elementwise = None   # a torch.compile backend for `qk_norm_rope` (`set_fused_elementwise`), or None: eager
+
+    def qkv_heads(self, x, rope):
+        "x [B, N, C], rope `(cos, sin)` [N, d/2] → q, k, v [B, heads, N, d], q and k RMS-normed and rotated."
+        qk = fused(qk_norm_rope, self.fused_elementwise)
+        return qk(self.qkv(x), self.num_heads, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, *rope)
 
     def forward(self, x, rope, num_cond: int = 0, backend="auto", cond_kv=None):
         """x [B, N, C]; rope `(cos, sin)` [N, head_dim/2]; `backend` a name or a `BlockSparse` → [B, N, C].
         `cond_kv`: a `CondKV` slot (the continuation cache)."""
         if cond_kv is not None: return self.forward_cached(x, rope, cond_kv, backend)
         B, N, C = x.shape
-        q, k, v = self.qkv_heads(x)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = self.qkv_heads(x, rope)
         if isinstance(backend, BlockSparse):
             out = backend(q, k, v, num_cond)
         elif num_cond > 0:
@@ -333,36 +370,40 @@ class CrossAttention(nn.Module):
 
 # %% ../nbs/03_model.ipynb #3e6d1378
 class UpcastNorm(torch.autograd.Function):
-    """`norm(x.float())` for a parameter-free `norm` and a bf16/fp16 `x`, keeping `x` for the backward instead of its
-    fp32 copy (half the bytes, none when `x` is kept anyway); the backward upcasts it again: the same values, bit for bit."""
+    """`layer_norm(x.float())` without affine for a bf16/fp16 `x`, keeping `x` for the backward instead of its fp32
+    copy (half the bytes, none when `x` is kept anyway); the backward upcasts it again: the same values, bit for bit."""
     @staticmethod
-    def forward(ctx, norm, x):
-        ctx.norm = norm
+    def forward(ctx, x, eps: float):
+        ctx.eps = eps
         ctx.save_for_backward(x)
-        return norm(x.float())
+        return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         with torch.enable_grad(), fp32_region(x):
             xf = x.float().requires_grad_()
-            return None, torch.autograd.grad(ctx.norm(xf), xf, grad)[0].to(x.dtype)
+            return torch.autograd.grad(F.layer_norm(xf, xf.shape[-1:], eps=ctx.eps), xf, grad)[0].to(x.dtype), None
 
 
-def modulate(norm: nn.Module, x, shift, scale):
-    "`norm(x)·(1 + scale) + shift` in fp32, per frame: x [B, N, C], shift/scale [B, T, 1, C] → [B, N, C] fp32."
+def modulate(x, shift, scale, eps: float = 1e-6, dtype=None):
+    """`LN(x)·(1 + scale) + shift` in fp32 (LN without affine, `eps`), per frame: x [B, N, C], shift/scale [B, T, 1, C]
+    fp32 → [B, N, C] in `dtype` (None: fp32)."""
     B, N, C = x.shape
-    x = x.view(B, shift.shape[1], -1, C)
-    upcast = x.dtype != torch.float32 and x.requires_grad and torch.is_grad_enabled() and not any(True for _ in norm.parameters())
-    h = UpcastNorm.apply(norm, x) if upcast else norm(x.float())
-    return (h * (1 + scale) + shift).view(B, N, C)
+    with fp32_region(x):
+        x = x.view(B, shift.shape[1], -1, C)
+        upcast = x.dtype != torch.float32 and x.requires_grad and torch.is_grad_enabled()
+        h = UpcastNorm.apply(x, eps) if upcast else F.layer_norm(x.float(), (C,), eps=eps)
+        out = (h * (1 + scale) + shift).view(B, N, C)
+        return out if dtype is None else out.to(dtype)
 
 
 def gated_add(x, branch, gate):
     "`x + gate·branch` in fp32, cast back to x's dtype; x, branch [B, N, C], gate [B, T, 1, C]."
     B, N, C = x.shape
     T = gate.shape[1]
-    return (x.float().view(B, T, -1, C) + gate * branch.float().view(B, T, -1, C)).view(B, N, C).to(x.dtype)
+    with fp32_region(x):
+        return (x.float().view(B, T, -1, C) + gate * branch.float().view(B, T, -1, C)).view(B, N, C).to(x.dtype)
 
 
 class LongCatBlock(nn.Module):
@@ -377,19 +418,20 @@ class LongCatBlock(nn.Module):
         self.cross_attn = CrossAttention(hidden_size, num_heads)
         self.ffn = FeedForwardSwiGLU(hidden_size, ffn_hidden_size(hidden_size, mlp_ratio))
 
+    fused_elementwise = None   # a torch.compile backend for `modulate`, `gated_add` (`set_fused_elementwise`), or None
+
     def forward(self, x, y, t, rope, key_mask=None, num_cond: int = 0, backend: str = "auto", cond_kv=None):
         """x [B, N, C] activations; y [B, L, C] text (None: skip cross-attention — the KV-cache pass of conditioning
         tokens, whose output there is 0); t [B, T, adaln_tembed_dim] fp32, one per latent frame; rope `(cos, sin)`;
         key_mask [B, L] or None; `num_cond` leading conditioning tokens; `cond_kv` a `CondKV` slot or None."""
+        mod, add = fused(modulate, self.fused_elementwise), fused(gated_add, self.fused_elementwise)
         with fp32_region(x):   # the modulation, (1 + scale)/shift and the gated residual adds stay fp32 under autocast
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(t).unsqueeze(2).chunk(6, dim=-1)
-            h = modulate(self.mod_norm_attn, x, shift_msa, scale_msa).to(x.dtype)
-        a = self.attn(h, rope, num_cond, backend, cond_kv)
-        with fp32_region(x): x = gated_add(x, a, gate_msa)
+        h = mod(x, shift_msa, scale_msa, self.mod_norm_attn.eps, x.dtype)
+        x = add(x, self.attn(h, rope, num_cond, backend, cond_kv), gate_msa)
         if y is not None: x = x + self.cross_attn(self.pre_crs_attn_norm(x), y, key_mask, num_cond, backend)
-        with fp32_region(x): h = modulate(self.mod_norm_ffn, x, shift_mlp, scale_mlp).to(x.dtype)
-        f = self.ffn(h)
-        with fp32_region(x): return gated_add(x, f, gate_mlp)
+        h = mod(x, shift_mlp, scale_mlp, self.mod_norm_ffn.eps, x.dtype)
+        return add(x, self.ffn(h), gate_mlp)
 
 # %% ../nbs/03_model.ipynb #a3e0b368
 class FinalLayer(nn.Module):
@@ -400,10 +442,13 @@ class FinalLayer(nn.Module):
         self.linear = FP32Linear(hidden_size, patch_volume * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), FP32Linear(adaln_tembed_dim, 2 * hidden_size))
 
+    fused_elementwise = None   # a torch.compile backend for `modulate` (`set_fused_elementwise`), or None: eager
+
     def forward(self, x, t):
         with fp32_region(x):
             shift, scale = self.adaLN_modulation(t).unsqueeze(2).chunk(2, dim=-1)
-            return self.linear(modulate(self.norm_final, x, shift, scale))
+            h = fused(modulate, self.fused_elementwise)(x, shift, scale, self.norm_final.eps)
+            return self.linear(h)
 
 
 def unpatchify(x, grid, patch_size, channels: int):
@@ -567,9 +612,7 @@ def forward_cached(self: SelfAttention, x, rope, cond_kv: CondKV, backend: str =
     N_c + N positions, and these queries attend to the cached keys and their own — as in the uncached forward.
     B may be a multiple of the cached videos (a guidance batch)."""
     B, N, C = x.shape
-    q, k, v = self.qkv_heads(x)
-    own = (rope[0][-N:], rope[1][-N:])                    # these tokens' positions: the last N of the rope
-    q, k = apply_rope(q, own), apply_rope(k, own)
+    q, k, v = self.qkv_heads(x, (rope[0][-N:], rope[1][-N:]))   # these tokens' positions: the last N of the rope
     if cond_kv.k is None: cond_kv.keep(k, v)
     else: k, v = cond_kv.join(k, v)
     return self.proj(attention(q, k, v, backend).transpose(1, 2).reshape(B, N, C))
@@ -619,4 +662,14 @@ def checkpoint_keeping_attention(block, x, *args):
 def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
     "Compile every transformer block in place with `torch.compile(**compile_kwargs)`; returns the model."
     for block in self.blocks: block.compile(**compile_kwargs)
+    return self
+
+# %% ../nbs/03_model.ipynb #935bfc6b
+@patch
+def set_fused_elementwise(self: LongCatVideoTransformer3DModel, backend: str | bool | None = "inductor"):
+    """Run the elementwise functions between the matmuls (`silu_mul`, `rms_norm_fp32`, `qk_norm_rope`, `modulate`,
+    `gated_add`) as their `torch.compile` twins with `backend` (True: "inductor"; False or None: eager); returns the model."""
+    backend = "inductor" if backend is True else backend or None
+    for m in self.modules():
+        if hasattr(m, "fused_elementwise"): m.fused_elementwise = backend
     return self
