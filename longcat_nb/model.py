@@ -381,9 +381,12 @@ class UpcastNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        with torch.enable_grad(), fp32_region(x):
-            xf = x.float().requires_grad_()
-            return torch.autograd.grad(F.layer_norm(xf, xf.shape[-1:], eps=ctx.eps), xf, grad)[0].to(x.dtype), None
+        with fp32_region(x):                             # LayerNorm's own backward op: autograd's, and dynamo traces it
+            xf = x.float()
+            _, mean, rstd = torch.native_layer_norm(xf, xf.shape[-1:], None, None, ctx.eps)
+            mask = [True, False, False]
+            gx = torch.ops.aten.native_layer_norm_backward(grad, xf, xf.shape[-1:], mean, rstd, None, None, mask)[0]
+            return gx.to(x.dtype), None
 
 
 def modulate(x, shift, scale, eps: float = 1e-6, dtype=None):
@@ -426,7 +429,10 @@ class LongCatBlock(nn.Module):
         key_mask [B, L] or None; `num_cond` leading conditioning tokens; `cond_kv` a `CondKV` slot or None."""
         mod, add = fused(modulate, self.fused_elementwise), fused(gated_add, self.fused_elementwise)
         with fp32_region(x):   # the modulation, (1 + scale)/shift and the gated residual adds stay fp32 under autocast
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(t).unsqueeze(2).chunk(6, dim=-1)
+            mods = self.adaLN_modulation(t).unsqueeze(2).chunk(6, dim=-1)
+        # compiled functions guard on their inputs' storage offsets: six chunks of one tensor would compile six times
+        if self.fused_elementwise: mods = [m.clone() for m in mods]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         h = mod(x, shift_msa, scale_msa, self.mod_norm_attn.eps, x.dtype)
         x = add(x, self.attn(h, rope, num_cond, backend, cond_kv), gate_msa)
         if y is not None: x = x + self.cross_attn(self.pre_crs_attn_norm(x), y, key_mask, num_cond, backend)
@@ -446,7 +452,8 @@ class FinalLayer(nn.Module):
 
     def forward(self, x, t):
         with fp32_region(x):
-            shift, scale = self.adaLN_modulation(t).unsqueeze(2).chunk(2, dim=-1)
+            mods = self.adaLN_modulation(t).unsqueeze(2).chunk(2, dim=-1)
+            shift, scale = [m.clone() for m in mods] if self.fused_elementwise else mods   # as in the block
             h = fused(modulate, self.fused_elementwise)(x, shift, scale, self.norm_final.eps)
             return self.linear(h)
 
