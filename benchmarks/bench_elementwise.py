@@ -1,10 +1,11 @@
 """One transformer block's training step, eager against fused elementwise work (`set_fused_elementwise`).
 
 The block is the released width (hidden 4096, 32 heads, LoRA rank 16 on the trainer's targets, random bf16 weights,
-`memory.one_block_model`) at 832×480×93's 37,440 tokens (latent grid 24×30×52) with 512 text tokens, run as the trainer
-runs each block: under the bf16 autocast (`compute_autocast`), checkpointed (`enable_gradient_checkpointing`), forward
-then backward of a loss on its output. Each variant: the first step (fused: compiles its functions), then the median of
-`--steps` steps, peak GPU memory, the output's and the LoRA gradients' difference from eager. Prints one JSON object.
+`memory.one_block_model`) at 832×480×93's 37,440 tokens (latent grid 24×30×52) with 512 text tokens, run as the
+trainer runs each block: under the bf16 autocast (`compute_autocast`), checkpointed (`enable_gradient_checkpointing`),
+forward then backward of a loss on its output. Each variant: the first step (fused: compiles its functions), then
+the median of `--steps` steps, peak GPU memory, the output's and the LoRA gradients' difference from eager. Prints one
+JSON object.
 
     python benchmarks/bench_elementwise.py                      # on a CUDA GPU
     python benchmarks/bench_elementwise.py --tiny               # hidden 256, 2 heads, 560 tokens, on the CPU (a check)
@@ -72,7 +73,7 @@ def rel(a, b) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true", help="hidden 256, 2 heads, rank 4, 4×10×14 tokens, 24 text tokens, CPU")
+    p.add_argument("--tiny", action="store_true", help="hidden 256, 2 heads, rank 4, 4×10×14 tokens, 24 text, CPU")
     p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     p.add_argument("--backend", default="inductor", help="torch.compile backend of the fused functions")
     p.add_argument("--json", help="also write the result here")
@@ -88,7 +89,8 @@ def main(argv=None):
     result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__, backend=a.backend, tokens=args[0].shape[1], **shape, steps=a.steps,
                   eager=eager, fused=fused, speedup=round(eager["median_s"] / fused["median_s"], 3),
-                  output_rel_diff=rel(out_f, out_e), max_grad_rel_diff=max(rel(grads_f[n], g) for n, g in grads_e.items()))
+                  output_rel_diff=rel(out_f, out_e),
+                  max_grad_rel_diff=max(rel(grads_f[n], g) for n, g in grads_e.items()))
     result["grid"] = list(shape["grid"])
     text = json.dumps(result)
     print(text)
