@@ -47,16 +47,17 @@ _FUSED = {}   # (function, backend) → its torch.compile twin, compiled on firs
 
 def fused(fn, backend: str | None = None):
     """`fn`, or with a torch.compile `backend` ("inductor"; "aot_eager" traces without generating code) the twin
-    `torch.compile(fn, dynamic=True)`. Always `fn` while dynamo traces a compiled block: its graph fuses `fn` already."""
+    `torch.compile(fn, dynamic=True)`. Always `fn` while dynamo traces a compiled block: its graph fuses `fn`."""
     if backend is None or torch.compiler.is_compiling(): return fn
     if (fn, backend) not in _FUSED: _FUSED[fn, backend] = torch.compile(fn, dynamic=True, backend=backend)
     return _FUSED[fn, backend]
 
 
 def silu_mul(a, b):
-    """SwiGLU's gate `silu(a)·b` for a = w1 x, b = w3 x [..., hidden_ffn]. In place on the SiLU's fresh output: one
-    wide tensor fewer alive in a sampling step (autograd keeps what it needs)."""
-    return F.silu(a).mul_(b)
+    """SwiGLU's gate `silu(a)·b` for a = w1 x, b = w3 x [..., hidden_ffn]. Without autograd the product overwrites the
+    SiLU's fresh output: a sampling step keeps one wide tensor fewer alive (autograd keeps that output anyway)."""
+    s = F.silu(a)
+    return s * b if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) else s.mul_(b)
 
 
 class FeedForwardSwiGLU(nn.Module):
@@ -141,7 +142,7 @@ class FP32Linear(nn.Linear):
 
 
 def rms_norm_fp32(x, weight, eps: float):
-    "RMSNorm of x [..., d] over its last dim in fp32, cast back to x's dtype, then scaled by `weight` [d] (the release's)."
+    "RMSNorm of x [..., d] over its last dim in fp32, cast back to x's dtype, then scaled by `weight` [d] (released)."
     with fp32_region(x): return F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype) * weight
 
 
@@ -306,8 +307,9 @@ def qk_norm_rope(qkv, heads: int, q_weight, k_weight, eps: float, cos, sin):
     B, N, _ = qkv.shape
     with fp32_region(qkv):
         q, k, v = qkv.view(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q = apply_rope(F.rms_norm(q.float(), q_weight.shape, eps=eps) * q_weight.float(), (cos, sin))
-        k = apply_rope(F.rms_norm(k.float(), k_weight.shape, eps=eps) * k_weight.float(), (cos, sin))
+        # fp32 · bf16 weight promotes to fp32 (the weight's exact values) and autograd keeps the weight, not a copy
+        q = apply_rope(F.rms_norm(q.float(), q_weight.shape, eps=eps) * q_weight, (cos, sin))
+        k = apply_rope(F.rms_norm(k.float(), k_weight.shape, eps=eps) * k_weight, (cos, sin))
         return q.to(qkv.dtype), k.to(qkv.dtype), v
 
 
@@ -578,7 +580,7 @@ class CondKV:
 
 
 def _after(cached, new):
-    "`cached` [b, h, N_c, d] repeated to new's batch [B = r·b, h, N, d], then `new`, along the tokens: one copy of each."
+    "`cached` [b, h, N_c, d] repeated to new's batch [B = r·b, h, N, d], then `new`, along the tokens: one copy each."
     (b, _, Nc, _), (B, h, N, d) = cached.shape, new.shape
     out = new.new_empty(B, h, Nc + N, d)
     out.view(B // b, b, h, Nc + N, d)[:, :, :, :Nc] = cached
@@ -590,7 +592,7 @@ def cond_cache_bytes(cond_tokens: int, depth: int = 48, hidden: int = 4096, batc
                      out_values: int = 64) -> int:
     """Bytes a `CondKVCache` keeps for `cond_tokens` conditioning tokens of `batch` videos: k and v (`hidden` values
     each, `dtype_bytes` each) in `depth` blocks, and the conditioning frames' fp32 velocity (`out_values` a token:
-    patch volume × out channels). A guidance batch of [negative, prompt] shares one video's cache: `batch` counts videos."""
+    patch volume × out channels). A guidance batch of [negative, prompt] shares one video's cache: `batch` is videos."""
     return cond_tokens * batch * (depth * 2 * hidden * dtype_bytes + out_values * 4)
 
 
@@ -671,11 +673,11 @@ def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
     for block in self.blocks: block.compile(**compile_kwargs)
     return self
 
-# %% ../nbs/03_model.ipynb #935bfc6b
+# %% ../nbs/03_model.ipynb #d213c279
 @patch
 def set_fused_elementwise(self: LongCatVideoTransformer3DModel, backend: str | bool | None = "inductor"):
     """Run the elementwise functions between the matmuls (`silu_mul`, `rms_norm_fp32`, `qk_norm_rope`, `modulate`,
-    `gated_add`) as their `torch.compile` twins with `backend` (True: "inductor"; False or None: eager); returns the model."""
+    `gated_add`) as `torch.compile` twins with `backend` (True: "inductor"; False or None: eager); returns the model."""
     backend = "inductor" if backend is True else backend or None
     for m in self.modules():
         if hasattr(m, "fused_elementwise"): m.fused_elementwise = backend
