@@ -15,21 +15,23 @@ Since the make_example_dataset fix (2026-11-30) the 832x480 clips train at 832x4
 (benchmarks/results/bench_memory_h200.jsonl) trained at 896x512 (43,008 tokens). Each row's `plan_lines` shows what
 the planner predicted; compare `train_peak_gib` with it (issue target: within 10%).
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, re, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import psutil
 
+# validation inside each plan: the e2e config renders its T2V prompt at the end; this adds the I2V clip as the eval set
+I2V_VALIDATION = {"validation_using_datasets": True, "eval_dataset_id": "example-i2v"}
 VARIANTS = {
     "bf16": ({}, None),
     # the cards as torch sees them: a 24 GB L4 has 22.5 GiB (23,034 MiB), a 16 GB T4 15.0 GiB (15,360 MiB); the issue's
     # targets (≤ 22 / ≤ 14.5 GiB peak) are for those cards, so the planner plans for them and the cap is the card
-    "plan24": ({"memory_plan": "auto", "memory_budget_gib": 22.5}, 22.5),
+    "plan24": ({"memory_plan": "auto", "memory_budget_gib": 22.5, **I2V_VALIDATION}, 22.5),
     "int8": ({"base_model_precision": "int8-quanto"}, None),
     "int8_swap48_offload16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True}, 16),
     "int8_swap48_offload_chunks16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True,
                                       "ffn_chunks": 8}, 16),
-    "plan16": ({"memory_plan": "auto", "memory_budget_gib": 15.0}, 15.0),
+    "plan16": ({"memory_plan": "auto", "memory_budget_gib": 15.0, **I2V_VALIDATION}, 15.0),
     "fp8": ({"base_model_precision": "fp8-torchao"}, None),
 }
 
@@ -68,6 +70,9 @@ def run(name, extra, gpu_gib, a, site):
     res = dict(variant=name, extra=extra, gpu_gib_cap=gpu_gib, peak_host_rss_gib=round(peak / 2**30, 1), wall_s=round(time.time() - t0, 1),
                **json.loads(line))
     log = (work / "train.log").read_text() if (work / "train.log").exists() else out
+    reserved = [float(x) for x in re.findall(r"reserved GiB=([0-9.]+)", log)]
+    res["train_reserved_gib"] = max(reserved) if reserved else None
+    res["videos"] = res.get("videos") or [str(v.relative_to(work)) for v in (work / "out").rglob("*.mp4")]
     res["plan_lines"] = [l for l in log.splitlines() if "memory_plan" in l or l.startswith(("config ", "plan ", "NVIDIA"))][:8]
     if "memory_plan" not in extra:                   # the planner's prediction for these settings at 832x480x93
         from longcat_nb.memory import predict

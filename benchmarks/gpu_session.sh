@@ -22,7 +22,7 @@
 #   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|train|train2|memory|bsa|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|train|train2|memory|bsa|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -43,6 +43,11 @@ case $PART in
   tests)
     python -m pytest -q -rs tests/test_precision.py tests/test_compile_cuda.py tests/test_memory.py tests/test_kernels.py \
         tests/test_speed.py 2>&1 | tee "$OUT/pytest_cuda.log" | tail -15 ;;   # (pytest is on the image; nbdev is not)
+  memtests)   # issue 19: the stream test (new prefetch, then the old one, which must fail), swap/offload CUDA tests
+    python -m pytest -q -rs tests/test_memory.py 2>&1 | tee "$OUT/pytest_memory.log" | tail -8
+    python .dev/race_old.py 2>&1 | tail -3
+    python -c "import longcat_nb, os, torch; x = torch.empty(2**28, device='cuda'); \
+print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']][:3])" ;;
   train)   # the first run builds the checkpoint (~60 s) and the caches; later ones reuse both
     e2e default '{}'
     e2e recompute '{"checkpoint_attention": "recompute"}' ;;
@@ -50,20 +55,20 @@ case $PART in
     e2e compiled '{"compile_transformer": true}'
     e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
   memory)   # two calls: MEM_ONLY=plan24,plan16 (default), then MEM_ONLY=fp8,bf16; the checkpoint is train's
-    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
     python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-plan24,plan16}" \
         2>&1 | tee "$OUT/memory.log" | tail -20 ;;
   bsa)
     python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bench_bsa.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
     [ "${BSA_BENCH_ONLY:-0}" = 1 ] && exit 0
-    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1   # a fresh machine: build it
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1   # a fresh machine: build it
     mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
     WORK=$WORK-512 e2e dense512 '{}' --size 832x512
     WORK=$WORK-512 e2e bsa512 '{"attention_implementation": "bsa"}' --size 832x512
     WORK=$WORK-512 LONGCAT_BSA_KERNEL=triton e2e bsa512_triton '{"attention_implementation": "bsa"}' --size 832x512 ;;
   long)
-    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --steps 1 > "$OUT/build.log" 2>&1
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/bench_long_video.py "$WORK/ckpt" --work "$WORK/bench" --steps 2 --kv-steps 3 --refine-steps 50 \
         --segments 3 --json "$OUT/bench_long_video.json" 2>&1 | tee "$OUT/long.log" | tail -20 ;;
   profile)   # three groups, one call each: PART=profile GROUP=a|b|c

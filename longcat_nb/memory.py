@@ -28,7 +28,7 @@ __all__ = ['QUANTISED_LINEARS', 'COPY_FORMAT', 'PINNED_SLAB', 'GROUP_OFFLOAD_REF
            'BlockRunner', 'place_model', 'check_memory_settings', 'LiveBytes', 'saved_bytes', 'one_block_model',
            'measure_block', 'block_activation_model', 'measure_block_forward', 'sampling_activation_model', 'gpu_rate',
            'MemoryPlan', 'block_bytes', 'lora_params', 'block_host_sizes', 'swap_host_bytes', 'offload_host_bytes',
-           'workspace_bytes', 'resident_bytes', 'predict', 'predict_sampling', 'PlanError', 'choose_plan',
+           'workspace_bytes', 'resident_bytes', 'predict', 'predict_sampling', 'PlanError', 'check_bf16', 'choose_plan',
            'machine_memory', 'bucket_tokens', 'config_tokens', 'usable_precisions', 'validation_tokens',
            'plan_for_config', 'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
 
@@ -506,8 +506,9 @@ class BlockRunner:
         "Start copying block `i`'s input back to the GPU on the side stream."
         if i in self.fetched or i not in self.host: return
         buf = self.host_buffer(i, *self.shapes[i])
-        x = torch.empty(buf.shape, dtype=buf.dtype, device=self.device)
         with torch.cuda.stream(self.stream):
+            # allocated on the copy stream: memory the main stream freed may still be read by its queued kernels
+            x = torch.empty(buf.shape, dtype=buf.dtype, device=self.device)
             self.stream.wait_event(self.events[i])
             x.copy_(buf, non_blocking=True)
             self.fetched[i] = (x, self.stream.record_event())
@@ -516,7 +517,9 @@ class BlockRunner:
         "Block `i`'s input back on the GPU (prefetched, or copied now)."
         self.prefetch(i)
         x, ev = self.fetched.pop(i)
-        torch.cuda.current_stream(self.device).wait_event(ev)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_event(ev)
+        x.record_stream(main)                             # freed only after the main stream's kernels that read it
         return x.requires_grad_(placeholder.requires_grad)
 
 # %% ../nbs/10_memory.ipynb #8cd085e3
@@ -715,7 +718,8 @@ FFN_CHUNKS = 8   # the planner's ffn_chunks when it chunks the FFN
 GPUS = [("H200", 989, True), ("H100", 989, True), ("H800", 989, True), ("A100", 312, True), ("A800", 312, True),
         ("L40S", 362, True), ("L40", 181, True), ("L4", 121, True), ("A10G", 70, True), ("A10", 125, True),
         ("RTX 6000 Ada", 364, True), ("A6000", 155, True), ("RTX 5090", 210, True), ("RTX 4090", 165, True),
-        ("RTX 4080", 97, True), ("RTX 3090", 71, True), ("T4", 8.1, False), ("V100", 15.7, False)]
+        ("RTX 4080", 97, True), ("RTX 3090", 71, True), ("T4", 8.1, False), ("V100", 15.7, False),
+        ("P100", 9.3, False), ("P40", 11.8, False), ("P4", 5.5, False), ("K80", 4.1, False)]
 
 
 def gpu_rate(name: str) -> tuple[float, bool]:
@@ -840,6 +844,17 @@ class PlanError(MemorySettingsError):
     "No memory settings fit the budgets."
 
 
+def check_bf16(gpu_name: str, tokens: int = 37440, rank: int = 16) -> None:
+    """Raise `PlanError` for a GPU without bf16 units (T4, V100, P100: compute capability < 8.0), with the numbers:
+    the model trains in bf16, which such a card runs at about its fp32 rate, and fp16 overflows in this model."""
+    tflops, bf16 = gpu_rate(gpu_name)
+    if bf16: return
+    step = predict("bf16", 0, False, tokens, rank, tflops).step_s
+    raise PlanError(f"{gpu_name} has no bf16 units: it runs this bf16 model at about its fp32 rate ({tflops:g} TFLOP/s, "
+                    f"an L4 has 121, an A100 312), ~{step / 60:.0f} min a step at {tokens:,} tokens, and fp16 overflows in "
+                    "LongCat-Video — train on a GPU with bf16 (L4, A10G, A100, RTX 30/40/50, H100)")
+
+
 def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gpu_name: str = "NVIDIA H200",
                 precisions=PRECISIONS, depth: int = 48, hidden: int = 4096, margin: float = 0.95,
                 ffn_chunks=(1, FFN_CHUNKS), sample_tokens: int = 0, sample_cond_tokens: int = 0) -> MemoryPlan:
@@ -847,7 +862,8 @@ def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gp
     no offload, no FFN chunks); `ffn_chunks` the values it may choose (`(1,)` with LoRA dropout); `sample_tokens`: the
     validation videos' tokens (CFG batch included), whose sampling steps must fit the GPU too, with the K/V cache of
     `sample_cond_tokens` conditioning tokens."""
-    tflops, bf16 = gpu_rate(gpu_name)
+    check_bf16(gpu_name, tokens, rank)
+    tflops, _ = gpu_rate(gpu_name)
     cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c) for p in precisions for o in (False, True)
              for n in range(depth + 1) for c in ffn_chunks
              if not sample_tokens or predict_sampling(p, n, sample_tokens, rank, depth, hidden, cond_tokens=sample_cond_tokens)
@@ -906,12 +922,9 @@ TOO_SLOW_S = 120   # seconds a step above which a plan is called too slow to tra
 
 
 def usable_precisions(gpu_name: str) -> list[str]:
-    "The base precisions a GPU has kernels for: int4 needs sm_80+ (bf16 units), fp8 Ada or Hopper."
-    _, bf16 = gpu_rate(gpu_name)
-    precisions = [p for p in PRECISIONS if bf16 or p in ("bf16", "int8-quanto")]
-    if not any(f in gpu_name for f in ("H100", "H200", "H800", "L4", "L40", "4090", "4080", "5090", "Ada")):
-        precisions = [p for p in precisions if p != "fp8-torchao"]
-    return precisions
+    "The base precisions a GPU (with bf16 units: `check_bf16`) has kernels for: fp8 needs Ada or Hopper."
+    if any(f in gpu_name for f in ("H100", "H200", "H800", "L4", "L40", "4090", "4080", "5090", "Ada")): return list(PRECISIONS)
+    return [p for p in PRECISIONS if p != "fp8-torchao"]
 
 
 def validation_tokens(cfg) -> tuple[int, int]:
@@ -931,7 +944,8 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     gpu_name, gpu_gib, host_gib = gpu_name or name, gpu_gib or g, host_gib or h
     if gpu_gib is None: raise PlanError("no CUDA GPU here: pass --gpu-gib (and --gpu-name) to plan for another machine")
     tokens, what = config_tokens(cfg)
-    tflops, bf16 = gpu_rate(gpu_name)
+    check_bf16(gpu_name, tokens, cfg.lora_rank)
+    tflops, _ = gpu_rate(gpu_name)
     plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops,
                     ffn_chunks=cfg.ffn_chunks)
     sample, cond = validation_tokens(cfg)
@@ -940,8 +954,6 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     notes = [f"{gpu_name}: {gpu_gib:.1f} GiB GPU, {host_gib:.1f} GiB host; largest bucket {what} = {tokens:,} tokens"]
     if sample: notes.append(f"validation {cfg.validation_resolution}@{cfg.validation_num_video_frames}: {sample:,} tokens a sampling "
                             f"step, ~{predict_sampling(chosen.precision, chosen.blocks_to_swap, sample, cfg.lora_rank, cond_tokens=cond):.1f} GiB under the plan")
-    if not bf16: notes.append(f"{gpu_name} has no bf16 units: torch runs the bf16 model at about its fp32 rate "
-                              f"({tflops:g} TFLOP/s), so steps are slow; fp16 is not used (it overflows in this model)")
     if chosen.step_s > TOO_SLOW_S: notes.append(f"~{chosen.step_s:.0f} s/step: too slow to train at this size in reasonable time — "
                                          "use a smaller bucket or fewer frames, or a faster card")
     return plain, chosen, notes

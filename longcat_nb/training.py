@@ -37,8 +37,8 @@ __all__ = ['RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FA
            'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'previous_run',
            'check_output_dir', 'clear_previous_run', 'resume_changes', 'good_checkpoint', 'TrainResult',
            'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler', 'seed_process',
-           'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop', 'stop_requested',
-           'stop_on_signals', 'train', 'main']
+           'gpu_peaks', 'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop',
+           'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -614,9 +614,20 @@ def _optimizer_step_grads(accelerator, model, batches, state, cfg, empty_prompt)
     return accelerator.reduce(total.reshape(1), "mean").item()
 
 
-def _progress(loss, lr, seconds, device) -> dict:
+def gpu_peaks(device) -> dict:
+    """Peak GiB `allocated` (tensors) and `reserved` (what the caching allocator holds: tensors plus the gaps between
+    them — the figure that runs out) on a CUDA `device`; empty elsewhere."""
+    if device.type != "cuda": return {}
+    allocated = torch.cuda.max_memory_allocated(device) / 2**30
+    reserved = torch.cuda.max_memory_reserved(device) / 2**30
+    return {"peak_gib": round(allocated, 2), "reserved_gib": round(reserved, 2)}
+
+
+def _progress(loss, lr, seconds, peaks: dict) -> dict:
     d = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "s/step": f"{seconds:.2f}"}
-    if device.type == "cuda": d["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
+    if peaks:
+        d["peak GiB"] = f"{peaks['peak_gib']:.1f}"
+        d["reserved GiB"] = f"{peaks['reserved_gib']:.1f}"
     return d
 
 # %% ../nbs/07_training.ipynb #7bec5cb2
@@ -833,10 +844,11 @@ def _train_steps(run, cfg, stop, log, validate, scratch) -> bool:
                 t0 = time.time()
                 loss, grad_norm = _optimizer_step(run, cfg, batches)
                 lr, seconds = run.scheduler.get_last_lr()[0], time.time() - t0
-                bar.update(1); bar.set_postfix(_progress(loss, lr, seconds, run.device))
-                peak = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 2) if run.device.type == "cuda" else None
-                log("step", step=state.step, total=run.total, loss=loss, lr=lr, grad_norm=grad_norm, s_per_step=round(seconds, 3),
-                    peak_gib=peak)
+                peaks = gpu_peaks(run.device)
+                bar.update(1)
+                bar.set_postfix(_progress(loss, lr, seconds, peaks))
+                log("step", step=state.step, total=run.total, loss=loss, lr=lr, grad_norm=grad_norm,
+                    s_per_step=round(seconds, 3), **peaks)
                 if cfg.report_to != "none": run.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=state.step)
                 _after_step(run, cfg, validate, scratch, log, bar)
                 run.accelerator.wait_for_everyone()

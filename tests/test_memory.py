@@ -14,6 +14,7 @@ from longcat_nb.cli import main as cli
 from longcat_nb.config import load_config
 from longcat_nb.lora import add_lora, lora_layers
 from longcat_nb.memory import BlockRunner, is_quantised, load_transformer, place_model
+from longcat_nb.model import LongCatVideoTransformer3DModel, compute_autocast
 from longcat_nb.tiny import tiny_checkpoint
 from longcat_nb.training import train
 
@@ -169,3 +170,48 @@ def test_half_written_copy_is_never_used(tmp_path, monkeypatch):
     reads.clear()
     load_transformer(tiny_checkpoint(), torch.bfloat16, "int4-quanto", device="cpu", progress=False, quantised_dir=copy_dir)
     assert not reads
+
+
+def _wide_lora_model():
+    "Hidden 1024, 8 blocks, bf16 base, rank-8 fp32 LoRA with random factors: big enough that block inputs are reused."
+    torch.manual_seed(0)
+    model = LongCatVideoTransformer3DModel(hidden_size=1024, depth=8, num_heads=8, caption_channels=64).to(torch.bfloat16)
+    add_lora(model, 8)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            for w in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+                w.copy_(torch.randn(w.shape, generator=g) * 0.05)
+    model.enable_gradient_checkpointing()
+    return model
+
+
+def _delayed_step(model, sleep_cycles=20_000_000):
+    """One bf16-autocast step over 16,384 tokens with the main stream held back before every block (forward and
+    recompute), so the CPU runs blocks ahead of the GPU as at full size; LoRA gradients (fp32, on the CPU)."""
+    hooks = [b.register_forward_pre_hook(lambda m, a: torch.cuda._sleep(sleep_cycles)) for b in model.blocks]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 16, 64, 64, generator=g).to("cuda", torch.bfloat16)
+    y = torch.randn(1, 32, 64, generator=g).to("cuda", torch.bfloat16)
+    model.zero_grad(set_to_none=True)
+    with compute_autocast(torch.device("cuda")):
+        out = model(x, torch.tensor([500.0], device="cuda"), y, torch.ones(1, 32, dtype=torch.bool, device="cuda"))
+        loss = out.sample.float().square().mean()
+    loss.backward()
+    for h in hooks: h.remove()
+    return {n: m.lora_A["default"].weight.grad.float().cpu() for n, m in lora_layers(model).items()}
+
+
+@cuda
+def test_offload_streams_keep_gradients_exact():
+    """Swap + activation offload give the resident model's LoRA gradients while the main stream lags behind the CPU:
+    an offloaded input copied back into memory that queued kernels still read would change them."""
+    ref = _wide_lora_model()
+    place_model(ref, "cuda")
+    ref.enable_gradient_checkpointing(BlockRunner(ref, "cuda"))
+    want = _delayed_step(ref)
+    model = _wide_lora_model()
+    place_model(model, "cuda", 3, True, max_tokens=16 * 32 * 32)
+    for _ in range(3):
+        got = _delayed_step(model)
+        for k in want: close_(got[k], want[k], eps=1e-3 * max(1.0, want[k].abs().max().item()))
