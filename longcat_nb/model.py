@@ -59,7 +59,7 @@ def silu_mul(a, b):
     s = F.silu(a)
     return s * b if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) else s.mul_(b)
 
-
+# %% ../nbs/03_model.ipynb #1deaca4e
 class FeedForwardSwiGLU(nn.Module):
     """SwiGLU feed-forward `w2(silu(w1 x) · w3 x)`, no biases. x: [B, N, dim]. With `chunks` > 1 and autograd on, the
     wide intermediates are not kept for the backward, which recomputes them `chunks` token-chunks at a time."""
