@@ -283,3 +283,33 @@ def test_bench_elementwise_runs_tiny(tmp_path):
     eq_((r["tokens"], r["hidden"], r["backend"]), (560, 256, "inductor"))
     assert r["eager"]["median_s"] > 0 and r["fused"]["median_s"] > 0 and r["speedup"] > 0
     assert 0 < r["max_grad_rel_diff"] < 1e-2 and r["output_rel_diff"] < 1e-2, r
+
+
+def test_fused_elementwise_training_and_validation_stay_compiled():
+    """A run's variety of calls — training steps at two token counts (grad mode, checkpointed recompute), then
+    validation of image-to-video under guidance (no grad, a batch of two, the one-frame conditioning cache) and
+    text-to-video without — stays within each function's graph budget (`FUSED_RECOMPILE_LIMIT`; dynamo's default 8
+    would send `modulate` back to eager), and the fused videos are the eager ones (aot_eager, the same ops: 1e-5)."""
+    import numpy as np
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    from longcat_nb import model as M
+    from longcat_nb.sampling import LongCatVideoPipeline
+    from longcat_nb.tiny import tiny_checkpoint
+    torch._dynamo.reset()
+    for frames in (4, 3): fused_step("aot_eager", frames=frames)
+    pipe = LongCatVideoPipeline.from_pretrained(tiny_checkpoint(), torch_dtype=torch.float32, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    kw = dict(width=64, height=48, num_frames=9, num_inference_steps=2, output_type="latent")
+    videos = {}
+    for backend in (None, "aot_eager"):
+        pipe.transformer.set_fused_elementwise(backend)
+        i2v = pipe("a red ball", image=image, guidance_scale=4.0, generator=torch.Generator().manual_seed(0), **kw)
+        t2v = pipe("a red ball", guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **kw)
+        videos[backend] = i2v.frames, t2v.frames
+    for fn in (M.silu_mul, M.rms_norm_fp32, M.qk_norm_rope, M.modulate, M.gated_add):
+        graphs = len(_debug_get_cache_entry_list(fn.__code__))
+        assert graphs < torch._dynamo.config.recompile_limit, (fn.__name__, graphs)       # none fell back to eager
+    for fused, eager in zip(videos["aot_eager"], videos[None]):
+        torch.testing.assert_close(fused, eager, atol=1e-5, rtol=0)
+    torch._dynamo.reset()
