@@ -28,6 +28,7 @@ VARIANTS = {
     # targets (≤ 22 / ≤ 14.5 GiB peak) are for those cards, so the planner plans for them and the cap is the card
     "plan24": ({"memory_plan": "auto", "memory_budget_gib": 22.5, **I2V_VALIDATION}, 22.5),
     "int8": ({"base_model_precision": "int8-quanto"}, None),
+    "int4": ({"base_model_precision": "int4-quanto"}, None),
     "int8_swap48_offload16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True}, 16),
     "int8_swap48_offload_chunks16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True,
                                       "ffn_chunks": 8}, 16),

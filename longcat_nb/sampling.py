@@ -135,7 +135,8 @@ class LongCatVideoPipeline(DiffusionPipeline):
         ckpt = resolve_checkpoint(checkpoint, parts=("dit", "vae", "scheduler") +
                                   (("text_encoder", "tokenizer") if with_text_encoder else ()))
         if transformer is None and (precision != "bf16" or blocks_to_swap or group_offload):
-            from longcat_nb.memory import load_transformer, place_model
+            from longcat_nb.offload import place_model
+            from longcat_nb.quantise import load_transformer
             if group_offload and blocks_to_swap: raise ValueError("group_offload and blocks_to_swap both offload blocks: choose one")
             transformer = load_transformer(ckpt, torch_dtype, precision, device="cpu" if group_offload else device,
                                            host_blocks=blocks_to_swap, quantised_dir=quantised_dir)

@@ -90,9 +90,10 @@ def _refuse(cfg, key, value, rule, fix):
 
 
 def _check_memory(cfg):
-    "`memory.check_memory_settings` for this machine (depth from the checkpoint when it resolves), as a `ConfigError`."
+    "`offload.check_memory_settings` for this machine (depth from the checkpoint when it resolves), as a `ConfigError`."
     from longcat_nb.caching import default_device
-    from longcat_nb.memory import MemorySettingsError, check_memory_settings
+    from longcat_nb.offload import check_memory_settings
+    from longcat_nb.quantise import MemorySettingsError
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
             cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap or cfg.activation_offload):
         raise ConfigError(f"{cfg.config_path or '<config>'}: base_model_precision / musubi_blocks_to_swap / activation_offload are "
@@ -495,7 +496,7 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
             model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(ckpt, subfolder="dit"))
         model.to(dtype)
     elif cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap:   # streamed block by block, quantised, swapped ones on the host
-        from longcat_nb.memory import load_transformer
+        from longcat_nb.quantise import load_transformer
         model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
                                  quantised_dir=cfg.quantised_base_dir)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
@@ -733,7 +734,7 @@ def _prepare_run(cfg) -> SimpleNamespace:
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
                                        and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision))
     if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
-        from longcat_nb.memory import place_model
+        from longcat_nb.offload import place_model
         place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens)
     model = model.train()
     seed_process(cfg.seed, accelerator.process_index)            # LoRA dropout masks differ across processes

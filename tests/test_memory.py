@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from longcat_nb.cli import main as cli
 from longcat_nb.config import load_config
 from longcat_nb.lora import add_lora, lora_layers
-from longcat_nb.memory import BlockRunner, is_quantised, load_transformer, place_model
+from longcat_nb.offload import BlockRunner, place_model
+from longcat_nb.quantise import is_quantised, load_transformer
 from longcat_nb.model import LongCatVideoTransformer3DModel, compute_autocast
 from longcat_nb.tiny import tiny_checkpoint
 from longcat_nb.training import train
@@ -113,10 +114,10 @@ def test_swap_and_offload_match_resident(precision, dtype):
 
 
 def _spy_shards(monkeypatch):
-    "Count the tensors read from the checkpoint's fp32 shards (`memory._read`)."
-    import longcat_nb.memory as memory
-    reads, real = [], memory._read
-    monkeypatch.setattr(memory, "_read", lambda index, names, *a: reads.extend(names) or real(index, names, *a))
+    "Count the tensors read from the checkpoint's fp32 shards (`quantise._read`)."
+    import longcat_nb.quantise as quantise
+    reads, real = [], quantise._read
+    monkeypatch.setattr(quantise, "_read", lambda index, names, *a: reads.extend(names) or real(index, names, *a))
     return reads
 
 

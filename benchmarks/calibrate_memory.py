@@ -1,0 +1,179 @@
+"""The memory planner's calibration, outside the library: measure one block at the released width on the CPU, fit
+the GPU terms to `longcat-nb train` runs, and write both into `longcat_nb/memory_calibration.json`, which the planner
+(`longcat_nb.memory`) reads.
+
+    python benchmarks/calibrate_memory.py measure            # ~2 min on 2 CPU cores: block and sampling bytes a token
+    python benchmarks/calibrate_memory.py fit benchmarks/results/memory_h200_2026-12-04.jsonl   # reserved_slack
+
+With per-block checkpointing a step's GPU peak is the weights, the LoRA state, the checkpointed block inputs, and
+what ONE block holds while it is recomputed and differentiated. That last term is measured here on one real
+`LongCatBlock` with the trainer's LoRA (rank 16, fp32, default targets) under a bf16 autocast: `saved_bytes` counts
+what autograd saves for the backward (each storage once, parameters and the block input excluded), by part;
+`LiveBytes` follows every tensor the ops create and records the peak of those alive. Per token, the terms that grow
+with the video are the slope between two token counts; what is left is the per-block constant.
+"""
+import argparse, json, sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from longcat_nb.model import LongCatVideoTransformer3DModel
+
+CALIBRATION_JSON = Path(__file__).resolve().parent.parent / "longcat_nb" / "memory_calibration.json"
+
+
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class LiveBytes(TorchDispatchMode):
+    "Bytes of the storages that ops create under this mode and that are still alive (views and in-place ops add none), and their peak."
+    def __init__(self):
+        super().__init__()
+        self.live, self.now, self.peak = {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]: self.now -= self.live.pop(key)[1]
+        given = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor): continue
+            st = t.untyped_storage()
+            if st.data_ptr() in self.live or st.data_ptr() in given or not st.nbytes(): continue
+            self.live[st.data_ptr()] = (StorageWeakRef(st), st.nbytes())
+            self.now += st.nbytes()
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+
+BLOCK_PARTS = {"attn": "self-attention", "cross_attn": "cross-attention", "pre_crs_attn_norm": "cross-attention",
+               "ffn": "FFN", "adaLN_modulation": "modulation", "mod_norm_attn": "modulation", "mod_norm_ffn": "modulation"}
+
+
+def saved_bytes(block: nn.Module, run, exclude=()) -> tuple[dict[str, int], object]:
+    """`({part: bytes autograd saves}, run())` for a `run()` that calls `block`: each storage once, the block's
+    parameters and the tensors `exclude` not counted; a tensor saved inside a LoRA factor counts as "LoRA inputs"."""
+    stack, seen, parts = [], {t.untyped_storage().data_ptr() for t in [*block.parameters(), *exclude]}, {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: stack.append(n)) for n, m in block.named_modules()]
+    hooks += [m.register_forward_hook(lambda m, a, o: (stack.pop(), None)[1]) for m in block.modules()]
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            part = "LoRA inputs" if any("lora_" in n for n in stack) else BLOCK_PARTS.get(next((n.split(".")[0] for n in stack if n), ""), "modulation")
+            parts[part] = parts.get(part, 0) + t.untyped_storage().nbytes()
+        return t
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): out = run()
+    finally:
+        for h in hooks: h.remove()
+    return parts, out
+
+
+
+def one_block_model(hidden: int = 4096, heads: int = 32, rank: int = 16, seed: int = 0) -> LongCatVideoTransformer3DModel:
+    "A 1-block transformer of width `hidden` on the CPU: random bf16 weights, the trainer's LoRA (rank `rank`, fp32, B ≠ 0)."
+    from longcat_nb.lora import add_lora, set_lora_input_cast
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel(hidden_size=hidden, num_heads=heads, caption_channels=hidden, depth=1)
+    model, g = nn.Module.to(model.to_empty(device="cpu"), torch.bfloat16), torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02 if p.ndim > 1 else float("norm" in n) * torch.ones_like(p))
+    add_lora(model, rank)
+    set_lora_input_cast(model, False)                   # as the trainer sets it under its bf16 autocast
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.02, generator=g)
+    return model
+
+
+def measure_block(model, tokens: int = 256, frames: int = 2, text_tokens: int = 512, ffn_chunks: int = 1,
+                  autocast: bool = True) -> dict:
+    """One checkpointed block's backward at `tokens` tokens (`frames` latent frames of 8 × W/8 tokens) on the CPU:
+    `saved` bytes by part, `peak` live bytes (incoming gradient, recompute, backward; weights and block input excluded)."""
+    from longcat_nb.model import rope_3d, set_ffn_chunks
+    block, C, w = model.blocks[0], model.config.hidden_size, tokens // (frames * 8)
+    if frames * 8 * w != tokens: raise ValueError(f"tokens = {tokens}: use a multiple of {frames * 8}")
+    set_ffn_chunks(model, ffn_chunks)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, tokens, C, generator=g).to(torch.bfloat16).requires_grad_()
+    y = torch.randn(1, text_tokens, C, generator=g).to(torch.bfloat16)
+    t, rope = torch.randn(1, frames, model.config.adaln_tembed_dim, generator=g), rope_3d((frames, 8, w), C // model.config.num_heads)
+    with LiveBytes() as live:
+        grad = torch.randn(1, tokens, C, generator=g).to(torch.bfloat16)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            saved, out = saved_bytes(block, lambda: block(x, y, t, rope), exclude=[x])
+        out.backward(grad)
+    set_ffn_chunks(model, 1)
+    return dict(tokens=tokens, saved=saved, peak=live.peak)
+
+
+
+def block_activation_model(hidden: int = 4096, heads: int = 32, rank: int = 16, tokens=(256, 512), ffn_chunks=(1, 8)) -> dict:
+    "`{ffn_chunks: {saved: {part: bytes/token}, peak: bytes/token, constant: bytes}}` of one block, measured by `measure_block`."
+    model, out = one_block_model(hidden, heads, rank), {}
+    for c in ffn_chunks:
+        a, b = (measure_block(model, n, ffn_chunks=c) for n in tokens)
+        dn = tokens[1] - tokens[0]
+        per = lambda k: round((b["saved"].get(k, 0) - a["saved"].get(k, 0)) / dn)
+        out[c] = dict(saved={k: per(k) for k in sorted(a["saved"] | b["saved"])}, peak=round((b["peak"] - a["peak"]) / dn),
+                      constant=round(a["peak"] - (b["peak"] - a["peak"]) / dn * tokens[0]))
+    return out
+
+
+
+def measure_block_forward(model, tokens: int = 256, frames: int = 2, text_tokens: int = 512, batch: int = 2) -> dict:
+    "One block's no-grad forward (a sampling step; `batch` 2 under guidance) on the CPU: live-bytes peak, its input excluded."
+    from longcat_nb.model import rope_3d
+    block, C, w = model.blocks[0], model.config.hidden_size, tokens // (frames * 8)
+    if frames * 8 * w != tokens: raise ValueError(f"tokens = {tokens}: use a multiple of {frames * 8}")
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(batch, n, C, generator=g).to(torch.bfloat16) for n in (tokens, text_tokens))
+    t, rope = torch.randn(batch, frames, model.config.adaln_tembed_dim, generator=g), rope_3d((frames, 8, w), C // model.config.num_heads)
+    with torch.no_grad(), LiveBytes() as live, torch.autocast("cpu", torch.bfloat16): block(x, y, t, rope)
+    return dict(tokens=batch * tokens, peak=live.peak)
+
+
+def sampling_activation_model(hidden: int = 4096, heads: int = 32, rank: int = 16, tokens=(256, 512)) -> dict:
+    "`{peak: bytes a token of the batch, constant: bytes}` of one block's sampling forward, by `measure_block_forward`."
+    model = one_block_model(hidden, heads, rank)
+    a, b = (measure_block_forward(model, n) for n in tokens)
+    per = (b["peak"] - a["peak"]) / (b["tokens"] - a["tokens"])
+    return dict(peak=round(per), constant=round(a["peak"] - per * a["tokens"]))
+
+
+
+def fit_reserved_slack(rows) -> float:
+    """Peak reserved / peak allocated of the runs that no GPU cap held back (`gpu_gib_cap` null): the allocator's
+    slack on top of what the tensors need, with expandable segments."""
+    ratios = [r["train_reserved_gib"] / r["train_peak_gib"] for r in rows if not r.get("gpu_gib_cap") and r.get("train_reserved_gib")]
+    if not ratios: raise SystemExit("no uncapped run with a reserved peak in these rows")
+    return round(max(ratios), 3)
+
+
+def write(updates: dict, path: Path = CALIBRATION_JSON) -> None:
+    "Set `updates` in the calibration JSON, keeping every other key (and the `_key` notes)."
+    cal = json.loads(path.read_text())
+    cal.update(updates)
+    path.write_text(json.dumps(cal, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("measure", help="block and sampling bytes a token at the released width (CPU)")
+    f = sub.add_parser("fit", help="reserved_slack from benchmark rows (JSON lines from bench_memory.py)")
+    f.add_argument("results", type=Path)
+    a = p.parse_args()
+    if a.cmd == "measure":
+        block, sampling = block_activation_model(), sampling_activation_model()
+        write({"block": {str(k): v for k, v in block.items()}, "sampling": sampling})
+        print(json.dumps({"block": block, "sampling": sampling}))
+    else:
+        rows = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
+        slack = fit_reserved_slack(rows)
+        write({"reserved_slack": slack})
+        print(json.dumps({"reserved_slack": slack}))

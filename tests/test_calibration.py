@@ -1,0 +1,53 @@
+"""The memory planner's calibration tooling (benchmarks/calibrate_memory.py): one block's saved and peak bytes at a
+quarter of the released width (seconds on a CPU) have the shape the planner relies on; at full width (LONGCAT_SLOW=1,
+~2 min) they equal what longcat_nb/memory_calibration.json holds; the reserved-slack fit reads benchmark rows."""
+import os, sys
+from pathlib import Path
+
+import pytest
+from fastcore.test import test_close as close_, test_eq as eq_
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import calibrate_memory as cm  # noqa: E402
+from longcat_nb.memory import CALIBRATION  # noqa: E402
+from longcat_nb.model import ffn_hidden_size  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small():
+    return cm.block_activation_model(hidden=1024, heads=8)
+
+
+def test_block_measurement_shape(small):
+    plain, chunked = small[1], small[8]
+    assert chunked["saved"]["FFN"] < plain["saved"]["FFN"] / 4 and chunked["saved"]["LoRA inputs"] < plain["saved"]["LoRA inputs"]
+    assert chunked["peak"] < 0.85 * plain["peak"] and sum(chunked["saved"].values()) < 0.75 * sum(plain["saved"].values())
+    for k in ("self-attention", "cross-attention", "modulation"): eq_(chunked["saved"][k], plain["saved"][k])
+    close_(plain["saved"]["FFN"], 3 * ffn_hidden_size(1024, 4) * 2, eps=1)   # w1 x, w3 x, silu(w1 x): bf16, 2 B each
+    eq_(plain["saved"]["modulation"], 1024 * 2)                              # the FFN LayerNorm's bf16 input (UpcastNorm)
+
+
+def test_sampling_measurement(small):
+    sampling = cm.sampling_activation_model(hidden=1024, heads=8)
+    assert 0 < sampling["peak"] < small[1]["peak"] / 2       # a sampling forward holds well under half a training block's peak
+
+
+@pytest.mark.skipif(not os.environ.get("LONGCAT_SLOW"), reason="full-width block measurement (~2 min): LONGCAT_SLOW=1")
+def test_full_width_matches_the_calibration():
+    full = cm.block_activation_model()
+    for c in (1, 8):
+        want = CALIBRATION["block"][c]
+        close_(full[c]["peak"], want["peak"], eps=0.02 * want["peak"])
+        for k, v in want["saved"].items(): close_(full[c]["saved"][k], v, eps=0.02 * v)
+
+
+def test_reserved_slack_fit(tmp_path):
+    rows = [dict(gpu_gib_cap=None, train_peak_gib=50.0, train_reserved_gib=51.5),
+            dict(gpu_gib_cap=22.5, train_peak_gib=21.9, train_reserved_gib=22.5),       # capped: not evidence of slack
+            dict(gpu_gib_cap=None, train_peak_gib=40.0, train_reserved_gib=41.0)]
+    eq_(cm.fit_reserved_slack(rows), 1.03)
+    path = tmp_path / "cal.json"
+    path.write_text('{"reserved_slack": 1.0, "_reserved_slack": "note"}')
+    cm.write({"reserved_slack": 1.03}, path)
+    eq_(path.read_text().count("note"), 1)
+    assert '"reserved_slack": 1.03' in path.read_text()
