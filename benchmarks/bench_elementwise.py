@@ -1,7 +1,7 @@
 """One transformer block's training step, eager against fused elementwise work (`set_fused_elementwise`).
 
 The block is the released width (hidden 4096, 32 heads, LoRA rank 16 on the trainer's targets, random bf16 weights,
-`memory.one_block_model`) at 832×480×93's 37,440 tokens (latent grid 24×30×52) with 512 text tokens, run as the
+`calibrate_memory.one_block_model`) at 832×480×93's 37,440 tokens (latent grid 24×30×52) with 512 text tokens, run as the
 trainer runs each block: under the bf16 autocast (`compute_autocast`), checkpointed (`enable_gradient_checkpointing`),
 forward then backward of a loss on its output. Each variant: the first step (fused: compiles its functions), then
 the median of `--steps` steps, peak GPU memory, the output's and the LoRA gradients' difference from eager. Prints one
@@ -18,7 +18,7 @@ import torch
 
 def build(hidden: int, heads: int, rank: int, device):
     "The one-block LoRA model of the memory chapter, checkpointed as the trainer does, on `device`."
-    from longcat_nb.memory import one_block_model
+    from calibrate_memory import one_block_model
     model = one_block_model(hidden, heads, rank).to(device)
     model.enable_gradient_checkpointing()
     return model.train()

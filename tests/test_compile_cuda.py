@@ -41,8 +41,8 @@ def _rel(a, b) -> float:
 
 def _fused_step(A, fused: bool, frames: int = 4, low_memory: bool = False):
     """Loss and LoRA gradients of the trainer's CUDA step, its elementwise work fused (Inductor) or eager, on `frames`
-    latent frames; `low_memory`: one block swapped and activation offload (`memory.place_model`)."""
-    from longcat_nb.memory import place_model
+    latent frames; `low_memory`: one block swapped and activation offload (`offload.place_model`)."""
+    from longcat_nb.offload import place_model
     model = A.build()
     if low_memory: place_model(model, "cuda", blocks_to_swap=1, activation_offload=True, max_tokens=560)
     else: model.cuda()

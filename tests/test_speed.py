@@ -229,19 +229,21 @@ def test_fused_elementwise_compiles_once_for_every_token_count():
 
 def test_fused_elementwise_keeps_no_more_for_the_backward():
     """What autograd saves in one LoRA block's forward (the recompute of the checkpointed trainer) under bf16 autocast,
-    by part (`memory.saved_bytes`): the compiled functions keep no more than eager in any part — no fp32 copies —
-    and less in the FFN (the fused gate recomputes its SiLU) and self-attention (qk norm and RoPE in one graph)."""
-    from longcat_nb.memory import one_block_model, saved_bytes
+    by part (`calibrate_memory.saved_bytes`): the compiled functions keep no more than eager in any part (no fp32
+    copies), and less in the FFN (the fused gate recomputes its SiLU) and self-attention (qk norm and RoPE in one graph)."""
     from longcat_nb.model import rope_3d
+    spec = importlib.util.spec_from_file_location("calibrate_memory", ROOT / "benchmarks" / "calibrate_memory.py")
+    calibration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibration)
 
     def saved(backend, tokens):
-        model = one_block_model(256, 2, 4).set_fused_elementwise(backend)
+        model = calibration.one_block_model(256, 2, 4).set_fused_elementwise(backend)
         block, g = model.blocks[0], torch.Generator().manual_seed(0)
         x = torch.randn(1, tokens, 256, generator=g).to(torch.bfloat16).requires_grad_()
         y = torch.randn(1, 64, 256, generator=g).to(torch.bfloat16)
         t, rope = torch.randn(1, 2, 512, generator=g), rope_3d((2, 8, tokens // 16), 128)
         with torch.autocast("cpu", torch.bfloat16):
-            parts, out = saved_bytes(block, lambda: block(x, y, t, rope), exclude=[x])
+            parts, out = calibration.saved_bytes(block, lambda: block(x, y, t, rope), exclude=[x])
         out.float().sum().backward()
         return parts
 
