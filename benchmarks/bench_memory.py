@@ -33,6 +33,8 @@ VARIANTS = {
     "int8_swap48_offload_chunks16": ({"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 48, "activation_offload": True,
                                       "ffn_chunks": 8}, 16),
     "plan16": ({"memory_plan": "auto", "memory_budget_gib": 15.0, **I2V_VALIDATION}, 15.0),
+    # Kaggle: a 16 GB card and 29 GB of RAM; the bar is ≤ 27 GiB host RSS
+    "plan16_kaggle": ({"memory_plan": "auto", "memory_budget_gib": 15.0, "memory_host_budget_gib": 27.0, **I2V_VALIDATION}, 15.0),
     "fp8": ({"base_model_precision": "fp8-torchao"}, None),
 }
 
@@ -68,7 +70,9 @@ def run(name, extra, gpu_gib, a, site):
         peak = max(peak, tree_rss(ps)); time.sleep(0.5)
     out = proc.stdout.read()
     line = next((l for l in reversed(out.splitlines()) if l.startswith("{")), "{}")
-    res = dict(variant=name, extra=extra, gpu_gib_cap=gpu_gib, peak_host_rss_gib=round(peak / 2**30, 1), wall_s=round(time.time() - t0, 1),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    res = dict(date=time.strftime("%Y-%m-%d"), commit=commit, command=" ".join(sys.argv), variant=name, extra=extra,
+               gpu_gib_cap=gpu_gib, peak_host_rss_gib=round(peak / 2**30, 1), wall_s=round(time.time() - t0, 1),
                **json.loads(line))
     log = (work / "train.log").read_text() if (work / "train.log").exists() else out
     reserved = [float(x) for x in re.findall(r"reserved GiB=([0-9.]+)", log)]
@@ -77,8 +81,10 @@ def run(name, extra, gpu_gib, a, site):
     res["plan_lines"] = [l for l in log.splitlines() if "memory_plan" in l or l.startswith(("config ", "plan ", "NVIDIA"))][:8]
     if "memory_plan" not in extra:                   # the planner's prediction for these settings at 832x480x93
         from longcat_nb.memory import predict
+        keep = "keeping self-attention's outputs" in log
         res["predicted"] = predict(extra.get("base_model_precision", "bf16"), extra.get("musubi_blocks_to_swap", 0),
-                                   extra.get("activation_offload", False), 37440, 16, ffn_chunks=extra.get("ffn_chunks", 1)).__dict__
+                                   extra.get("activation_offload", False), 37440, 16, ffn_chunks=extra.get("ffn_chunks", 1),
+                                   keep_attention=keep, recomputed_inputs=extra.get("recomputed_block_inputs", 0)).__dict__
     return res
 
 

@@ -22,7 +22,7 @@
 #   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|train|train2|memory|bsa|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|train|train2|memory|bsa|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -48,13 +48,16 @@ case $PART in
     python .dev/race_old.py 2>&1 | tail -3
     python -c "import longcat_nb, os, torch; x = torch.empty(2**28, device='cuda'); \
 print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']][:3])" ;;
+  gradcheck)   # issue 19: one step of the 24 GB plan and a Kaggle 16 GB plan against the resident int8 model, full size
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
+    python benchmarks/grad_check_plans.py "$WORK/ckpt" --json "$OUT/grad_check.json" 2>&1 | tee "$OUT/grad_check.log" | tail -4 ;;
   train)   # the first run builds the checkpoint (~60 s) and the caches; later ones reuse both
     e2e default '{}'
     e2e recompute '{"checkpoint_attention": "recompute"}' ;;
   train2)
     e2e compiled '{"compile_transformer": true}'
     e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
-  memory)   # two calls: MEM_ONLY=plan24,plan16 (default), then MEM_ONLY=fp8,bf16; the checkpoint is train's
+  memory)   # calls of ≤ 3 variants: MEM_ONLY=plan24,plan16 (default), plan16_kaggle,int8, fp8,bf16 (~3 min each)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
     python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-plan24,plan16}" \

@@ -116,6 +116,8 @@ TRAIN_KEYS = [
     Key("ffn_chunks", 1, "int", "Recompute each block's SwiGLU FFN in this many token chunks in the backward, so only one chunk's 11,008-wide activations are alive (less GPU memory a block, one more FFN forward a step; needs lora_dropout 0). 1 = off.", minimum=1),
     Key("memory_plan", "off", "str", "`auto`: the memory planner (`longcat-nb plan`) sets base_model_precision, musubi_blocks_to_swap, activation_offload and ffn_chunks for this GPU; `off`: as written.", ("off", "auto")),
     Key("memory_budget_gib", None, "float", "GPU memory the planner may plan for; null → the GPU's total.", nullable=True, minimum=1),
+    Key("recomputed_block_inputs", 0, "int", "Checkpointed block inputs not kept (blocks 1, 3, 5, …): each is recomputed in the backward from the block before (one more forward of that block); saves tokens × 4096 × 2 B each of GPU memory, or of host RAM with activation_offload. 0..depth/2.", minimum=0),
+    Key("memory_host_budget_gib", None, "float", "Host RAM the planner may plan for (pinned swapped blocks and offloaded activations); null → this machine's, or its container's limit when lower (Kaggle: ~29).", nullable=True, minimum=1),
     Key("checkpointing_steps", 500, "int", "Save a resumable checkpoint every N steps (and at the end).", minimum=1),
     Key("checkpoints_total_limit", None, "int", "Keep only the newest N checkpoints; null keeps all.", nullable=True, minimum=1),
     Key("max_train_steps", None, "int", "Stop after N optimizer steps; overrides num_train_epochs.", nullable=True, minimum=1),

@@ -17,11 +17,12 @@ from .offload import aligned_bytes
 from .quantise import MemorySettingsError
 
 # %% auto #0
-__all__ = ['CALIBRATION', 'FFN_CHUNKS', 'GPUS', 'GiB', 'TOO_SLOW_S', 'KEEP_ATTENTION_MARGIN', 'load_calibration', 'gpu_rate',
-           'MemoryPlan', 'block_bytes', 'lora_params', 'block_host_sizes', 'swap_host_bytes', 'offload_host_bytes',
-           'workspace_bytes', 'resident_bytes', 'predict', 'predict_sampling', 'PlanError', 'check_bf16', 'choose_plan',
-           'machine_memory', 'bucket_tokens', 'config_tokens', 'usable_precisions', 'validation_tokens',
-           'plan_for_config', 'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
+__all__ = ['CALIBRATION', 'FFN_CHUNKS', 'RECOMPUTED_INPUTS', 'GPUS', 'GiB', 'CGROUP_LIMITS', 'TOO_SLOW_S',
+           'KEEP_ATTENTION_MARGIN', 'load_calibration', 'gpu_rate', 'MemoryPlan', 'block_bytes', 'lora_params',
+           'block_host_sizes', 'swap_host_bytes', 'offload_host_bytes', 'workspace_bytes', 'resident_bytes', 'predict',
+           'predict_sampling', 'PlanError', 'check_bf16', 'choose_plan', 'host_memory_bytes', 'machine_memory',
+           'bucket_tokens', 'config_tokens', 'usable_precisions', 'validation_tokens', 'plan_for_config',
+           'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #89e4d91f
 def load_calibration(path=None) -> dict:
@@ -35,6 +36,7 @@ def load_calibration(path=None) -> dict:
 
 CALIBRATION = load_calibration()
 FFN_CHUNKS = 8   # the planner's ffn_chunks when it chunks the FFN
+RECOMPUTED_INPUTS = (0, 8, 16, 24)   # the planner's choices of recomputed_block_inputs
 # (name fragment, dense bf16 tensor TFLOP/s, native bf16); cards without bf16 are rated at their fp32 rate
 GPUS = [("H200", 989, True), ("H100", 989, True), ("H800", 989, True), ("A100", 312, True), ("A800", 312, True),
         ("L40S", 362, True), ("L40", 181, True), ("L4", 121, True), ("A10G", 70, True), ("A10", 125, True),
@@ -61,11 +63,13 @@ class MemoryPlan:
     step_s: float = 0.0
     ffn_chunks: int = 1
     allocated_gib: float = 0.0
+    recomputed_inputs: int = 0
 
     def settings(self) -> dict:
         "The config keys of this plan."
         return {"base_model_precision": self.precision, "musubi_blocks_to_swap": self.blocks_to_swap,
-                "activation_offload": self.activation_offload, "ffn_chunks": self.ffn_chunks}
+                "activation_offload": self.activation_offload, "ffn_chunks": self.ffn_chunks,
+                "recomputed_block_inputs": self.recomputed_inputs}
 
 
 def _block_params(hidden: int, mlp_ratio: float, tembed: int) -> tuple[int, int]:
@@ -128,31 +132,34 @@ def resident_bytes(precision: str, blocks_to_swap: int, rank: int = 16, depth: i
 
 def predict(precision: str, blocks_to_swap: int, activation_offload: bool, tokens: int, rank: int = 16,
             tflops: float = 989, depth: int = 48, hidden: int = 4096, cal: dict = CALIBRATION, ffn_chunks: int = 1,
-            keep_attention: bool = False, heads: int = 32) -> MemoryPlan:
+            keep_attention: bool = False, heads: int = 32, recomputed_inputs: int = 0) -> MemoryPlan:
     """Predicted peak GPU (reserved, the figure that runs out; `allocated_gib` beside it) and host GiB and s/step of a
     LoRA step over `tokens` tokens (batch included) with these settings; `keep_attention`: each checkpointed block also
-    keeps its attention output (no attention forward in the recompute)."""
+    keeps its attention output (no attention forward in the recompute); `recomputed_inputs`: that many block inputs are
+    not kept but recomputed (one more block forward each)."""
     blk, n = block_bytes(precision, hidden), blocks_to_swap
     act = tokens * hidden * 2
     kept = depth * tokens * (hidden * 2 + heads * 4) if keep_attention else 0
-    inputs = cal["offload_inputs_on_gpu"] if activation_offload else depth
+    kept_inputs = depth - recomputed_inputs
+    inputs = cal["offload_inputs_on_gpu"] + (recomputed_inputs > 0) if activation_offload else kept_inputs
     gpu = resident_bytes(precision, n, rank, depth, hidden) + inputs * act + kept + workspace_bytes(tokens, ffn_chunks, hidden, cal)
     host = cal["host_base_gib"] * GiB + swap_host_bytes(n, precision, hidden) \
-        + (offload_host_bytes(depth, act) if activation_offload else 0)
+        + (offload_host_bytes(kept_inputs, act) if activation_offload else 0)
     r, rate = tokens / 37440, tflops * 1e12 * cal["efficiency"] / cal["precision_speed"][precision]
     flops = cal["flops_at_37440"] * ((1 - cal["attention_share"]) * r + cal["attention_share"] * r * r)
     compute = flops / rate
     per_block = compute / depth / 3.75            # one block's forward; recompute + backward is 2.75 of these
     if ffn_chunks > 1: compute += depth * 6 * hidden * ffn_hidden_size(hidden, 4) * tokens / rate   # the FFN once more
     if keep_attention: compute -= depth * cal["attention_fwd_s_at_37440"] * r * r * 989 / tflops
+    compute += recomputed_inputs * per_block                # each recomputed input: the block before it, once more
     bw = cal["pcie_gbps"] * 1e9
     copy_fwd = (blk if n else 0) / bw + (act / bw if activation_offload else 0)
     copy_bwd = copy_fwd
     exposed = n * (max(0, copy_fwd - per_block) + max(0, copy_bwd - 2.75 * per_block)) \
-        + (depth - n) * (max(0, act / bw - per_block) * 2 if activation_offload else 0)
+        + (kept_inputs - n) * (max(0, act / bw - per_block) * 2 if activation_offload else 0)
     step = compute + exposed + n * cal["swap_s_per_block"]
     return MemoryPlan(precision, n, activation_offload, round(gpu * cal["reserved_slack"] / GiB, 1), round(host / GiB, 1),
-                      round(step, 1), ffn_chunks, round(gpu / GiB, 1))
+                      round(step, 1), ffn_chunks, round(gpu / GiB, 1), recomputed_inputs)
 
 def predict_sampling(precision: str, blocks_to_swap: int, tokens: int, rank: int = 16, depth: int = 48,
                      hidden: int = 4096, cal: dict = CALIBRATION, cond_tokens: int = 0) -> float:
@@ -183,21 +190,25 @@ def check_bf16(gpu_name: str, tokens: int = 37440, rank: int = 16) -> None:
 
 def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gpu_name: str = "NVIDIA H200",
                 precisions=PRECISIONS, depth: int = 48, hidden: int = 4096, margin: float = 0.95,
-                ffn_chunks=(1, FFN_CHUNKS), sample_tokens: int = 0, sample_cond_tokens: int = 0) -> MemoryPlan:
+                ffn_chunks=(1, FFN_CHUNKS), sample_tokens: int = 0, sample_cond_tokens: int = 0,
+                recomputed=RECOMPUTED_INPUTS) -> MemoryPlan:
     """The fastest plan whose peaks fit `margin` × `gpu_gib` and × `host_gib` (ties: bf16 first, fewer swapped blocks,
-    no offload, no FFN chunks); `ffn_chunks` the values it may choose (`(1,)` with LoRA dropout); `sample_tokens`: the
+    no offload, no FFN chunks, fewer recomputed inputs); `ffn_chunks` and `recomputed` the values it may choose
+    (`ffn_chunks=(1,)` with LoRA dropout); `sample_tokens`: the
     validation videos' tokens (CFG batch included), whose sampling steps must fit the GPU too, with the K/V cache of
     `sample_cond_tokens` conditioning tokens."""
     check_bf16(gpu_name, tokens, rank)
     tflops, _ = gpu_rate(gpu_name)
-    cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c) for p in precisions for o in (False, True)
-             for n in range(depth + 1) for c in ffn_chunks
+    cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c, recomputed_inputs=k)
+             for p in precisions for o in (False, True) for n in range(depth + 1) for c in ffn_chunks
+             for k in recomputed if k <= depth // 2
              if not sample_tokens or predict_sampling(p, n, sample_tokens, rank, depth, hidden, cond_tokens=sample_cond_tokens)
              <= margin * gpu_gib]
     if not cands: raise PlanError(f"no memory settings fit the validation videos ({sample_tokens:,} tokens a sampling step) in "
                                   f"{gpu_gib:g} GiB of GPU — lower validation_resolution or validation_num_video_frames")
     fits = [c for c in cands if c.gpu_gib <= margin * gpu_gib and c.host_gib <= margin * host_gib]
-    if fits: return min(fits, key=lambda c: (c.step_s, PRECISIONS.index(c.precision), c.blocks_to_swap, c.activation_offload, c.ffn_chunks))
+    if fits: return min(fits, key=lambda c: (c.step_s, PRECISIONS.index(c.precision), c.blocks_to_swap, c.activation_offload,
+                                              c.ffn_chunks, c.recomputed_inputs))
     least_gpu = min(cands, key=lambda c: c.gpu_gib)
     gpu_ok = [c for c in cands if c.gpu_gib <= margin * gpu_gib]
     if gpu_ok:
@@ -212,10 +223,22 @@ def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gp
                     "or fewer frames (tokens = latent frames × H/16 × W/16)")
 
 # %% ../nbs/10_memory.ipynb #ede821e6
-def machine_memory() -> tuple[str, float | None, float]:
-    "`(GPU name, GPU GiB or None without CUDA, host RAM GiB)` of this machine."
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")   # cgroup v2, v1
+
+
+def host_memory_bytes(limits=CGROUP_LIMITS) -> int:
+    "Host RAM this process may use: the machine's, or its container's memory limit when that is lower (Kaggle, Docker)."
     import psutil
-    host = psutil.virtual_memory().total / GiB
+    total = psutil.virtual_memory().total
+    for path in map(Path, limits):
+        text = path.read_text().strip() if path.is_file() else "max"
+        if text.isdigit(): total = min(total, int(text))
+    return total
+
+
+def machine_memory() -> tuple[str, float | None, float]:
+    "`(GPU name, GPU GiB or None without CUDA, host RAM GiB)` of this machine (its container's limit when lower)."
+    host = host_memory_bytes() / GiB
     if not torch.cuda.is_available(): return "cpu", None, host
     return torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory / GiB, host
 
@@ -273,6 +296,7 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     check_bf16(gpu_name, tokens, cfg.lora_rank)
     tflops, _ = gpu_rate(gpu_name)
     plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops,
+                    recomputed_inputs=cfg.recomputed_block_inputs,
                     ffn_chunks=cfg.ffn_chunks)
     sample, cond = validation_tokens(cfg)
     chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name),
@@ -287,10 +311,11 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
 
 def format_plans(plain: MemoryPlan, chosen: MemoryPlan, notes=()) -> str:
     "A text table of the config's settings and the chosen ones."
-    rows = [("", "precision", "swapped blocks", "act. offload", "FFN chunks", "GPU peak GiB", "host GiB", "~s/step")]
+    rows = [("", "precision", "swapped blocks", "act. offload", "FFN chunks", "recomputed inputs", "GPU peak GiB",
+             "host GiB", "~s/step")]
     for label, p in (("config", plain), ("plan", chosen)):
         rows.append((label, p.precision, str(p.blocks_to_swap), "yes" if p.activation_offload else "no", str(p.ffn_chunks),
-                     f"{p.gpu_gib:.1f}", f"{p.host_gib:.1f}", f"{p.step_s:.1f}"))
+                     str(p.recomputed_inputs), f"{p.gpu_gib:.1f}", f"{p.host_gib:.1f}", f"{p.step_s:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join([*notes, *("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)])
 
@@ -301,7 +326,7 @@ def apply_memory_plan(cfg):
     if cfg.memory_plan != "auto": return None
     if not torch.cuda.is_available():
         print("memory_plan auto: no CUDA GPU here, the memory settings are used as written"); return None
-    plain, chosen, notes = plan_for_config(cfg, cfg.memory_budget_gib)
+    plain, chosen, notes = plan_for_config(cfg, cfg.memory_budget_gib, cfg.memory_host_budget_gib)
     for k, v in chosen.settings().items(): setattr(cfg, k, v)
     print("memory_plan auto:\n" + format_plans(plain, chosen, notes))
     return chosen
@@ -315,7 +340,8 @@ def checkpoint_attention_choice(cfg, tokens: int, device, depth: int = 48, hidde
     block swap or activation offload) when the step with them kept (`predict(..., keep_attention=True)`) fits
     `KEEP_ATTENTION_MARGIN` × the GPU memory (or `memory_budget_gib`)."""
     device = torch.device(device)
-    if device.type != "cuda" or cfg.musubi_blocks_to_swap or cfg.activation_offload: return False
+    if device.type != "cuda" or cfg.musubi_blocks_to_swap or cfg.activation_offload or cfg.recomputed_block_inputs:
+        return False
     budget = cfg.memory_budget_gib or torch.cuda.get_device_properties(device).total_memory / GiB
     plan = predict(cfg.base_model_precision, 0, False, tokens, cfg.lora_rank, depth=depth, hidden=hidden,
                    ffn_chunks=cfg.ffn_chunks, keep_attention=True, heads=heads)

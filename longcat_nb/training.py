@@ -95,7 +95,8 @@ def _check_memory(cfg):
     from longcat_nb.offload import check_memory_settings
     from longcat_nb.quantise import MemorySettingsError
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
-            cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap or cfg.activation_offload):
+            cfg.base_model_precision != "bf16" or cfg.musubi_blocks_to_swap or cfg.activation_offload
+            or cfg.recomputed_block_inputs):
         raise ConfigError(f"{cfg.config_path or '<config>'}: base_model_precision / musubi_blocks_to_swap / activation_offload are "
                           "single-GPU memory savers, not combined with FSDP sharding — launch without FSDP, or keep bf16 with no swap/offload")
     try: depth = LongCatVideoTransformer3DModel.load_config(resolve_checkpoint(cfg), subfolder="dit")["depth"]
@@ -110,9 +111,10 @@ def check_training_config(cfg):
     from longcat_nb.memory import apply_memory_plan
     apply_memory_plan(cfg)
     if cfg.model_type != "lora": _refuse(cfg, "model_type", cfg.model_type, "only LoRA training is supported", 'set "lora"')
-    if cfg.checkpoint_attention == "keep" and (cfg.musubi_blocks_to_swap or cfg.activation_offload):
+    if cfg.checkpoint_attention == "keep" and (cfg.musubi_blocks_to_swap or cfg.activation_offload or cfg.recomputed_block_inputs):
         _refuse(cfg, "checkpoint_attention", "keep", "keeping attention's outputs is not supported with musubi_blocks_to_swap / "
-                "activation_offload (their block runner checkpoints on its own)", 'set "auto" or "recompute", or turn block swap and activation offload off')
+                "activation_offload / recomputed_block_inputs (their block runner checkpoints on its own)",
+                'set "auto" or "recompute", or turn block swap, activation offload and recomputed inputs off')
     if cfg.checkpoint_attention == "keep" and cfg.attention_implementation == "bsa":
         _refuse(cfg, "checkpoint_attention", "keep", "with attention_implementation \"bsa\" there is no fused SDPA output to keep "
                 "(block-sparse attention runs through FlexAttention)", 'set "auto" or "recompute"')
@@ -735,7 +737,7 @@ def _prepare_run(cfg) -> SimpleNamespace:
                                        and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision))
     if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
         from longcat_nb.offload import place_model
-        place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens)
+        place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.recomputed_block_inputs)
     model = model.train()
     seed_process(cfg.seed, accelerator.process_index)            # LoRA dropout masks differ across processes
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)

@@ -37,7 +37,8 @@ def test_plan_cli(example, capsys):
     out = capsys.readouterr().out
     keys = json.loads(out.split("config keys for the plan: ")[1])
     row = next(l for l in out.splitlines() if l.startswith("plan"))
-    assert float(row.split()[-3]) <= 24 and set(keys) == {"base_model_precision", "musubi_blocks_to_swap", "activation_offload", "ffn_chunks"}
+    assert float(row.split()[-3]) <= 24 and set(keys) == {"base_model_precision", "musubi_blocks_to_swap", "activation_offload",
+                                                          "ffn_chunks", "recomputed_block_inputs"}
     assert cli(["plan", "--config", str(example), "--gpu-gib", "0.05", "--host-gib", "64"]) == 1
     assert "cannot fit" in capsys.readouterr().err
 
@@ -153,7 +154,7 @@ def test_half_written_copy_is_never_used(tmp_path, monkeypatch):
     "A process killed while writing the copy leaves only a `.partial-*` folder; the next load quantises again and writes a whole copy."
     import subprocess, sys
     copy_dir = tmp_path / "q"
-    script = ("import os, torch, longcat_nb.memory as m\n"
+    script = ("import os, torch, longcat_nb.quantise as m\n"
               "from longcat_nb.tiny import tiny_checkpoint\n"
               "real, n = m.save_file, [0]\n"
               "def dying(*a, **k):\n"
@@ -204,15 +205,26 @@ def _delayed_step(model, sleep_cycles=20_000_000):
 
 
 @cuda
-def test_offload_streams_keep_gradients_exact():
-    """Swap + activation offload give the resident model's LoRA gradients while the main stream lags behind the CPU:
-    an offloaded input copied back into memory that queued kernels still read would change them."""
+@pytest.mark.parametrize("recomputed", [0, 2])
+def test_offload_streams_keep_gradients_exact(recomputed):
+    """Swap + activation offload (+ recomputed inputs) give the resident model's LoRA gradients while the main stream
+    lags behind the CPU: an offloaded input copied back into memory that queued kernels still read would change them."""
     ref = _wide_lora_model()
     place_model(ref, "cuda")
     ref.enable_gradient_checkpointing(BlockRunner(ref, "cuda"))
     want = _delayed_step(ref)
     model = _wide_lora_model()
-    place_model(model, "cuda", 3, True, max_tokens=16 * 32 * 32)
+    place_model(model, "cuda", 3, True, max_tokens=16 * 32 * 32, recomputed_inputs=recomputed)
     for _ in range(3):
         got = _delayed_step(model)
         for k in want: close_(got[k], want[k], eps=1e-3 * max(1.0, want[k].abs().max().item()))
+
+
+def test_grad_check_script_on_the_tiny_checkpoint():
+    "benchmarks/grad_check_plans.py (the full-size check of the plans' gradients) runs; on the CPU, recompute is exact."
+    import subprocess, sys
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "grad_check_plans.py"
+    out = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["plans"] and all(p["max_rel_grad_diff"] == 0 and p["loss"] == res["resident_loss"] for p in res["plans"])
