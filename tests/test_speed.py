@@ -230,7 +230,7 @@ def test_fused_elementwise_compiles_once_for_every_token_count():
 def test_fused_elementwise_keeps_no_more_for_the_backward():
     """What autograd saves in one LoRA block's forward (the recompute of the checkpointed trainer) under bf16 autocast,
     by part (`calibrate_memory.saved_bytes`): the compiled functions keep no more than eager in any part (no fp32
-    copies), and less in the FFN (the fused gate recomputes its SiLU) and self-attention (qk norm and RoPE in one graph)."""
+    copies), and less in the FFN (the fused gate recomputes its SiLU) and self-attention (qk norm and RoPE fused)."""
     from longcat_nb.model import rope_3d
     spec = importlib.util.spec_from_file_location("calibrate_memory", ROOT / "benchmarks" / "calibrate_memory.py")
     calibration = importlib.util.module_from_spec(spec)
