@@ -11,7 +11,7 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'FUSED_RECOMPILE_LIMIT', 'ATTENTION_
            'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention', 'qk_norm_rope',
            'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer',
            'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'cond_cache_bytes',
-           'CondKVCache', 'keep_attention_policy', 'checkpoint_keeping_attention']
+           'CondKVCache', 'keep_attention_policy', 'checkpoint_keeping_attention', 'fused_elementwise_wanted']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -680,6 +680,12 @@ def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
     return self
 
 # %% ../nbs/03_model.ipynb #d213c279
+def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool) -> bool:
+    "The config's `fused_elementwise` (`off` | `auto` | `on`) for a run on `device`: `auto` is on for CUDA when blocks are not compiled."
+    if setting == "on": return True
+    return setting == "auto" and torch.device(device).type == "cuda" and not blocks_compiled
+
+
 @patch
 def set_fused_elementwise(self: LongCatVideoTransformer3DModel, backend: str | bool | None = "inductor"):
     """Run the elementwise functions between the matmuls (`silu_mul`, `rms_norm_fp32`, `qk_norm_rope`, `modulate`,
