@@ -108,6 +108,7 @@ TRAIN_KEYS = [
     Key("attention_implementation", "auto", "str", "Attention backend.", ("auto", "sdpa", "xformers", "bsa")),
     Key("bsa_sparsity", 0.9375, "float", "Block-sparse attention: fraction of 4×4×4 key chunks each query chunk drops (top-k; 0.9375 keeps 6.25%, as released; 0 = dense); null → CDF mode only.", nullable=True, minimum=0),
     Key("bsa_cdf_threshold", None, "float", "Block-sparse attention: also keep key chunks until this softmax mass (CDF mode); with bsa_sparsity set, the larger count wins.", nullable=True, minimum=0),
+    Key("fused_elementwise", "off", "str", "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with torch.compile — for runs whose blocks are not compiled (block swap, activation offload). `auto`: on for CUDA runs without compile_transformer; off until measured on a GPU.", ("off", "auto", "on")),
     Key("compile_transformer", False, "bool", "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of compiling)."),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
     Key("group_offload_type", "block_level", "str", "Group offload granularity.", ("block_level", "leaf_level")),

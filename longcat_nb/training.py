@@ -27,7 +27,8 @@ from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
                              training_metadata)
-from .model import LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention, compute_autocast, set_ffn_chunks
+from .model import (LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention, compute_autocast,
+                               fused_elementwise_wanted, set_ffn_chunks)
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
@@ -493,7 +494,7 @@ def _make_optimizer(cfg, params, device):
 
 
 def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_attention: bool = False,
-                               lora_input_cast: bool = True):
+                               lora_input_cast: bool = True, device="cpu"):
     """The frozen transformer of checkpoint `ckpt` in `dtype` (its block linears quantised to `base_model_precision`,
     read from / kept in `quantised_base_dir` when set, the last `musubi_blocks_to_swap` blocks left on the host), with
     the config's LoRA attached and checkpointing set (`make_trainable`).
@@ -507,13 +508,14 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
         model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
                                  quantised_dir=cfg.quantised_base_dir)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
-    return make_trainable(model, cfg, keep_attention, lora_input_cast)
+    return make_trainable(model, cfg, keep_attention, lora_input_cast, device)
 
 
-def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bool = True):
+def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bool = True, device="cpu"):
     """What the trainer does to a loaded transformer: freeze it, set the attention backend, attach the config's LoRA
     (fp32, trainable; `lora_input_cast`: `lora.set_lora_input_cast`), checkpoint each block (`keep_attention`: keeping
-    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`. Returns `model`."""
+    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`, or only their elementwise
+    work (`fused_elementwise` on `device`). Returns `model`."""
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, use_dora=cfg.use_dora)
@@ -521,6 +523,7 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     set_ffn_chunks(model, cfg.ffn_chunks)
     if cfg.gradient_checkpointing: model.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention else None)
     if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
+    model.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer))
     return model
 
 
@@ -739,7 +742,8 @@ def _prepare_run(cfg) -> SimpleNamespace:
     if keep and main and cfg.checkpoint_attention == "auto":
         print("checkpoint_attention auto: keeping self-attention's outputs through the backward (the memory planner says it fits)")
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
-                                       and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision))
+                                       and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision),
+                                       device=device)
     if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
         from longcat_nb.offload import place_model
         place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.recomputed_block_inputs)
