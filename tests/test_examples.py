@@ -50,7 +50,9 @@ def test_readme_papermill_commands_twice_after_the_workbench(clone):
     out = dst / "outputs" / "papermill"
     check, train, sample = (json.loads((out / f"{n}.json").read_text()) for n in ("check", "train", "sample"))
     assert check["ok"] and check["samples"] == 8 and check["buckets"] == {"64x64@9": 8}
-    assert train["steps"] == 6 and not train["stopped"] and len(train["loras"]) == 3 and train["videos"]
+    assert train["steps"] == 6 and not train["stopped"] and train["videos"]
+    assert any(p.endswith("lora_peft.safetensors") for p in train["loras"])
+    assert all(Path(p).is_file() for p in train["loras"])
     assert Path(train["loras"][0]).parent == (out / "run").resolve()                 # its own folder, not the workbench's
     assert json.loads((dst / "runs" / "tiny" / "output" / "progress.jsonl").read_text().splitlines()[-1])["event"] == "done"
     assert sample["lora"].endswith("outputs/papermill/run/lora_peft.safetensors") and (sample["frames"], sample["width"]) == (9, 64)
@@ -148,8 +150,9 @@ def test_colab_notebook_trains_exports_and_samples(colab, monkeypatch, tmp_path)
     ns = run("A100", MAX_TRAIN_STEPS=2, CHECKPOINTING_STEPS=2, VALIDATION_STEPS=2)
     assert ns["state"]["state"] == "done" and ns["state"]["step"] == 2
     assert ns["output_dir"] == tmp_path / "work" / "output" and ns["cfg"].quantised_base_dir is None
-    assert sorted(p.name for p in (tmp_path / "drive" / "loras").iterdir()) == \
-        ["lora_kohya.safetensors", "lora_official.safetensors", "lora_peft.safetensors"]
+    exported = sorted(p.name for p in ns["output_dir"].glob("lora_*.safetensors"))   # one per lora_export_formats
+    assert "lora_peft.safetensors" in exported
+    assert sorted(p.name for p in (tmp_path / "drive" / "loras").iterdir()) == exported
     assert ns["sample"].is_file() and ns["sample"].stat().st_size > 0
     config_cell = next("".join(c["source"]) for c in _code_cells("colab") if "quantised_base_dir" in "".join(c["source"]))
     ns["settings"] = {**ns["settings"], "base_model_precision": "int8-quanto"}
