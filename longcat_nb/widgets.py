@@ -512,6 +512,7 @@ def _launch(self: TrainView, resume, max_train_steps, overwrite, output_dir):
     cfg, path = saved_config(self.source)
     steps = max_train_steps if max_train_steps is not None else self.step_count()
     self.output_dir = Path(output_dir or cfg.output_dir).resolve()
+    self._let_finish()
     if self.running():
         self.status.value = _note("training is already running — Stop it first"); return
     found = previous_run(self.output_dir)
@@ -532,6 +533,15 @@ def _launch(self: TrainView, resume, max_train_steps, overwrite, output_dir):
     (self.output_dir / "train.pid").write_text(str(self.proc.pid))
     self.status.value = _note(f"{'resuming' if resume else 'starting'} (process {self.proc.pid}, log: {self.output_dir / 'train.log'})")
     if self.background: self._poll()
+
+@patch
+def _let_finish(self: TrainView, timeout: float = 30):
+    "A run that logged `done` or `stopped` is exiting: wait (≤ `timeout` s) for its process and the last redraw."
+    from longcat_nb.training import read_progress
+    if not self.running() or run_state(read_progress(self.output_dir))["state"] not in ("done", "stopped"): return
+    deadline = time.time() + timeout
+    while self.running() and time.time() < deadline: time.sleep(0.2)
+    if self._thread is not None: self._thread.join(max(0, deadline - time.time()))
 
 @patch
 def offer_choices(self: TrainView, found):
