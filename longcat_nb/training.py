@@ -599,7 +599,9 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     (fp32, trainable; `lora_input_cast`: `lora.set_lora_input_cast`), checkpoint each block (`keep_attention`: keeping
     self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`. Returns `model`."""
     model.requires_grad_(False)
-    model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
+    model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity,
+                                cdf_threshold=cfg.bsa_cdf_threshold, kernel=cfg.bsa_kernel,
+                                kernel_options=cfg.bsa_kernel_options)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     set_lora_input_cast(model, lora_input_cast)
     set_ffn_chunks(model, cfg.ffn_chunks)
@@ -745,6 +747,7 @@ class ProgressLog:
         self.path, self.enabled = Path(output_dir) / "progress.jsonl", enabled
 
     def __call__(self, event: str, **fields) -> dict:
+        "Append and return the record of `event`; `fields` are its other keys (step, loss, …), stored as given."
         rec = {"event": event, **fields, "time": round(time.time(), 3)}
         if self.enabled and self.path.parent.is_dir():     # never creates the output folder
             with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(rec, default=str) + "\n")

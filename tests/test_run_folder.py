@@ -55,8 +55,8 @@ with output_dir_lock(sys.argv[1]):
 
 def test_folder_held_by_another_process_refuses_the_command_line(example, tmp_path):
     "Another process holds the folder: train() and `python -m longcat_nb.training` refuse with its pid, one line."
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         eq_(holder.stdout.readline().strip(), "held")
         with pytest.raises(OutputDirInUse, match=f"pid {holder.pid} on host"):
@@ -65,7 +65,8 @@ def test_folder_held_by_another_process_refuses_the_command_line(example, tmp_pa
                               str(tmp_path)], capture_output=True, text=True, timeout=300)
         eq_(cli.returncode, 1)
         line = [l for l in cli.stderr.splitlines() if l.strip()][-1]
-        assert line.startswith(f"error: output_dir {tmp_path} is in use by another training run (pid {holder.pid}"), line
+        want = f"error: output_dir {tmp_path} is in use by another training run (pid {holder.pid}"
+        assert line.startswith(want), line
         assert "choose another output_dir" in line, line
     finally:
         holder.stdin.close()
