@@ -8,11 +8,12 @@ import argparse, json, sys, time
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import ConfigError, load_config
+from .config import LORA_LOADERS, ConfigError, load_config
 
 # %% auto #0
 __all__ = ['VIDEO_SUFFIXES', 'cmd_check', 'cmd_cache', 'cmd_train', 'parse_lora_spec', 'SamplePlan', 'check_sample_args',
-           'cmd_sample', 'run_demo', 'cmd_demo', 'cmd_plan', 'parser', 'main']
+           'cmd_sample', 'run_demo', 'cmd_demo', 'cmd_plan', 'cmd_lora_info', 'cmd_lora_check', 'add_lora_commands',
+           'parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #7c94a46a
 def cmd_check(args) -> int:
@@ -230,6 +231,45 @@ def cmd_plan(args) -> int:
     print("config keys for the plan: " + json.dumps(chosen.settings()))
     return 0
 
+# %% ../nbs/08_cli.ipynb #5d42cf26
+def cmd_lora_info(args) -> int:
+    "Print what a LoRA file is and the metadata it carries."
+    from longcat_nb.lora import lora_info
+    print(lora_info(args.file))
+    return 0
+
+
+def cmd_lora_check(args) -> int:
+    "Print one verdict line per loader for a LoRA file; with `--for`, 0 only when those loaders apply all of it exactly."
+    from longcat_nb.lora import lora_coverage
+    found = [lora_coverage(args.file, loader) for loader in args.loaders or LORA_LOADERS]
+    for c in found: print(c.line())
+    return 0 if not args.loaders or all(c.verdict == "full" for c in found) else 1
+
+
+def _lora_file_errors(fn):
+    "A handler whose unreadable or non-LoRA file is reported in one line, exit 1."
+    def run(args) -> int:
+        try: return fn(args)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return run
+
+
+def add_lora_commands(sub):
+    "The `lora info` and `lora check` subcommands."
+    lora = sub.add_parser("lora", help="Inspect a LoRA file: what it is, and which loaders would apply it.")
+    cmds = lora.add_subparsers(dest="lora_command", required=True)
+    i = cmds.add_parser("info", help="Print the layout detected and the metadata of a LoRA file.")
+    i.add_argument("file")
+    i.set_defaults(fn=_lora_file_errors(cmd_lora_info))
+    c = cmds.add_parser("check", help="Which of the loaders would apply the file fully, partly or not at all.")
+    c.add_argument("file")
+    c.add_argument("--for", dest="loaders", action="append", choices=LORA_LOADERS,
+                   help="a loader (repeatable; default all)")
+    c.set_defaults(fn=_lora_file_errors(cmd_lora_check))
+
 # %% ../nbs/08_cli.ipynb #6584ec44
 def parser() -> argparse.ArgumentParser:
     "The `longcat-nb` argument parser."
@@ -277,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=120)
     d.add_argument("--learning-rate", dest="learning_rate", type=float, default=3e-3)
     d.set_defaults(fn=cmd_demo)
+    add_lora_commands(sub)
     return p
 
 

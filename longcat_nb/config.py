@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'PRECISIONS', 'FLAVOURS', 'BSA_KERNELS', 'GUIDE_ONLY',
-           'TRAIN_KEYS', 'VIDEO_KEYS', 'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS', 'ConfigError',
-           'strip_jsonc', 'read_jsonc', 'Key', 'check_value', 'check_keys', 'check_frames', 'parse_resolution',
-           'resolve_path', 'VideoSettings', 'DatasetConfig', 'parse_dataset', 'parse_datasets', 'load_datasets',
-           'TrainConfig', 'continuation_frames', 'parse_config', 'load_config', 'resolve_checkpoint',
+__all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'LORA_LOADERS', 'PRECISIONS', 'FLAVOURS', 'BSA_KERNELS',
+           'GUIDE_ONLY', 'TRAIN_KEYS', 'VIDEO_KEYS', 'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS',
+           'ConfigError', 'strip_jsonc', 'read_jsonc', 'Key', 'check_value', 'check_keys', 'check_frames',
+           'parse_resolution', 'resolve_path', 'VideoSettings', 'DatasetConfig', 'parse_dataset', 'parse_datasets',
+           'load_datasets', 'TrainConfig', 'continuation_frames', 'parse_config', 'load_config', 'resolve_checkpoint',
            'config_reference']
 
 # %% ../nbs/00_config.ipynb #10a04cfa
@@ -67,8 +67,9 @@ class Key:
 
 # %% ../nbs/00_config.ipynb #a4c0c638
 LORA_TARGETS = ["attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "ffn.w1", "ffn.w2", "ffn.w3"]
-LORA_FORMATS = ("peft", "kohya", "official")
-LORA_FORMAT_ALIASES = {"comfyui": "kohya"}   # the name earlier versions gave the kohya-style file
+LORA_FORMATS = ("peft", "kohya", "official", "wan", "peft_noprefix")
+LORA_FORMAT_ALIASES = {"comfyui": "wan"}   # ComfyUI runs LongCat through ComfyUI-WanVideoWrapper, which needs Wan names
+LORA_LOADERS = ("official", "wan2gp", "videox-fun", "diffsynth", "comfyui-wrapper", "simpletuner")
 PRECISIONS = ("bf16", "int8-quanto", "int4-quanto", "fp8-torchao")
 FLAVOURS = {"final": "meituan-longcat/LongCat-Video"}
 BSA_KERNELS = ("auto", "flex", "triton", "gathered")
@@ -87,7 +88,8 @@ TRAIN_KEYS = [
     Key("lora_alpha", None, "float", "LoRA alpha; null → lora_rank (scale 1).", nullable=True, minimum=0),
     Key("lora_dropout", 0.0, "float", "Dropout on the LoRA input.", minimum=0),
     Key("lora_target_modules", None, "strs", f"Module-path suffixes to adapt; null → {', '.join(LORA_TARGETS)}.", nullable=True),
-    Key("lora_export_formats", list(LORA_FORMATS), "strs", "LoRA files written at the end of training, `lora_<format>.safetensors`: `peft` (diffusers/PEFT keys), `kohya` (kohya-style `diffusion_model.<module path>` keys; `comfyui` is an alias), `official` (the release's format at rank 128).", LORA_FORMATS + tuple(LORA_FORMAT_ALIASES)),
+    Key("use_dora", False, "bool", "Train a DoRA (PEFT `use_dora`: a learned magnitude per output row beside the LoRA direction); exported in `peft`, `kohya` and `wan` files, refused for `official` and `peft_noprefix`, whose loaders would drop the magnitude."),
+    Key("lora_export_formats", ["peft", "kohya", "official", "wan"], "strs", "LoRA files written at the end of training, `lora_<format>.safetensors`: `peft` (diffusers/PEFT keys), `kohya` (kohya-style `diffusion_model.<module path>` keys), `official` (the release's format at rank 128), `wan` (kohya-style keys on ComfyUI-WanVideoWrapper's Wan module names, for ComfyUI; `comfyui` is an alias), `peft_noprefix` (PEFT keys without prefix, alpha/rank folded in: VideoX-Fun, DiffSynth).", LORA_FORMATS + tuple(LORA_FORMAT_ALIASES)),
     Key("learning_rate", 1e-4, "float", "Peak learning rate.", minimum=0),
     Key("output_dir", "output", "path", "Where checkpoints, LoRAs, logs and validation videos go."),
     Key("cache_dir", "cache", "path", "Root of the caches: text embeddings in `cache_dir/text`, latents in `cache_dir/vae/<dataset id>` unless a dataset sets cache_dir_vae."),
@@ -117,6 +119,7 @@ TRAIN_KEYS = [
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step; 1, "
         "measured fastest), `dkdv_chunks_per_step`, `num_warps`, `num_stages`; for `flex` FlexAttention's "
         "`kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → the defaults.", nullable=True),
+    Key("fused_elementwise", "off", "str", "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with torch.compile — for runs whose blocks are not compiled (block swap, activation offload). `auto`: on for CUDA runs without compile_transformer; off until measured on a GPU.", ("off", "auto", "on")),
     Key("compile_transformer", False, "bool", "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of compiling)."),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
     Key("group_offload_type", "block_level", "str", "Group offload granularity.", ("block_level", "leaf_level")),
@@ -406,13 +409,17 @@ class TrainConfig:
 
 # %% ../nbs/00_config.ipynb #4f4f23d7
 def _check_training_choices(v: dict, source: str):
-    "Rules between training keys, and the canonical LoRA format names (`comfyui` → `kohya`, duplicates dropped)."
+    "Rules between training keys, and the canonical LoRA format names (`comfyui` → `wan`, duplicates dropped)."
     if v["mixed_precision"] == "fp16":
         _fail(source, "mixed_precision", "fp16", "the released base is bf16: fp16 would cast its weights to fp16 (5 exponent "
               "bits; activations of a 13.6B bf16 model can exceed fp16's 65504) and need a loss scaler", 'use "bf16" (or "no")')
     for k in ("flow_schedule_shift", "flow_logit_std"):
         if v[k] <= 0: _fail(source, k, v[k], "must be > 0", f"use e.g. {next(x.default for x in TRAIN_KEYS if x.name == k)}")
     v["lora_export_formats"] = list(dict.fromkeys(LORA_FORMAT_ALIASES.get(f, f) for f in v["lora_export_formats"]))
+    no_dora = [f for f in v["lora_export_formats"] if f in ("official", "peft_noprefix")]
+    if v["use_dora"] and no_dora:
+        _fail(source, "lora_export_formats", no_dora, "these formats cannot carry a DoRA's magnitude (their loaders apply "
+              "up @ down only)", 'drop them (peft, kohya and wan carry it) or set "use_dora": false')
 
 
 RELEASED_COND_FRAMES = 13   # the release continues a video from its last 13 frames (4 latent frames)

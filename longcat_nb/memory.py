@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config import PRECISIONS, continuation_frames
-from .model import ffn_hidden_size
+from .model import cond_cache_bytes, ffn_hidden_size
 from .offload import aligned_bytes
 from .quantise import MemorySettingsError
 
@@ -168,7 +168,7 @@ def predict_sampling(precision: str, blocks_to_swap: int, tokens: int, rank: int
     and the cached keys and values of `cond_tokens` conditioning tokens (image-to-video, continuation) in every block;
     reserved, like `predict`."""
     act = cal["workspace_slack"] * (cal["sampling"]["peak"] * tokens + cal["sampling"]["constant"]) * hidden / 4096
-    cache = depth * cond_tokens * hidden * 2 * 2
+    cache = cond_cache_bytes(cond_tokens, depth, hidden)     # one video's: the guidance batch joins it per step
     gpu = resident_bytes(precision, blocks_to_swap, rank, depth, hidden) + tokens * hidden * 2 + act + cache
     return round(gpu * cal["reserved_slack"] / GiB, 1)
 

@@ -25,8 +25,10 @@ from diffusers.optimization import get_scheduler
 from .caching import CachedDataset, build_cache, default_dtype, load_empty_prompt, load_prompts
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
-from .lora import add_lora, lora_layers, read_lora, save_lora, set_lora_input_cast
-from .model import LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention, compute_autocast, set_ffn_chunks
+from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
+                             training_metadata)
+from .model import (LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention, compute_autocast,
+                               fused_elementwise_wanted, set_ffn_chunks)
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
@@ -276,6 +278,7 @@ def restore_lora(model, path):
                 raise TrainingError(f"{path}: {name} has LoRA shapes {tuple(f.down.shape)}/{tuple(f.up.shape)}, the model "
                                     f"{tuple(a.shape)}/{tuple(b.shape)} — resume with the checkpoint's lora_rank")
             _assign(a, f.down); _assign(b, f.up)
+            if f.magnitude is not None: _assign(layers[name].lora_magnitude_vector["default"].weight, f.magnitude)
 
 # %% ../nbs/07_training.ipynb #ce6cbcea
 def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
@@ -295,6 +298,9 @@ def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
                 "done to an FSDP-sharded one", "set it to false for FSDP runs (or train with DDP)")
     if cfg.compile_transformer:
         _refuse(cfg, "compile_transformer", True, "compiled blocks are not tested with FSDP sharding yet", "set it to false for FSDP runs (or train with DDP)")
+    if cfg.use_dora:
+        _refuse(cfg, "use_dora", True, "the sharded checkpoint gathers LoRA factors only, not a DoRA's magnitude",
+                "set it to false for FSDP runs (or train with DDP)")
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
     plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = transformer_auto_wrap_policy, ["LongCatBlock"]
     plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
@@ -577,7 +583,7 @@ def _make_optimizer(cfg, params, device):
 
 
 def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_attention: bool = False,
-                               lora_input_cast: bool = True):
+                               lora_input_cast: bool = True, device="cpu"):
     """The frozen transformer of checkpoint `ckpt` in `dtype` (its block linears quantised to `base_model_precision`,
     read from / kept in `quantised_base_dir` when set, the last `musubi_blocks_to_swap` blocks left on the host), with
     the config's LoRA attached and checkpointing set (`make_trainable`).
@@ -591,22 +597,24 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
         model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
                                  quantised_dir=cfg.quantised_base_dir)
     else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
-    return make_trainable(model, cfg, keep_attention, lora_input_cast)
+    return make_trainable(model, cfg, keep_attention, lora_input_cast, device)
 
 
-def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bool = True):
+def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bool = True, device="cpu"):
     """What the trainer does to a loaded transformer: freeze it, set the attention backend, attach the config's LoRA
     (fp32, trainable; `lora_input_cast`: `lora.set_lora_input_cast`), checkpoint each block (`keep_attention`: keeping
-    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`. Returns `model`."""
+    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`, or only their elementwise
+    work (`fused_elementwise` on `device`). Returns `model`."""
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity,
                                 cdf_threshold=cfg.bsa_cdf_threshold, kernel=cfg.bsa_kernel,
                                 kernel_options=cfg.bsa_kernel_options)
-    add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, use_dora=cfg.use_dora)
     set_lora_input_cast(model, lora_input_cast)
     set_ffn_chunks(model, cfg.ffn_chunks)
     if cfg.gradient_checkpointing: model.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention else None)
     if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
+    model.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer))
     return model
 
 
@@ -826,7 +834,8 @@ def _prepare_run(cfg) -> SimpleNamespace:
     if keep and main and cfg.checkpoint_attention == "auto":
         print("checkpoint_attention auto: keeping self-attention's outputs through the backward (the memory planner says it fits)")
     model = load_trainable_transformer(cfg, ckpt, dtype, on_meta=fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
-                                       and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision))
+                                       and not main, keep_attention=keep, lora_input_cast=not autocasts(device, cfg.mixed_precision),
+                                       device=device)
     if not fsdp:                                                 # all on the GPU, except swapped blocks (pinned host memory)
         from longcat_nb.offload import place_model
         place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.recomputed_block_inputs)
@@ -957,11 +966,15 @@ def _train_steps(run, cfg, stop, log, validate, scratch) -> bool:
 
 
 def _export_loras(run, cfg, step: int | None = None) -> list[Path]:
-    "The LoRA (of `step`, default the current) in every `lora_export_formats` format, by the main process (FSDP: gathered)."
+    """The LoRA (of `step`, default the current) in every `lora_export_formats` format, with the run's metadata, by the
+    main process (FSDP: gathered); one line per file and loader says where it loads (`lora.report_lora_coverage`)."""
     step = run.state.step if step is None else step
+    meta = training_metadata(cfg, step, resolve_checkpoint(cfg))
     with gathered_lora(run.unwrapped, run.main) as whole, _writing(run.output_dir, "the LoRA files", run.ckpt_bytes // 3 * len(cfg.lora_export_formats)):
-        return [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata={"steps": step})
-                for fmt in cfg.lora_export_formats] if run.main else []
+        paths = [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata=meta)
+                 for fmt in cfg.lora_export_formats] if run.main else []
+        for p in paths: report_lora_coverage(p, whole)
+    return paths
 
 # %% ../nbs/07_training.ipynb #82798666
 def train(cfg, stop=None) -> TrainResult:

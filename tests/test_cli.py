@@ -6,6 +6,7 @@ import av
 import pytest
 
 from longcat_nb.cli import main, run_demo
+from longcat_nb.config import TRAIN_KEYS
 from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -18,7 +19,7 @@ def test_demo_trains_and_writes_everything(tmp_path, capsys):
     assert out.count("cache OK") == 1, out                          # the cache summary prints once
     assert s["steps"] == 120
     assert s["mean_loss_last_10_steps"] < 0.8 * s["mean_loss_first_10_steps"], s   # the tiny model learns its clips
-    assert {Path(p).name for p in s["loras"]} == {"lora_peft.safetensors", "lora_kohya.safetensors", "lora_official.safetensors"}
+    assert {Path(p).name for p in s["loras"]} == {f"lora_{f}.safetensors" for f in ("peft", "kohya", "official", "wan")}
     assert all(Path(p).stat().st_size > 0 for p in s["loras"])
     assert s["videos"], "no validation video written"
     with av.open(s["videos"][-1]) as c:
@@ -49,7 +50,8 @@ def test_papermill_notebook_runs_headless(tmp_path):
     pm.execute_notebook(str(ROOT / "examples" / "train.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
                         parameters=dict(config=str(cfg), max_train_steps=4, results_json=str(results)), progress_bar=False, cwd=str(tmp_path))
     figures = json.loads(results.read_text())
-    assert figures["steps"] == 4 and len(figures["loras"]) == 3 and figures["videos"]
+    exports = next(k.default for k in TRAIN_KEYS if k.name == "lora_export_formats")     # one file per default format
+    assert figures["steps"] == 4 and len(figures["loras"]) == len(exports) and figures["videos"]
 
 
 def test_sample_t2v_with_lora_and_i2v(tmp_path, capsys):

@@ -171,3 +171,31 @@ def test_benchmark_runs_tiny_on_cpu(tmp_path):
     for part in ("forward", "lora_step", "cfg_batch2_forward"):
         assert "error" not in results[part], results[part]
         assert results[part]["median_s"] > 0
+
+
+def cache_bytes(cache) -> int:
+    "Bytes of the distinct storages that a `CondKVCache`'s tensors keep alive (its k, v and velocity)."
+    tensors = [t for slot in cache.blocks for t in (slot.k, slot.v)] + [cache.velocity]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+@pytest.mark.parametrize("videos", [1, 2])
+def test_cond_cache_keeps_2C_a_token(videos):
+    """bf16 weights under the sampler's bf16 autocast: the conditioning cache keeps 2C bf16 values a token, a block and
+    a video (k and v in storages of their own, not views of the fused qkv output, which is 3C), as `cond_cache_bytes`
+    says; a guidance batch of 2·videos uses it without growing it, and the cached step equals the uncached one."""
+    from longcat_nb.model import cond_cache_bytes
+    model = random_tiny().to(torch.bfloat16)
+    x, _, text, mask = (a[:videos] for a in inputs(B=2, T=4))
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        cache = model.cache_cond_kv(x[:, :, :2].bfloat16())
+        held = cache_bytes(cache)
+        tokens, C, depth = 2 * 2 * 3, model.config.hidden_size, model.config.depth
+        eq_(held, cond_cache_bytes(tokens, depth, C, batch=videos, dtype_bytes=2))
+        eq_(held - cache.velocity.nbytes, 2 * C * 2 * tokens * depth * videos)
+        pair, t = torch.cat([x, x]), torch.tensor([0.0, 0, 400, 400]).expand(2 * videos, -1)
+        pair_text, pair_mask = torch.cat([text, text]), torch.cat([mask, mask])
+        cached = model(pair[:, :, 2:], t[:, 2:], pair_text, pair_mask, kv_cache=cache).sample
+        eq_(cache_bytes(cache), held)                                   # the guidance batch kept nothing more
+        uncached = model(pair, t, pair_text, pair_mask, num_cond_latents=2).sample[:, :, 2:]
+    assert ((cached - uncached).norm() / uncached.norm()).item() < 2e-2, "bf16: within bf16 noise of the uncached step"

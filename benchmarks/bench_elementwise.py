@@ -1,0 +1,103 @@
+"""One transformer block's training step, eager against fused elementwise work (`set_fused_elementwise`).
+
+The block is the released width (hidden 4096, 32 heads, LoRA rank 16 on the trainer's targets, random bf16 weights,
+`calibrate_memory.one_block_model`) at 832×480×93's 37,440 tokens (latent grid 24×30×52) with 512 text tokens, run as the
+trainer runs each block: under the bf16 autocast (`compute_autocast`), checkpointed (`enable_gradient_checkpointing`),
+forward then backward of a loss on its output. Each variant: the first step (fused: compiles its functions), then
+the median of `--steps` steps, peak GPU memory, the output's and the LoRA gradients' difference from eager. Prints one
+JSON object.
+
+    python benchmarks/bench_elementwise.py                      # on a CUDA GPU
+    python benchmarks/bench_elementwise.py --tiny               # hidden 256, 2 heads, 560 tokens, on the CPU (a check)
+    python benchmarks/bench_elementwise.py --json out.json
+"""
+import argparse, json, statistics, time
+
+import torch
+
+
+def build(hidden: int, heads: int, rank: int, device):
+    "The one-block LoRA model of the memory chapter, checkpointed as the trainer does, on `device`."
+    from calibrate_memory import one_block_model
+    model = one_block_model(hidden, heads, rank).to(device)
+    model.enable_gradient_checkpointing()
+    return model.train()
+
+
+def inputs(model, grid, text_tokens: int, device, seed: int = 0):
+    "Block inputs for a (T, H, W) token grid: x (needs a gradient, as a block input does in training), text, t, rope."
+    from longcat_nb.model import rope_3d
+    C, g = model.config.hidden_size, torch.Generator().manual_seed(seed)
+    N = grid[0] * grid[1] * grid[2]
+    x = torch.randn(1, N, C, generator=g).to(device, torch.bfloat16).requires_grad_()
+    y = torch.randn(1, text_tokens, C, generator=g).to(device, torch.bfloat16)
+    t = torch.randn(1, grid[0], model.config.adaln_tembed_dim, generator=g).to(device)
+    return x, y, t, rope_3d(grid, C // model.config.num_heads, device)
+
+
+def sync(device):
+    if device.type == "cuda": torch.cuda.synchronize(device)
+
+
+def step(model, x, y, t, rope, device):
+    "One checkpointed forward and backward of block 0 under the trainer's autocast → (output, LoRA gradients)."
+    from longcat_nb.model import compute_autocast
+    block = model.blocks[0]
+    ac = compute_autocast(device) if device.type == "cuda" else torch.autocast("cpu", torch.bfloat16)
+    with ac: out = model._gradient_checkpointing_func(block, x, y, t, rope, None, 0, "sdpa", None)
+    out.float().square().mean().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    return out.detach(), grads
+
+
+def measure(model, args, device, steps: int) -> tuple[dict, tuple]:
+    "First step and median step seconds, peak memory, and the last step's (output, gradients)."
+    if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
+    times, result = [], None
+    for _ in range(steps + 1):
+        sync(device)
+        start = time.perf_counter()
+        result = step(model, *args, device)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    stats = dict(first_s=round(times[0], 3), median_s=round(statistics.median(times[1:]), 4))
+    if device.type == "cuda": stats["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return stats, result
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="hidden 256, 2 heads, rank 4, 4×10×14 tokens, 24 text, CPU")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend of the fused functions")
+    p.add_argument("--json", help="also write the result here")
+    a = p.parse_args(argv)
+    if a.tiny: shape = dict(hidden=256, heads=2, rank=4, grid=(4, 10, 14), text=24)
+    else: shape = dict(hidden=4096, heads=32, rank=16, grid=(24, 30, 52), text=512)
+    device = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
+    model = build(shape["hidden"], shape["heads"], shape["rank"], device)
+    args = inputs(model, shape["grid"], shape["text"], device)
+    eager, (out_e, grads_e) = measure(model, args, device, a.steps)
+    model.set_fused_elementwise(a.backend)
+    fused, (out_f, grads_f) = measure(model, args, device, a.steps)
+    result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__, backend=a.backend, tokens=args[0].shape[1], **shape, steps=a.steps,
+                  eager=eager, fused=fused, speedup=round(eager["median_s"] / fused["median_s"], 3),
+                  output_rel_diff=rel(out_f, out_e),
+                  max_grad_rel_diff=max(rel(grads_f[n], g) for n, g in grads_e.items()))
+    result["grid"] = list(shape["grid"])
+    text = json.dumps(result)
+    print(text)
+    if a.json:
+        with open(a.json, "w") as f: f.write(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
