@@ -986,13 +986,15 @@ def train(cfg, stop=None) -> TrainResult:
         with stop_on_signals() as event: return train(cfg, event)
     check_training_config(cfg)
     main = os.environ.get("RANK", "0") == "0"                   # the main process holds the folder for all of them
+    fresh = not Path(cfg.output_dir).exists()                   # made for the lock: gone again if the run never starts
     with output_dir_lock(cfg.output_dir, enabled=main):
         for p in clean_deleting(cfg.output_dir) if main else []: print(f"removed {p}, left by an interrupted delete")
-        return _train_holding_folder(cfg, stop)
+        return _train_holding_folder(cfg, stop, fresh)
 
 
-def _train_holding_folder(cfg, stop) -> TrainResult:
-    "`train` once the run holds `output_dir`."
+def _train_holding_folder(cfg, stop, fresh: bool = False) -> TrainResult:
+    """`train` once the run holds `output_dir`. `fresh`: the folder did not exist before this run, so a failure before
+    the run starts logs nothing there (the lock then removes the empty folder: bad data leaves no output folder)."""
     check_output_dir(cfg)
     resume_lines = _resume_plan(cfg)                             # refuses what a resume cannot follow, before any load
     log, run = ProgressLog(cfg.output_dir, enabled=os.environ.get("RANK", "0") == "0"), None
@@ -1017,7 +1019,8 @@ def _train_holding_folder(cfg, stop) -> TrainResult:
             if run.main: (run.output_dir / STOP_FILE).unlink(missing_ok=True)
             log("stopped", step=run.state.step, checkpoint=str(run.last_ckpt))
     except BaseException as e:
-        log("error", step=run.state.step if run else None, message=f"{type(e).__name__}: {e}")
+        if run is not None or not fresh:
+            log("error", step=run.state.step if run else None, message=f"{type(e).__name__}: {e}")
         raise
     run.accelerator.end_training()
     return TrainResult(lora_paths, list(run.state.losses), run.state.step, run.output_dir, run.videos,
