@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'LORA_LOADERS', 'PRECISIONS', 'FLAVOURS', 'TRAIN_KEYS',
-           'VIDEO_KEYS', 'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS', 'THIRD_PARTY_NOISE', 'ConfigError',
-           'strip_jsonc', 'read_jsonc', 'Key', 'check_value', 'check_keys', 'check_frames', 'parse_resolution',
-           'resolve_path', 'VideoSettings', 'DatasetConfig', 'parse_dataset', 'parse_datasets', 'load_datasets',
-           'TrainConfig', 'continuation_frames', 'parse_config', 'load_config', 'resolve_checkpoint',
-           'quiet_third_party', 'config_reference']
+__all__ = ['LORA_TARGETS', 'LORA_FORMATS', 'LORA_FORMAT_ALIASES', 'LORA_LOADERS', 'PRECISIONS', 'FLAVOURS', 'BSA_KERNELS',
+           'GUIDE_ONLY', 'TRAIN_KEYS', 'VIDEO_KEYS', 'DATASET_KEYS', 'RELEASED_COND_FRAMES', 'CHECKPOINT_PARTS',
+           'THIRD_PARTY_NOISE', 'ConfigError', 'strip_jsonc', 'read_jsonc', 'Key', 'check_value', 'check_keys',
+           'check_frames', 'parse_resolution', 'resolve_path', 'VideoSettings', 'DatasetConfig', 'parse_dataset',
+           'parse_datasets', 'load_datasets', 'TrainConfig', 'continuation_frames', 'parse_config', 'load_config',
+           'resolve_checkpoint', 'quiet_third_party', 'config_reference']
 
 # %% ../nbs/00_config.ipynb #10a04cfa
 class ConfigError(ValueError):
@@ -72,10 +72,12 @@ LORA_FORMAT_ALIASES = {"comfyui": "wan"}   # ComfyUI runs LongCat through ComfyU
 LORA_LOADERS = ("official", "wan2gp", "videox-fun", "diffsynth", "comfyui-wrapper", "simpletuner")
 PRECISIONS = ("bf16", "int8-quanto", "int4-quanto", "fp8-torchao")
 FLAVOURS = {"final": "meituan-longcat/LongCat-Video"}
+BSA_KERNELS = ("auto", "flex", "triton", "gathered")
+GUIDE_ONLY = "Accepted for compatibility with the quick-start guides; no effect in training."
 
 TRAIN_KEYS = [
-    Key("model_type", "lora", "str", "What is trained; only LoRA is supported.", ("lora",)),
-    Key("model_family", "longcat_video", "str", "Model family.", ("longcat_video",)),
+    Key("model_type", "lora", "str", f"What is trained; only LoRA is supported. {GUIDE_ONLY}", ("lora",)),
+    Key("model_family", "longcat_video", "str", f"Model family. {GUIDE_ONLY}", ("longcat_video",)),
     Key("model_flavour", "final", "str", "Released checkpoint flavour; `final` serves T2V and I2V.", tuple(FLAVOURS)),
     Key("pretrained_model_name_or_path", None, "str", "Checkpoint directory in the released layout, or a hub id found in the local Hugging Face cache; null → the flavour's checkpoint. Never downloaded.", nullable=True),
     Key("base_model_precision", "bf16", "str", "Precision of the frozen transformer.", PRECISIONS),
@@ -104,10 +106,19 @@ TRAIN_KEYS = [
     Key("validation_steps", 100, "int", "Validate every N training steps (and at the end); 0 → only at the end.", minimum=0),
     Key("validation_distilled", False, "bool", "Validate with the released cfg_step_lora: 16 steps, guidance 1.0."),
     Key("validation_continuation", False, "bool", "With validation_using_datasets: continue each eval clip from its first frames (4K − 3 for the eval dataset's video.continuation_latents K, else 13 as released) instead of generating it from its caption."),
-    Key("aspect_bucket_alignment", 64, "int", "Bucket size alignment in pixels; forced to 64."),
+    Key("aspect_bucket_alignment", 64, "int", f"Bucket size alignment in pixels; forced to 64. {GUIDE_ONLY}"),
     Key("attention_implementation", "auto", "str", "Attention backend.", ("auto", "sdpa", "xformers", "bsa")),
     Key("bsa_sparsity", 0.9375, "float", "Block-sparse attention: fraction of 4×4×4 key chunks each query chunk drops (top-k; 0.9375 keeps 6.25%, as released; 0 = dense); null → CDF mode only.", nullable=True, minimum=0),
     Key("bsa_cdf_threshold", None, "float", "Block-sparse attention: also keep key chunks until this softmax mass (CDF mode); with bsa_sparsity set, the larger count wins.", nullable=True, minimum=0),
+    Key("bsa_kernel", "auto", "str",
+        "Block-sparse attention's sparse step: `flex` (FlexAttention, CUDA), `triton` (ours, CUDA; 6.85× over "
+        "dense fwd+bwd at 39,936 tokens on an H200 against flex's 5.65×), `gathered` (any device; tests); "
+        "`auto` → flex on CUDA, gathered elsewhere. The environment variable LONGCAT_BSA_KERNEL, when set, "
+        "overrides it.", BSA_KERNELS),
+    Key("bsa_kernel_options", None, "dict",
+        "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step; 1, "
+        "measured fastest), `dkdv_chunks_per_step`, `num_warps`, `num_stages`; for `flex` FlexAttention's "
+        "`kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → the defaults.", nullable=True),
     Key("fused_elementwise", "off", "str", "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with torch.compile — for runs whose blocks are not compiled (block swap, activation offload). `auto`: on for CUDA runs without compile_transformer; off until measured on a GPU.", ("off", "auto", "on")),
     Key("compile_transformer", False, "bool", "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of compiling)."),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
@@ -162,7 +173,7 @@ VIDEO_KEYS = [
 
 DATASET_KEYS = [
     Key("id", None, "str", "Unique dataset id (required).", nullable=True),
-    Key("type", "local", "str", "Storage backend.", ("local",)),
+    Key("type", "local", "str", f"Storage backend. {GUIDE_ONLY}", ("local",)),
     Key("dataset_type", "video", "str", "What the folder holds.", ("video", "image", "conditioning")),
     Key("instance_data_dir", None, "path", "Folder of clips (or images, or start frames) (required).", nullable=True),
     Key("caption_strategy", "textfile", "str", "Where captions come from (null for conditioning datasets).", ("textfile", "filename", "instanceprompt"), nullable=True),

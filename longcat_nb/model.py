@@ -301,7 +301,8 @@ def plan_attention(backend: str, latent_shape, device, bsa_params: dict, enable_
     if dense:
         _announce(f"attention: dense sdpa for token grid {where} — {dense}")
         return "sdpa"
-    plan = BlockSparse(tuple(latent_shape), bsa_params.get("sparsity"), bsa_params.get("cdf_threshold"), chunk)
+    plan = BlockSparse(tuple(latent_shape), bsa_params.get("sparsity"), bsa_params.get("cdf_threshold"), chunk,
+                       bsa_params.get("kernel"), bsa_params.get("kernel_options") or {})
     _announce(f"attention: block-sparse for token grid {where} (sparsity {plan.sparsity}, cdf_threshold "
               f"{plan.cdf_threshold}, chunk {'×'.join(map(str, chunk))}) — {why}")
     return plan
@@ -517,7 +518,8 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     def set_attention_backend(self, backend: str, **bsa_params) -> None:
         """Choose the attention kernel: 'auto', 'sdpa', 'xformers' or 'bsa' (not part of the config); `bsa_params`
-        (`sparsity`, `cdf_threshold`) update the config's `bsa_params` for the block-sparse path."""
+        (`sparsity`, `cdf_threshold`, and the sparse step's `kernel` and `kernel_options` — see
+        `longcat_nb.kernels.BlockSparse`) update the config's `bsa_params` for the block-sparse path."""
         check_attention_backend(backend)
         params = {**self.config.bsa_params, **bsa_params}
         check_sparsity(params.get("sparsity"), params.get("cdf_threshold"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib, dataclasses, warnings
 from dataclasses import dataclass
 from fastcore.basics import patch
+from fastcore.meta import delegates
 from pathlib import Path
 
 import numpy as np
@@ -394,7 +395,7 @@ def save_video(frames, path, fps: float = 15.0) -> Path:
 
 
 def show_video(frames, fps: float = 15.0, **kwargs):
-    "Play frames inline in a notebook (mediapy.show_video)."
+    "Play frames inline in a notebook; `kwargs` (title, width, height, codec, …) go to `mediapy.show_video`."
     return _mediapy().show_video(_video_array(frames), fps=fps, **kwargs)
 
 # %% ../nbs/06_sampling.ipynb #2b789d83
@@ -415,6 +416,7 @@ def encode_video(self: LongCatVideoPipeline, frames: np.ndarray) -> torch.Tensor
 
 # %% ../nbs/06_sampling.ipynb #00d44e81
 @patch
+@delegates(LongCatVideoPipeline.__call__, but=["image", "cond_latents"])
 def continue_video(self: LongCatVideoPipeline, video, prompt=None, negative_prompt=None, width: int = 832,
                    height: int = 480, num_frames: int = 93, num_cond_frames: int = 13, num_inference_steps=None,
                    guidance_scale=None, distilled: bool = False, enhance_hf: bool | None = None, kv_cache: bool = True,
@@ -452,6 +454,7 @@ def segments_for_seconds(seconds: float, fps: float = 15.0, num_frames: int = 93
 
 # %% ../nbs/06_sampling.ipynb #e7ef2c5d
 @patch
+@delegates(LongCatVideoPipeline.continue_video, but=["output_type", "return_dict", "latents"])
 def generate_long_video(self: LongCatVideoPipeline, prompt, num_segments: int | None = None, video=None, image=None,
                         width: int = 832, height: int = 480, num_frames: int = 93, num_cond_frames: int = 13,
                         generator=None, output_path=None, fps: float = 15.0, progress: bool = True, **kwargs) -> np.ndarray:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_training.ipynb #b4bb7e9d
 from __future__ import annotations
-import argparse, contextlib, json, math, os, shutil, signal, sys, tempfile, threading, time
+import argparse, contextlib, json, math, os, shutil, signal, socket, sys, tempfile, threading, time
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +32,16 @@ from .model import (LongCatVideoTransformer3DModel, autocasts, checkpoint_keepin
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
-__all__ = ['RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FACTOR', 'STOP_FILE', 'shift_sigmas',
-           'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss', 'check_training_config',
-           'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss', 'TrainState', 'checkpoint_step',
-           'list_checkpoints', 'find_checkpoint', 'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin',
-           'gathered_lora', 'save_sharded_training_state', 'load_sharded_training_state', 'previous_run',
-           'check_output_dir', 'clear_previous_run', 'resume_changes', 'good_checkpoint', 'TrainResult',
-           'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler', 'seed_process',
-           'gpu_peaks', 'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress', 'request_stop',
-           'stop_requested', 'stop_on_signals', 'train', 'main']
+__all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FACTOR', 'STOP_FILE',
+           'shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss',
+           'check_training_config', 'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss',
+           'TrainState', 'checkpoint_step', 'list_checkpoints', 'find_checkpoint', 'remove_dir', 'clean_deleting',
+           'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin', 'gathered_lora',
+           'save_sharded_training_state', 'load_sharded_training_state', 'previous_run', 'check_output_dir',
+           'clear_previous_run', 'OutputDirInUse', 'output_dir_lock', 'resume_changes', 'good_checkpoint',
+           'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler',
+           'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress',
+           'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -221,10 +222,32 @@ def find_checkpoint(output_dir, resume) -> Path | None:
     return p
 
 
+DELETING = ".deleting-"
+
+
+def remove_dir(path) -> Path:
+    """Delete the folder `path` out of sight: renamed to a hidden `.deleting-` name first, then deleted, so an
+    interrupted delete never leaves a partial `path` (a `checkpoint-N` that "latest" would pick)."""
+    path = Path(path)
+    hidden = path.with_name(DELETING + path.name)
+    if hidden.exists(): shutil.rmtree(hidden)
+    path.rename(hidden)
+    shutil.rmtree(hidden)
+    return path
+
+
+def clean_deleting(output_dir) -> list[Path]:
+    "Finish the deletes an interrupted run left in `output_dir` (its `.deleting-*` folders); returns them."
+    d = Path(output_dir)
+    found = sorted(d.glob(DELETING + "*")) if d.is_dir() else []
+    for p in found: shutil.rmtree(p)
+    return found
+
+
 def prune_checkpoints(output_dir, limit: int | None) -> list[Path]:
-    "Delete all but the newest `limit` checkpoints (None keeps all); returns the deleted paths."
+    "Delete all but the newest `limit` checkpoints (None keeps all), each through `remove_dir`; returns them."
     old = list_checkpoints(output_dir)[:-limit] if limit else []
-    for p in old: shutil.rmtree(p)
+    for p in old: remove_dir(p)
     return old
 
 # %% ../nbs/07_training.ipynb #6d334e1c
@@ -350,7 +373,7 @@ def _atomic_save(accelerator, output_dir: Path, step: int, cfg, model=None, opti
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():                              # re-saving a step after a resume: swap, then delete the old
-            old = output_dir / f".checkpoint-{step}.old"
+            old = final.with_name(DELETING + final.name)
             final.rename(old); tmp.rename(final); shutil.rmtree(old)
         else: tmp.rename(final)
         prune_checkpoints(output_dir, cfg.checkpoints_total_limit)
@@ -378,8 +401,74 @@ def check_output_dir(cfg):
 def clear_previous_run(output_dir) -> list[Path]:
     "Delete what `previous_run` finds (for `overwrite_output_dir`); returns the deleted paths."
     found = previous_run(output_dir)
-    for p in found: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for p in found: remove_dir(p) if p.is_dir() else p.unlink()
     return found
+
+# %% ../nbs/07_training.ipynb #5a1c7e02
+LOCK_FILE = ".longcat_nb.lock"
+
+
+class OutputDirInUse(TrainingError):
+    "Another training run holds `output_dir`: its lock file names the process and host."
+
+
+def _alive(pid: int) -> bool:
+    "Whether process `pid` exists on this host."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True                   # another user's process
+    return True
+
+
+def _lock_holder(lock: Path) -> dict:
+    "The `{pid, host}` a lock file records ({} when it cannot be read)."
+    try: return json.loads(lock.read_text())
+    except (OSError, ValueError): return {}
+
+
+def _in_use(lock: Path, holder: dict) -> OutputDirInUse:
+    "The one-line refusal for a folder whose `lock` is held by `holder`."
+    who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"
+    return OutputDirInUse(f"output_dir {lock.parent} is in use by another training run ({who}, lock {lock.name}) — "
+                          "wait for it to finish or stop it, choose another output_dir, or delete "
+                          f"{lock} if that run is gone")
+
+# %% ../nbs/07_training.ipynb #5a1c7e03
+def _take_lock(lock: Path, me: dict):
+    "Create `lock` recording `me`, taking it over from a dead process on this host; `OutputDirInUse` otherwise."
+    mine = lock.with_name(f"{lock.name}.{me['pid']}.{threading.get_ident()}")
+    mine.write_text(json.dumps(me) + "\n")
+    try:
+        while True:
+            try: return os.link(mine, lock)               # atomic: fails when a lock is there
+            except FileExistsError: pass
+            holder = _lock_holder(lock)
+            dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+            if not dead: raise _in_use(lock, holder)
+            print(f"output_dir {lock.parent}: taking over the lock of training process {holder['pid']}, which is no "
+                  "longer running on this host")
+            lock.unlink(missing_ok=True)
+    finally: mine.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir, enabled: bool = True):
+    """Hold `output_dir` for one training run (see above): `OutputDirInUse` while another live run holds it; the lock
+    is removed on exit, and the folder too if the lock created it and it stayed empty. `enabled=False`: no lock."""
+    if not enabled:
+        yield None
+        return
+    d = Path(output_dir).absolute()
+    created = [p for p in (d, *d.parents) if not p.exists()]
+    d.mkdir(parents=True, exist_ok=True)
+    lock = d / LOCK_FILE
+    _take_lock(lock, dict(pid=os.getpid(), host=socket.gethostname()))
+    try: yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+        for p in created:                                 # innermost first, only while empty
+            if any(p.iterdir()): break
+            p.rmdir()
 
 # %% ../nbs/07_training.ipynb #85f12a1c
 RESUME_REFUSED = {
@@ -517,7 +606,9 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`, or only their elementwise
     work (`fused_elementwise` on `device`). Returns `model`."""
     model.requires_grad_(False)
-    model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity, cdf_threshold=cfg.bsa_cdf_threshold)
+    model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity,
+                                cdf_threshold=cfg.bsa_cdf_threshold, kernel=cfg.bsa_kernel,
+                                kernel_options=cfg.bsa_kernel_options)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, use_dora=cfg.use_dora)
     set_lora_input_cast(model, lora_input_cast)
     set_ffn_chunks(model, cfg.ffn_chunks)
@@ -664,6 +755,7 @@ class ProgressLog:
         self.path, self.enabled = Path(output_dir) / "progress.jsonl", enabled
 
     def __call__(self, event: str, **fields) -> dict:
+        "Append and return the record of `event`; `fields` are its other keys (step, loss, …), stored as given."
         rec = {"event": event, **fields, "time": round(time.time(), 3)}
         if self.enabled and self.path.parent.is_dir():     # never creates the output folder
             with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(rec, default=str) + "\n")
@@ -888,10 +980,21 @@ def _export_loras(run, cfg, step: int | None = None) -> list[Path]:
 def train(cfg, stop=None) -> TrainResult:
     """Train the LoRA `cfg` (a `TrainConfig`) describes, from the caches (built first where missing or stale); returns a
     `TrainResult`. `stop`: anything with `is_set()` (a `threading.Event`), checked after each step — see `request_stop`.
-    Launch with `accelerate launch -m longcat_nb.training --config ...` for several GPUs."""
+    Launch with `accelerate launch -m longcat_nb.training --config ...` for several GPUs. The run holds `output_dir`
+    (`output_dir_lock`): `OutputDirInUse` when another run holds it."""
     if stop is None:
         with stop_on_signals() as event: return train(cfg, event)
     check_training_config(cfg)
+    main = os.environ.get("RANK", "0") == "0"                   # the main process holds the folder for all of them
+    fresh = not Path(cfg.output_dir).exists()                   # made for the lock: gone again if the run never starts
+    with output_dir_lock(cfg.output_dir, enabled=main):
+        for p in clean_deleting(cfg.output_dir) if main else []: print(f"removed {p}, left by an interrupted delete")
+        return _train_holding_folder(cfg, stop, fresh)
+
+
+def _train_holding_folder(cfg, stop, fresh: bool = False) -> TrainResult:
+    """`train` once the run holds `output_dir`. `fresh`: the folder did not exist before this run, so a failure before
+    the run starts logs nothing there (the lock then removes the empty folder: bad data leaves no output folder)."""
     check_output_dir(cfg)
     resume_lines = _resume_plan(cfg)                             # refuses what a resume cannot follow, before any load
     log, run = ProgressLog(cfg.output_dir, enabled=os.environ.get("RANK", "0") == "0"), None
@@ -916,7 +1019,8 @@ def train(cfg, stop=None) -> TrainResult:
             if run.main: (run.output_dir / STOP_FILE).unlink(missing_ok=True)
             log("stopped", step=run.state.step, checkpoint=str(run.last_ckpt))
     except BaseException as e:
-        log("error", step=run.state.step if run else None, message=f"{type(e).__name__}: {e}")
+        if run is not None or not fresh:
+            log("error", step=run.state.step if run else None, message=f"{type(e).__name__}: {e}")
         raise
     run.accelerator.end_training()
     return TrainResult(lora_paths, list(run.state.losses), run.state.step, run.output_dir, run.videos,
@@ -942,6 +1046,9 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except OutputDirInUse as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0: print(result)
     return 0
 

@@ -11,7 +11,8 @@ import torch
 from fastcore.test import test_close as close_, test_eq as eq_, test_fail as fail_
 
 from longcat_nb import kernels
-from longcat_nb.kernels import block_sparse_attention, block_sparse_reference, output_and_grads
+from longcat_nb.kernels import block_sparse_attention
+from longcat_nb.testing import block_sparse_reference, output_and_grads
 from longcat_nb.model import TINY_DIT_CONFIG, LongCatVideoTransformer3DModel
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlexAttention has no CPU backward)")
@@ -140,7 +141,8 @@ TRITON_CASES = {  # name: (sparsity, cdf_threshold, head_dim, dtype, chunks per 
 TRITON_SCRIPT = r"""
 import json, sys, torch
 from longcat_nb import kernels as K
-out = dict(env_kernel=K.BSA_KERNEL, env_picks_triton=K._sparse_kernel(None, torch.device("cpu")) is K.triton_block_attention)
+from longcat_nb import testing as T
+out = dict(env_picks_triton=K._sparse_kernel(None, torch.device("cpu")) is K.triton_block_attention)
 rel = lambda a, b: ((a - b).norm() / b.norm()).item()
 for name, (sp, cdf, d, dtype, step, dense_head) in json.loads(sys.argv[1]).items():
     g = torch.Generator().manual_seed(0)
@@ -148,17 +150,19 @@ for name, (sp, cdf, d, dtype, step, dense_head) in json.loads(sys.argv[1]).items
     qc, kc, vc = ((torch.randn(1, 2, 512, d, generator=g) + mean()).to(getattr(torch, dtype)) for _ in range(3))
     keep = K.select_blocks(K.block_scores(qc, kc), sp, cdf, d)
     if dense_head: keep[:, 1] = True
-    got = K.output_and_grads(lambda q, k, v: K.triton_block_attention(q, k, v, keep, kernel_options=dict(chunks_per_step=step, dkdv_chunks_per_step=step)), qc, kc, vc)
-    ref = K.output_and_grads(lambda q, k, v: K.masked_attention_reference(q, k, v, keep), qc.float(), kc.float(), vc.float())
+    opts = dict(chunks_per_step=step, dkdv_chunks_per_step=step)
+    got = T.output_and_grads(lambda q, k, v: K.triton_block_attention(q, k, v, keep, kernel_options=opts), qc, kc, vc)
+    ref = T.output_and_grads(lambda q, k, v: T.masked_attention_reference(q, k, v, keep), qc.float(), kc.float(),
+                             vc.float())
     out[name] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)), counts=sorted(set(keep.sum(-1).flatten().tolist())))
 grid = (8, 8, 8)                                     # the whole path, raster order, with 1 conditioning frame (64 tokens)
 q, k, v = (torch.randn(1, 2, 512, 64, generator=torch.Generator().manual_seed(1)) for _ in range(3))
-got = K.output_and_grads(lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.625, num_cond=64), q, k, v)
-ref = K.output_and_grads(lambda q, k, v: K.block_sparse_reference(q, k, v, grid, 0.625, num_cond=64), q, k, v)
+got = T.output_and_grads(lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.625, num_cond=64), q, k, v)
+ref = T.output_and_grads(lambda q, k, v: T.block_sparse_reference(q, k, v, grid, 0.625, num_cond=64), q, k, v)
 out["whole_path_cond"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)))
 compiled = torch.compile(lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.625), backend="aot_eager")
-got = K.output_and_grads(compiled, q, k, v)                         # as compiled model blocks call it
-ref = K.output_and_grads(lambda q, k, v: K.block_sparse_reference(q, k, v, grid, 0.625), q, k, v)
+got = T.output_and_grads(compiled, q, k, v)                         # as compiled model blocks call it
+ref = T.output_and_grads(lambda q, k, v: T.block_sparse_reference(q, k, v, grid, 0.625), q, k, v)
 out["whole_path_compiled"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)))
 print(json.dumps(out))
 """
@@ -191,23 +195,42 @@ def test_triton_kernel_matches_fp32_reference_cpu(triton_cpu, name):
 def test_triton_kernel_env_switch_and_whole_path_cpu(triton_cpu):
     """LONGCAT_BSA_KERNEL=triton switches block_sparse_attention to it; the whole path (cond frame; under torch.compile)
     matches the reference."""
-    assert triton_cpu["env_kernel"] == "triton" and triton_cpu["env_picks_triton"]
+    assert triton_cpu["env_picks_triton"]
     for what, err in triton_cpu["whole_path_cond"].items(): assert err < 1e-4, (what, err)
     for what, err in triton_cpu["whole_path_compiled"].items(): assert err < 1e-4, ("torch.compile", what, err)
 
 
 def test_bsa_kernel_choice(monkeypatch):
-    "kernel=None follows BSA_KERNEL, else FlexAttention on CUDA / gathered elsewhere; an unknown name says the choices."
+    """The named kernel ('auto'/None: FlexAttention on CUDA, gathered elsewhere); LONGCAT_BSA_KERNEL, read at each call,
+    overrides it; an unknown name says the choices and where it came from."""
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(kernels, "BSA_KERNEL", None)
+    monkeypatch.delenv("LONGCAT_BSA_KERNEL", raising=False)
     assert kernels._sparse_kernel(None, cpu) is kernels.gathered_attention
-    assert kernels._sparse_kernel(None, gpu) is kernels.flex_block_attention
+    assert kernels._sparse_kernel("auto", gpu) is kernels.flex_block_attention
     assert kernels._sparse_kernel("triton", cpu) is kernels.triton_block_attention
-    monkeypatch.setattr(kernels, "BSA_KERNEL", "triton")
+    fail_(lambda: kernels._sparse_kernel("fast", cpu), contains="'fast' (bsa_kernel)")
+    monkeypatch.setenv("LONGCAT_BSA_KERNEL", "triton")
     assert kernels._sparse_kernel(None, gpu) is kernels.triton_block_attention
-    assert kernels._sparse_kernel("flex", gpu) is kernels.flex_block_attention
-    monkeypatch.setattr(kernels, "BSA_KERNEL", "fast")
-    fail_(lambda: kernels._sparse_kernel(None, cpu), contains="LONGCAT_BSA_KERNEL")
+    assert kernels._sparse_kernel("flex", gpu) is kernels.triton_block_attention
+    monkeypatch.setenv("LONGCAT_BSA_KERNEL", "fast")
+    fail_(lambda: kernels._sparse_kernel(None, cpu), contains="(environment variable LONGCAT_BSA_KERNEL)")
+
+
+def test_config_kernel_reaches_the_attention(monkeypatch):
+    "bsa_kernel / bsa_kernel_options from the config: training hands them to the model, its plan calls that kernel."
+    from longcat_nb.config import parse_config
+    from longcat_nb.model import plan_attention
+    from longcat_nb.training import make_trainable
+    monkeypatch.delenv("LONGCAT_BSA_KERNEL", raising=False)
+    cfg = parse_config(dict(attention_implementation="bsa", bsa_kernel="gathered", bsa_kernel_options={"num_warps": 8}))
+    model = make_trainable(tiny(), cfg)
+    plan = plan_attention(model.attention_implementation, (4, 4, 8), torch.device("cpu"), model.config.bsa_params)
+    eq_((plan.kernel, plan.kernel_options), ("gathered", (("num_warps", 8),)))
+    called = []
+    real = kernels.gathered_attention
+    monkeypatch.setattr(kernels, "gathered_attention", lambda *a: called.append(1) or real(*a))
+    with torch.no_grad(): model(**inputs())
+    assert called, "the configured kernel did not run"
 
 
 @needs_triton
@@ -225,7 +248,7 @@ def test_triton_kernel_cpu_without_interpreter_says_how():
 @needs_triton
 @pytest.mark.parametrize("sparsity,cdf,num_cond", [(0.9375, None, 0), (None, 0.9, 0), (0.9375, None, 512)])
 def test_triton_matches_fp32_reference_bf16_cuda(sparsity, cdf, num_cond):
-    "32 heads × 128, bf16, our Triton kernel through the whole path vs the fp32 reference: within 1e-2 (NOT yet run)."
+    "32 heads × 128, bf16, our Triton kernel through the whole path vs the fp32 reference: within 1e-2."
     grid = (8, 16, 32)
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 32, math.prod(grid), 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
@@ -249,7 +272,7 @@ def test_triton_kernels_compile_for_h200_without_spills():
     from triton.runtime.interpreter import InterpretedFunction
     if isinstance(triton.language.zeros, InterpretedFunction): pytest.skip("this process runs triton interpreted")
     fwd, _, dkdv, dq = kernels._bsa_kernels(False)
-    opts, tl = kernels.TRITON_KERNEL_OPTIONS, triton.language
+    opts, tl = kernels.kernel_settings("triton"), triton.language
     cx = dict(D=128, BLOCK=64, PREC="tf32", IN=tl.bfloat16, DOT=tl.bfloat16)
     types = dict(N="i32", n_chunks="i32", qk_scale="fp32", sm_scale="fp32", LSE="*fp32", DELTA="*fp32", CNT="*i32", IDX="*i32")
     cuobjdump = os.path.join(triton.__path__[0], "backends", "nvidia", "bin", "cuobjdump")
