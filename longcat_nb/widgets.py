@@ -421,6 +421,7 @@ def run_state(events: list[dict]) -> dict:
     total, step = last.get("total"), last.get("step", 0)
     return {"state": state, "message": message, "steps": order, "losses": [steps[s]["loss"] for s in order],
             "step": step, "total": total, "s_per_step": s_per_step, "peak_gib": last.get("peak_gib"),
+            "reserved_gib": last.get("reserved_gib"),
             "eta_s": s_per_step * (total - step) if s_per_step is not None and total else None,
             "video": videos[-1] if videos else None, "loras": loras}
 
@@ -635,6 +636,7 @@ def refresh(self: TrainView) -> dict:
         if st["s_per_step"] is not None: parts.append(f"{st['s_per_step']:.2f} s/step")
         if st["eta_s"] is not None and alive and st["state"] == "running": parts.append(f"ETA {eta_text(st['eta_s'])}")
         if st["peak_gib"] is not None: parts.append(f"peak {st['peak_gib']:.1f} GiB")
+        if st["reserved_gib"] is not None: parts.append(f"reserved {st['reserved_gib']:.1f} GiB")
         self.stats.value = "<b>" + " · ".join(parts) + "</b>"
     if st["video"] and Path(st["video"]).is_file() and st["video"] != getattr(self, "_shown", None):
         self.video.value, self._shown = video_html(st["video"], 320, f"latest validation: {Path(st['video']).name}"), st["video"]

@@ -6,7 +6,6 @@ import av
 import pytest
 
 from longcat_nb.cli import main, run_demo
-from longcat_nb.config import TRAIN_KEYS
 from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -40,18 +39,6 @@ def test_check_exit_codes(tmp_path, capsys, monkeypatch):
     bad.write_text('{"validation_num_video_frames": 90}')
     assert main(["check", "--config", str(bad)]) == 2
     assert "use 89 or 93" in capsys.readouterr().err
-
-
-def test_papermill_notebook_runs_headless(tmp_path):
-    pm = pytest.importorskip("papermill")
-    cfg = make_example_dataset(tmp_path / "data", checkpoint=tiny_checkpoint(), max_train_steps=3,
-                               validation_steps=3, output_dir=tmp_path / "out")
-    results = tmp_path / "results.json"
-    pm.execute_notebook(str(ROOT / "examples" / "train.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
-                        parameters=dict(config=str(cfg), max_train_steps=4, results_json=str(results)), progress_bar=False, cwd=str(tmp_path))
-    figures = json.loads(results.read_text())
-    exports = next(k.default for k in TRAIN_KEYS if k.name == "lora_export_formats")     # one file per default format
-    assert figures["steps"] == 4 and len(figures["loras"]) == len(exports) and figures["videos"]
 
 
 def test_sample_t2v_with_lora_and_i2v(tmp_path, capsys):
