@@ -16,6 +16,7 @@ from longcat_nb.lora import add_lora, lora_layers
 from longcat_nb.model import compute_autocast
 from longcat_nb.offload import BlockRunner, place_model
 from longcat_nb.quantise import load_transformer
+from longcat_nb.testing import random_lora_factors
 
 
 def step(ckpt, precision, device, plan, grid, quantised_dir, rank=16):
@@ -24,11 +25,7 @@ def step(ckpt, precision, device, plan, grid, quantised_dir, rank=16):
     model = load_transformer(ckpt, torch.bfloat16, precision, device=device, host_blocks=swapped, progress=False,
                              quantised_dir=quantised_dir)
     add_lora(model, rank)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            for w in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
-                w.copy_(torch.randn(w.shape, generator=g) * 0.01)
+    random_lora_factors(model, 0.01)
     model.enable_gradient_checkpointing()
     T, H, W = grid
     tokens = T * H * W
@@ -38,6 +35,7 @@ def step(ckpt, precision, device, plan, grid, quantised_dir, rank=16):
     else:
         place_model(model, device, swapped, bool(offload), tokens, recomputed)
     C = model.config.caption_channels
+    g = torch.Generator().manual_seed(0)
     x = torch.randn(1, model.config.in_channels, T, 2 * H, 2 * W, generator=g).to(device, torch.bfloat16)
     y = torch.randn(1, 512, C, generator=g).to(device, torch.bfloat16)
     mask = torch.ones(1, 512, dtype=torch.bool, device=device)

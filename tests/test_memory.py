@@ -15,6 +15,7 @@ from longcat_nb.config import load_config
 from longcat_nb.lora import add_lora, lora_layers
 from longcat_nb.offload import BlockRunner, place_model
 from longcat_nb.quantise import is_quantised, load_transformer
+from longcat_nb.testing import random_lora_factors
 from longcat_nb.model import LongCatVideoTransformer3DModel, compute_autocast
 from longcat_nb.tiny import tiny_checkpoint
 from longcat_nb.training import train
@@ -76,13 +77,7 @@ def _lora_model(precision, dtype, swap=0):
     model = load_transformer(tiny_checkpoint(), dtype, precision, device="cuda", host_blocks=swap, progress=False)
     torch.manual_seed(0)
     add_lora(model, 4)
-    # one CPU generator for every LoRA factor: swapped blocks sit on the CPU here, resident ones on the GPU, and
-    # drawing in place would take their values from different generators (CPU vs CUDA) — different models
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            for w in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
-                w.copy_(torch.randn(w.shape, generator=g) * 0.1)
+    random_lora_factors(model, 0.1)     # one CPU generator: swapped blocks sit on the CPU here, resident ones on the GPU
     model.enable_gradient_checkpointing()
     return model
 
@@ -179,11 +174,7 @@ def _wide_lora_model():
     torch.manual_seed(0)
     model = LongCatVideoTransformer3DModel(hidden_size=1024, depth=8, num_heads=8, caption_channels=64).to(torch.bfloat16)
     add_lora(model, 8)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            for w in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
-                w.copy_(torch.randn(w.shape, generator=g) * 0.05)
+    random_lora_factors(model, 0.05)
     model.enable_gradient_checkpointing()
     return model
 

@@ -10,14 +10,7 @@ from fastcore.test import test_eq as eq_
 import longcat_nb.training as training
 from longcat_nb.config import load_config
 from longcat_nb.training import LOCK_FILE, OutputDirInUse, TrainingError, list_checkpoints, output_dir_lock, train
-
-
-def config(path, out, **kw):
-    "The example config, validation and TensorBoard off, writing to `out`, with `kw` overrides."
-    cfg = load_config(path)
-    cfg.output_dir, cfg.validation_prompt, cfg.report_to = Path(out), None, "none"
-    for k, v in kw.items(): setattr(cfg, k, v)
-    return cfg
+from test_training import config
 
 
 def test_second_train_on_a_held_folder_is_refused(example, tmp_path, monkeypatch):
