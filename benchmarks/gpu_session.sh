@@ -43,8 +43,10 @@ case $PART in
   tests)
     python -m pytest -q -rs tests/test_precision.py tests/test_compile_cuda.py tests/test_memory.py tests/test_kernels.py \
         tests/test_speed.py 2>&1 | tee "$OUT/pytest_cuda.log" | tail -15 ;;   # (pytest is on the image; nbdev is not)
-  memtests)   # issue 19: the stream test (new prefetch, then the old one, which must fail), swap/offload CUDA tests
-    python -m pytest -q -rs tests/test_memory.py 2>&1 | tee "$OUT/pytest_memory.log" | tail -8
+  memtests)   # issue 19: the stream test (new prefetch, then the old one, which must fail), swap/offload/recompute CUDA
+             # tests on the exact-size page-locked arena, fused elementwise on CUDA, one block eager vs fused
+    python -m pytest -q -rs tests/test_memory.py tests/test_compile_cuda.py 2>&1 | tee "$OUT/pytest_memory.log" | tail -8
+    python benchmarks/bench_elementwise.py --json "$OUT/elementwise.json" 2>&1 | tail -3
     python .dev/race_old.py 2>&1 | tail -3
     python -c "import longcat_nb, os, torch; x = torch.empty(2**28, device='cuda'); \
 print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']][:3])" ;;
