@@ -249,6 +249,7 @@ class BlockRunner:
     def stash(self, i: int, x: torch.Tensor):
         "Copy block `i`'s input to its pinned host buffer on the side stream; returns a placeholder holding shape and dtype."
         buf = self.host_buffer(i, x.shape, x.dtype, grow=True)
+        self.fetched.pop(i, None)                         # a copy left from an earlier step (one cut short) is stale
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             buf.copy_(x, non_blocking=True)
@@ -259,6 +260,7 @@ class BlockRunner:
     def prefetch(self, i: int):
         "Start copying block `i`'s input back to the GPU on the side stream."
         if i in self.fetched or i not in self.host: return
+        if i in self.ctxs and self.ctxs[i].flat[0].numel(): return   # already back (fetched to recompute block i + 1)
         buf = self.host_buffer(i, *self.shapes[i])
         with torch.cuda.stream(self.stream):
             # allocated on the copy stream: memory the main stream freed may still be read by its queued kernels
