@@ -129,7 +129,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
         CPU). Pass `transformer=` to reuse one already in memory (e.g. the one being trained). Less GPU memory:
         `precision` quantises the block linears (`int8-quanto`, `int4-quanto`, `fp8-torchao`), `blocks_to_swap`
         streams the last N blocks from pinned host memory, `group_offload` (`block_level` | `leaf_level`) uses
-        diffusers' group offloading instead (see `longcat_nb.memory`); `quantised_dir`: a folder for the quantised
+        diffusers' group offloading instead (see `longcat_nb.offload`); `quantised_dir`: a folder for the quantised
         copy (read when it holds one, written otherwise; `quantised_base_dir`). `mixed_precision`: the transformer's
         autocast ("bf16" or "no"), the trainer's config key of that name."""
         device = torch.device(device) if device else default_device()
