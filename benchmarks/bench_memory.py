@@ -38,6 +38,8 @@ VARIANTS = {
     "plan16_fused": ({"memory_plan": "auto", "memory_budget_gib": 15.0, "fused_elementwise": "on", **I2V_VALIDATION}, 15.0),
     # Kaggle: a 16 GB card and 29 GB of RAM; the bar is ≤ 27 GiB host RSS
     "plan16_kaggle": ({"memory_plan": "auto", "memory_budget_gib": 15.0, "memory_host_budget_gib": 27.0, **I2V_VALIDATION}, 15.0),
+    "plan16_kaggle_fused": ({"memory_plan": "auto", "memory_budget_gib": 15.0, "memory_host_budget_gib": 27.0,
+                             "fused_elementwise": "on", **I2V_VALIDATION}, 15.0),
     "fp8": ({"base_model_precision": "fp8-torchao"}, None),
 }
 
@@ -65,12 +67,15 @@ def run(name, extra, gpu_gib, a, site):
     if name != "bf16" and not (work / "ckpt").exists(): (work / "ckpt").symlink_to(a.work / "bf16" / "ckpt")
     env = dict(os.environ, PYTHONUNBUFFERED="1", E2E_SAMPLE_BEFORE_S="0", PYTHONPATH=f"{site}:{os.environ.get('PYTHONPATH', '')}")
     if gpu_gib: env["BENCH_GPU_GIB"] = str(gpu_gib)
-    t0, peak = time.time(), 0
+    t0, peak, trace = time.time(), 0, []
     proc = subprocess.Popen([sys.executable, a.e2e, str(work), "--steps", str(a.steps), "--rank", "16", "--extra", json.dumps(extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:
-        peak = max(peak, tree_rss(ps)); time.sleep(0.5)
+        rss = tree_rss(ps)
+        peak = max(peak, rss)
+        if not trace or time.time() - t0 >= trace[-1][0] + 2: trace.append((round(time.time() - t0, 1), round(rss / 2**30, 2)))
+        time.sleep(0.5)
     out = proc.stdout.read()
     line = next((l for l in reversed(out.splitlines()) if l.startswith("{")), "{}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
@@ -80,6 +85,7 @@ def run(name, extra, gpu_gib, a, site):
     log = (work / "train.log").read_text() if (work / "train.log").exists() else out
     reserved = [float(x) for x in re.findall(r"reserved GiB=([0-9.]+)", log)]
     res["train_reserved_gib"] = max(reserved) if reserved else None
+    res["host_rss_trace"] = trace               # (seconds, GiB) every ~2 s: where the host peak falls (loading, pinning, steps)
     res["videos"] = res.get("videos") or [str(v.relative_to(work)) for v in (work / "out").rglob("*.mp4")]
     res["plan_lines"] = [l for l in log.splitlines() if "memory_plan" in l or l.startswith(("config ", "plan ", "NVIDIA"))][:8]
     if "memory_plan" not in extra:                   # the planner's prediction for these settings at 832x480x93

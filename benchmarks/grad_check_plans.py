@@ -4,7 +4,7 @@ same kernels: the resident model runs through the same block runner), on the ful
     python benchmarks/grad_check_plans.py CKPT --json $OUT/grad_check.json      # H200: ~4 min, int8 base
     python benchmarks/grad_check_plans.py --tiny                                 # CPU: the tiny checkpoint, recompute only
 
-Each plan is `swapped,offload,recomputed` (`--plans "21,1,0;47,1,24"`: the 24 GB plan and a 16 GB Kaggle plan). Prints
+Each plan is `swapped,offload,recomputed` (`--plans "21,1,0;42,1,32"`: an int8 24 GB plan and the 16 GB plan for 27 GiB of host RAM). Prints
 and writes, per plan, the largest |g − g_resident| / max |g_resident| over the LoRA tensors, and the loss of each.
 """
 import argparse, json, time
@@ -53,7 +53,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ckpt", nargs="?")
     p.add_argument("--precision", default="int8-quanto")
-    p.add_argument("--plans", default="21,1,0;47,1,24")
+    p.add_argument("--plans", default="21,1,0;42,1,32")
     p.add_argument("--grid", default="24,30,52", help="latent frames, token rows, token columns (832×480×93)")
     p.add_argument("--json", type=Path)
     p.add_argument("--tiny", action="store_true", help="the tiny checkpoint on this machine's device")

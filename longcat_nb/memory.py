@@ -13,7 +13,7 @@ import torch
 
 from .config import PRECISIONS, continuation_frames
 from .model import cond_cache_bytes, ffn_hidden_size
-from .offload import aligned_bytes
+from .offload import aligned_bytes, longest_recomputed_run
 from .quantise import MemorySettingsError
 
 # %% auto #0
@@ -36,7 +36,7 @@ def load_calibration(path=None) -> dict:
 
 CALIBRATION = load_calibration()
 FFN_CHUNKS = 8   # the planner's ffn_chunks when it chunks the FFN
-RECOMPUTED_INPUTS = (0, 8, 16, 24)   # the planner's choices of recomputed_block_inputs
+RECOMPUTED_INPUTS = (0, 8, 16, 24, 32, 36)   # the planner's choices of recomputed_block_inputs (32: 2 of every 3)
 # (name fragment, dense bf16 tensor TFLOP/s, native bf16); cards without bf16 are rated at their fp32 rate
 GPUS = [("H200", 989, True), ("H100", 989, True), ("H800", 989, True), ("A100", 312, True), ("A800", 312, True),
         ("L40S", 362, True), ("L40", 181, True), ("L4", 121, True), ("A10G", 70, True), ("A10", 125, True),
@@ -141,7 +141,8 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     act = tokens * hidden * 2
     kept = depth * tokens * (hidden * 2 + heads * 4) if keep_attention else 0
     kept_inputs = depth - recomputed_inputs
-    inputs = cal["offload_inputs_on_gpu"] + (recomputed_inputs > 0) if activation_offload else kept_inputs
+    rebuilt = longest_recomputed_run(depth, recomputed_inputs)   # recomputed inputs a backward holds at once
+    inputs = (cal["offload_inputs_on_gpu"] if activation_offload else kept_inputs) + rebuilt
     gpu = resident_bytes(precision, n, rank, depth, hidden) + inputs * act + kept + workspace_bytes(tokens, ffn_chunks, hidden, cal)
     host = cal["host_base_gib"] * GiB + swap_host_bytes(n, precision, hidden) \
         + (offload_host_bytes(kept_inputs, act) if activation_offload else 0)
@@ -201,7 +202,7 @@ def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gp
     tflops, _ = gpu_rate(gpu_name)
     cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c, recomputed_inputs=k)
              for p in precisions for o in (False, True) for n in range(depth + 1) for c in ffn_chunks
-             for k in recomputed if k <= depth // 2
+             for k in recomputed if k < depth
              if not sample_tokens or predict_sampling(p, n, sample_tokens, rank, depth, hidden, cond_tokens=sample_cond_tokens)
              <= margin * gpu_gib]
     if not cands: raise PlanError(f"no memory settings fit the validation videos ({sample_tokens:,} tokens a sampling step) in "

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09b_offload.ipynb #1c166e9a
 from __future__ import annotations
-import contextlib, math, weakref
+import contextlib, ctypes, math, weakref
 
 import torch
 import torch.nn as nn
@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from .quantise import MemorySettingsError, _plain, _rebuild, check_precision
 
 # %% auto #0
-__all__ = ['ALIGN', 'GROUP_OFFLOAD_REFUSAL', 'aligned_bytes', 'PinnedArena', 'BlockSwap', 'BlockRunner', 'place_model',
-           'check_memory_settings']
+__all__ = ['ALIGN', 'GROUP_OFFLOAD_REFUSAL', 'aligned_bytes', 'release_free_host_memory', 'PinnedArena', 'BlockSwap',
+           'recomputed_blocks', 'longest_recomputed_run', 'BlockRunner', 'place_model', 'check_memory_settings']
 
 # %% ../nbs/09b_offload.ipynb #fc024d80
 ALIGN = 512   # bytes: every buffer of an arena starts at a multiple of this
@@ -23,6 +23,15 @@ ALIGN = 512   # bytes: every buffer of an arena starts at a multiple of this
 def aligned_bytes(sizes) -> int:
     "Host bytes a `PinnedArena` takes for buffers of `sizes` bytes: each rounded up to `ALIGN`."
     return sum(-(-int(n) // ALIGN) * ALIGN for n in sizes)
+
+
+def release_free_host_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`): weights copied into pinned memory free
+    their unpinned copies, which glibc otherwise keeps, so host RSS would count them twice."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _unlock(ptrs, slabs):
@@ -48,6 +57,11 @@ class PinnedArena:
         elif self.pin:
             t = t.pin_memory()
         self.slabs.append(t)
+
+    def add_slab(self, nbytes: int):
+        "Take a slab of `nbytes` now, to be filled by the next buffers (first fit)."
+        self._new_slab(nbytes)
+        self.used.append(0)
 
     def _place(self, nbytes: int) -> tuple[int, int]:
         "`(slab index, byte offset)` for `nbytes` more: the first slab with room, else a new one."
@@ -88,22 +102,31 @@ class BlockSwap:
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.mode, self.where, self.held = None, {}, [None] * slots   # mode: None | "forward" | "backward" (set by checkpoint)
         self.ready, self.free, self.used, self.clock = [None] * slots, [None] * slots, [0] * slots, 0
-        frozen = [x for i in range(self.first, depth) for p in model.blocks[i].parameters() if not p.requires_grad for x in _plain(p)]
-        self.arena = PinnedArena(pin=self.cuda, slab=aligned_bytes(x.numel() * x.element_size() for x in frozen))
-        self.host = {i: self._to_host(model.blocks[i]) for i in tqdm(range(self.first, depth), desc="pinning swapped blocks", unit="block", disable=n < 4)}
+        self.arena = PinnedArena(pin=self.cuda)
+        self.host = {}
+        for i in tqdm(range(self.first, depth), desc="pinning swapped blocks", unit="block", disable=n < 4):
+            self.host[i] = self._to_host(model.blocks[i])
+            release_free_host_memory()
         self.slots = [[[torch.empty_like(p, device=self.device) for p in _plain(h)] for _, _, h in self.host[self.first]]
                       for _ in range(slots)]
         self.handles = [model.blocks[i].register_forward_pre_hook(self._pre_hook(i)) for i in range(self.first, depth)]
         for i in range(self.first, depth): self._point(i, 0)
 
     def _to_host(self, block) -> list:
-        "`(module, name, host tensor)` of every frozen parameter of `block`; buffers and trainable parameters go to the device."
+        """`(module, name, host tensor)` of every frozen parameter of `block`, copied into a slab of the block's own size;
+        buffers and trainable parameters go to the device. The parameter points at its pinned copy at once, so the
+        unpinned one is freed block by block (host RAM holds one block twice at most, not every swapped block)."""
+        frozen = [(mod, name, p) for mod in block.modules() for name, p in mod._parameters.items()
+                  if p is not None and not p.requires_grad]
+        self.arena.add_slab(aligned_bytes(x.numel() * x.element_size() for _, _, p in frozen for x in _plain(p)))
         out = []
         for mod in block.modules():
             for name, p in list(mod._parameters.items()):
                 if p is None: continue
                 if p.requires_grad: p.data = p.data.to(self.device); continue
-                out.append((mod, name, _rebuild(p, iter([self.arena.copy(x) for x in _plain(p)]))))
+                host = _rebuild(p, iter([self.arena.copy(x) for x in _plain(p)]))
+                mod._parameters[name] = nn.Parameter(host, requires_grad=False)
+                out.append((mod, name, host))
             for name, b in list(mod._buffers.items()):
                 if b is not None: mod._buffers[name] = b.to(self.device)
         return out
@@ -203,11 +226,29 @@ class _Checkpoint(torch.autograd.Function):
             try: out = runner.blocks[ctx.i](*tree_unflatten(inputs, ctx.spec))
             finally:
                 if runner.swap: runner.swap.mode = None
-            if runner.offload and ctx.i > 0: runner.prefetch(ctx.i - 2 if ctx.i - 1 in runner.recomputed else ctx.i - 1)
+            if runner.offload and ctx.i > 0: runner.prefetch(runner.kept_below(ctx.i))
             if out.requires_grad: torch.autograd.backward(out, grad)
         ctx.flat = None
         runner.ctxs.pop(ctx.i, None)
         return (None, None, None, None, *[t.grad if torch.is_tensor(t) and t.requires_grad else None for t in inputs])
+
+# %% ../nbs/09b_offload.ipynb #5e1f0c2a
+def recomputed_blocks(depth: int, n: int) -> set[int]:
+    """The `n` blocks (of `depth`) whose inputs are recomputed rather than kept: 1, 3, 5, … up to every other block;
+    beyond that the kept inputs are spread evenly (block 0's always kept), so runs of recomputed blocks stay short."""
+    if n <= depth // 2: return set(range(1, 2 * n, 2))
+    kept = depth - n
+    return set(range(depth)) - {j * depth // kept for j in range(kept)}
+
+
+def longest_recomputed_run(depth: int, n: int) -> int:
+    """The most consecutive recomputed blocks: the inputs a backward holds on the GPU at once to recompute them (each
+    block of a run is run again from the kept input below it, and its output kept for the next block's backward)."""
+    recomputed, run, best = recomputed_blocks(depth, n), 0, 0
+    for i in range(depth):
+        run = run + 1 if i in recomputed else 0
+        best = max(best, run)
+    return best
 
 # %% ../nbs/09b_offload.ipynb #236d8184
 class BlockRunner:
@@ -218,10 +259,10 @@ class BlockRunner:
     def __init__(self, model, device, swap: BlockSwap | None = None, offload: bool = False, max_tokens: int | None = None,
                  recomputed_inputs: int = 0):
         self.blocks, self.device, self.swap, self.offload = model.blocks, torch.device(device), swap, offload
-        if not 0 <= recomputed_inputs <= len(model.blocks) // 2:
-            raise MemorySettingsError(f"recomputed_block_inputs = {recomputed_inputs}: every other block at most — use "
-                                      f"0..{len(model.blocks) // 2}")
-        self.recomputed, self.ctxs = set(range(1, 2 * recomputed_inputs, 2)), {}
+        if not 0 <= recomputed_inputs < len(model.blocks):
+            raise MemorySettingsError(f"recomputed_block_inputs = {recomputed_inputs}: block 0's input is always kept — use "
+                                      f"0..{len(model.blocks) - 1}")
+        self.recomputed, self.ctxs = recomputed_blocks(len(model.blocks), recomputed_inputs), {}
         self.cuda = self.device.type == "cuda"
         if offload and not self.cuda: raise MemorySettingsError("activation_offload needs a CUDA GPU (pinned host memory and copy streams)")
         self.index = {id(b): i for i, b in enumerate(model.blocks)}
@@ -236,6 +277,12 @@ class BlockRunner:
     def __call__(self, block, *args):
         flat, spec = tree_flatten(args)
         return _Checkpoint.apply(self, self.index[id(block)], spec, self.anchor, *flat)
+
+    def kept_below(self, i: int) -> int:
+        "The nearest block below `i` whose input is kept (the one the backward fetches next)."
+        j = i - 1
+        while j in self.recomputed: j -= 1
+        return j
 
     def host_buffer(self, i: int, shape, dtype, grow: bool = False) -> torch.Tensor:
         """Block `i`'s host buffer viewed as `shape`/`dtype`; `grow`: (re)take it from the arena when it is missing or
@@ -333,9 +380,9 @@ def check_memory_settings(cfg, device, depth: int | None = None, training: bool 
         raise MemorySettingsError("musubi_blocks_to_swap / activation_offload / recomputed_block_inputs need "
                                   "gradient_checkpointing: true (a swapped block's weights and an offloaded or recomputed "
                                   "block input come back for the block's recompute) — set it")
-    if depth is not None and cfg.recomputed_block_inputs > depth // 2:
-        raise MemorySettingsError(f"recomputed_block_inputs = {cfg.recomputed_block_inputs}: every other block at most — "
-                                  f"use 0..{depth // 2}")
+    if depth is not None and cfg.recomputed_block_inputs >= depth:
+        raise MemorySettingsError(f"recomputed_block_inputs = {cfg.recomputed_block_inputs}: block 0's input is always kept — "
+                                  f"use 0..{depth - 1}")
     if cfg.enable_group_offload: raise MemorySettingsError(GROUP_OFFLOAD_REFUSAL)
     if cfg.ffn_chunks > 1 and cfg.lora_dropout:
         raise MemorySettingsError(f"ffn_chunks = {cfg.ffn_chunks} recomputes the FFN in the backward, where LoRA dropout would draw "

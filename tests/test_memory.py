@@ -196,7 +196,7 @@ def _delayed_step(model, sleep_cycles=20_000_000):
 
 
 @cuda
-@pytest.mark.parametrize("recomputed", [0, 2])
+@pytest.mark.parametrize("recomputed", [0, 2, 6])
 def test_offload_streams_keep_gradients_exact(recomputed):
     """Swap + activation offload (+ recomputed inputs) give the resident model's LoRA gradients while the main stream
     lags behind the CPU: an offloaded input copied back into memory that queued kernels still read would change them."""
