@@ -27,7 +27,8 @@ __all__ = ['CALIBRATION', 'FFN_CHUNKS', 'RECOMPUTED_INPUTS', 'GPUS', 'GiB', 'CGR
 # %% ../nbs/10_memory.ipynb #89e4d91f
 def load_calibration(path=None) -> dict:
     """The planner's measured constants: `longcat_nb/memory_calibration.json` (or `path`), each beside a `_key` saying
-    where it came from; written by `benchmarks/calibrate_memory.py` (block measurements on the CPU, fits to GPU runs)."""
+    where it came from; written by `benchmarks/calibrate_memory.py` (block measurements on the CPU, fits to GPU
+    runs)."""
     source = Path(path) if path else files("longcat_nb").joinpath("memory_calibration.json")
     cal = {k: v for k, v in json.loads(source.read_text()).items() if not k.startswith("_")}
     cal["block"] = {int(k): v for k, v in cal["block"].items()}
@@ -48,13 +49,15 @@ GPUS = [("H200", 989, True), ("H100", 989, True), ("H800", 989, True), ("A100", 
 def gpu_rate(name: str) -> tuple[float, bool]:
     "`(dense TFLOP/s used for training, has native bf16)` for a CUDA device name; unknown cards count as an A100."
     for frag, rate, bf16 in GPUS:
-        if frag.lower() in name.lower(): return rate, bf16
+        if frag.lower() in name.lower():
+            return rate, bf16
     return 312, True
 
 # %% ../nbs/10_memory.ipynb #d4bb87b1
 @dataclass
 class MemoryPlan:
-    "One set of memory settings with its predicted peak GPU memory (reserved; allocated beside it), host memory (GiB) and seconds per step."
+    """One set of memory settings with its predicted peak GPU memory (reserved; allocated beside it), host memory (GiB)
+    and seconds per step."""
     precision: str
     blocks_to_swap: int
     activation_offload: bool
@@ -97,9 +100,12 @@ GiB = 2 ** 30
 
 
 def block_host_sizes(precision: str, hidden: int = 4096, mlp_ratio: float = 4, tembed: int = 512) -> list[int]:
-    "Bytes of each plain tensor a swapped block keeps on the host: weights (and quantisation scales), biases, adaLN, norms."
-    f, per = ffn_hidden_size(hidden, mlp_ratio), {"bf16": 2.0, "int8-quanto": 1.0, "fp8-torchao": 1.0, "int4-quanto": 0.5 + 4 / 128}[precision]
-    linears = [(3 * hidden, hidden), (hidden, hidden), (hidden, hidden), (2 * hidden, hidden), (hidden, hidden), (f, hidden), (hidden, f), (f, hidden)]
+    """Bytes of each plain tensor a swapped block keeps on the host: weights (and quantisation scales), biases, adaLN,
+    norms."""
+    f = ffn_hidden_size(hidden, mlp_ratio)
+    per = {"bf16": 2.0, "int8-quanto": 1.0, "fp8-torchao": 1.0, "int4-quanto": 0.5 + 4 / 128}[precision]
+    linears = [(3 * hidden, hidden), (hidden, hidden), (hidden, hidden), (2 * hidden, hidden), (hidden, hidden),
+               (f, hidden), (hidden, f), (f, hidden)]
     scales = [] if precision == "bf16" else [o * 4 for o, _ in linears]
     biases = [o * 2 for o, _ in linears[:5]]                                            # attention linears have biases
     return [int(o * i * per) for o, i in linears] + scales + biases + [6 * hidden * tembed * 2, 6 * hidden * 2] \
@@ -119,15 +125,18 @@ def offload_host_bytes(blocks: int, input_bytes: int) -> int:
 
 
 def workspace_bytes(tokens: int, ffn_chunks: int = 1, hidden: int = 4096, cal: dict = CALIBRATION) -> float:
-    "One block's recompute + backward peak at `tokens` tokens: the measured block (scaled to `hidden`) × `workspace_slack`."
+    """One block's recompute + backward peak at `tokens` tokens: the measured block (scaled to `hidden`) ×
+    `workspace_slack`."""
     m = cal["block"][1 if ffn_chunks == 1 else FFN_CHUNKS]
     return cal["workspace_slack"] * (m["peak"] * tokens + m["constant"]) * hidden / 4096
 
 
 def resident_bytes(precision: str, blocks_to_swap: int, rank: int = 16, depth: int = 48, hidden: int = 4096) -> float:
-    "GPU bytes that stay through a step: the resident blocks, the two-slot swap ring, the non-block layers, the LoRA (16 B a parameter with its gradient and AdamW state)."
+    """GPU bytes that stay through a step: the resident blocks, the two-slot swap ring, the non-block layers, the LoRA
+    (16 B a parameter with its gradient and AdamW state)."""
     n = blocks_to_swap                                   # the swap ring has two slots (one when one block swaps)
-    return (depth - n + min(n, 2)) * block_bytes(precision, hidden) + 35e6 * 2 + lora_params(rank, hidden, depth=depth) * 16
+    blocks = (depth - n + min(n, 2)) * block_bytes(precision, hidden)
+    return blocks + 35e6 * 2 + lora_params(rank, hidden, depth=depth) * 16
 
 
 def predict(precision: str, blocks_to_swap: int, activation_offload: bool, tokens: int, rank: int = 16,
@@ -143,15 +152,18 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     kept_inputs = depth - recomputed_inputs
     rebuilt = longest_recomputed_run(depth, recomputed_inputs)   # recomputed inputs a backward holds at once
     inputs = (cal["offload_inputs_on_gpu"] if activation_offload else kept_inputs) + rebuilt
-    gpu = resident_bytes(precision, n, rank, depth, hidden) + inputs * act + kept + workspace_bytes(tokens, ffn_chunks, hidden, cal)
+    gpu = resident_bytes(precision, n, rank, depth, hidden) + inputs * act + kept \
+        + workspace_bytes(tokens, ffn_chunks, hidden, cal)
     host = cal["host_base_gib"] * GiB + swap_host_bytes(n, precision, hidden) \
         + (offload_host_bytes(kept_inputs, act) if activation_offload else 0)
     r, rate = tokens / 37440, tflops * 1e12 * cal["efficiency"] / cal["precision_speed"][precision]
     flops = cal["flops_at_37440"] * ((1 - cal["attention_share"]) * r + cal["attention_share"] * r * r)
     compute = flops / rate
     per_block = compute / depth / 3.75            # one block's forward; recompute + backward is 2.75 of these
-    if ffn_chunks > 1: compute += depth * 6 * hidden * ffn_hidden_size(hidden, 4) * tokens / rate   # the FFN once more
-    if keep_attention: compute -= depth * cal["attention_fwd_s_at_37440"] * r * r * 989 / tflops
+    if ffn_chunks > 1:
+        compute += depth * 6 * hidden * ffn_hidden_size(hidden, 4) * tokens / rate   # the FFN once more
+    if keep_attention:
+        compute -= depth * cal["attention_fwd_s_at_37440"] * r * r * 989 / tflops
     compute += recomputed_inputs * per_block                # each recomputed input: the block before it, once more
     bw = cal["pcie_gbps"] * 1e9
     copy_fwd = (blk if n else 0) / bw + (act / bw if activation_offload else 0)
@@ -159,8 +171,9 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     exposed = n * (max(0, copy_fwd - per_block) + max(0, copy_bwd - 2.75 * per_block)) \
         + (kept_inputs - n) * (max(0, act / bw - per_block) * 2 if activation_offload else 0)
     step = compute + exposed + n * cal["swap_s_per_block"]
-    return MemoryPlan(precision, n, activation_offload, round(gpu * cal["reserved_slack"] / GiB, 1), round(host / GiB, 1),
-                      round(step, 1), ffn_chunks, round(gpu / GiB, 1), recomputed_inputs)
+    reserved = round(gpu * cal["reserved_slack"] / GiB, 1)
+    return MemoryPlan(precision, n, activation_offload, reserved, round(host / GiB, 1), round(step, 1), ffn_chunks,
+                      round(gpu / GiB, 1), recomputed_inputs)
 
 def predict_sampling(precision: str, blocks_to_swap: int, tokens: int, rank: int = 16, depth: int = 48,
                      hidden: int = 4096, cal: dict = CALIBRATION, cond_tokens: int = 0) -> float:
@@ -182,11 +195,12 @@ def check_bf16(gpu_name: str, tokens: int = 37440, rank: int = 16) -> None:
     """Raise `PlanError` for a GPU without bf16 units (T4, V100, P100: compute capability < 8.0), with the numbers:
     the model trains in bf16, which such a card runs at about its fp32 rate, and fp16 overflows in this model."""
     tflops, bf16 = gpu_rate(gpu_name)
-    if bf16: return
+    if bf16:
+        return
     step = predict("bf16", 0, False, tokens, rank, tflops).step_s
-    raise PlanError(f"{gpu_name} has no bf16 units: it runs this bf16 model at about its fp32 rate ({tflops:g} TFLOP/s, "
-                    f"an L4 has 121, an A100 312), ~{step / 60:.0f} min a step at {tokens:,} tokens, and fp16 overflows in "
-                    "LongCat-Video — train on a GPU with bf16 (L4, A10G, A100, RTX 30/40/50, H100)")
+    raise PlanError(f"{gpu_name} has no bf16 units: it runs this bf16 model at about its fp32 rate ({tflops:g} "
+                    f"TFLOP/s, an L4 has 121, an A100 312), ~{step / 60:.0f} min a step at {tokens:,} tokens, and fp16 "
+                    "overflows in LongCat-Video — train on a GPU with bf16 (L4, A10G, A100, RTX 30/40/50, H100)")
 
 
 def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gpu_name: str = "NVIDIA H200",
@@ -200,28 +214,33 @@ def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gp
     `sample_cond_tokens` conditioning tokens."""
     check_bf16(gpu_name, tokens, rank)
     tflops, _ = gpu_rate(gpu_name)
+    def samples_fit(p, n):
+        if not sample_tokens:
+            return True
+        peak = predict_sampling(p, n, sample_tokens, rank, depth, hidden, cond_tokens=sample_cond_tokens)
+        return peak <= margin * gpu_gib
     cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c, recomputed_inputs=k)
              for p in precisions for o in (False, True) for n in range(depth + 1) for c in ffn_chunks
-             for k in recomputed if k < depth
-             if not sample_tokens or predict_sampling(p, n, sample_tokens, rank, depth, hidden, cond_tokens=sample_cond_tokens)
-             <= margin * gpu_gib]
-    if not cands: raise PlanError(f"no memory settings fit the validation videos ({sample_tokens:,} tokens a sampling step) in "
-                                  f"{gpu_gib:g} GiB of GPU — lower validation_resolution or validation_num_video_frames")
+             for k in recomputed if k < depth and samples_fit(p, n)]
+    if not cands:
+        raise PlanError(f"no memory settings fit the validation videos ({sample_tokens:,} tokens a sampling step) in "
+                        f"{gpu_gib:g} GiB of GPU — lower validation_resolution or validation_num_video_frames")
     fits = [c for c in cands if c.gpu_gib <= margin * gpu_gib and c.host_gib <= margin * host_gib]
-    if fits: return min(fits, key=lambda c: (c.step_s, PRECISIONS.index(c.precision), c.blocks_to_swap, c.activation_offload,
-                                              c.ffn_chunks, c.recomputed_inputs))
+    if fits:
+        return min(fits, key=lambda c: (c.step_s, PRECISIONS.index(c.precision), c.blocks_to_swap, c.activation_offload,
+                                         c.ffn_chunks, c.recomputed_inputs))
     least_gpu = min(cands, key=lambda c: c.gpu_gib)
     gpu_ok = [c for c in cands if c.gpu_gib <= margin * gpu_gib]
     if gpu_ok:
         need = min(c.host_gib for c in gpu_ok)
-        raise PlanError(f"no memory settings fit {gpu_gib:g} GiB of GPU and {host_gib:g} GiB of host RAM at {tokens:,} tokens: "
-                        f"the plans that fit the GPU need ≥ {need / margin:.1f} GiB of host RAM — use a machine with more host RAM, "
-                        "a smaller bucket (resolution) or fewer frames")
+        raise PlanError(f"no memory settings fit {gpu_gib:g} GiB of GPU and {host_gib:g} GiB of host RAM at {tokens:,} "
+                        f"tokens: the plans that fit the GPU need ≥ {need / margin:.1f} GiB of host RAM — use a "
+                        "machine with more host RAM, a smaller bucket (resolution) or fewer frames")
     raise PlanError(f"no memory settings fit {gpu_gib:g} GiB of GPU at {tokens:,} tokens: the smallest plan "
-                    f"({least_gpu.precision}, {least_gpu.blocks_to_swap} blocks swapped, activation offload, ffn_chunks "
-                    f"{least_gpu.ffn_chunks}) peaks at "
-                    f"{least_gpu.gpu_gib / margin:.1f} GiB, mostly one block's activations — use a smaller bucket (resolution) "
-                    "or fewer frames (tokens = latent frames × H/16 × W/16)")
+                    f"({least_gpu.precision}, {least_gpu.blocks_to_swap} blocks swapped, activation offload, "
+                    f"ffn_chunks {least_gpu.ffn_chunks}) peaks at {least_gpu.gpu_gib / margin:.1f} GiB, mostly one "
+                    "block's activations — use a smaller bucket (resolution) or fewer frames (tokens = latent frames × "
+                    "H/16 × W/16)")
 
 # %% ../nbs/10_memory.ipynb #ede821e6
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")   # cgroup v2, v1
@@ -233,14 +252,16 @@ def host_memory_bytes(limits=CGROUP_LIMITS) -> int:
     total = psutil.virtual_memory().total
     for path in map(Path, limits):
         text = path.read_text().strip() if path.is_file() else "max"
-        if text.isdigit(): total = min(total, int(text))
+        if text.isdigit():
+            total = min(total, int(text))
     return total
 
 
 def machine_memory() -> tuple[str, float | None, float]:
     "`(GPU name, GPU GiB or None without CUDA, host RAM GiB)` of this machine (its container's limit when lower)."
     host = host_memory_bytes() / GiB
-    if not torch.cuda.is_available(): return "cpu", None, host
+    if not torch.cuda.is_available():
+        return "cpu", None, host
     return torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory / GiB, host
 
 
@@ -250,8 +271,8 @@ def bucket_tokens(w: int, h: int, frames: int, batch: int) -> int:
 
 
 def config_tokens(cfg) -> tuple[int, str]:
-    """`(tokens, description)` of the config's largest training bucket (batch included): read from the data check when the
-    datasets are on disk (the buckets the clips really train at), else estimated from the dataset settings."""
+    """`(tokens, description)` of the config's largest training bucket (batch included): read from the data check when
+    the datasets are on disk (the buckets the clips really train at), else estimated from the dataset settings."""
     from longcat_nb.data import bucket_size, check_datasets
     if any(d.instance_data_dir.is_dir() for d in cfg.datasets if not d.disabled):
         report = check_datasets(cfg)
@@ -260,11 +281,14 @@ def config_tokens(cfg) -> tuple[int, str]:
             return bucket_tokens(*b, cfg.train_batch_size), f"{b} × batch {cfg.train_batch_size} (from the data)"
     best = (0, "")
     for ds in cfg.datasets:
-        if ds.disabled or ds.dataset_type == "conditioning": continue
+        if ds.disabled or ds.dataset_type == "conditioning":
+            continue
         w, h = bucket_size(cfg.validation_width, cfg.validation_height, ds)
         f = (ds.video.num_frames or ds.video.max_frames or 93) if ds.dataset_type == "video" else 1
-        best = max(best, (bucket_tokens(w, h, f, cfg.train_batch_size), f"{w}x{h}@{f} × batch {cfg.train_batch_size} (estimated)"))
-    if not best[0]: raise PlanError(f"{cfg.config_path or '<config>'}: no enabled video or image dataset to plan for")
+        best = max(best, (bucket_tokens(w, h, f, cfg.train_batch_size), f"{w}x{h}@{f} × batch {cfg.train_batch_size} "
+                                                                        "(estimated)"))
+    if not best[0]:
+        raise PlanError(f"{cfg.config_path or '<config>'}: no enabled video or image dataset to plan for")
     return best
 
 
@@ -273,18 +297,24 @@ TOO_SLOW_S = 120   # seconds a step above which a plan is called too slow to tra
 
 def usable_precisions(gpu_name: str) -> list[str]:
     "The base precisions a GPU (with bf16 units: `check_bf16`) has kernels for: fp8 needs Ada or Hopper."
-    if any(f in gpu_name for f in ("H100", "H200", "H800", "L4", "L40", "4090", "4080", "5090", "Ada")): return list(PRECISIONS)
+    if any(f in gpu_name for f in ("H100", "H200", "H800", "L4", "L40", "4090", "4080", "5090", "Ada")):
+        return list(PRECISIONS)
     return [p for p in PRECISIONS if p != "fp8-torchao"]
 
 
 def validation_tokens(cfg) -> tuple[int, int]:
     """`(tokens of one sampling step of the config's validation videos (× 2 under guidance), conditioning tokens whose
-    keys and values they cache: a latent frame for image-to-video, K for continuation)`; `(0, 0)` when it renders none."""
-    if not (cfg.validation_prompts or cfg.validation_using_datasets): return 0, 0
+    keys and values they cache: a latent frame for image-to-video, K for continuation)`; `(0, 0)` when it renders
+    none."""
+    if not (cfg.validation_prompts or cfg.validation_using_datasets):
+        return 0, 0
     tokens = bucket_tokens(cfg.validation_width, cfg.validation_height, cfg.validation_num_video_frames,
                            2 if cfg.validation_guidance > 1 and not cfg.validation_distilled else 1)
     ds = cfg.dataset(cfg.eval_dataset_id) if cfg.validation_using_datasets and cfg.eval_dataset_id else None
-    latents = 0 if ds is None else (continuation_frames(ds) - 1) // 4 + 1 if cfg.validation_continuation else int(ds.is_i2v)
+    if ds is None:
+        latents = 0
+    else:
+        latents = (continuation_frames(ds) - 1) // 4 + 1 if cfg.validation_continuation else int(ds.is_i2v)
     return tokens, latents * bucket_tokens(cfg.validation_width, cfg.validation_height, 1, 1)
 
 
@@ -292,21 +322,25 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     "`(plain plan, chosen plan, notes)` for `cfg`'s largest bucket on this machine (or the given budgets)."
     name, g, h = machine_memory()
     gpu_name, gpu_gib, host_gib = gpu_name or name, gpu_gib or g, host_gib or h
-    if gpu_gib is None: raise PlanError("no CUDA GPU here: pass --gpu-gib (and --gpu-name) to plan for another machine")
+    if gpu_gib is None:
+        raise PlanError("no CUDA GPU here: pass --gpu-gib (and --gpu-name) to plan for another machine")
     tokens, what = config_tokens(cfg)
     check_bf16(gpu_name, tokens, cfg.lora_rank)
     tflops, _ = gpu_rate(gpu_name)
-    plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank, tflops,
-                    recomputed_inputs=cfg.recomputed_block_inputs,
-                    ffn_chunks=cfg.ffn_chunks)
+    plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank,
+                    tflops, recomputed_inputs=cfg.recomputed_block_inputs, ffn_chunks=cfg.ffn_chunks)
     sample, cond = validation_tokens(cfg)
+    chunks = (1,) if cfg.lora_dropout else (1, FFN_CHUNKS)
     chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name),
-                         ffn_chunks=(1,) if cfg.lora_dropout else (1, FFN_CHUNKS), sample_tokens=sample, sample_cond_tokens=cond)
+                         ffn_chunks=chunks, sample_tokens=sample, sample_cond_tokens=cond)
     notes = [f"{gpu_name}: {gpu_gib:.1f} GiB GPU, {host_gib:.1f} GiB host; largest bucket {what} = {tokens:,} tokens"]
-    if sample: notes.append(f"validation {cfg.validation_resolution}@{cfg.validation_num_video_frames}: {sample:,} tokens a sampling "
-                            f"step, ~{predict_sampling(chosen.precision, chosen.blocks_to_swap, sample, cfg.lora_rank, cond_tokens=cond):.1f} GiB under the plan")
-    if chosen.step_s > TOO_SLOW_S: notes.append(f"~{chosen.step_s:.0f} s/step: too slow to train at this size in reasonable time — "
-                                         "use a smaller bucket or fewer frames, or a faster card")
+    if sample:
+        peak = predict_sampling(chosen.precision, chosen.blocks_to_swap, sample, cfg.lora_rank, cond_tokens=cond)
+        notes.append(f"validation {cfg.validation_resolution}@{cfg.validation_num_video_frames}: {sample:,} tokens a "
+                     f"sampling step, ~{peak:.1f} GiB under the plan")
+    if chosen.step_s > TOO_SLOW_S:
+        notes.append(f"~{chosen.step_s:.0f} s/step: too slow to train at this size in reasonable time — "
+              "use a smaller bucket or fewer frames, or a faster card")
     return plain, chosen, notes
 
 
@@ -315,20 +349,25 @@ def format_plans(plain: MemoryPlan, chosen: MemoryPlan, notes=()) -> str:
     rows = [("", "precision", "swapped blocks", "act. offload", "FFN chunks", "recomputed inputs", "GPU peak GiB",
              "host GiB", "~s/step")]
     for label, p in (("config", plain), ("plan", chosen)):
-        rows.append((label, p.precision, str(p.blocks_to_swap), "yes" if p.activation_offload else "no", str(p.ffn_chunks),
-                     str(p.recomputed_inputs), f"{p.gpu_gib:.1f}", f"{p.host_gib:.1f}", f"{p.step_s:.1f}"))
+        rows.append((label, p.precision, str(p.blocks_to_swap), "yes" if p.activation_offload else "no",
+                     str(p.ffn_chunks), str(p.recomputed_inputs), f"{p.gpu_gib:.1f}", f"{p.host_gib:.1f}",
+                     f"{p.step_s:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join([*notes, *("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)])
 
 # %% ../nbs/10_memory.ipynb #0dfe67f9
 def apply_memory_plan(cfg):
-    """With `memory_plan: "auto"`, set `cfg`'s precision, block swap, activation offload and ffn_chunks to the planner's choice for
-    this GPU (within `memory_budget_gib`) and print it; returns the chosen `MemoryPlan` (None when nothing was planned)."""
-    if cfg.memory_plan != "auto": return None
+    """With `memory_plan: "auto"`, set `cfg`'s precision, block swap, activation offload and ffn_chunks to the planner's
+    choice for this GPU (within `memory_budget_gib`) and print it; returns the chosen `MemoryPlan` (None when nothing
+    was planned)."""
+    if cfg.memory_plan != "auto":
+        return None
     if not torch.cuda.is_available():
-        print("memory_plan auto: no CUDA GPU here, the memory settings are used as written"); return None
+        print("memory_plan auto: no CUDA GPU here, the memory settings are used as written")
+        return None
     plain, chosen, notes = plan_for_config(cfg, cfg.memory_budget_gib, cfg.memory_host_budget_gib)
-    for k, v in chosen.settings().items(): setattr(cfg, k, v)
+    for k, v in chosen.settings().items():
+        setattr(cfg, k, v)
     print("memory_plan auto:\n" + format_plans(plain, chosen, notes))
     return chosen
 

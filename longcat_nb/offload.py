@@ -36,7 +36,8 @@ def release_free_host_memory() -> None:
 
 def _unlock(ptrs, slabs):
     "Unregister the page-locked slabs (`slabs` is passed only to keep them alive until then)."
-    for p in ptrs: torch.cuda.cudart().cudaHostUnregister(p)
+    for p in ptrs:
+        torch.cuda.cudart().cudaHostUnregister(p)
 
 
 class PinnedArena:
@@ -48,9 +49,11 @@ class PinnedArena:
         weakref.finalize(self, _unlock, self.locked, self.slabs)
 
     def _new_slab(self, nbytes: int):
-        "Take a slab of exactly `nbytes`, page-locked in place (or, if CUDA refuses, pinned by PyTorch: a power of two)."
+        """Take a slab of exactly `nbytes`, page-locked in place (or, if CUDA refuses, pinned by PyTorch: a power of
+        two)."""
         self.sizes.append(nbytes)
-        if not self.allocate: return
+        if not self.allocate:
+            return
         t = torch.empty(nbytes, dtype=torch.uint8)
         if self.pin and int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, 0)) == 0:
             self.locked.append(t.data_ptr())
@@ -96,25 +99,29 @@ class BlockSwap:
     `device`. Parameters of a swapped block always point into a slot (so `model.to(device)` moves nothing)."""
     def __init__(self, model, n: int, device, slots: int = 2):
         depth = len(model.blocks)
-        if not 1 <= n <= depth: raise MemorySettingsError(f"musubi_blocks_to_swap = {n}: the model has {depth} blocks — use 1..{depth}")
+        if not 1 <= n <= depth:
+            raise MemorySettingsError(f"musubi_blocks_to_swap = {n}: the model has {depth} blocks — use 1..{depth}")
         self.device, self.first, self.depth, slots = torch.device(device), depth - n, depth, min(slots, n)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.mode, self.where, self.held = None, {}, [None] * slots   # mode: None | "forward" | "backward" (set by checkpoint)
+        # mode: None | "forward" | "backward" (set by checkpoint)
+        self.mode, self.where, self.held = None, {}, [None] * slots
         self.ready, self.free, self.used, self.clock = [None] * slots, [None] * slots, [0] * slots, 0
         self.arena = PinnedArena(pin=self.cuda)
         self.host = {}
         for i in tqdm(range(self.first, depth), desc="pinning swapped blocks", unit="block", disable=n < 4):
             self.host[i] = self._to_host(model.blocks[i])
             release_free_host_memory()
-        self.slots = [[[torch.empty_like(p, device=self.device) for p in _plain(h)] for _, _, h in self.host[self.first]]
+        first = self.host[self.first]
+        self.slots = [[[torch.empty_like(p, device=self.device) for p in _plain(h)] for _, _, h in first]
                       for _ in range(slots)]
         self.handles = [model.blocks[i].register_forward_pre_hook(self._pre_hook(i)) for i in range(self.first, depth)]
-        for i in range(self.first, depth): self._point(i, 0)
+        for i in range(self.first, depth):
+            self._point(i, 0)
 
     def _to_host(self, block) -> list:
-        """`(module, name, host tensor)` of every frozen parameter of `block`, copied into a slab of the block's own size;
-        buffers and trainable parameters go to the device. The parameter points at its pinned copy at once, so the
+        """`(module, name, host tensor)` of every frozen parameter of `block`, copied into a slab of the block's own
+        size; buffers and trainable parameters go to the device. The parameter points at its pinned copy at once, so the
         unpinned one is freed block by block (host RAM holds one block twice at most, not every swapped block)."""
         frozen = [(mod, name, p) for mod in block.modules() for name, p in mod._parameters.items()
                   if p is not None and not p.requires_grad]
@@ -122,13 +129,17 @@ class BlockSwap:
         out = []
         for mod in block.modules():
             for name, p in list(mod._parameters.items()):
-                if p is None: continue
-                if p.requires_grad: p.data = p.data.to(self.device); continue
+                if p is None:
+                    continue
+                if p.requires_grad:
+                    p.data = p.data.to(self.device)
+                    continue
                 host = _rebuild(p, iter([self.arena.copy(x) for x in _plain(p)]))
                 mod._parameters[name] = nn.Parameter(host, requires_grad=False)
                 out.append((mod, name, host))
             for name, b in list(mod._buffers.items()):
-                if b is not None: mod._buffers[name] = b.to(self.device)
+                if b is not None:
+                    mod._buffers[name] = b.to(self.device)
         return out
 
     def _point(self, i: int, s: int):
@@ -137,48 +148,61 @@ class BlockSwap:
             mod._parameters[name] = nn.Parameter(_rebuild(host, iter(bufs)), requires_grad=False)
 
     def _load(self, i: int, s: int):
-        "Copy block `i` into slot `s` (on the side stream after the main stream's work queued so far) and point it there."
+        """Copy block `i` into slot `s` (on the side stream after the main stream's work queued so far) and point it
+        there."""
         old = self.held[s]
-        if old is not None: self.where.pop(old, None)
+        if old is not None:
+            self.where.pop(old, None)
         if self.cuda:
             self.free[s] = torch.cuda.current_stream(self.device).record_event()
             with torch.cuda.stream(self.stream):
                 self.stream.wait_event(self.free[s])
                 for (_, _, host), bufs in zip(self.host[i], self.slots[s]):
-                    for b, h in zip(bufs, _plain(host)): b.copy_(h, non_blocking=True)
+                    for b, h in zip(bufs, _plain(host)):
+                        b.copy_(h, non_blocking=True)
                 self.ready[s] = self.stream.record_event()
         else:
             for (_, _, host), bufs in zip(self.host[i], self.slots[s]):
-                for b, h in zip(bufs, _plain(host)): b.copy_(h)
+                for b, h in zip(bufs, _plain(host)):
+                    b.copy_(h)
         self.held[s], self.where[i] = i, s
         self._point(i, s)
 
     def _next(self, i: int):
         "The swapped block that runs after block `i`."
-        if self.mode == "backward": return i - 1 if i > self.first else None
-        if i + 1 < self.depth: return i + 1
+        if self.mode == "backward":
+            return i - 1 if i > self.first else None
+        if i + 1 < self.depth:
+            return i + 1
         return i - 1 if self.mode == "forward" and i > self.first else self.first   # training: the backward starts here
 
     def _pre_hook(self, i: int):
         def hook(module, args):
             if torch.is_grad_enabled() and self.mode is None and any(p.requires_grad for p in module.parameters()):
-                raise RuntimeError("block swap under autograd needs gradient checkpointing (the weights of a swapped block are "
-                                   "gone when its backward runs) — call model.enable_gradient_checkpointing() / set gradient_checkpointing: true")
-            if i not in self.where: self._load(i, self._victim(None))
+                raise RuntimeError("block swap under autograd needs gradient checkpointing (the weights of a swapped "
+                                   "block are gone when its backward runs) — call "
+                                   "model.enable_gradient_checkpointing() / set gradient_checkpointing: true")
+            if i not in self.where:
+                self._load(i, self._victim(None))
             s = self.where[i]
-            self.clock += 1; self.used[s] = self.clock
-            if self.cuda: torch.cuda.current_stream(self.device).wait_event(self.ready[s])
+            self.clock += 1
+            self.used[s] = self.clock
+            if self.cuda:
+                torch.cuda.current_stream(self.device).wait_event(self.ready[s])
             nxt = self._next(i)
-            if nxt is not None and nxt not in self.where: self._load(nxt, self._victim(s))
+            if nxt is not None and nxt not in self.where:
+                self._load(nxt, self._victim(s))
         return hook
 
     def _victim(self, keep):
         "A slot to overwrite: an empty one, else the one holding the block that ran longest ago (never slot `keep`)."
-        return min((s for s in range(len(self.held)) if s != keep), key=lambda s: (self.held[s] is not None, self.used[s]))
+        others = (s for s in range(len(self.held)) if s != keep)
+        return min(others, key=lambda s: (self.held[s] is not None, self.used[s]))
 
     def remove(self):
         "Remove the hooks (the swapped blocks keep pointing at their last slot)."
-        for h in self.handles: h.remove()
+        for h in self.handles:
+            h.remove()
 
 # %% ../nbs/09b_offload.ipynb #ec5196d1
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -196,7 +220,8 @@ def _replay(ctx):
     stack.enter_context(torch.random.fork_rng(devices=[runner.device] if runner.cuda else []))
     stack.enter_context(torch.autocast(dev, dtype=ctx.autocast[1], enabled=ctx.autocast[0]))
     torch.set_rng_state(ctx.rng[0])
-    if runner.cuda: torch.cuda.set_rng_state(ctx.rng[1], runner.device)
+    if runner.cuda:
+        torch.cuda.set_rng_state(ctx.rng[1], runner.device)
     return stack
 
 
@@ -207,13 +232,18 @@ class _Checkpoint(torch.autograd.Function):
         dev = runner.device.type
         ctx.autocast = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         ctx.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(runner.device) if runner.cuda else None)
-        if runner.swap: runner.swap.mode = "forward"
-        try: out = runner.blocks[i](*tree_unflatten(list(flat), spec))
+        if runner.swap:
+            runner.swap.mode = "forward"
+        try:
+            out = runner.blocks[i](*tree_unflatten(list(flat), spec))
         finally:
-            if runner.swap: runner.swap.mode = None
+            if runner.swap:
+                runner.swap.mode = None
         runner.ctxs[i] = ctx
-        if i in runner.recomputed: ctx.flat[0] = _placeholder(flat[0])
-        elif runner.offload: ctx.flat[0] = runner.stash(i, flat[0])
+        if i in runner.recomputed:
+            ctx.flat[0] = _placeholder(flat[0])
+        elif runner.offload:
+            ctx.flat[0] = runner.stash(i, flat[0])
         return out
 
     @staticmethod
@@ -222,12 +252,17 @@ class _Checkpoint(torch.autograd.Function):
         flat[0] = runner.block_input(ctx.i)
         inputs = [t.detach().requires_grad_(t.requires_grad) if torch.is_tensor(t) else t for t in flat]
         with _replay(ctx), torch.enable_grad():
-            if runner.swap: runner.swap.mode = "backward"
-            try: out = runner.blocks[ctx.i](*tree_unflatten(inputs, ctx.spec))
+            if runner.swap:
+                runner.swap.mode = "backward"
+            try:
+                out = runner.blocks[ctx.i](*tree_unflatten(inputs, ctx.spec))
             finally:
-                if runner.swap: runner.swap.mode = None
-            if runner.offload and ctx.i > 0: runner.prefetch(runner.kept_below(ctx.i))
-            if out.requires_grad: torch.autograd.backward(out, grad)
+                if runner.swap:
+                    runner.swap.mode = None
+            if runner.offload and ctx.i > 0:
+                runner.prefetch(runner.kept_below(ctx.i))
+            if out.requires_grad:
+                torch.autograd.backward(out, grad)
         ctx.flat = None
         runner.ctxs.pop(ctx.i, None)
         return (None, None, None, None, *[t.grad if torch.is_tensor(t) and t.requires_grad else None for t in inputs])
@@ -236,7 +271,8 @@ class _Checkpoint(torch.autograd.Function):
 def recomputed_blocks(depth: int, n: int) -> set[int]:
     """The `n` blocks (of `depth`) whose inputs are recomputed rather than kept: 1, 3, 5, … up to every other block;
     beyond that the kept inputs are spread evenly (block 0's always kept), so runs of recomputed blocks stay short."""
-    if n <= depth // 2: return set(range(1, 2 * n, 2))
+    if n <= depth // 2:
+        return set(range(1, 2 * n, 2))
     kept = depth - n
     return set(range(depth)) - {j * depth // kept for j in range(kept)}
 
@@ -256,23 +292,26 @@ class BlockRunner:
     backward, streaming swapped blocks (`swap`, a `BlockSwap`), offloading block inputs to pinned host memory
     (`offload`), and keeping no input at all for `recomputed_inputs` blocks (1, 3, 5, …: each is recomputed from the
     block before, one more forward of that block)."""
-    def __init__(self, model, device, swap: BlockSwap | None = None, offload: bool = False, max_tokens: int | None = None,
-                 recomputed_inputs: int = 0):
+    def __init__(self, model, device, swap: BlockSwap | None = None, offload: bool = False,
+                 max_tokens: int | None = None, recomputed_inputs: int = 0):
         self.blocks, self.device, self.swap, self.offload = model.blocks, torch.device(device), swap, offload
         if not 0 <= recomputed_inputs < len(model.blocks):
-            raise MemorySettingsError(f"recomputed_block_inputs = {recomputed_inputs}: block 0's input is always kept — use "
-                                      f"0..{len(model.blocks) - 1}")
+            raise MemorySettingsError(f"recomputed_block_inputs = {recomputed_inputs}: block 0's input is always kept "
+                                      f"— use 0..{len(model.blocks) - 1}")
         self.recomputed, self.ctxs = recomputed_blocks(len(model.blocks), recomputed_inputs), {}
         self.cuda = self.device.type == "cuda"
-        if offload and not self.cuda: raise MemorySettingsError("activation_offload needs a CUDA GPU (pinned host memory and copy streams)")
+        if offload and not self.cuda:
+            raise MemorySettingsError("activation_offload needs a CUDA GPU (pinned host memory and copy streams)")
         self.index = {id(b): i for i, b in enumerate(model.blocks)}
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.host, self.events, self.fetched, self.shapes = {}, {}, {}, {}   # host: block → its byte buffer (capacity) in the arena
+        # host: block → its byte buffer (capacity) in the arena
+        self.host, self.events, self.fetched, self.shapes = {}, {}, {}, {}
         itemsize = model.x_embedder.proj.weight.element_size()        # the block inputs' dtype (the forward's)
         self.capacity = (max_tokens or 0) * model.config.hidden_size * itemsize   # bytes of the largest block input
         kept = len(self.blocks) - len(self.recomputed)
         self.arena = PinnedArena(slab=kept * aligned_bytes([self.capacity])) if offload else None
-        self.anchor = torch.zeros((), requires_grad=True)   # makes autograd call backward even when no input needs a gradient
+        # makes autograd call backward even when no input needs a gradient
+        self.anchor = torch.zeros((), requires_grad=True)
 
     def __call__(self, block, *args):
         flat, spec = tree_flatten(args)
@@ -281,7 +320,8 @@ class BlockRunner:
     def kept_below(self, i: int) -> int:
         "The nearest block below `i` whose input is kept (the one the backward fetches next)."
         j = i - 1
-        while j in self.recomputed: j -= 1
+        while j in self.recomputed:
+            j -= 1
         return j
 
     def host_buffer(self, i: int, shape, dtype, grow: bool = False) -> torch.Tensor:
@@ -289,12 +329,14 @@ class BlockRunner:
         smaller (at least `capacity` bytes, so one buffer serves every bucket up to the planned largest)."""
         n = math.prod(shape) * dtype.itemsize
         if grow:
-            if i not in self.host or self.host[i].numel() < n: self.host[i] = self.arena.empty((max(n, self.capacity),), torch.uint8)
+            if i not in self.host or self.host[i].numel() < n:
+                self.host[i] = self.arena.empty((max(n, self.capacity),), torch.uint8)
             self.shapes[i] = (shape, dtype)
         return self.host[i][:n].view(dtype).view(shape)
 
     def stash(self, i: int, x: torch.Tensor):
-        "Copy block `i`'s input to its pinned host buffer on the side stream; returns a placeholder holding shape and dtype."
+        """Copy block `i`'s input to its pinned host buffer on the side stream; returns a placeholder holding shape and
+        dtype."""
         buf = self.host_buffer(i, x.shape, x.dtype, grow=True)
         self.fetched.pop(i, None)                         # a copy left from an earlier step (one cut short) is stale
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -306,8 +348,10 @@ class BlockRunner:
 
     def prefetch(self, i: int):
         "Start copying block `i`'s input back to the GPU on the side stream."
-        if i in self.fetched or i not in self.host: return
-        if i in self.ctxs and self.ctxs[i].flat[0].numel(): return   # already back (fetched to recompute block i + 1)
+        if i in self.fetched or i not in self.host:
+            return
+        if i in self.ctxs and self.ctxs[i].flat[0].numel():
+            return   # already back (fetched to recompute block i + 1)
         buf = self.host_buffer(i, *self.shapes[i])
         with torch.cuda.stream(self.stream):
             # allocated on the copy stream: memory the main stream freed may still be read by its queued kernels
@@ -321,11 +365,14 @@ class BlockRunner:
         `i - 1` run again without autograd from its own input (which then stays for that block's backward)."""
         ctx = self.ctxs[i]
         x = ctx.flat[0]
-        if x.numel(): return x
-        if i not in self.recomputed: return self.fetch(i, x)
+        if x.numel():
+            return x
+        if i not in self.recomputed:
+            return self.fetch(i, x)
         prev = self.ctxs[i - 1]
         prev.flat[0] = self.block_input(i - 1)
-        with _replay(prev), torch.no_grad(): out = self.blocks[i - 1](*tree_unflatten(list(prev.flat), prev.spec))
+        with _replay(prev), torch.no_grad():
+            out = self.blocks[i - 1](*tree_unflatten(list(prev.flat), prev.spec))
         return out.requires_grad_(x.requires_grad)
 
     def fetch(self, i: int, placeholder) -> torch.Tensor:
@@ -346,20 +393,22 @@ def place_model(model, device, blocks_to_swap: int = 0, activation_offload: bool
     device = torch.device(device)
     if (blocks_to_swap or activation_offload) and device.type != "cuda":
         what = "musubi_blocks_to_swap" if blocks_to_swap else "activation_offload"
-        raise MemorySettingsError(f"{what} streams weights/activations between host and a CUDA GPU; {device} is not one — "
-                                  "set musubi_blocks_to_swap: 0 and activation_offload: false on this machine")
+        raise MemorySettingsError(f"{what} streams weights/activations between host and a CUDA GPU; {device} is not "
+                                  "one — set musubi_blocks_to_swap: 0 and activation_offload: false on this machine")
     swap = BlockSwap(model, blocks_to_swap, device) if blocks_to_swap else None
     model.to(device)                                      # swapped blocks already point into their GPU slots
     if swap or activation_offload or recomputed_inputs:
         model._block_runner = BlockRunner(model, device, swap, activation_offload, max_tokens, recomputed_inputs)
-        if model.gradient_checkpointing: model.enable_gradient_checkpointing(model._block_runner)
+        if model.gradient_checkpointing:
+            model.enable_gradient_checkpointing(model._block_runner)
     return swap
 
 # %% ../nbs/09b_offload.ipynb #147d7f11
-GROUP_OFFLOAD_REFUSAL = ("enable_group_offload = true: group offload moves every parameter of a block group, the trainable "
-                         "LoRA factors included, to the CPU between uses, so the optimizer would update parameters that are not "
-                         "where their gradients and state are — for training set it to false and use musubi_blocks_to_swap "
-                         "(streams only the frozen weights; LoRA and optimizer stay on the GPU); group offload is for sampling")
+GROUP_OFFLOAD_REFUSAL = ("enable_group_offload = true: group offload moves every parameter of a block group, the "
+                         "trainable LoRA factors included, to the CPU between uses, so the optimizer would update "
+                         "parameters that are not where their gradients and state are — for training set it to "
+                         "false and use musubi_blocks_to_swap (streams only the frozen weights; LoRA and optimizer "
+                         "stay on the GPU); group offload is for sampling")
 
 
 def check_memory_settings(cfg, device, depth: int | None = None, training: bool = True) -> None:
@@ -367,26 +416,28 @@ def check_memory_settings(cfg, device, depth: int | None = None, training: bool 
     device, n = torch.device(device), cfg.musubi_blocks_to_swap
     check_precision(cfg.base_model_precision, device)
     if n and cfg.musubi_block_swap_device != "cpu":
-        raise MemorySettingsError(f"musubi_block_swap_device = {cfg.musubi_block_swap_device!r}: swapped blocks live in pinned "
-                                  "host memory — set \"cpu\"")
+        raise MemorySettingsError(f"musubi_block_swap_device = {cfg.musubi_block_swap_device!r}: swapped blocks live "
+                                  "in pinned host memory — set \"cpu\"")
     if (n or cfg.activation_offload) and device.type != "cuda":
         what = "musubi_blocks_to_swap" if n else "activation_offload"
-        raise MemorySettingsError(f"{what} streams weights/activations between host and a CUDA GPU; {device} is not one — "
-                                  "set musubi_blocks_to_swap: 0 and activation_offload: false on this machine")
+        raise MemorySettingsError(f"{what} streams weights/activations between host and a CUDA GPU; {device} is not "
+                                  "one — set musubi_blocks_to_swap: 0 and activation_offload: false on this machine")
     if depth is not None and n > depth:
         raise MemorySettingsError(f"musubi_blocks_to_swap = {n}: the model has {depth} blocks — use 1..{depth}")
-    if not training: return
+    if not training:
+        return
     if (n or cfg.activation_offload or cfg.recomputed_block_inputs) and not cfg.gradient_checkpointing:
         raise MemorySettingsError("musubi_blocks_to_swap / activation_offload / recomputed_block_inputs need "
-                                  "gradient_checkpointing: true (a swapped block's weights and an offloaded or recomputed "
-                                  "block input come back for the block's recompute) — set it")
+                                  "gradient_checkpointing: true (a swapped block's weights and an offloaded or "
+                                  "recomputed block input come back for the block's recompute) — set it")
     if depth is not None and cfg.recomputed_block_inputs >= depth:
-        raise MemorySettingsError(f"recomputed_block_inputs = {cfg.recomputed_block_inputs}: block 0's input is always kept — "
-                                  f"use 0..{depth - 1}")
-    if cfg.enable_group_offload: raise MemorySettingsError(GROUP_OFFLOAD_REFUSAL)
+        raise MemorySettingsError(f"recomputed_block_inputs = {cfg.recomputed_block_inputs}: block 0's input is always "
+                                  f"kept — use 0..{depth - 1}")
+    if cfg.enable_group_offload:
+        raise MemorySettingsError(GROUP_OFFLOAD_REFUSAL)
     if cfg.ffn_chunks > 1 and cfg.lora_dropout:
-        raise MemorySettingsError(f"ffn_chunks = {cfg.ffn_chunks} recomputes the FFN in the backward, where LoRA dropout would draw "
-                                  "other masks — set lora_dropout: 0 or ffn_chunks: 1")
+        raise MemorySettingsError(f"ffn_chunks = {cfg.ffn_chunks} recomputes the FFN in the backward, where LoRA "
+                                  "dropout would draw other masks — set lora_dropout: 0 or ffn_chunks: 1")
     if (n or cfg.recomputed_block_inputs) and cfg.compile_transformer:
-        raise MemorySettingsError("compile_transformer with musubi_blocks_to_swap / recomputed_block_inputs is not tested "
-                                  "yet — turn one of them off")
+        raise MemorySettingsError("compile_transformer with musubi_blocks_to_swap / recomputed_block_inputs is not "
+                                  "tested yet — turn one of them off")

@@ -38,20 +38,25 @@ def check_precision(precision: str, device) -> None:
     if precision not in PRECISIONS:
         raise MemorySettingsError(f"base_model_precision = {precision!r}: use one of {PRECISIONS}")
     if precision.endswith("quanto"):
-        try: import optimum.quanto  # noqa: F401
-        except ImportError: raise MemorySettingsError(f"base_model_precision = {precision!r} needs optimum-quanto: `pip install optimum-quanto`")
+        try:
+            import optimum.quanto  # noqa: F401
+        except ImportError:
+            raise MemorySettingsError(f"base_model_precision = {precision!r} needs optimum-quanto: `pip install "
+                                      "optimum-quanto`")
     if precision == "fp8-torchao":
-        try: import torchao  # noqa: F401
-        except ImportError: raise MemorySettingsError("base_model_precision = 'fp8-torchao' needs torchao: `pip install torchao`")
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            raise MemorySettingsError("base_model_precision = 'fp8-torchao' needs torchao: `pip install torchao`")
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         name = torch.cuda.get_device_name(device)
         if precision == "fp8-torchao" and (major, minor) < (8, 9):
-            raise MemorySettingsError(f"base_model_precision = 'fp8-torchao': {name} (sm_{major}{minor}) has no fp8 support (needs "
-                                      "Ada/Hopper, sm_89+) — use 'int8-quanto' (same memory)")
+            raise MemorySettingsError(f"base_model_precision = 'fp8-torchao': {name} (sm_{major}{minor}) has no fp8 "
+                                      "support (needs Ada/Hopper, sm_89+) — use 'int8-quanto' (same memory)")
         if precision == "int4-quanto" and major < 8:
-            raise MemorySettingsError(f"base_model_precision = 'int4-quanto': {name} (sm_{major}{minor}) lacks the bf16 int4 "
-                                      "kernels (need sm_80+) — use 'int8-quanto'")
+            raise MemorySettingsError(f"base_model_precision = 'int4-quanto': {name} (sm_{major}{minor}) lacks the "
+                                      "bf16 int4 kernels (need sm_80+) — use 'int8-quanto'")
 
 # %% ../nbs/09a_quantise.ipynb #acd51db1
 def _linear_names(block: nn.Module) -> list[str]:
@@ -60,7 +65,8 @@ def _linear_names(block: nn.Module) -> list[str]:
 
 def quantise_block(block: nn.Module, precision: str) -> nn.Module:
     "Quantise the linears of `block` named in `QUANTISED_LINEARS` to `precision` (frozen, in place); returns the block."
-    if precision == "bf16": return block
+    if precision == "bf16":
+        return block
     names = _linear_names(block)
     if precision.endswith("quanto"):
         from optimum.quanto import freeze, qint4, qint8, quantize
@@ -69,7 +75,8 @@ def quantise_block(block: nn.Module, precision: str) -> nn.Module:
     elif precision == "fp8-torchao":
         from torchao.quantization import Float8WeightOnlyConfig, quantize_
         quantize_(block, Float8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in names)
-    else: raise MemorySettingsError(f"base_model_precision = {precision!r}: use one of {PRECISIONS}")
+    else:
+        raise MemorySettingsError(f"base_model_precision = {precision!r}: use one of {PRECISIONS}")
     return block.requires_grad_(False)
 
 
@@ -82,19 +89,25 @@ def is_quantised(linear: nn.Module) -> bool:
 def _shard_index(dit: Path) -> dict[str, Path]:
     "Tensor name → safetensors file of a `dit/` folder (sharded with an index json, or one file)."
     idx = dit / "diffusion_pytorch_model.safetensors.index.json"
-    if idx.is_file(): return {k: dit / f for k, f in json.loads(idx.read_text())["weight_map"].items()}
+    if idx.is_file():
+        return {k: dit / f for k, f in json.loads(idx.read_text())["weight_map"].items()}
     single = dit / "diffusion_pytorch_model.safetensors"
-    if not single.is_file(): raise FileNotFoundError(f"{dit}: no diffusion_pytorch_model.safetensors(.index.json) — is this a dit/ folder of the released layout?")
-    with safe_open(single, "pt") as f: return {k: single for k in f.keys()}
+    if not single.is_file():
+        raise FileNotFoundError(f"{dit}: no diffusion_pytorch_model.safetensors(.index.json) — is this a dit/ folder "
+                                "of the released layout?")
+    with safe_open(single, "pt") as f:
+        return {k: single for k in f.keys()}
 
 
 def _read(index: dict, names, dtype, device) -> dict[str, torch.Tensor]:
     "The tensors `names` from their shards, cast to `dtype` on `device`."
     out, by_file = {}, {}
-    for n in names: by_file.setdefault(index[n], []).append(n)
+    for n in names:
+        by_file.setdefault(index[n], []).append(n)
     for f, ns in by_file.items():
         with safe_open(f, "pt") as h:
-            for n in ns: out[n] = h.get_tensor(n).to(device=device, dtype=dtype)
+            for n in ns:
+                out[n] = h.get_tensor(n).to(device=device, dtype=dtype)
     return out
 
 # %% ../nbs/09a_quantise.ipynb #afd126ed
@@ -109,12 +122,14 @@ def load_transformer(ckpt, dtype=torch.bfloat16, precision: str = "bf16", device
     keep = quantised_dir is not None and precision != "bf16"   # a bf16 copy would be the checkpoint itself
     if keep and has_quantised_copy(quantised_dir, ckpt, precision, dtype):
         return load_quantised(quantised_dir, device, host_blocks, progress)
-    if keep: check_room_for_copy(quantised_dir, ckpt, precision, dtype)
+    if keep:
+        check_room_for_copy(quantised_dir, ckpt, precision, dtype)
     dit = Path(ckpt) / "dit"
     with torch.device("meta"):
         model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(dit))
     depth = len(model.blocks)
-    if not 0 <= host_blocks <= depth: raise MemorySettingsError(f"host_blocks = {host_blocks}: the model has {depth} blocks")
+    if not 0 <= host_blocks <= depth:
+        raise MemorySettingsError(f"host_blocks = {host_blocks}: the model has {depth} blocks")
     index = _shard_index(dit)
     rest = [k for k in model.state_dict() if not k.startswith("blocks.")]
     model.load_state_dict(_read(index, rest, dtype, device), strict=False, assign=True)
@@ -123,9 +138,11 @@ def load_transformer(ckpt, dtype=torch.bfloat16, precision: str = "bf16", device
         sd = _read(index, [prefix + k for k in block.state_dict()], dtype, device)
         block.load_state_dict({k[len(prefix):]: v for k, v in sd.items()}, strict=True, assign=True)
         quantise_block(block, precision)
-        if i >= depth - host_blocks: block.to("cpu")
+        if i >= depth - host_blocks:
+            block.to("cpu")
     model.eval().requires_grad_(False)
-    if keep: save_quantised(model, quantised_dir, precision, ckpt, progress)
+    if keep:
+        save_quantised(model, quantised_dir, precision, ckpt, progress)
     return model
 
 # %% ../nbs/09a_quantise.ipynb #f7aa04ec
@@ -151,16 +168,20 @@ def has_quantised_copy(path, ckpt, precision: str, dtype) -> bool:
     """Whether folder `path` holds a quantised copy of `ckpt` at `precision` in `dtype` (False when it is missing or
     empty); raises `MemorySettingsError` when it holds something else."""
     path = Path(path)
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())): return False
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return False
     if not (path / "manifest.json").is_file():
         raise MemorySettingsError(f"quantised_base_dir = {path}: not a quantised copy (no manifest.json) — point "
                                   "quantised_base_dir at a new or empty folder")
     have, want = json.loads((path / "manifest.json").read_text()), copy_manifest(ckpt, precision, dtype)
     keys = ("format", "checkpoint", "precision", "dtype", "library")
     if any(have.get(k) != want[k] for k in keys):
-        desc = lambda m: f"checkpoint {m.get('checkpoint')} at {m.get('precision')} in {m.get('dtype')} ({m.get('library')}, {m.get('format')})"
-        raise MemorySettingsError(f"quantised_base_dir = {path}: holds a copy of {desc(have)}, this run needs {desc(want)} — "
-                                  f"point quantised_base_dir at another folder, or delete {path} to write a new copy there")
+        def desc(m):
+            return (f"checkpoint {m.get('checkpoint')} at {m.get('precision')} in {m.get('dtype')} "
+                    f"({m.get('library')}, {m.get('format')})")
+        raise MemorySettingsError(f"quantised_base_dir = {path}: holds a copy of {desc(have)}, this run needs "
+                                  f"{desc(want)} — point quantised_base_dir at another folder, or delete {path} to "
+                                  "write a new copy there")
     return True
 
 # %% ../nbs/09a_quantise.ipynb #0a69bd8b
@@ -168,7 +189,8 @@ def quantised_copy_bytes(ckpt, precision: str, dtype=torch.bfloat16) -> int:
     "About how many bytes a quantised copy of checkpoint `ckpt` at `precision` takes on disk."
     per = {"int8-quanto": 1.0, "fp8-torchao": 1.0, "int4-quanto": 0.5 + 4 / 128}[precision]   # scales included
     with torch.device("meta"):
-        model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(Path(ckpt) / "dit"))
+        config = LongCatVideoTransformer3DModel.load_config(Path(ckpt) / "dit")
+        model = LongCatVideoTransformer3DModel.from_config(config)
     big = {f"{n}.weight" for n in QUANTISED_LINEARS}
     size = dtype.itemsize
     return int(sum(p.numel() * (per if n.split(".", 2)[-1] in big else size) for n, p in model.named_parameters()))
@@ -181,7 +203,8 @@ def check_room_for_copy(path, ckpt, precision: str, dtype) -> None:
     free = shutil.disk_usage(disk).free
     if free < need * 1.05:
         raise MemorySettingsError(f"quantised_base_dir = {path}: the {precision} copy needs about {need / 1e9:.1f} GB, "
-                                  f"{free / 1e9:.1f} GB are free there — free some space, choose another folder, or set quantised_base_dir: null")
+                                  f"{free / 1e9:.1f} GB are free there — free some space, choose another folder, or "
+                                  "set quantised_base_dir: null")
 
 # %% ../nbs/09a_quantise.ipynb #3a707e9a
 def _block_file(block: nn.Module, precision: str) -> tuple[dict, dict]:
@@ -199,17 +222,22 @@ def _block_file(block: nn.Module, precision: str) -> tuple[dict, dict]:
 def _load_block(block: nn.Module, file: Path, precision: str, device) -> None:
     "Fill `block` (on the meta device) with the quantised tensors of `file`, on `device`."
     sd = load_file(file, device=str(device))
-    with safe_open(file, "pt") as f: meta = f.metadata()
+    with safe_open(file, "pt") as f:
+        meta = f.metadata()
     if precision == "fp8-torchao":
         from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
         sd, left = unflatten_tensor_state_dict(sd, meta)
-        if left: raise MemorySettingsError(f"{file}: tensors {sorted(left)[:3]} fit no weight — delete the folder to write a new copy")
+        if left:
+            raise MemorySettingsError(f"{file}: tensors {sorted(left)[:3]} fit no weight — delete the folder to write "
+                                      "a new copy")
         block.load_state_dict(sd, strict=True, assign=True)
     else:
         from optimum.quanto import requantize
         requantize(block, sd, json.loads(meta["quantization_map"]), device=torch.device(device))
-        if block.state_dict().keys() != sd.keys():   # requantize loads with strict=False: a missing tensor would stay empty
-            raise MemorySettingsError(f"{file}: its tensors do not match the block — delete the folder to write a new copy")
+        # requantize loads with strict=False: a missing tensor would stay empty
+        if block.state_dict().keys() != sd.keys():
+            raise MemorySettingsError(f"{file}: its tensors do not match the block — delete the folder to write a new "
+                                      "copy")
 
 # %% ../nbs/09a_quantise.ipynb #8923717b
 def save_quantised(model, path, precision: str, ckpt, progress: bool = True) -> Path:
@@ -217,21 +245,27 @@ def save_quantised(model, path, precision: str, ckpt, progress: bool = True) -> 
     `config.json`, `rest.safetensors` (the unquantised embedders and final layer), `block_NNN.safetensors`,
     `manifest.json`. Atomic: written into a temporary sibling folder, renamed to `path` when complete."""
     path = Path(path)
-    if precision == "bf16" or not all(is_quantised(m) for n, m in model.blocks[0].named_modules() if n in QUANTISED_LINEARS):
-        raise MemorySettingsError(f"save_quantised: the model is not quantised to {precision!r} — load it with that base_model_precision")
+    linears = [m for n, m in model.blocks[0].named_modules() if n in QUANTISED_LINEARS]
+    if precision == "bf16" or not all(is_quantised(m) for m in linears):
+        raise MemorySettingsError(f"save_quantised: the model is not quantised to {precision!r} — load it with that "
+                                  "base_model_precision")
     if any("lora_" in k for k in model.state_dict()):
-        raise MemorySettingsError("save_quantised: the model has a LoRA attached — save the quantised base before add_lora")
+        raise MemorySettingsError("save_quantised: the model has a LoRA attached — save the quantised base before "
+                                  "add_lora")
     tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         shutil.copy(Path(ckpt) / "dit" / "config.json", tmp / "config.json")
-        rest = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+        rest = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+                if not k.startswith("blocks.")}
         save_file(rest, tmp / "rest.safetensors")
-        for i, block in enumerate(tqdm(model.blocks, desc=f"writing the quantised copy to {path}", unit="block", disable=not progress)):
+        blocks = tqdm(model.blocks, desc=f"writing the quantised copy to {path}", unit="block", disable=not progress)
+        for i, block in enumerate(blocks):
             tensors, meta = _block_file(block, precision)
             save_file(tensors, tmp / f"block_{i:03d}.safetensors", metadata=meta)
         manifest = copy_manifest(ckpt, precision, model.dtype) | {"blocks": len(model.blocks)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")   # last: its presence marks a complete copy
+        # last: its presence marks a complete copy
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _publish(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -240,10 +274,13 @@ def save_quantised(model, path, precision: str, ckpt, progress: bool = True) -> 
 
 
 def _publish(tmp: Path, path: Path) -> None:
-    "Rename the complete copy `tmp` to `path` (which may be an empty folder); if another process got there first, keep its copy."
-    try: os.rename(tmp, path)
+    """Rename the complete copy `tmp` to `path` (which may be an empty folder); if another process got there first,
+    keep its copy."""
+    try:
+        os.rename(tmp, path)
     except OSError:
-        if not (path / "manifest.json").is_file(): raise
+        if not (path / "manifest.json").is_file():
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/09a_quantise.ipynb #4593bd2e
@@ -252,28 +289,36 @@ def load_quantised(path, device=None, host_blocks: int = 0, progress: bool = Tru
     block onto `device`, except the last `host_blocks`, which stay on the CPU (for `BlockSwap`)."""
     path, device = Path(path), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not (path / "manifest.json").is_file():
-        raise MemorySettingsError(f"{path}: not a quantised copy (no manifest.json) — write one with save_quantised / quantised_base_dir")
+        raise MemorySettingsError(f"{path}: not a quantised copy (no manifest.json) — write one with save_quantised / "
+                                  "quantised_base_dir")
     manifest = json.loads((path / "manifest.json").read_text())
     check_precision(manifest["precision"], device)
     with torch.device("meta"):
         model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(path))
-    nn.Module.to(model, getattr(torch, manifest["dtype"]))   # requantize fills the meta tensors it finds: give them the copy's dtype
+    # requantize fills the meta tensors it finds: give them the copy's dtype
+    nn.Module.to(model, getattr(torch, manifest["dtype"]))
     depth = len(model.blocks)
-    if not 0 <= host_blocks <= depth: raise MemorySettingsError(f"host_blocks = {host_blocks}: the model has {depth} blocks")
+    if not 0 <= host_blocks <= depth:
+        raise MemorySettingsError(f"host_blocks = {host_blocks}: the model has {depth} blocks")
     model.load_state_dict(load_file(path / "rest.safetensors", device=str(device)), strict=False, assign=True)
-    for i, block in enumerate(tqdm(model.blocks, desc=f"loading the quantised copy {path}", unit="block", disable=not progress)):
-        _load_block(block, path / f"block_{i:03d}.safetensors", manifest["precision"], "cpu" if i >= depth - host_blocks else device)
+    blocks = tqdm(model.blocks, desc=f"loading the quantised copy {path}", unit="block", disable=not progress)
+    for i, block in enumerate(blocks):
+        where = "cpu" if i >= depth - host_blocks else device
+        _load_block(block, path / f"block_{i:03d}.safetensors", manifest["precision"], where)
     return model.eval().requires_grad_(False)
 
 # %% ../nbs/09a_quantise.ipynb #a225c828
 def _plain(t) -> list[torch.Tensor]:
     "The plain tensors inside `t` (itself when plain; the inner tensors of a quanto/torchao tensor subclass), in order."
-    if type(t) in (torch.Tensor, nn.Parameter) or not hasattr(t, "__tensor_flatten__"): return [t]
+    if type(t) in (torch.Tensor, nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
+        return [t]
     return [x for a in t.__tensor_flatten__()[0] for x in _plain(getattr(t, a))]
 
 
 def _rebuild(like, plains):
     "A tensor shaped like `like` whose plain inner tensors are taken, in order, from the iterator `plains`."
-    if type(like) in (torch.Tensor, nn.Parameter) or not hasattr(like, "__tensor_flatten__"): return next(plains)
+    if type(like) in (torch.Tensor, nn.Parameter) or not hasattr(like, "__tensor_flatten__"):
+        return next(plains)
     attrs, ctx = like.__tensor_flatten__()
-    return type(like).__tensor_unflatten__({a: _rebuild(getattr(like, a), plains) for a in attrs}, ctx, like.size(), like.stride())
+    inner = {a: _rebuild(getattr(like, a), plains) for a in attrs}
+    return type(like).__tensor_unflatten__(inner, ctx, like.size(), like.stride())
