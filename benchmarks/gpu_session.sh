@@ -50,7 +50,8 @@ case $PART in
     python .dev/race_old.py 2>&1 | tail -3
     python -c "import longcat_nb, os, torch; x = torch.empty(2**28, device='cuda'); \
 print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']][:3])" ;;
-  gradcheck)   # issue 19: one step of the 24 GB plan and a Kaggle 16 GB plan against the resident int8 model, full size
+  gradcheck)   # issue 19: one step of an int8 24 GB plan (21 swapped) and the 16 GB plan for 27 GiB of host RAM (42
+               # swapped, 32 inputs recomputed) against the resident int8 model, full size
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/grad_check_plans.py "$WORK/ckpt" --json "$OUT/grad_check.json" 2>&1 | tee "$OUT/grad_check.log" | tail -4 ;;
   train)   # the first run builds the checkpoint (~60 s) and the caches; later ones reuse both
@@ -59,7 +60,8 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
   train2)
     e2e compiled '{"compile_transformer": true}'
     e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
-  memory)   # calls of ≤ 3 variants: MEM_ONLY=plan24,plan16 (default), plan16_kaggle,int8, fp8,bf16 (~3 min each)
+  memory)   # calls of ≤ 3 variants (~3.5 min each): issue 19's next ones are MEM_ONLY=plan24_fused,plan16_kaggle_fused
+            # then plan24,plan16_kaggle (the unfused pair, for the lever's effect) then int8,plan16_fused
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
     python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-plan24,plan16}" \
