@@ -1,18 +1,197 @@
-"""Measured tables, rendered from the benchmarks' JSON results (benchmarks/results/) into the Markdown files that show
-them, between `<!-- table:NAME:start -->` and `<!-- table:NAME:end -->` markers, so no figure is copied by hand.
+"""Measured tables, rendered from the benchmarks' JSON results (benchmarks/results/) into the Markdown files and the
+chapters' Markdown cells that show them, between `<!-- table:NAME:start -->` and `<!-- table:NAME:end -->` markers,
+so no figure is copied by hand. Each results file records its date, commit, GPU and torch ("unknown" where they were
+not recorded); files transcribed from an earlier document say so in their `source`.
 
-    python benchmarks/tables.py            # rewrite every table in place
-    python benchmarks/tables.py --check    # exit 1 when a table differs from its JSON (tests/test_tables.py)
+    python benchmarks/tables.py                  # rewrite every table in place (then `nbdev-clean` for the notebooks)
+    python benchmarks/tables.py --check          # exit 1 when a table differs from its JSON (tests/test_tables.py)
+    python benchmarks/tables.py --results DIR    # read the results from DIR instead
 """
-import json, re, sys
+import json, re, statistics, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+PROVENANCE = ("date", "commit", "torch")  # and the GPU, as `gpu` or (older files) `device`
+
+# Arithmetic, not measured: FLOPs at 832×480×93 (37,440 tokens), SPEC §9; they turn bench_model's times into rates.
+PFLOP = {"forward": 1.97, "lora_step": 7.4}
 
 
 def _rows(name: str) -> list[dict]:
     return [json.loads(line) for line in (RESULTS / name).read_text().splitlines() if line.strip()]
+
+
+def _json(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _gpu(d: dict) -> str: return d.get("gpu") or d["device"]
+
+
+def _from(d: dict, name: str) -> str:
+    "Where a table's figures come from: GPU, torch, date, commit, the file (and, if transcribed, from what)."
+    commit = d["commit"] + (f", results committed in {d['results_committed_in']}" if "results_committed_in" in d else "")
+    source = f"; {d['source']}" if "source" in d else ""
+    return f"({_gpu(d)}, torch {d['torch']}; run {d['date']}, commit {commit}; `benchmarks/results/{name}`{source}.)"
+
+
+def _pct(new: float, old: float) -> str: return f"{(new / old - 1) * 100:+.0f}%".replace("-", "−")
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def transformer() -> str:
+    "The full-size transformer at 832×480×93 (benchmarks/bench_model.py)."
+    name = "bench_model_h200.json"
+    d = _json(name)
+    fwd, cfg2, cfg, lora = d["forward"], d["cfg_batch2_forward"], d["cfg_step"], d["lora_step"]
+    rows = [[f"forward, no grad ({PFLOP['forward']} PFLOP)",
+             f"{fwd['median_s']:.2f} s (≈ {PFLOP['forward'] * 1e3 / fwd['median_s']:.0f} TFLOP/s)", len(fwd["times_s"]),
+             f"{fwd['peak_gib']:.1f} GiB"],
+            ["CFG sampling step, batch-2 forward", f"{cfg2['median_s']:.2f} s", len(cfg2["times_s"]), f"{cfg2['peak_gib']:.1f} GiB"],
+            ["CFG sampling step, 2 × forward", f"{cfg['two_forwards_s']:.2f} s", "—", "—"],
+            [f"{cfg['steps']}-step CFG video (projected: {cfg['steps']} × 2 forwards)", f"{cfg['sampling_estimate_s']:.0f} s", "—", "—"],
+            [f"LoRA step: rank 128 on qkv/proj/q_linear/kv_linear/w1/w2/w3 ({lora['trainable_params'] / 1e6:.0f}M trainable), "
+             f"per-block checkpointing, MSE, backward, AdamW (≈ {PFLOP['lora_step']} PFLOP)",
+             f"{lora['median_s']:.2f} s (≈ {PFLOP['lora_step'] * 1e3 / lora['median_s']:.0f} TFLOP/s)", len(lora["times_s"]),
+             f"{lora['peak_gib']:.1f} GiB"]]
+    return "\n".join(_table(["what", "median", "repeats", "peak memory"], rows)
+                     + ["", f"Weights {d['weights_gib']:.1f} GiB, {d['params'] / 1e9:.1f}B parameters; outputs and the loss "
+                            f"{'were' if d['output_finite'] and lora['loss_finite'] else 'were NOT'} finite. PFLOP figures "
+                            "are arithmetic (SPEC §9). " + _from(d, name)])
+
+
+def vae() -> str:
+    "The Wan 2.1 VAE on a 93-frame 832×480 clip (benchmarks/bench_vae.py)."
+    name = "bench_vae_h200.json"
+    d = _json(name)
+    rows = [[what.replace("_plain", "").replace("_", ", "), f"{r['first_s']:.2f} s", f"{r['median_s']:.2f} s", f"{r['peak_gib']:.2f} GiB"]
+            for what in ("encode_plain", "decode_plain", "encode_tiled", "decode_tiled") for r in [d[what]]]
+    return "\n".join(_table(["what", "first call", f"median of {d['repeats']}", "peak memory"], rows) + ["", _from(d, name)])
+
+
+def sampling() -> str:
+    "Sampling steps of the full-size transformer through the pipeline (benchmarks/bench_sampling.py)."
+    name = "bench_sampling_h200.json"
+    d = _json(name)
+    cfg, plain = d["cfg"], d["no_cfg"]
+    rows = [["with CFG (guidance 4.0, CFG-Zero*, batch-2 forward)", f"{cfg['median_s']:.2f} s", f"{cfg['peak_gib']:.1f} GiB"],
+            ["without CFG (guidance 1.0)", f"{plain['median_s']:.2f} s", f"{plain['peak_gib']:.1f} GiB"],
+            [f"projected 40-step CFG video (40 × {cfg['median_s']:.2f} s)", f"{d['video_40_steps_cfg_s']:.0f} s", ""],
+            [f"projected 16-step distilled video (16 × {plain['median_s']:.2f} s, cfg_step_lora merged or not: LoRA cost "
+             "not included)", f"{d['video_16_steps_distilled_s']:.0f} s", ""]]
+    return "\n".join(_table(["what", f"median per step (of {len(cfg['steps_s'])})", "peak memory"], rows) + ["", _from(d, name)])
+
+
+def compile_() -> str:
+    "Compiled against eager transformer blocks (benchmarks/bench_compile.py; eager LoRA step from bench_model.py)."
+    name, model = "bench_compile_h200.json", "bench_model_h200.json"
+    d, m = _json(name), _json(model)
+    ef, cf, cl, el = d["eager_forward"], d["compiled_forward"], d["compiled_lora_step"], m["lora_step"]
+    rows = [[f"forward, no grad (median of {len(cf['times_s'])})", f"{ef['median_s']:.2f} s",
+             f"{cf['median_s']:.2f} s ({_pct(cf['median_s'], ef['median_s'])})",
+             f"first compiled call {d['compiled_forward_first_call_s']} s"],
+            [f"LoRA step, rank 128, checkpointing, AdamW (median of {len(cl['times_s'])})",
+             f"{el['median_s']:.2f} s (bench_model run)",
+             f"{cl['median_s']:.2f} s ({_pct(cl['median_s'], el['median_s'])}), peak {cl['peak_gib']:.1f} GiB",
+             f"{d['compiled_lora_total_s']:.0f} s for the whole LoRA part incl. compiling"]]
+    kinds = list(dict.fromkeys([*d["eager_profile_ms"], *d["compiled_profile_ms"]]))
+    profile = [[k, f"{d['eager_profile_ms'].get(k, 0):,.1f}" if k in d["eager_profile_ms"] else "—",
+                f"{d['compiled_profile_ms'][k]:,.1f}" if k in d["compiled_profile_ms"] else "—"] for k in kinds]
+    return "\n".join(_table(["what", "eager", "compiled", ""], rows)
+                     + ["", "CUDA kernel time of one forward by kind, ms:", ""]
+                     + _table(["kind", "eager", "compiled"], profile)
+                     + ["", f"Largest absolute difference between eager and compiled outputs: "
+                            f"{d['compiled_vs_eager_max_abs_diff']:.3f} at an output range of ±{d['ref_abs_max']:.1f}.",
+                        "", _from(d, name) + " " + _from(m, model)])
+
+
+def attention() -> str:
+    "SDPA backends at the model's self-attention shape (benchmarks/bench_attention.py)."
+    name = "bench_attention_h200.json"
+    d = _json(name)
+    rows = [[*key.split("/"), f"{r['fwd_ms']:.1f}", f"{r['fwd_tflops']:.0f}", f"{r['fwd_bwd_ms']:.1f}"]
+            for key, r in d.items() if isinstance(r, dict)]
+    return "\n".join(_table(["q, k, v layout", "backend", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms"], rows)
+                     + ["", f"q, k, v [1, {d['heads']}, {d['tokens']:,}, {d['dim']}] bf16; `model_auto` = the model's "
+                            "`attention(..., \"auto\")`. " + _from(d, name)])
+
+
+def fsdp() -> str:
+    "FSDP2 on two GPUs against one, tiny checkpoint (benchmarks/fsdp_smoke.sh)."
+    name = "fsdp_2xh200_2026-11-21.json"
+    d = _json(name)
+    diff = d["lora_rel_frobenius_diff"]
+    rows = [["losses, 1 GPU", ", ".join(f"{x:.5f}" for x in d["losses_1gpu"])],
+            ["losses, FSDP on 2 GPUs", ", ".join(f"{x:.5f}" for x in d["losses_fsdp_2gpu"])],
+            ["LoRA tensors, relative Frobenius difference",
+             f"mean {diff['mean'] * 100:.1f}%, max {diff['max'] * 100:.1f}% (bf16 + Adam's sign-like first steps)"],
+            ["FSDP resumed from checkpoint-2", d["resumed_from_checkpoint_2"]]]
+    return "\n".join(_table(["what", "result"], rows) + ["", _from(d, name)])
+
+
+def bsa() -> str:
+    "Block-sparse attention against dense, FlexAttention kernel (benchmarks/bench_bsa.py --block)."
+    name = "bench_bsa.json"
+    d = _json(name)
+    grids = [r for r in d["rows"] if "what" not in r]
+    size = {39936: "832×512×93", 84480: "1280×704×93"}
+    rows = [[f"{r['tokens']:,} ({'×'.join(map(str, r['grid']))}, {size.get(r['tokens'], '?')})",
+             f"{r['dense_fwd_ms']:.1f}", f"{r['dense_fwdbwd_ms']:.1f}", f"{r['bsa_fwd_ms']:.1f}", f"{r['bsa_fwdbwd_ms']:.1f}",
+             f"{r['speedup_fwd']:.1f}× / {r['speedup_fwdbwd']:.1f}×",
+             f"{r['kernel_fwd_ms']:.1f} / {r['kernel_fwdbwd_ms']:.1f} ({r['kernel_speedup_fwdbwd']:.1f}×)",
+             f"{r['select_ms']:.1f}", f"{r['reorder_qkv_ms']:.1f}"] for r in grids]
+    block = next(r for r in d["rows"] if r.get("what") == "full-size block fwd+bwd")
+    diffs = ", ".join(f"{r['diff_structured']:.2f} ({r['tokens']:,})" for r in grids)
+    randoms = ", ".join(f"{r['diff_random']:.2f}" for r in grids)
+    return "\n".join(
+        _table(["tokens", "dense fwd", "dense fwd+bwd", "whole path fwd", "whole path fwd+bwd", "speed-up fwd / fwd+bwd",
+                "kernel alone fwd / fwd+bwd", "selection", "reorder q,k,v"], rows)
+        + ["", f"ms, median of {d['repeats']}; q, k, v [1, {d['heads']}, N, {d['dim']}] bf16, sparsity {d['sparsity']}, "
+               f"FlexAttention tiles {d['kernel_options']['fwd_BLOCK_M']}×{d['kernel_options']['fwd_BLOCK_N']}. "
+               f"One full-size block (hidden 4096, random weights, bf16, frozen), fwd+bwd w.r.t. its input at "
+               f"{'×'.join(map(str, block['grid']))} tokens: dense {block['sdpa_ms']:.1f} ms (peak {block['sdpa_peak_gib']:.1f} "
+               f"GiB), block-sparse {block['bsa_ms']:.1f} ms (peak {block['bsa_peak_gib']:.1f} GiB). Sparse vs dense "
+               f"output, relative L2: {diffs} on structured inputs, {randoms} on plain random ones. " + _from(d, name)])
+
+
+def bsa_kernels() -> str:
+    "Our Triton kernel against FlexAttention, fwd+bwd speed-up over dense cuDNN (benchmarks/bench_bsa.py)."
+    name = "bsa_kernels_h200_2026-12-04.json"
+    d = _json(name)
+    rows = [[f"{r['tokens']:,} ({r['size'].replace('x', '×')})", f"{r['whole_path_flex']:.2f}×", f"{r['whole_path_triton']:.2f}×",
+             f"{r['triton_kernel_1_chunk_per_step']:.2f}×", f"{r['triton_kernel_2_chunks_per_step']:.2f}×"] for r in d["rows"]]
+    return "\n".join(_table(["tokens", "whole path, FlexAttention", "whole path, Triton",
+                             "Triton kernel alone, 1 key chunk/step", "2 chunks/step"], rows)
+                     + ["", f"{d['what']}; `{d['command']}`. " + _from(d, name)])
+
+
+def _variant(row: dict) -> str:
+    return "bf16 resident" if not row["extra"] else ", ".join(f"{k}: {v}" for k, v in row["extra"].items())
+
+
+def memory_settings() -> str:
+    "`longcat-nb train` under the first memory settings, 2026-11-30 (benchmarks/bench_memory.py rows)."
+    name = "bench_memory_h200.jsonl"
+    rows = _rows(name)
+    base = next(r["train_step_s"][-1] for r in rows if r["variant"] == "bf16")
+    body = []
+    for r in rows:
+        if r["train_rc"] == 0:
+            s = r["train_step_s"][-1]
+            body.append([_variant(r), f"{s:.2f}", f"{s / base:.2f}", f"{r['train_peak_gib']:.1f}", f"{r['peak_host_rss_gib']:.1f}"])
+        else:
+            error = r["train_tail"].strip().splitlines()[-1].split(": ", 1)[-1].split(" — ")[0]
+            body.append([_variant(r), f"refused: \"{error}\"", "—", "—", "—"])
+    ran = {r["variant"] for r in rows}
+    asked = re.search(r"--only (\S+)", rows[0]["command"])[1].split(",")
+    body += [[v, "not run", "", "", ""] for v in asked if v not in ran]
+    return "\n".join(_table(["variant", "s/step", "× bf16", "peak GPU GiB", "peak host RSS GiB"], body)
+                     + ["", "(step = the last step of two, one repeat) " + _from(rows[0], name)])
 
 
 def _plan(row: dict) -> str:
@@ -36,11 +215,62 @@ def memory_plans() -> str:
                     f"{r['train_reserved_gib']:.1f} | {r['peak_host_rss_gib']:.1f} | {len(r['videos'])} | "
                     f"{r['date']}, {r['commit']} |")
     gpu = {r["gpu"] + ", torch " + r["torch"] for r in rows}
+    files = ", ".join(f"`benchmarks/results/{f.name}`" for f in sorted(RESULTS.glob("memory_h200_*.jsonl")))
     return "\n".join(head + body + ["", f"({'; '.join(sorted(gpu))}; step = the last step of two; each row's command "
-                                        "is in its JSON line.)"])
+                                        f"is in its JSON line: {files}.)"])
 
 
-TABLES = {"memory-plans": (ROOT / "benchmarks" / "RESULTS.md", memory_plans)}
+def training() -> str:
+    "`longcat-nb train` at full size, re-measured 2026-12-04 (SPEC §10b)."
+    name = "train_h200_2026-12-04.json"
+    d = _json(name)
+    notes = lambda r: "; ".join(filter(None, [
+        r.get("compile_steps_s") and "compile steps " + ", ".join(f"{s} s" for s in r["compile_steps_s"]),
+        r.get("host_rss_gib") and f"host RSS {r['host_rss_gib']} GiB",
+        r.get("without_expandable_segments") and f"without `expandable_segments:True`: {r['without_expandable_segments']}"]))
+    rows = [[r["what"], r["size"].replace("x", "×"), f"{r['s_per_step']:.2f}", f"{r['peak_gib']:.1f}", notes(r)] for r in d["rows"]]
+    return "\n".join(_table(["what", "clips", "s/step", "peak GPU GiB", "notes"], rows) + ["", _from(d, name)])
+
+
+def long_video() -> str:
+    "Long videos: continuation and refinement at full size (benchmarks/bench_long_video.py)."
+    name = "long_video_h200_2026-12-04.json"
+    d = _json(name)
+    seg, ref = d["three_segments"], d["refine"]
+    rows = [[f"continuation step (CFG, {d['continuation_cond_frames']} conditioning frames)", f"{d['continuation_step_s']:.2f} s"],
+            ["saved a step by the conditioning K/V cache", f"{d['kv_cache_saving_per_step'] * 100:.1f}%"],
+            [f"3 segments ({seg['frames']} frames, {seg['steps_each']} steps each)", f"{seg['total_s']} s"],
+            [f"refine to {ref['size'].replace('x', '×')}, {ref['frames']} frames, {ref['steps']} steps, {ref['attention']} attention",
+             f"{ref['total_s']} s, peak {ref['peak_gib']} GiB"]]
+    return "\n".join(_table(["what", "figure"], rows) + ["", _from(d, name)])
+
+
+def precision() -> str:
+    "`longcat-nb train` with and without the trainer's bf16 autocast (issue 10)."
+    name = "precision_h200_2026-11-30.json"
+    d = _json(name)
+    rows = [[f"`mixed_precision: \"{r['mixed_precision']}\"` ({r['what']})", ", ".join(f"{s:.2f}" for s in r["step_s"]),
+             f"**{statistics.median(r['step_s'][1:]):.2f}**", f"{r['peak_gib']:.1f}"] for r in d["rows"]]
+    return "\n".join(_table(["trainer autocast", "step times (s)", "median s/step after the first", "peak GPU GiB"], rows)
+                     + ["", f"{d['shape']}. " + _from(d, name)])
+
+
+KERNELS_NB = ROOT / "nbs" / "09_kernels.ipynb"
+TRAINING_NB = ROOT / "nbs" / "07_training.ipynb"
+# name → (renderer, the files that show it)
+TABLES = {"transformer": (transformer, [RESULTS_MD]),
+          "vae": (vae, [RESULTS_MD]),
+          "sampling": (sampling, [RESULTS_MD]),
+          "compile": (compile_, [RESULTS_MD]),
+          "attention": (attention, [RESULTS_MD]),
+          "fsdp": (fsdp, [RESULTS_MD]),
+          "bsa": (bsa, [RESULTS_MD, KERNELS_NB]),
+          "bsa-kernels": (bsa_kernels, [RESULTS_MD, KERNELS_NB]),
+          "training": (training, [RESULTS_MD]),
+          "long-video": (long_video, [RESULTS_MD]),
+          "memory-settings": (memory_settings, [RESULTS_MD]),
+          "memory-plans": (memory_plans, [RESULTS_MD]),
+          "precision": (precision, [RESULTS_MD, TRAINING_NB])}
 
 
 def render(text: str, name: str, table: str) -> str:
@@ -50,15 +280,53 @@ def render(text: str, name: str, table: str) -> str:
     return pattern.sub(lambda m: m[1] + table + "\n" + m[2], text)
 
 
+def _marked(path: Path, name: str) -> list[str]:
+    "The texts in `path` that hold table `name`: the whole Markdown file, or each notebook Markdown cell with its marker."
+    if path.suffix != ".ipynb": return [path.read_text()]
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    found = [src for src in ("".join(c["source"]) for c in cells) if f"<!-- table:{name}:start -->" in src]
+    if not found: raise SystemExit(f"{path.name}: no Markdown cell with <!-- table:{name}:start --> markers")
+    return found
+
+
+def write(path: Path, name: str, table: str):
+    "Render table `name` into `path` (a notebook keeps nbdev-clean's JSON layout; only its Markdown cells change)."
+    if path.suffix != ".ipynb": return path.write_text(render(path.read_text(), name, table))
+    _marked(path, name)
+    nb = json.loads(path.read_text())
+    for c in nb["cells"]:
+        src = "".join(c["source"])
+        if c["cell_type"] == "markdown" and f"<!-- table:{name}:start -->" in src:
+            c["source"] = render(src, name, table).splitlines(keepends=True)
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
 def stale() -> list[str]:
-    "Names of tables whose Markdown differs from what their JSON renders."
-    return [n for n, (path, fn) in TABLES.items() if render(path.read_text(), n, fn()) != path.read_text()]
+    "Names of tables whose rendered text (a file, or a notebook's Markdown cell) differs from what their JSON renders."
+    bad = []
+    for name, (fn, paths) in TABLES.items():
+        table = fn()
+        if any(render(text, name, table) != text for path in paths for text in _marked(path, name)): bad.append(name)
+    return bad
+
+
+def missing_provenance() -> list[str]:
+    "Results files (or JSONL lines) lacking a date, commit, torch or GPU field."
+    bad = []
+    for path in sorted(RESULTS.glob("*.json*")):
+        for i, d in enumerate(_rows(path.name) if path.suffix == ".jsonl" else [_json(path.name)]):
+            lacking = [k for k in PROVENANCE if k not in d] + ([] if "gpu" in d or "device" in d else ["gpu"])
+            if lacking: bad.append(f"{path.name}{f' line {i + 1}' if path.suffix == '.jsonl' else ''}: {', '.join(lacking)}")
+    return bad
 
 
 if __name__ == "__main__":
+    if "--results" in sys.argv: RESULTS = Path(sys.argv[sys.argv.index("--results") + 1])
     if "--check" in sys.argv:
-        bad = stale()
+        bad, unknown = stale(), missing_provenance()
         print("stale tables: " + ", ".join(bad) if bad else "all tables match their JSON")
-        sys.exit(1 if bad else 0)
-    for name, (path, fn) in TABLES.items(): path.write_text(render(path.read_text(), name, fn()))
-    print("tables rendered:", ", ".join(TABLES))
+        if unknown: print("results without provenance: " + "; ".join(unknown))
+        sys.exit(1 if bad or unknown else 0)
+    for name, (fn, paths) in TABLES.items():
+        for path in paths: write(path, name, fn())
+    print("tables rendered:", ", ".join(TABLES), "— run nbdev-clean if a notebook changed")

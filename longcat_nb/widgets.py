@@ -509,13 +509,14 @@ def start(self: TrainView, resume: bool = False, max_train_steps: int | None = N
 
 @patch
 def _launch(self: TrainView, resume, max_train_steps, overwrite, output_dir):
-    from longcat_nb.training import previous_run, read_progress
+    from longcat_nb.training import output_dir_lock, previous_run, read_progress
     cfg, path = saved_config(self.source)
     steps = max_train_steps if max_train_steps is not None else self.step_count()
     self.output_dir = Path(output_dir or cfg.output_dir).resolve()
     self._let_finish()
     if self.running():
         self.status.value = _note("training is already running — Stop it first"); return
+    with output_dir_lock(self.output_dir): pass              # a run from elsewhere (CLI, papermill) holds it: OutputDirInUse
     found = previous_run(self.output_dir)
     if found and not (resume or overwrite or cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
         return self.offer_choices(found)

@@ -1,7 +1,8 @@
 """A run owns its folder: a second training run on a folder in use is refused in one line naming the holder (in this
-process and from another one, through the command line), a dead process's lock is taken over, and a kill while old
-checkpoints are pruned leaves no visible partial checkpoint and a run that resumes."""
-import json, os, socket, subprocess, sys, threading
+process and from another one, through the command line, the workbench and papermill, leaving the folder untouched), a
+dead or killed process's lock is taken over, and a kill while old checkpoints are pruned leaves no visible partial
+checkpoint and a run that resumes."""
+import json, os, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,105 @@ def test_lock_is_released_on_stop(example, tmp_path):
     r = train(config(example, tmp_path, max_train_steps=3), stop)
     assert r.stopped and not (tmp_path / LOCK_FILE).exists()
     with output_dir_lock(tmp_path): pass                     # free again
+
+
+# Concurrent use from the three front ends: while `longcat-nb train` holds a folder, a second CLI run, the workbench's
+# Train tab and papermill's examples/train.ipynb pointed at it are refused in one line naming the holder, and leave
+# the folder as it was; once the holder is killed, the next run takes the lock over. One holder serves every case.
+CLI = [sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())"]  # = the longcat-nb script
+
+
+def _files(folder: Path) -> dict:
+    "Every file under `folder` with its bytes: what a refused run must leave unchanged."
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def held(example, tmp_path_factory):
+    """`longcat-nb train` on a tmp copy of the tiny example config, many steps, holding its `output_dir`; paused
+    (SIGSTOP: still alive, still holding the lock) once it has logged a step, so the folder stays byte-for-byte
+    still while the other front ends try it. Yields `(config path, output_dir, holder process, folder snapshot)`."""
+    root = tmp_path_factory.mktemp("held")
+    out = root / "out"
+    cfg = json.loads(Path(example).read_text()) | dict(output_dir=str(out), max_train_steps=100_000, checkpointing_steps=100_000,
+                                                       validation_prompt=None, report_to="none")
+    path = root / "config.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    log = root / "holder.log"                                 # a file, not a pipe: a full pipe would block the holder
+    with open(log, "w") as f:
+        holder = subprocess.Popen([*CLI, "train", "--config", str(path)], stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not any(e["event"] == "step" for e in training.read_progress(out)):
+            assert holder.poll() is None, f"the holder ended early: {log.read_text()[-2000:]}"
+            assert time.time() < deadline, "the holder did not reach its first step"
+            time.sleep(0.1)
+        os.kill(holder.pid, signal.SIGSTOP)
+        yield path, out, holder, _files(out)
+    finally:
+        if holder.poll() is None: holder.kill()
+        holder.wait(60)
+
+
+def _refusal(out: Path, holder) -> str:
+    return f"output_dir {out} is in use by another training run (pid {holder.pid} on host {socket.gethostname()}"
+
+
+def test_cli_train_into_a_held_folder_is_refused(held):
+    path, out, holder, before = held
+    r = subprocess.run([*CLI, "train", "--config", str(path)], capture_output=True, text=True, timeout=300)
+    eq_(r.returncode, 1)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    eq_(len(lines), 1)
+    assert lines[0].startswith("error: " + _refusal(out, holder)) and "choose another output_dir" in lines[0], lines
+    eq_(_files(out), before)
+
+
+def test_workbench_train_tab_on_a_held_folder_shows_the_refusal(held):
+    from longcat_nb.widgets import TrainView
+    path, out, holder, before = held
+    view = TrainView(path, background=False)
+    for click in (view.start_button, view.resume_button):
+        click.click()
+        assert view.proc is None and _refusal(out, holder) in view.status.value, view.status.value
+        eq_(view.status.value.count("color:#c62828"), 1)    # one red line
+    view.start(overwrite=True)                                # "Overwrite it" must not delete the holder's run
+    assert view.proc is None and _refusal(out, holder) in view.status.value, view.status.value
+    eq_(_files(out), before)
+
+
+@pytest.mark.xfail(strict=True, reason="TrainView.running() knows its own process and train.pid, not the folder's lock: "
+                   "a view opened on a folder that `longcat-nb train` is training in calls that run ended (fix belongs in "
+                   "the training chapter: a public reader of the lock's live holder, for the view to follow it)")
+def test_a_workbench_view_of_a_held_folder_does_not_call_the_run_ended(held):
+    from longcat_nb.widgets import TrainView
+    path, out, holder, before = held
+    view = TrainView(path, background=False)
+    assert "training process ended" not in view.status.value, view.status.value
+
+
+def test_papermill_into_a_held_folder_is_refused(held, tmp_path):
+    pm = pytest.importorskip("papermill")
+    path, out, holder, before = held
+    nb = Path(__file__).parents[1] / "examples" / "train.ipynb"
+    params = next(c for c in json.loads(nb.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert 'output_dir = "outputs/papermill/run"' in "".join(params["source"])   # by default its own folder, not the config's
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(nb), str(tmp_path / "train.ipynb"), kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
+                            parameters=dict(config=str(path), output_dir=str(out), run_cache=False, max_train_steps=2,
+                                            results_json=str(tmp_path / "train.json")))
+    eq_(e.value.ename, "OutputDirInUse")
+    assert _refusal(out, holder) in e.value.evalue, e.value.evalue
+    eq_(_files(out), before)
+
+
+def test_a_killed_holder_is_taken_over(held, capsys):
+    "Last: SIGKILL leaves the lock behind; the next run takes it over (the holder is gone from this host) and trains."
+    path, out, holder, _ = held
+    holder.kill()
+    holder.wait(60)
+    assert (out / LOCK_FILE).is_file()
+    r = train(config(path, out, max_train_steps=1, overwrite_output_dir=True), threading.Event())
+    eq_(r.steps, 1)
+    assert f"taking over the lock of training process {holder.pid}" in capsys.readouterr().out
+    assert not (out / LOCK_FILE).exists()

@@ -1,18 +1,72 @@
 "Every measured table in the docs is what benchmarks/tables.py renders from its JSON results (none copied by hand)."
-import sys
+import json, shutil, subprocess, sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
 import tables  # noqa: E402
 
 
+@pytest.mark.parametrize("name", list(tables.TABLES))
+def test_each_table_renders_into_its_markers(name):
+    fn, paths = tables.TABLES[name]
+    table = fn()
+    assert table.startswith("| ") and "\n|---" in table and "benchmarks/results/" in table
+    for path in paths: assert tables._marked(path, name), path
+
+
 def test_tables_match_their_json():
-    assert tables.stale() == [], "regenerate with `python benchmarks/tables.py`"
+    assert tables.stale() == [], "regenerate with `python benchmarks/tables.py` (then nbdev-clean)"
 
 
-def test_a_changed_figure_is_caught(tmp_path, monkeypatch):
-    path, fn = tables.TABLES["memory-plans"]
-    copy = tmp_path / "RESULTS.md"
-    copy.write_text(path.read_text().replace(fn().splitlines()[2], fn().splitlines()[2].replace("|", "| 9", 1)))
-    monkeypatch.setitem(tables.TABLES, "memory-plans", (copy, fn))
-    assert tables.stale() == ["memory-plans"]
+def test_every_result_records_its_provenance():
+    assert tables.missing_provenance() == []
+
+
+@pytest.fixture
+def results_copy(tmp_path, monkeypatch):
+    "A copy of benchmarks/results that the renderers read instead."
+    copy = tmp_path / "results"
+    shutil.copytree(tables.RESULTS, copy)
+    monkeypatch.setattr(tables, "RESULTS", copy)
+    return copy
+
+
+def _tamper(path: Path, old: str, new: str):
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+
+
+def test_a_changed_figure_is_caught(results_copy):
+    _tamper(results_copy / "bench_vae_h200.json", '"median_s": 1.3019', '"median_s": 1.4019')
+    assert tables.stale() == ["vae"]
+
+
+def test_a_changed_figure_in_a_chapter_table_is_caught(results_copy):
+    _tamper(results_copy / "bsa_kernels_h200_2026-12-04.json", '"whole_path_triton": 6.85', '"whole_path_triton": 6.95')
+    assert tables.stale() == ["bsa-kernels"]          # shown in RESULTS.md and nbs/09_kernels.ipynb
+
+
+def test_a_stale_notebook_cell_is_caught_and_its_layout_ignored(tmp_path, monkeypatch):
+    fn, (results_md, nb) = tables.TABLES["bsa-kernels"]
+    copy = tmp_path / nb.name
+    cells = json.loads(nb.read_text())
+    copy.write_text(json.dumps(cells, indent=2, ensure_ascii=False))  # another JSON layout: the check compares the cells' text only
+    monkeypatch.setitem(tables.TABLES, "bsa-kernels", (fn, [results_md, copy]))
+    assert tables.stale() == []
+    copy.write_text(copy.read_text().replace("| 9.84× |", "| 9.94× |"))
+    assert tables.stale() == ["bsa-kernels"]
+    tables.write(copy, "bsa-kernels", fn())           # rendering repairs it, in nbdev-clean's layout
+    assert tables.stale() == [] and copy.read_text() == nb.read_text()
+
+
+def test_check_command_fails_on_a_changed_figure(tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(tables.RESULTS, copy)
+    _tamper(copy / "bench_bsa.json", '"dense_fwd_ms": 42.06', '"dense_fwd_ms": 44.06')
+    run = subprocess.run([sys.executable, str(BENCH / "tables.py"), "--check", "--results", str(copy)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "stale tables: bsa" in run.stdout, run.stdout + run.stderr
