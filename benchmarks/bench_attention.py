@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from longcat_nb.model import attention
+from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
@@ -63,6 +64,7 @@ def main():
             except Exception as e:  # a backend that refuses these strides/shapes is a result too
                 res[key] = {"error": f"{type(e).__name__}: {str(e)[:160]}"}
             print(key, res[key], flush=True)
+    res = {**provenance(), **res}
     print(json.dumps(res))
     if a.json: open(a.json, "w").write(json.dumps(res, indent=2))
 

@@ -36,6 +36,7 @@ from longcat_nb.testing import block_sparse_reference, output_and_grads
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import timed as attention_timed  # one CUDA-event timer for the attention benchmarks
+from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 
 def timed(fn, repeats):
@@ -163,7 +164,7 @@ def main():
     args.kernel = args.kernel.split(",")
     args.triton_steps = [int(n) for n in args.triton_steps.split(",")]
     if not set(args.kernel) <= {"flex", "triton"}: ap.error(f"--kernel {args.kernel}: expected flex and/or triton")
-    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, kernel_options=kernel_settings("flex"),
+    results = dict(**provenance(), device=torch.cuda.get_device_name(), kernel_options=kernel_settings("flex"),
                    triton_kernel_options=kernel_settings("triton"),
                    heads=args.heads, dim=args.dim, sparsity=args.sparsity, repeats=args.repeats, rows=[])
     def record(r):

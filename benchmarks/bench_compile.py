@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from bench_model import build_model, lora_part, make_inputs, sync, timed
+from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 
 def kernel_kind(name: str) -> str:
@@ -53,7 +54,7 @@ def main():
                            train_steps=a.train_steps)
     model = build_model({}, device, torch.bfloat16)
     inputs = make_inputs(args, dict(model.config), device)
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    res = {**provenance(), "device": torch.cuda.get_device_name()}
 
     def fwd():
         with torch.no_grad(): return model(**inputs).sample

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 from longcat_nb.config import LORA_TARGETS
 from longcat_nb.model import ATTENTION_BACKENDS, TINY_DIT_CONFIG, LongCatVideoTransformer3DModel
+from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 
 def add_shape_args(p: argparse.ArgumentParser):
     "The attention backend and video shape options shared by the GPU benchmarks (default 832×480, 93 frames)."
     p.add_argument("--attn", default="auto", choices=ATTENTION_BACKENDS, help="attention backend")
-    p.add_argument("--frames", type=int, default=93, help="video frames; (frames - 1) % 4 == 0")
+    p.add_argument("--frames", type=int, default=93, help="video frames; (frames - 1) %% 4 == 0")
     p.add_argument("--width", type=int, default=832, help="pixels, multiple of 16")
     p.add_argument("--height", type=int, default=480, help="pixels, multiple of 16")
 
@@ -75,7 +76,7 @@ def make_inputs(args, config, device, batch=1):
 
 def emit(result: dict, json_path=None):
     "Print `result` as one JSON line, and write it to `json_path` when given."
-    line = json.dumps(result)
+    line = json.dumps({**provenance(), **result})
     print(line)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import argparse, inspect, json, platform, statistics, sys, time
 from pathlib import Path
 
 import torch
+from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 # The released LongCat-Video vae/config.json is Wan 2.1's: diffusers' AutoencoderKLWan defaults must equal it.
 WAN21_VAE_CONFIG = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
@@ -83,6 +84,7 @@ def main(argv=None) -> dict:
                 try: latents = encode_frames(vae, x)
                 except Exception: latents = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device=device)
             result[f"decode_{tag}"] = measure(lambda: decode_latents(vae, latents), device, a.repeats)
+    result = {**provenance(), **result}
     line = json.dumps(result)
     print(line)
     if a.json: Path(a.json).write_text(line + "\n")
