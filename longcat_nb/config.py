@@ -29,18 +29,26 @@ def strip_jsonc(text: str) -> str:
         c = text[i]
         if in_str:
             out.append(c)
-            if c == "\\": out.append(text[i + 1:i + 2]); i += 1
-            elif c == '"': in_str = False
-        elif c == '"': in_str = True; out.append(c)
+            if c == "\\":
+                out.append(text[i + 1:i + 2])
+                i += 1
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+            out.append(c)
         elif text.startswith("//", i):
-            while i < n and text[i] != "\n": i += 1
+            while i < n and text[i] != "\n":
+                i += 1
             continue
         elif text.startswith("/*", i):
             j = text.find("*/", i + 2)
             j = n if j < 0 else j + 2
-            out.append("\n" * text.count("\n", i, j)); i = j
+            out.append("\n" * text.count("\n", i, j))
+            i = j
             continue
-        else: out.append(c)
+        else:
+            out.append(c)
         i += 1
     return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
 
@@ -48,15 +56,19 @@ def strip_jsonc(text: str) -> str:
 def read_jsonc(path) -> Any:
     "Read a JSON file that may carry comments and trailing commas; errors name the file, line and column."
     path = Path(path)
-    if not path.is_file(): raise ConfigError(f"{path}: file not found — check the path (relative paths resolve against {Path.cwd()})")
-    try: return json.loads(strip_jsonc(path.read_text(encoding="utf-8")))
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found — check the path (relative paths resolve against {Path.cwd()})")
+    try:
+        return json.loads(strip_jsonc(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}) — fix the syntax there") from None
+        raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}) "
+                          "— fix the syntax there") from None
 
 # %% ../nbs/00_config.ipynb #d645862d
 @dataclass(frozen=True)
 class Key:
-    "One config key: its default, its type (`bool`, `int`, `float`, `str`, `path`, `strs`, `str|strs`, `resolution`), allowed values and meaning."
+    """One config key: its default, its type (`bool`, `int`, `float`, `str`, `path`, `strs`, `str|strs`, `resolution`),
+    allowed values and meaning."""
     name: str
     default: Any
     kind: str
@@ -79,37 +91,65 @@ TRAIN_KEYS = [
     Key("model_type", "lora", "str", f"What is trained; only LoRA is supported. {GUIDE_ONLY}", ("lora",)),
     Key("model_family", "longcat_video", "str", f"Model family. {GUIDE_ONLY}", ("longcat_video",)),
     Key("model_flavour", "final", "str", "Released checkpoint flavour; `final` serves T2V and I2V.", tuple(FLAVOURS)),
-    Key("pretrained_model_name_or_path", None, "str", "Checkpoint directory in the released layout, or a hub id found in the local Hugging Face cache; null → the flavour's checkpoint. Never downloaded.", nullable=True),
+    Key("pretrained_model_name_or_path", None, "str",
+        "Checkpoint directory in the released layout, or a hub id found in the local Hugging Face cache; null → the "
+        "flavour's checkpoint. Never downloaded.", nullable=True),
     Key("base_model_precision", "bf16", "str", "Precision of the frozen transformer.", PRECISIONS),
     Key("train_batch_size", 1, "int", "Clips per step per GPU.", minimum=1),
     Key("gradient_checkpointing", True, "bool", "Recompute each transformer block in the backward pass."),
-    Key("checkpoint_attention", "auto", "str", "Under gradient_checkpointing: `keep` saves each block's self-attention output and softmax statistics (tokens × hidden × 2 bytes + small, per block) so the backward does not run attention's forward again; `recompute` recomputes it; `auto` keeps it on CUDA when the memory planner predicts the step still fits (recompute with block swap, activation offload, compiled blocks or block-sparse attention).", ("auto", "keep", "recompute")),
+    Key("checkpoint_attention", "auto", "str",
+        "Under gradient_checkpointing: `keep` saves each block's self-attention output and softmax statistics (tokens "
+        "× hidden × 2 bytes + small, per block) so the backward does not run attention's forward again; `recompute` "
+        "recomputes it; `auto` keeps it on CUDA when the memory planner predicts the step still fits (recompute with "
+        "block swap, activation offload, compiled blocks or block-sparse attention).", ("auto", "keep", "recompute")),
     Key("lora_rank", 8, "int", "LoRA rank.", minimum=1),
     Key("lora_alpha", None, "float", "LoRA alpha; null → lora_rank (scale 1).", nullable=True, minimum=0),
     Key("lora_dropout", 0.0, "float", "Dropout on the LoRA input.", minimum=0),
-    Key("lora_target_modules", None, "strs", f"Module-path suffixes to adapt; null → {', '.join(LORA_TARGETS)}.", nullable=True),
-    Key("use_dora", False, "bool", "Train a DoRA (PEFT `use_dora`: a learned magnitude per output row beside the LoRA direction); exported in `peft`, `kohya` and `wan` files, refused for `official` and `peft_noprefix`, whose loaders would drop the magnitude."),
-    Key("lora_export_formats", ["peft", "kohya", "official", "wan"], "strs", "LoRA files written at the end of training, `lora_<format>.safetensors`: `peft` (diffusers/PEFT keys), `kohya` (kohya-style `diffusion_model.<module path>` keys), `official` (the release's format at rank 128), `wan` (kohya-style keys on ComfyUI-WanVideoWrapper's Wan module names, for ComfyUI; `comfyui` is an alias), `peft_noprefix` (PEFT keys without prefix, alpha/rank folded in: VideoX-Fun, DiffSynth).", LORA_FORMATS + tuple(LORA_FORMAT_ALIASES)),
+    Key("lora_target_modules", None, "strs", f"Module-path suffixes to adapt; null → {', '.join(LORA_TARGETS)}.",
+        nullable=True),
+    Key("use_dora", False, "bool",
+        "Train a DoRA (PEFT `use_dora`: a learned magnitude per output row beside the LoRA direction); exported in "
+        "`peft`, `kohya` and `wan` files, refused for `official` and `peft_noprefix`, whose loaders would drop the "
+        "magnitude."),
+    Key("lora_export_formats", ["peft", "kohya", "official", "wan"], "strs",
+        "LoRA files written at the end of training, `lora_<format>.safetensors`: `peft` (diffusers/PEFT keys), `kohya` "
+        "(kohya-style `diffusion_model.<module path>` keys), `official` (the release's format at rank 128), `wan` "
+        "(kohya-style keys on ComfyUI-WanVideoWrapper's Wan module names, for ComfyUI; `comfyui` is an alias), "
+        "`peft_noprefix` (PEFT keys without prefix, alpha/rank folded in: VideoX-Fun, DiffSynth).",
+        LORA_FORMATS + tuple(LORA_FORMAT_ALIASES)),
     Key("learning_rate", 1e-4, "float", "Peak learning rate.", minimum=0),
     Key("output_dir", "output", "path", "Where checkpoints, LoRAs, logs and validation videos go."),
-    Key("cache_dir", "cache", "path", "Root of the caches: text embeddings in `cache_dir/text`, latents in `cache_dir/vae/<dataset id>` unless a dataset sets cache_dir_vae."),
+    Key("cache_dir", "cache", "path",
+        "Root of the caches: text embeddings in `cache_dir/text`, latents in `cache_dir/vae/<dataset id>` unless a "
+        "dataset sets cache_dir_vae."),
     Key("data_backend_config", None, "path", "The dataset list (`multidatabackend.json`).", nullable=True),
     Key("validation_resolution", "832x480", "resolution", "Validation video size, WIDTHxHEIGHT, each divisible by 16."),
     Key("validation_num_video_frames", 93, "int", "Validation video frames; (frames − 1) % 4 == 0.", minimum=1),
     Key("validation_num_inference_steps", 40, "int", "Sampling steps for validation videos.", minimum=1),
-    Key("validation_guidance", 4.0, "float", "Classifier-free guidance scale (CFG-Zero*); 1.0 turns CFG off.", minimum=0),
-    Key("validation_using_datasets", False, "bool", "Take validation captions (and I2V start frames) from eval_dataset_id."),
-    Key("eval_dataset_id", None, "str", "The validation split: its captions (and I2V start frames) drive validation when validation_using_datasets is true; it is never trained on.", nullable=True),
+    Key("validation_guidance", 4.0, "float", "Classifier-free guidance scale (CFG-Zero*); 1.0 turns CFG off.",
+        minimum=0),
+    Key("validation_using_datasets", False, "bool",
+        "Take validation captions (and I2V start frames) from eval_dataset_id."),
+    Key("eval_dataset_id", None, "str",
+        "The validation split: its captions (and I2V start frames) drive validation when validation_using_datasets is "
+        "true; it is never trained on.", nullable=True),
     Key("validation_prompt", None, "str|strs", "Prompt(s) for validation videos.", nullable=True),
     Key("validation_negative_prompt", None, "str", "Negative prompt; null → the empty prompt.", nullable=True),
     Key("validation_seed", 42, "int", "Seed of the validation noise."),
-    Key("validation_steps", 100, "int", "Validate every N training steps (and at the end); 0 → only at the end.", minimum=0),
+    Key("validation_steps", 100, "int", "Validate every N training steps (and at the end); 0 → only at the end.",
+        minimum=0),
     Key("validation_distilled", False, "bool", "Validate with the released cfg_step_lora: 16 steps, guidance 1.0."),
-    Key("validation_continuation", False, "bool", "With validation_using_datasets: continue each eval clip from its first frames (4K − 3 for the eval dataset's video.continuation_latents K, else 13 as released) instead of generating it from its caption."),
+    Key("validation_continuation", False, "bool",
+        "With validation_using_datasets: continue each eval clip from its first frames (4K − 3 for the eval dataset's "
+        "video.continuation_latents K, else 13 as released) instead of generating it from its caption."),
     Key("aspect_bucket_alignment", 64, "int", f"Bucket size alignment in pixels; forced to 64. {GUIDE_ONLY}"),
     Key("attention_implementation", "auto", "str", "Attention backend.", ("auto", "sdpa", "xformers", "bsa")),
-    Key("bsa_sparsity", 0.9375, "float", "Block-sparse attention: fraction of 4×4×4 key chunks each query chunk drops (top-k; 0.9375 keeps 6.25%, as released; 0 = dense); null → CDF mode only.", nullable=True, minimum=0),
-    Key("bsa_cdf_threshold", None, "float", "Block-sparse attention: also keep key chunks until this softmax mass (CDF mode); with bsa_sparsity set, the larger count wins.", nullable=True, minimum=0),
+    Key("bsa_sparsity", 0.9375, "float",
+        "Block-sparse attention: fraction of 4×4×4 key chunks each query chunk drops (top-k; 0.9375 keeps 6.25%, as "
+        "released; 0 = dense); null → CDF mode only.", nullable=True, minimum=0),
+    Key("bsa_cdf_threshold", None, "float",
+        "Block-sparse attention: also keep key chunks until this softmax mass (CDF mode); with bsa_sparsity set, the "
+        "larger count wins.", nullable=True, minimum=0),
     Key("bsa_kernel", "auto", "str",
         "Block-sparse attention's sparse step: `flex` (FlexAttention, CUDA), `triton` (ours, CUDA; 6.85× over "
         "dense fwd+bwd at 39,936 tokens on an H200 against flex's 5.65×), `gathered` (any device; tests); "
@@ -119,38 +159,72 @@ TRAIN_KEYS = [
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step; 1, "
         "measured fastest), `dkdv_chunks_per_step`, `num_warps`, `num_stages`; for `flex` FlexAttention's "
         "`kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → the defaults.", nullable=True),
-    Key("fused_elementwise", "off", "str", "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with torch.compile — for runs whose blocks are not compiled (block swap, activation offload). `auto`: on for CUDA runs without compile_transformer; off until measured on a GPU.", ("off", "auto", "on")),
-    Key("compile_transformer", False, "bool", "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of compiling)."),
+    Key("fused_elementwise", "off", "str",
+        "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "
+        "torch.compile — for runs whose blocks are not compiled (block swap, activation offload). `auto`: on for CUDA "
+        "runs without compile_transformer; off until measured on a GPU.", ("off", "auto", "on")),
+    Key("compile_transformer", False, "bool",
+        "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of "
+        "compiling)."),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
     Key("group_offload_type", "block_level", "str", "Group offload granularity.", ("block_level", "leaf_level")),
     Key("group_offload_blocks_per_group", 1, "int", "Blocks per offload group.", minimum=1),
     Key("musubi_blocks_to_swap", 0, "int", "Transformer blocks streamed from the CPU (0 = off).", minimum=0),
     Key("musubi_block_swap_device", "cpu", "str", "Where swapped blocks live."),
-    Key("quantised_base_dir", None, "path", "With a quantised base_model_precision: a folder for a quantised copy of the transformer, written on the first load and read instead of the fp32 shards on later ones (e.g. on a notebook's mounted drive); null → quantise on every load.", nullable=True),
-    Key("activation_offload", False, "bool", "Keep the checkpointed block inputs in pinned host memory during a training step (CUDA; needs gradient_checkpointing)."),
-    Key("ffn_chunks", 1, "int", "Recompute each block's SwiGLU FFN in this many token chunks in the backward, so only one chunk's 11,008-wide activations are alive (less GPU memory a block, one more FFN forward a step; needs lora_dropout 0). 1 = off.", minimum=1),
-    Key("memory_plan", "off", "str", "`auto`: the memory planner (`longcat-nb plan`) sets base_model_precision, musubi_blocks_to_swap, activation_offload and ffn_chunks for this GPU; `off`: as written.", ("off", "auto")),
-    Key("memory_budget_gib", None, "float", "GPU memory the planner may plan for; null → the GPU's total.", nullable=True, minimum=1),
-    Key("recomputed_block_inputs", 0, "int", "Checkpointed block inputs not kept (blocks 1, 3, 5, …): each is recomputed in the backward from the block before (one more forward of that block); saves tokens × 4096 × 2 B each of GPU memory, or of host RAM with activation_offload. 0..depth/2.", minimum=0),
-    Key("memory_host_budget_gib", None, "float", "Host RAM the planner may plan for (pinned swapped blocks and offloaded activations); null → this machine's, or its container's limit when lower (Kaggle: ~29).", nullable=True, minimum=1),
+    Key("quantised_base_dir", None, "path",
+        "With a quantised base_model_precision: a folder for a quantised copy of the transformer, written on the first "
+        "load and read instead of the fp32 shards on later ones (e.g. on a notebook's mounted drive); null → quantise "
+        "on every load.", nullable=True),
+    Key("activation_offload", False, "bool",
+        "Keep the checkpointed block inputs in pinned host memory during a training step (CUDA; needs "
+        "gradient_checkpointing)."),
+    Key("ffn_chunks", 1, "int",
+        "Recompute each block's SwiGLU FFN in this many token chunks in the backward, so only one chunk's 11,008-wide "
+        "activations are alive (less GPU memory a block, one more FFN forward a step; needs lora_dropout 0). 1 = off.",
+        minimum=1),
+    Key("memory_plan", "off", "str",
+        "`auto`: the memory planner (`longcat-nb plan`) sets base_model_precision, musubi_blocks_to_swap, "
+        "activation_offload and ffn_chunks for this GPU; `off`: as written.", ("off", "auto")),
+    Key("memory_budget_gib", None, "float", "GPU memory the planner may plan for; null → the GPU's total.",
+        nullable=True, minimum=1),
+    Key("recomputed_block_inputs", 0, "int",
+        "Checkpointed block inputs not kept (blocks 1, 3, 5, …): each is recomputed in the backward from the block "
+        "before (one more forward of that block); saves tokens × 4096 × 2 B each of GPU memory, or of host RAM with "
+        "activation_offload. 0..depth/2.", minimum=0),
+    Key("memory_host_budget_gib", None, "float",
+        "Host RAM the planner may plan for (pinned swapped blocks and offloaded activations); null → this machine's, "
+        "or its container's limit when lower (Kaggle: ~29).", nullable=True, minimum=1),
     Key("checkpointing_steps", 500, "int", "Save a resumable checkpoint every N steps (and at the end).", minimum=1),
-    Key("checkpoints_total_limit", None, "int", "Keep only the newest N checkpoints; null keeps all.", nullable=True, minimum=1),
-    Key("max_train_steps", None, "int", "Stop after N optimizer steps; overrides num_train_epochs.", nullable=True, minimum=1),
+    Key("checkpoints_total_limit", None, "int", "Keep only the newest N checkpoints; null keeps all.", nullable=True,
+        minimum=1),
+    Key("max_train_steps", None, "int", "Stop after N optimizer steps; overrides num_train_epochs.", nullable=True,
+        minimum=1),
     Key("num_train_epochs", 1, "int", "Epochs when max_train_steps is null.", minimum=1),
-    Key("optimizer", "adamw", "str", "Optimizer (`adamw` is fused on CUDA; `adamw8bit` needs bitsandbytes).", ("adamw", "adamw8bit")),
-    Key("lr_scheduler", "constant", "str", "Learning-rate schedule.", ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")),
-    Key("lr_warmup_steps", 0, "int", "Linear warm-up steps (also under `constant`, which then warms up and holds).", minimum=0),
+    Key("optimizer", "adamw", "str", "Optimizer (`adamw` is fused on CUDA; `adamw8bit` needs bitsandbytes).",
+        ("adamw", "adamw8bit")),
+    Key("lr_scheduler", "constant", "str", "Learning-rate schedule.",
+        ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")),
+    Key("lr_warmup_steps", 0, "int", "Linear warm-up steps (also under `constant`, which then warms up and holds).",
+        minimum=0),
     Key("gradient_accumulation_steps", 1, "int", "Micro-batches per optimizer step.", minimum=1),
     Key("max_grad_norm", 1.0, "float", "Gradient clipping norm; 0 turns clipping off.", minimum=0),
-    Key("caption_dropout_probability", 0.1, "float", "Chance a caption is replaced by the empty prompt (keeps CFG working).", minimum=0),
+    Key("caption_dropout_probability", 0.1, "float",
+        "Chance a caption is replaced by the empty prompt (keeps CFG working).", minimum=0),
     Key("seed", 42, "int", "Seed for data order, noise and LoRA init."),
-    Key("mixed_precision", "bf16", "str", "Autocast of the transformer on GPUs, in training and sampling: `bf16` (LoRA matmuls in bf16, the fp32 parts stay fp32) or `no` (LoRA in fp32, slower). `fp16` is refused: the base is bf16. CPU runs in fp32.", ("bf16", "fp16", "no")),
+    Key("mixed_precision", "bf16", "str",
+        "Autocast of the transformer on GPUs, in training and sampling: `bf16` (LoRA matmuls in bf16, the fp32 parts "
+        "stay fp32) or `no` (LoRA in fp32, slower). `fp16` is refused: the base is bf16. CPU runs in fp32.",
+        ("bf16", "fp16", "no")),
     Key("flow_schedule_shift", 12.0, "float", "Shift of the flow-matching σ schedule (12.0, as released); > 0."),
-    Key("flow_sigma_sampling", "logit_normal", "str", "How training draws σ before the shift: `logit_normal` (σ = sigmoid(N(flow_logit_mean, flow_logit_std)), as released) or `uniform` (σ ~ U(0, 1)).", ("logit_normal", "uniform")),
+    Key("flow_sigma_sampling", "logit_normal", "str",
+        "How training draws σ before the shift: `logit_normal` (σ = sigmoid(N(flow_logit_mean, flow_logit_std)), as "
+        "released) or `uniform` (σ ~ U(0, 1)).", ("logit_normal", "uniform")),
     Key("flow_logit_mean", 0.0, "float", "Mean of the logit-normal σ draw."),
     Key("flow_logit_std", 1.0, "float", "Standard deviation of the logit-normal σ draw; > 0."),
     Key("resume_from_checkpoint", None, "str", "`latest` or a checkpoint directory to continue from.", nullable=True),
-    Key("overwrite_output_dir", False, "bool", "Start a new run in an output_dir that holds another run, deleting its checkpoints and LoRA files (without it, such a run stops with a message)."),
+    Key("overwrite_output_dir", False, "bool",
+        "Start a new run in an output_dir that holds another run, deleting its checkpoints and LoRA files (without it, "
+        "such a run stops with a message)."),
     Key("report_to", "tensorboard", "str", "Metrics logger.", ("tensorboard", "none")),
     Key("vae_batch_size", 1, "int", "Clips per VAE encode batch while caching.", minimum=1),
     Key("vae_enable_tiling", False, "bool", "Tiled VAE encode/decode (less memory for large clips)."),
@@ -161,14 +235,21 @@ TRAIN_KEYS = [
 
 # %% ../nbs/00_config.ipynb #6dea5355
 VIDEO_KEYS = [
-    Key("num_frames", 93, "int", "Frames per training sample; longer clips are cut; (frames − 1) % 4 == 0.", nullable=True, minimum=1),
-    Key("min_frames", None, "int", "Clips with fewer usable frames are skipped; null → num_frames (5 when num_frames is null).", nullable=True, minimum=1),
+    Key("num_frames", 93, "int", "Frames per training sample; longer clips are cut; (frames − 1) % 4 == 0.",
+        nullable=True, minimum=1),
+    Key("min_frames", None, "int",
+        "Clips with fewer usable frames are skipped; null → num_frames (5 when num_frames is null).", nullable=True,
+        minimum=1),
     Key("max_frames", None, "int", "Cap on frames when num_frames is null.", nullable=True, minimum=1),
-    Key("bucket_strategy", "aspect_ratio", "str", "Group clips by aspect ratio, or by exact `WxH@F`.", ("aspect_ratio", "resolution_frames")),
+    Key("bucket_strategy", "aspect_ratio", "str", "Group clips by aspect ratio, or by exact `WxH@F`.",
+        ("aspect_ratio", "resolution_frames")),
     Key("frame_interval", 4, "int", "resolution_frames: frame counts are rounded down to this interval.", minimum=1),
     Key("fps", 15.0, "float", "Clips are resampled to this frame rate (the released base model's 15 fps).", minimum=0),
     Key("is_i2v", False, "bool", "Image-to-video samples (same as the entry-level key)."),
-    Key("continuation_latents", 0, "int", "Continuation training: the first K latent frames (4K − 3 frames) of each clip stay clean conditioning — timestep 0, no loss — as when the model continues a video (13 frames = 4 latents as released); 0 ≤ K < latent frames of the clip; not with is_i2v.", minimum=0),
+    Key("continuation_latents", 0, "int",
+        "Continuation training: the first K latent frames (4K − 3 frames) of each clip stay clean conditioning — "
+        "timestep 0, no loss — as when the model continues a video (13 frames = 4 latents as released); 0 ≤ K < latent "
+        "frames of the clip; not with is_i2v.", minimum=0),
 ]
 
 DATASET_KEYS = [
@@ -176,55 +257,74 @@ DATASET_KEYS = [
     Key("type", "local", "str", f"Storage backend. {GUIDE_ONLY}", ("local",)),
     Key("dataset_type", "video", "str", "What the folder holds.", ("video", "image", "conditioning")),
     Key("instance_data_dir", None, "path", "Folder of clips (or images, or start frames) (required).", nullable=True),
-    Key("caption_strategy", "textfile", "str", "Where captions come from (null for conditioning datasets).", ("textfile", "filename", "instanceprompt"), nullable=True),
-    Key("instance_prompt", None, "str", "The caption of every sample, for caption_strategy instanceprompt.", nullable=True),
+    Key("caption_strategy", "textfile", "str", "Where captions come from (null for conditioning datasets).",
+        ("textfile", "filename", "instanceprompt"), nullable=True),
+    Key("instance_prompt", None, "str", "The caption of every sample, for caption_strategy instanceprompt.",
+        nullable=True),
     Key("resolution", 480, "float", "Target size; its meaning depends on resolution_type.", minimum=0),
-    Key("resolution_type", "pixel_area", "str", "`pixel_area`: resolution as in \"480p\" (the area of a 16:9 frame that many px tall; 480 → 832×480 for 16:9); `pixel`: shorter edge in px; `area`: megapixels.", ("pixel", "pixel_area", "area")),
+    Key("resolution_type", "pixel_area", "str",
+        "`pixel_area`: resolution as in \"480p\" (the area of a 16:9 frame that many px tall; 480 → 832×480 for 16:9); "
+        "`pixel`: shorter edge in px; `area`: megapixels.", ("pixel", "pixel_area", "area")),
     Key("cache_dir_vae", None, "path", "Latent cache folder; null → cache_dir/vae/<id>.", nullable=True),
     Key("repeats", 0, "int", "Extra passes over this dataset per epoch.", minimum=0),
     Key("disabled", False, "bool", "Skip this dataset."),
-    Key("is_i2v", False, "bool", "Image-to-video: frame 0 comes from conditioning_data (or the clip's own first frame)."),
+    Key("is_i2v", False, "bool",
+        "Image-to-video: frame 0 comes from conditioning_data (or the clip's own first frame)."),
     Key("conditioning_data", [], "str|strs", "Ids of conditioning datasets holding the start frames."),
     Key("video", None, "dict", "Video settings (see the video keys).", nullable=True),
 ]
 
 # %% ../nbs/00_config.ipynb #2ee2334e
-_KIND_DESC = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "path": "a path string",
-              "strs": "a list of strings", "str|strs": "a string or a list of strings", "resolution": 'a "WIDTHxHEIGHT" string',
-              "dict": "an object"}
+_KIND_DESC = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+              "path": "a path string", "strs": "a list of strings", "str|strs": "a string or a list of strings",
+              "resolution": 'a "WIDTHxHEIGHT" string', "dict": "an object"}
 
 
 def _fail(source, key, value, rule, fix):
-    raise ConfigError(f"{source}: {key} = {json.dumps(value) if not isinstance(value, Path) else str(value)}: {rule} — {fix}")
+    raise ConfigError(f"{source}: {key} = {json.dumps(value) if not isinstance(value, Path) else str(value)}: "
+                      f"{rule} — {fix}")
 
 
 def _type_ok(kind, v):
-    if kind == "bool": return isinstance(v, bool)
-    if kind == "int": return isinstance(v, int) and not isinstance(v, bool)
-    if kind == "float": return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if kind in ("str", "path", "resolution"): return isinstance(v, str)
-    if kind == "strs": return isinstance(v, list) and all(isinstance(x, str) for x in v)
-    if kind == "str|strs": return isinstance(v, str) or _type_ok("strs", v)
-    if kind == "dict": return isinstance(v, dict)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind in ("str", "path", "resolution"):
+        return isinstance(v, str)
+    if kind == "strs":
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    if kind == "str|strs":
+        return isinstance(v, str) or _type_ok("strs", v)
+    if kind == "dict":
+        return isinstance(v, dict)
     raise ValueError(kind)
 
 
 def check_value(key: Key, v, source: str):
     "Validate `v` for `key`; returns the value (ints widened to float where a float is expected)."
     if v is None:
-        if key.nullable: return None
-        _fail(source, key.name, v, "must not be null", f"give {_KIND_DESC[key.kind]} (default: {json.dumps(key.default)})")
+        if key.nullable:
+            return None
+        _fail(source, key.name, v, "must not be null",
+              f"give {_KIND_DESC[key.kind]} (default: {json.dumps(key.default)})")
     if not _type_ok(key.kind, v):
-        _fail(source, key.name, v, f"expected {_KIND_DESC[key.kind]}", f"e.g. {json.dumps(key.default if key.default is not None else _example(key))}")
+        _fail(source, key.name, v, f"expected {_KIND_DESC[key.kind]}",
+              f"e.g. {json.dumps(key.default if key.default is not None else _example(key))}")
     if key.choices:
         for x in (v if isinstance(v, list) else [v]):
-            if x not in key.choices: _fail(source, key.name, v, f"unknown value {x!r}", f"use one of {', '.join(map(repr, key.choices))}")
+            if x not in key.choices:
+                _fail(source, key.name, v, f"unknown value {x!r}", f"use one of {', '.join(map(repr, key.choices))}")
     if key.minimum is not None and (v < key.minimum):
         _fail(source, key.name, v, f"must be ≥ {key.minimum:g}", f"use a value ≥ {key.minimum:g}")
     return float(v) if key.kind == "float" else v
 
 
-def _example(key): return {"str": "text", "path": "path/to/dir", "int": 1, "float": 1.0, "strs": ["a"], "str|strs": "text"}.get(key.kind, "…")
+def _example(key):
+    return {"str": "text", "path": "path/to/dir", "int": 1, "float": 1.0, "strs": ["a"],
+            "str|strs": "text"}.get(key.kind, "…")
 
 
 def check_keys(d: dict, keys: list[Key], source: str, where: str = ""):
@@ -247,20 +347,24 @@ def check_frames(frames: int, key: str, source: str):
 def parse_resolution(text: str, key: str = "resolution", source: str = "<config>") -> tuple[int, int]:
     "Parse `'WIDTHxHEIGHT'` into `(width, height)`, each divisible by 16."
     m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
-    if not m: _fail(source, key, text, 'expected "WIDTHxHEIGHT"', 'e.g. "832x480"')
+    if not m:
+        _fail(source, key, text, 'expected "WIDTHxHEIGHT"', 'e.g. "832x480"')
     w, h = int(m[1]), int(m[2])
     for name, v in (("width", w), ("height", h)):
         if v == 0 or v % 16:
-            _fail(source, key, text, f"{name} {v} is not divisible by 16 (one latent token covers 16×16 px)", f"use {max(16, v // 16 * 16)} or {v // 16 * 16 + 16}")
+            _fail(source, key, text, f"{name} {v} is not divisible by 16 (one latent token covers 16×16 px)",
+                  f"use {max(16, v // 16 * 16)} or {v // 16 * 16 + 16}")
     return w, h
 
 # %% ../nbs/00_config.ipynb #a0871437
 def resolve_path(p, base_dir=None) -> Path:
     "Absolute path for `p`: against the cwd, or beside `base_dir` when only that one exists."
     p = Path(os.path.expanduser(str(p)))
-    if p.is_absolute(): return p
+    if p.is_absolute():
+        return p
     here = Path.cwd() / p
-    if not here.exists() and base_dir is not None and (Path(base_dir) / p).exists(): return (Path(base_dir) / p).resolve()
+    if not here.exists() and base_dir is not None and (Path(base_dir) / p).exists():
+        return (Path(base_dir) / p).resolve()
     return here.resolve()
 
 # %% ../nbs/00_config.ipynb #a132dc32
@@ -304,7 +408,9 @@ class DatasetConfig:
 
 # %% ../nbs/00_config.ipynb #78f71e86
 def _check_entry(e, keys, source, where=""):
-    if not isinstance(e, dict): raise ConfigError(f"{source}: expected an object{where}, got {json.dumps(e)[:60]} — each dataset is a {{...}} entry")
+    if not isinstance(e, dict):
+        raise ConfigError(f"{source}: expected an object{where}, got {json.dumps(e)[:60]} "
+                          f"— each dataset is a {{...}} entry")
     check_keys(e, keys, source, where)
     return {k.name: check_value(k, e.get(k.name, k.default), source) for k in keys}
 
@@ -312,34 +418,46 @@ def _check_entry(e, keys, source, where=""):
 def _check_continuation(video: dict, is_i2v: bool, dataset_type: str, src: str):
     "`video.continuation_latents` K: a video dataset without is_i2v, and K below the latent frames of `num_frames`."
     k, key = video["continuation_latents"], "video.continuation_latents"
-    if not k: return
-    if dataset_type != "video": _fail(src, key, k, f"only video datasets can train continuation (this one is {dataset_type!r})", "remove it")
-    if is_i2v: _fail(src, key, k, "is_i2v already conditions on latent frame 0 (a start image)", "use one: is_i2v for image-to-video, continuation_latents for continuation")
+    if not k:
+        return
+    if dataset_type != "video":
+        _fail(src, key, k, f"only video datasets can train continuation (this one is {dataset_type!r})", "remove it")
+    if is_i2v:
+        _fail(src, key, k, "is_i2v already conditions on latent frame 0 (a start image)",
+              "use one: is_i2v for image-to-video, continuation_latents for continuation")
     if video["num_frames"] is not None and k >= (video["num_frames"] - 1) // 4 + 1:
-        _fail(src, key, k, f"num_frames {video['num_frames']} has {(video['num_frames'] - 1) // 4 + 1} latent frames; at least one must be left to learn",
+        _fail(src, key, k,
+              f"num_frames {video['num_frames']} has {(video['num_frames'] - 1) // 4 + 1} latent frames; at least one "
+              "must be left to learn",
               f"use at most {(video['num_frames'] - 1) // 4} (4 keeps 13 frames, as released)")
 
 
 def parse_dataset(e: dict, source: str, base_dir=None) -> DatasetConfig:
     "Validate one dataset entry into a `DatasetConfig`."
     if isinstance(e, dict) and e.get("dataset_type") == "text_embeds":
-        raise ConfigError(f"{source}: dataset_type = \"text_embeds\": longcat_nb keeps text embeddings itself — remove this entry (set cache_dir in config.json to move them)")
+        raise ConfigError(f"{source}: dataset_type = \"text_embeds\": longcat_nb keeps text embeddings itself — remove "
+                          "this entry (set cache_dir in config.json to move them)")
     v = _check_entry(e, DATASET_KEYS, source)
     for req in ("id", "instance_data_dir"):
-        if v[req] is None: _fail(source, req, None, "is required", f"add \"{req}\" to the entry")
+        if v[req] is None:
+            _fail(source, req, None, "is required", f"add \"{req}\" to the entry")
     src = f"{source} (id {v['id']!r})"
     video = _check_entry(v.pop("video") or {}, VIDEO_KEYS, src, " in \"video\"")
     top_i2v, video_i2v = v.pop("is_i2v"), video.pop("is_i2v")
     is_i2v = top_i2v or video_i2v
-    if video["num_frames"] is not None: check_frames(video["num_frames"], "video.num_frames", src)
+    if video["num_frames"] is not None:
+        check_frames(video["num_frames"], "video.num_frames", src)
     if v["caption_strategy"] == "instanceprompt" and not v["instance_prompt"]:
-        _fail(src, "instance_prompt", v["instance_prompt"], "caption_strategy instanceprompt needs a prompt", "set instance_prompt to the caption every sample should get")
+        _fail(src, "instance_prompt", v["instance_prompt"], "caption_strategy instanceprompt needs a prompt",
+              "set instance_prompt to the caption every sample should get")
     if is_i2v and v["dataset_type"] != "video":
-        _fail(src, "is_i2v", True, f"only video datasets can be image-to-video (this one is {v['dataset_type']!r})", "remove is_i2v here and set it on the clip dataset")
+        _fail(src, "is_i2v", True, f"only video datasets can be image-to-video (this one is {v['dataset_type']!r})",
+              "remove is_i2v here and set it on the clip dataset")
     _check_continuation(video, is_i2v, v["dataset_type"], src)
     cond = v.pop("conditioning_data")
     return DatasetConfig(**{**v, "instance_data_dir": resolve_path(v["instance_data_dir"], base_dir),
-                            "cache_dir_vae": resolve_path(v["cache_dir_vae"], base_dir) if v["cache_dir_vae"] else None},
+                            "cache_dir_vae": (resolve_path(v["cache_dir_vae"], base_dir) if v["cache_dir_vae"]
+                                              else None)},
                          is_i2v=bool(is_i2v), conditioning_data=[cond] if isinstance(cond, str) else list(cond),
                          video=VideoSettings(**video), source=src)
 
@@ -347,17 +465,23 @@ def parse_dataset(e: dict, source: str, base_dir=None) -> DatasetConfig:
 def parse_datasets(entries, source: str = "<datasets>", base_dir=None) -> list[DatasetConfig]:
     "Validate a dataset list: each entry, then unique ids and conditioning links."
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{source}: expected a non-empty list of dataset entries — write [ {{\"id\": ..., \"instance_data_dir\": ...}} ]")
+        raise ConfigError(f"{source}: expected a non-empty list of dataset entries — write [ {{\"id\": ..., "
+                          f"\"instance_data_dir\": ...}} ]")
     ds = [parse_dataset(e, f"{source}[{i}]", base_dir) for i, e in enumerate(entries)]
     by_id = {}
     for d in ds:
-        if d.id in by_id: _fail(d.source, "id", d.id, f"duplicate id (also {by_id[d.id].source})", "give each dataset its own id")
+        if d.id in by_id:
+            _fail(d.source, "id", d.id, f"duplicate id (also {by_id[d.id].source})", "give each dataset its own id")
         by_id[d.id] = d
     for d in ds:
         for c in d.conditioning_data:
-            if c not in by_id: _fail(d.source, "conditioning_data", d.conditioning_data, f"no dataset has id {c!r}", f"use one of {', '.join(map(repr, by_id))}")
+            if c not in by_id:
+                _fail(d.source, "conditioning_data", d.conditioning_data, f"no dataset has id {c!r}",
+                      f"use one of {', '.join(map(repr, by_id))}")
             if by_id[c].dataset_type != "conditioning":
-                _fail(d.source, "conditioning_data", d.conditioning_data, f"dataset {c!r} is {by_id[c].dataset_type!r}, not 'conditioning'", f"set \"dataset_type\": \"conditioning\" on {c!r}")
+                _fail(d.source, "conditioning_data", d.conditioning_data,
+                      f"dataset {c!r} is {by_id[c].dataset_type!r}, not 'conditioning'",
+                      f"set \"dataset_type\": \"conditioning\" on {c!r}")
     return ds
 
 
@@ -374,13 +498,21 @@ class TrainConfig:
         self.datasets, self.config_path = datasets, config_path
 
     @property
-    def validation_width(self) -> int: return parse_resolution(self.validation_resolution)[0]
+    def validation_width(self) -> int:
+        return parse_resolution(self.validation_resolution)[0]
+
     @property
-    def validation_height(self) -> int: return parse_resolution(self.validation_resolution)[1]
+    def validation_height(self) -> int:
+        return parse_resolution(self.validation_resolution)[1]
+
     @property
-    def lora_targets(self) -> list[str]: return self.lora_target_modules or list(LORA_TARGETS)
+    def lora_targets(self) -> list[str]:
+        return self.lora_target_modules or list(LORA_TARGETS)
+
     @property
-    def lora_scale_alpha(self) -> float: return self.lora_rank if self.lora_alpha is None else self.lora_alpha
+    def lora_scale_alpha(self) -> float:
+        return self.lora_rank if self.lora_alpha is None else self.lora_alpha
+
     @property
     def validation_prompts(self) -> list[str]:
         p = self.validation_prompt
@@ -389,7 +521,8 @@ class TrainConfig:
     def dataset(self, id: str) -> DatasetConfig:
         "The dataset with this id."
         for d in self.datasets:
-            if d.id == id: return d
+            if d.id == id:
+                return d
         raise ConfigError(f"no dataset has id {id!r} — known: {', '.join(d.id for d in self.datasets)}")
 
     def vae_cache_dir(self, ds: DatasetConfig) -> Path:
@@ -397,7 +530,8 @@ class TrainConfig:
         return ds.cache_dir_vae or self.cache_dir / "vae" / ds.id
 
     @property
-    def text_cache_dir(self) -> Path: return self.cache_dir / "text"
+    def text_cache_dir(self) -> Path:
+        return self.cache_dir / "text"
 
     def to_dict(self) -> dict:
         "The config's keys as plain JSON values (paths as strings), as saved in checkpoints."
@@ -411,57 +545,76 @@ class TrainConfig:
 def _check_training_choices(v: dict, source: str):
     "Rules between training keys, and the canonical LoRA format names (`comfyui` → `wan`, duplicates dropped)."
     if v["mixed_precision"] == "fp16":
-        _fail(source, "mixed_precision", "fp16", "the released base is bf16: fp16 would cast its weights to fp16 (5 exponent "
-              "bits; activations of a 13.6B bf16 model can exceed fp16's 65504) and need a loss scaler", 'use "bf16" (or "no")')
+        _fail(source, "mixed_precision", "fp16",
+              "the released base is bf16: fp16 would cast its weights to fp16 (5 exponent "
+              "bits; activations of a 13.6B bf16 model can exceed fp16's 65504) and need a loss scaler",
+              'use "bf16" (or "no")')
     for k in ("flow_schedule_shift", "flow_logit_std"):
-        if v[k] <= 0: _fail(source, k, v[k], "must be > 0", f"use e.g. {next(x.default for x in TRAIN_KEYS if x.name == k)}")
+        if v[k] <= 0:
+            _fail(source, k, v[k], "must be > 0", f"use e.g. {next(x.default for x in TRAIN_KEYS if x.name == k)}")
     v["lora_export_formats"] = list(dict.fromkeys(LORA_FORMAT_ALIASES.get(f, f) for f in v["lora_export_formats"]))
     no_dora = [f for f in v["lora_export_formats"] if f in ("official", "peft_noprefix")]
     if v["use_dora"] and no_dora:
-        _fail(source, "lora_export_formats", no_dora, "these formats cannot carry a DoRA's magnitude (their loaders apply "
-              "up @ down only)", 'drop them (peft, kohya and wan carry it) or set "use_dora": false')
+        _fail(source, "lora_export_formats", no_dora,
+              "these formats cannot carry a DoRA's magnitude (their loaders apply up @ down only)",
+              'drop them (peft, kohya and wan carry it) or set "use_dora": false')
 
 
 RELEASED_COND_FRAMES = 13   # the release continues a video from its last 13 frames (4 latent frames)
 
 
 def continuation_frames(dataset: DatasetConfig) -> int:
-    "Frames a continuation of `dataset`'s clips keeps: 4K − 3 for its `video.continuation_latents` K, else 13 as released."
+    """Frames a continuation of `dataset`'s clips keeps: 4K − 3 for its `video.continuation_latents` K, else 13 as
+    released."""
     k = dataset.video.continuation_latents
     return 4 * k - 3 if k else RELEASED_COND_FRAMES
 
 
-def parse_config(d: dict, source: str = "<config>", base_dir=None, datasets: list[DatasetConfig] | None = None) -> TrainConfig:
+def parse_config(d: dict, source: str = "<config>", base_dir=None,
+                 datasets: list[DatasetConfig] | None = None) -> TrainConfig:
     "Validate a config dict (as read from `config.json`) into a `TrainConfig`, loading its dataset list."
-    if not isinstance(d, dict): raise ConfigError(f"{source}: expected a JSON object {{...}} at the top level")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a JSON object {{...}} at the top level")
     check_keys(d, TRAIN_KEYS, source)
     v = {k.name: check_value(k, d.get(k.name, k.default), source) for k in TRAIN_KEYS}
-    v["validation_resolution"] = "x".join(map(str, parse_resolution(v["validation_resolution"], "validation_resolution", source)))
+    v["validation_resolution"] = "x".join(map(str, parse_resolution(v["validation_resolution"],
+                                                                    "validation_resolution", source)))
     check_frames(v["validation_num_video_frames"], "validation_num_video_frames", source)
     if v["aspect_bucket_alignment"] != 64:
-        warnings.warn(f"{source}: aspect_bucket_alignment = {v['aspect_bucket_alignment']}: forced to 64 (token grids must fit the block-sparse kernel's 4×4 chunks)")
+        warnings.warn(f"{source}: aspect_bucket_alignment = {v['aspect_bucket_alignment']}: forced to 64 (token grids "
+                      "must fit the block-sparse kernel's 4×4 chunks)")
         v["aspect_bucket_alignment"] = 64
     for k in ("caption_dropout_probability", "lora_dropout"):
-        if v[k] >= 1: _fail(source, k, v[k], "must be below 1", "use a probability such as 0.1")
+        if v[k] >= 1:
+            _fail(source, k, v[k], "must be below 1", "use a probability such as 0.1")
     _check_training_choices(v, source)
-    for k in ("output_dir", "cache_dir"): v[k] = resolve_path(v[k], base_dir)
-    if v["quantised_base_dir"] is not None: v["quantised_base_dir"] = resolve_path(v["quantised_base_dir"], base_dir)
+    for k in ("output_dir", "cache_dir"):
+        v[k] = resolve_path(v[k], base_dir)
+    if v["quantised_base_dir"] is not None:
+        v["quantised_base_dir"] = resolve_path(v["quantised_base_dir"], base_dir)
     if datasets is None and v["data_backend_config"] is not None:
         p = resolve_path(v["data_backend_config"], base_dir)
-        if not p.is_file(): _fail(source, "data_backend_config", v["data_backend_config"], f"file not found ({p})", "point it at your multidatabackend.json")
+        if not p.is_file():
+            _fail(source, "data_backend_config", v["data_backend_config"], f"file not found ({p})",
+                  "point it at your multidatabackend.json")
         v["data_backend_config"], datasets = p, load_datasets(p)
     datasets = datasets or []
     ids = [x.id for x in datasets]
     if v["eval_dataset_id"] is not None and v["eval_dataset_id"] not in ids:
-        _fail(source, "eval_dataset_id", v["eval_dataset_id"], "not among the datasets", f"use one of {', '.join(map(repr, ids)) or '(no datasets loaded: set data_backend_config)'}")
+        _fail(source, "eval_dataset_id", v["eval_dataset_id"], "not among the datasets",
+              f"use one of {', '.join(map(repr, ids)) or '(no datasets loaded: set data_backend_config)'}")
     if v["validation_using_datasets"] and v["eval_dataset_id"] is None:
-        _fail(source, "eval_dataset_id", None, "validation_using_datasets is true but no eval dataset is named", "set eval_dataset_id to a dataset id")
+        _fail(source, "eval_dataset_id", None, "validation_using_datasets is true but no eval dataset is named",
+              "set eval_dataset_id to a dataset id")
     if v["validation_continuation"]:
         if not v["validation_using_datasets"]:
-            _fail(source, "validation_continuation", True, "it continues the eval dataset's clips, but validation_using_datasets is false", "set validation_using_datasets to true (and eval_dataset_id)")
+            _fail(source, "validation_continuation", True,
+                  "it continues the eval dataset's clips, but validation_using_datasets is false",
+                  "set validation_using_datasets to true (and eval_dataset_id)")
         n = continuation_frames(datasets[ids.index(v["eval_dataset_id"])])
         if v["validation_num_video_frames"] <= n:
-            _fail(source, "validation_num_video_frames", v["validation_num_video_frames"], f"validation_continuation keeps the first {n} frames of each eval clip; nothing would be new",
+            _fail(source, "validation_num_video_frames", v["validation_num_video_frames"],
+                  f"validation_continuation keeps the first {n} frames of each eval clip; nothing would be new",
                   f"use at least {n + 4}")
     return TrainConfig(v, datasets, Path(source) if base_dir is not None else None)
 
@@ -476,20 +629,30 @@ CHECKPOINT_PARTS = ("dit", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 def resolve_checkpoint(cfg_or_name, parts=CHECKPOINT_PARTS) -> Path:
-    "The local checkpoint directory for a config (or a path / hub id), with the released sub-folders in `parts` present."
-    name = cfg_or_name if isinstance(cfg_or_name, (str, Path)) else (cfg_or_name.pretrained_model_name_or_path or FLAVOURS[cfg_or_name.model_flavour])
+    """The local checkpoint directory for a config (or a path / hub id), with the released sub-folders in `parts`
+    present."""
+    name = (cfg_or_name if isinstance(cfg_or_name, (str, Path))
+            else (cfg_or_name.pretrained_model_name_or_path or FLAVOURS[cfg_or_name.model_flavour]))
     p = Path(os.path.expanduser(str(name)))
     if not p.is_dir():
         if re.fullmatch(r"[\w.-]+/[\w.-]+", str(name)) and not p.exists():
             from huggingface_hub import snapshot_download
-            try: p = Path(snapshot_download(str(name), local_files_only=True))
+            try:
+                p = Path(snapshot_download(str(name), local_files_only=True))
             except Exception:
                 from huggingface_hub.constants import HF_HUB_CACHE
-                raise ConfigError(f"pretrained_model_name_or_path = {str(name)!r}: not a local directory and not in the local Hugging Face cache ({HF_HUB_CACHE}) "
-                                  f"— download it where there is network (`hf download {name} --local-dir /path/LongCat-Video`) and set pretrained_model_name_or_path to that directory") from None
-        else: raise ConfigError(f"pretrained_model_name_or_path = {str(name)!r}: directory not found — point it at the checkpoint folder that holds dit/, vae/, text_encoder/, tokenizer/, scheduler/")
+                raise ConfigError(f"pretrained_model_name_or_path = {str(name)!r}: not a local directory and not in "
+                                  f"the local Hugging Face cache ({HF_HUB_CACHE}) — download it where there is network "
+                                  f"(`hf download {name} --local-dir /path/LongCat-Video`) and set "
+                                  "pretrained_model_name_or_path to that directory") from None
+        else:
+            raise ConfigError(f"pretrained_model_name_or_path = {str(name)!r}: directory not found — point it at the "
+                              "checkpoint folder that holds dit/, vae/, text_encoder/, tokenizer/, scheduler/")
     missing = [s for s in parts if not (p / s).is_dir()]
-    if missing: raise ConfigError(f"pretrained_model_name_or_path = {str(name)!r}: {p} lacks {', '.join(s + '/' for s in missing)} — it must be the released LongCat-Video layout (dit/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    if missing:
+        raise ConfigError(f"pretrained_model_name_or_path = {str(name)!r}: {p} lacks "
+                          f"{', '.join(s + '/' for s in missing)} — it must be the released LongCat-Video layout "
+                          "(dit/, vae/, text_encoder/, tokenizer/, scheduler/)")
     return p
 
 # %% ../nbs/00_config.ipynb #f2e9b549
@@ -502,11 +665,14 @@ THIRD_PARTY_NOISE = {   # logger name → message openings dropped (records of o
 
 class _Drop(logging.Filter):
     "Drop a record whose message starts with one of `openings` (torch's: only when it names `register_constant()`)."
-    def __init__(self, openings): super().__init__(); self.openings = openings
+    def __init__(self, openings):
+        super().__init__()
+        self.openings = openings
 
     def filter(self, record) -> bool:
         msg = record.getMessage()
-        if not msg.startswith(self.openings): return True
+        if not msg.startswith(self.openings):
+            return True
         return record.name == "torch.utils._pytree" and "register_constant()" not in msg
 
 
@@ -514,7 +680,8 @@ def quiet_third_party() -> None:
     "Install the `THIRD_PARTY_NOISE` filters once (idempotent)."
     for name, openings in THIRD_PARTY_NOISE.items():
         log = logging.getLogger(name)
-        if not any(isinstance(f, _Drop) for f in log.filters): log.addFilter(_Drop(openings))
+        if not any(isinstance(f, _Drop) for f in log.filters):
+            log.addFilter(_Drop(openings))
 
 
 quiet_third_party()
@@ -528,5 +695,6 @@ def config_reference() -> str:
             extra = f" One of: {', '.join(f'`{c}`' for c in k.choices)}." if k.choices and len(k.choices) > 1 else ""
             rows.append(f"| `{k.name}` | `{json.dumps(k.default)}` | {k.doc}{extra} |")
         return "\n".join(rows)
-    return "\n\n".join([f"### config.json\n\n{table(TRAIN_KEYS)}", f"### multidatabackend.json entries\n\n{table(DATASET_KEYS)}",
+    return "\n\n".join([f"### config.json\n\n{table(TRAIN_KEYS)}",
+                        f"### multidatabackend.json entries\n\n{table(DATASET_KEYS)}",
                         f"### the `video` section of an entry\n\n{table(VIDEO_KEYS)}"])
