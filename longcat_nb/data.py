@@ -30,8 +30,10 @@ VIDEO_CODECS = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv":
 
 
 def _has_encoder(name: str) -> bool:
-    try: av.codec.Codec(name, "w")
-    except (av.codec.codec.UnknownCodecError, ValueError): return False
+    try:
+        av.codec.Codec(name, "w")
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        return False
     return True
 
 
@@ -41,7 +43,8 @@ def write_video(path, frames, fps: float = 15.0, codec: str | None = None, times
     file; `rotation` (degrees, counter-clockwise) is stored as display metadata (mp4/mov only)."""
     path, frames = Path(path), np.asarray(frames, dtype=np.uint8)
     codec = codec or VIDEO_CODECS.get(path.suffix.lower(), "mpeg4")
-    if codec == "libx264" and not _has_encoder(codec): codec = "mpeg4"
+    if codec == "libx264" and not _has_encoder(codec):
+        codec = "mpeg4"
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate)
@@ -49,7 +52,8 @@ def write_video(path, frames, fps: float = 15.0, codec: str | None = None, times
         stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
         tb = Fraction(1, 1000) if times is not None else 1 / rate
         stream.codec_context.time_base = stream.time_base = tb
-        if rotation: stream.set_display_rotation(rotation)
+        if rotation:
+            stream.set_display_rotation(rotation)
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = (round(times[i] / tb) if times is not None else i), tb
@@ -60,7 +64,8 @@ def write_video(path, frames, fps: float = 15.0, codec: str | None = None, times
 # %% ../nbs/01_data.ipynb #bba74c2f
 def user_permissions(path) -> Path:
     "Give the file `path` the mode a plain `open()` gives (0o666 minus the umask); returns the path."
-    mask = os.umask(0); os.umask(mask)
+    mask = os.umask(0)
+    os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
     return Path(path)
 
@@ -81,11 +86,14 @@ def frames_at_rate(timed: Iterable[tuple[float, object]], fps: float, limit: int
     timestamp plus the last frame interval)."""
     k, prev, prev_t, t0, last_dt = 0, None, None, None, 1 / fps
     for t, item in timed:
-        if t0 is None: t0 = t
-        if prev_t is not None and t > prev_t: last_dt = t - prev_t
+        if t0 is None:
+            t0 = t
+        if prev_t is not None and t > prev_t:
+            last_dt = t - prev_t
         while limit is None or k < limit:
             target = t0 + k / fps
-            if t < target: break
+            if t < target:
+                break
             yield prev if prev_t is not None and target - prev_t <= t - target else item
             k += 1
         prev, prev_t = item, t
@@ -100,7 +108,8 @@ def usable_frames(frames: int, dataset: DatasetConfig) -> int:
     resolution_frames buckets); 0 when that is below the dataset's `min_frames`."""
     video = dataset.video
     f = min(frames, video.num_frames or video.max_frames or frames)
-    if video.bucket_strategy == "resolution_frames": f = (f - 1) // video.frame_interval * video.frame_interval + 1
+    if video.bucket_strategy == "resolution_frames":
+        f = (f - 1) // video.frame_interval * video.frame_interval + 1
     f = (f - 1) // 4 * 4 + 1
     return f if f >= max(1, dataset.min_frames) else 0
 
@@ -125,23 +134,27 @@ def _fit(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarra
     """RGB uint8 `[H, W, 3]` of `frame` upright (display rotation applied); with `size=(W, H)`, scaled to cover it
     (area averaging when shrinking, so antialiased; bilinear when enlarging) and centre-cropped to exactly that size."""
     turns, w, h = _upright(frame)
-    if size is None: rw, rh = w, h
+    if size is None:
+        rw, rh = w, h
     else:
         scale = max(size[0] / w, size[1] / h)
         rw, rh = max(size[0], round(w * scale)), max(size[1], round(h * scale))
     sw, sh = (rh, rw) if turns % 2 else (rw, rh)
     rgb = np.rot90(frame.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray(), turns)
-    if size is None: return np.ascontiguousarray(rgb)
+    if size is None:
+        return np.ascontiguousarray(rgb)
     x0, y0 = (rw - size[0]) // 2, (rh - size[1]) // 2
     return np.ascontiguousarray(rgb[y0:y0 + size[1], x0:x0 + size[0]])
 
 
 def _frame_time(frame: av.VideoFrame, index: int, stream) -> float:
-    if frame.time is not None: return frame.time
+    if frame.time is not None:
+        return frame.time
     return index / float(stream.average_rate or stream.guessed_rate or 30)
 
 
-def decode_video(path, fps: float = 15.0, num_frames: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_video(path, fps: float = 15.0, num_frames: int | None = None,
+                 size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode `path` at `fps` (frames picked by timestamp, `frames_at_rate`), keep the first `num_frames`, and with
     `size=(W, H)` resize + centre-crop each frame into it. Returns uint8 `[F, H, W, 3]` RGB; raises `MediaError`
     naming the file when it cannot be decoded."""
@@ -153,7 +166,8 @@ def decode_video(path, fps: float = 15.0, num_frames: int | None = None, size: t
             frames = [_fit(f, size) for f in frames_at_rate(timed, fps, num_frames)]
     except (av.FFmpegError, IndexError) as e:
         raise MediaError("unreadable", f"{path}: cannot decode ({e.__class__.__name__}: {e})", _REENCODE) from e
-    if not frames: raise MediaError("unreadable", f"{path}: no decodable frame", _REENCODE)
+    if not frames:
+        raise MediaError("unreadable", f"{path}: no decodable frame", _REENCODE)
     return np.stack(frames)
 
 
@@ -185,13 +199,15 @@ class Bucket(NamedTuple):
     width: int
     height: int
     frames: int
-    def __str__(self): return f"{self.width}x{self.height}@{self.frames}"
+    def __str__(self):
+        return f"{self.width}x{self.height}@{self.frames}"
 
 
 def bucket_size(width: int, height: int, dataset: DatasetConfig) -> tuple[int, int]:
     "The 64-px-grid `(W, H)` for a `width`×`height` picture in `dataset`, sized by its resolution settings."
     aspect, r = width / height, dataset.resolution
-    if dataset.resolution_type == "pixel": iw, ih = (r * aspect, r) if aspect >= 1 else (r, r / aspect)
+    if dataset.resolution_type == "pixel":
+        iw, ih = (r * aspect, r) if aspect >= 1 else (r, r / aspect)
     else:
         area = r * 1e6 if dataset.resolution_type == "area" else r * r * 16 / 9    # pixel_area: "480" = 480p
         iw, ih = math.sqrt(area * aspect), math.sqrt(area / aspect)
@@ -205,10 +221,12 @@ def bucket_for(width: int, height: int, frames: int, dataset: DatasetConfig) -> 
     """The bucket of a `width`×`height` clip with `frames` frames at `dataset.video.fps` (1 for an image) in
     `dataset`. Raises `ValueError` when the clip has fewer frames than the dataset's `min_frames`."""
     w, h = bucket_size(width, height, dataset)
-    if dataset.dataset_type != "video": return Bucket(w, h, 1)
+    if dataset.dataset_type != "video":
+        return Bucket(w, h, 1)
     f = usable_frames(frames, dataset)
     if not f:
-        knob = "video.continuation_latents" if dataset.min_frames == 4 * dataset.video.continuation_latents + 1 > 1 else "video.min_frames"
+        knob = ("video.continuation_latents" if dataset.min_frames == 4 * dataset.video.continuation_latents + 1 > 1
+                else "video.min_frames")
         raise ValueError(f"{frames} frames at {dataset.video.fps:g} fps; {dataset.id} needs at least "
                          f"{dataset.min_frames} — use longer clips or lower {knob}")
     return Bucket(w, h, f)
@@ -230,25 +248,33 @@ class MediaInfo:
 
 
 def _probe_video(path: Path, fps: float) -> MediaInfo:
-    try: container = av.open(str(path))
+    try:
+        container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError) as e:
-        cut = "; an mp4 without its index (moov) was cut short while copying" if path.suffix.lower() in {".mp4", ".mov", ".m4v"} else ""
+        cut = ("; an mp4 without its index (moov) was cut short while copying"
+               if path.suffix.lower() in {".mp4", ".mov", ".m4v"} else "")
         raise MediaError("unreadable", f"cannot open ({e.__class__.__name__}: {e}){cut}", _REENCODE) from e
     with container:
-        if not container.streams.video: raise MediaError("unreadable", "no video stream", "remove it")
+        if not container.streams.video:
+            raise MediaError("unreadable", "no video stream", "remove it")
         stream = container.streams.video[0]
         times, corrupt, first = [], 0, None
         try:
             for packet in container.demux(stream):
-                if packet.size == 0: continue
+                if packet.size == 0:
+                    continue
                 t = packet.pts if packet.pts is not None else packet.dts
-                times.append(float(t * packet.time_base) if t is not None else len(times) / float(stream.average_rate or 30))
+                times.append(float(t * packet.time_base) if t is not None
+                             else len(times) / float(stream.average_rate or 30))
                 corrupt += packet.is_corrupt
-                if first is None: first = next(iter(stream.decode(packet)), None)
-            if first is None: first = next(iter(stream.decode(None)), None)
+                if first is None:
+                    first = next(iter(stream.decode(packet)), None)
+            if first is None:
+                first = next(iter(stream.decode(None)), None)
         except av.FFmpegError as e:
             raise MediaError("truncated", f"damaged after {len(times)} frames ({e})", _REENCODE) from e
-        if first is None: raise MediaError("unreadable", "no decodable frame", _REENCODE)
+        if first is None:
+            raise MediaError("unreadable", "no decodable frame", _REENCODE)
         times.sort()
         one = times[-1] - times[-2] if len(times) > 1 else 1 / float(stream.average_rate) if stream.average_rate else 0
         span = times[-1] - times[0] + one                  # a valid 1-frame video lasts one frame, not zero
@@ -284,7 +310,8 @@ def probe_media(path, fps: float = 15.0, image: bool | None = None) -> MediaInfo
     """Size, frame counts (at `fps`), rate and duration of a video or image, cheaply; raises `MediaError`
     ('zero-byte', 'unreadable', 'truncated') for a file we cannot use. `image` defaults from the extension."""
     path = Path(path)
-    if path.stat().st_size == 0: raise MediaError("zero-byte", "the file is empty (0 bytes)", "copy it again or remove it")
+    if path.stat().st_size == 0:
+        raise MediaError("zero-byte", "the file is empty (0 bytes)", "copy it again or remove it")
     return _probe_image(path) if (path.suffix.lower() in IMAGE_EXTS - {".gif"} if image is None else image) \
         else _probe_video(path, fps)
 
@@ -304,8 +331,11 @@ class Problem:
     message: str                # what is wrong
     fix: str                    # what to do
     @property
-    def level(self) -> str: return RULES[self.rule]
-    def __str__(self): return f"{self.path or self.dataset}: {self.message} — {self.fix}"
+    def level(self) -> str:
+        return RULES[self.rule]
+
+    def __str__(self):
+        return f"{self.path or self.dataset}: {self.message} — {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -357,13 +387,18 @@ class DatasetSummary:
 
     def lines(self) -> list[str]:
         "Human-readable lines: counts, buckets, statistics."
-        if self.disabled: return [f"{self.id}: disabled"]
+        if self.disabled:
+            return [f"{self.id}: disabled"]
         skipped = sum(self.skipped.values())
         out = [f"{self.id} ({self.dataset_type}, {self.path}): {self.files} files, {self.usable} usable"
-               + (f", {skipped} skipped (" + ", ".join(f"{r} {n}" for r, n in self.skipped.items()) + ")" if skipped else "")]
-        if self.buckets: out.append("buckets: " + ", ".join(f"{b} ×{n}" for b, n in sorted(self.buckets.items())))
-        for name, xs, unit in [("frames", self.frames, ""), ("source fps", self.source_fps, ""), ("duration", self.durations, " s")]:
-            if xs: out.append(f"{name}: {min(xs):.4g}–{max(xs):.4g}{unit} (median {statistics.median(xs):.4g})")
+               + (f", {skipped} skipped (" + ", ".join(f"{r} {n}" for r, n in self.skipped.items()) + ")"
+                  if skipped else "")]
+        if self.buckets:
+            out.append("buckets: " + ", ".join(f"{b} ×{n}" for b, n in sorted(self.buckets.items())))
+        for name, xs, unit in [("frames", self.frames, ""), ("source fps", self.source_fps, ""),
+                               ("duration", self.durations, " s")]:
+            if xs:
+                out.append(f"{name}: {min(xs):.4g}–{max(xs):.4g}{unit} (median {statistics.median(xs):.4g})")
         return out
 
 
@@ -375,13 +410,20 @@ class DataReport:
     show: int = 10              # problems shown per rule when printed (JSON has all)
 
     @property
-    def errors(self) -> list[Problem]: return [p for p in self.problems if p.level == "error"]
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
+
     @property
-    def warnings(self) -> list[Problem]: return [p for p in self.problems if p.level == "warning"]
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "warning"]
+
     @property
-    def notes(self) -> list[Problem]: return [p for p in self.problems if p.level == "note"]
+    def notes(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "note"]
+
     @property
-    def ok(self) -> bool: return not self.errors
+    def ok(self) -> bool:
+        return not self.errors
 
     def headline(self) -> str:
         return (f"{'OK' if self.ok else 'NOT OK'}: {len(self.samples)} usable samples in "
@@ -390,10 +432,12 @@ class DataReport:
 
     def _problem_lines(self, problems) -> list[str]:
         out, by_rule = [], defaultdict(list)
-        for p in problems: by_rule[p.rule].append(p)
+        for p in problems:
+            by_rule[p.rule].append(p)
         for rule, ps in by_rule.items():
             out += [f"[{rule}] {p}" for p in ps[:self.show]]
-            if len(ps) > self.show: out.append(f"[{rule}] … and {len(ps) - self.show} more (see .to_json())")
+            if len(ps) > self.show:
+                out.append(f"[{rule}] … and {len(ps) - self.show} more (see .to_json())")
         return out
 
     def __str__(self):
@@ -401,9 +445,10 @@ class DataReport:
         for d in self.datasets:
             first, *rest = d.lines()
             out += ["", "  " + first, *("    " + l for l in rest)]
-        for name, ps in [("errors (training will not start)", self.errors), ("warnings (samples skipped)", self.warnings),
-                         ("notes (samples kept)", self.notes)]:
-            if ps: out += ["", f"{name}:", *["  " + l for l in self._problem_lines(ps)]]
+        for name, ps in [("errors (training will not start)", self.errors),
+                         ("warnings (samples skipped)", self.warnings), ("notes (samples kept)", self.notes)]:
+            if ps:
+                out += ["", f"{name}:", *["  " + l for l in self._problem_lines(ps)]]
         return "\n".join(out)
 
     def _repr_markdown_(self):
@@ -413,10 +458,12 @@ class DataReport:
             out.append(f"| `{d.id}` | {'disabled' if d.disabled else d.dataset_type} | {d.files} | {d.usable} | "
                        f"{sum(d.skipped.values())} | {', '.join(f'{b} ×{n}' for b, n in sorted(d.buckets.items()))} |")
         for d in self.datasets:
-            if len(d.lines()) > 2: out += ["", f"`{d.id}`: " + "; ".join(d.lines()[2:])]
-        for name, ps in [("Errors (training will not start)", self.errors), ("Warnings (samples skipped)", self.warnings),
-                         ("Notes (samples kept)", self.notes)]:
-            if ps: out += ["", f"**{name}**", "", *[f"- {l}" for l in self._problem_lines(ps)]]
+            if len(d.lines()) > 2:
+                out += ["", f"`{d.id}`: " + "; ".join(d.lines()[2:])]
+        for name, ps in [("Errors (training will not start)", self.errors),
+                         ("Warnings (samples skipped)", self.warnings), ("Notes (samples kept)", self.notes)]:
+            if ps:
+                out += ["", f"**{name}**", "", *[f"- {l}" for l in self._problem_lines(ps)]]
         return "\n".join(out)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -447,8 +494,10 @@ def read_caption_file(path: Path) -> tuple[str, str | None]:
     """`(text, encoding)` of a caption file: UTF-8 (with or without BOM) → `(text, None)`; otherwise the encoding
     charset-normalizer detects (e.g. GB18030, Shift-JIS, cp1252), else Latin-1 as the stated fallback."""
     raw = Path(path).read_bytes()
-    try: return raw.decode("utf-8-sig"), None
-    except UnicodeDecodeError: pass
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        pass
     from charset_normalizer import from_bytes
     match = next((m for m in from_bytes(raw) if m.encoding.replace("-", "_") not in ("utf_8", "ascii")), None)
     return (str(match), match.encoding) if match else (raw.decode("latin-1"), "latin-1 (fallback)")
@@ -459,13 +508,17 @@ def _caption(path: Path, dataset) -> tuple[str | None, str | None]:
     strategy = dataset.caption_strategy
     if strategy == "textfile":
         txt = path.with_suffix(".txt")
-        if not txt.is_file(): return None, "missing-caption"
+        if not txt.is_file():
+            return None, "missing-caption"
         raw, encoding = read_caption_file(txt)
         text = " ".join(raw.split())
-        if not text: return None, "empty-caption"
+        if not text:
+            return None, "empty-caption"
         return text, encoding and f"caption-encoding:{encoding}"
-    if strategy == "filename": return " ".join(path.stem.replace("_", " ").split()), None
-    if strategy == "instanceprompt": return dataset.instance_prompt or "", None
+    if strategy == "filename":
+        return " ".join(path.stem.replace("_", " ").split()), None
+    if strategy == "instanceprompt":
+        return dataset.instance_prompt or "", None
     return "", None
 
 
@@ -483,7 +536,8 @@ class _Check:
 
     def problem(self, rule, dataset, path, message, fix, summary=None):
         self.report.problems.append(Problem(rule, dataset.id, path and str(path), message, fix))
-        if summary is not None and RULES[rule] == "warning": summary.skipped[rule] += 1
+        if summary is not None and RULES[rule] == "warning":
+            summary.skipped[rule] += 1
 
     def files(self, dataset, summary, exts) -> dict[str, Path]:
         "The dataset's media by stem; reports a missing folder, no media and duplicate names."
@@ -506,7 +560,8 @@ class _Check:
                          "fix the link or remove it", summary)
         seen, out = {}, {}
         for stem, ps in found.items():
-            if len(ps) != 1: continue
+            if len(ps) != 1:
+                continue
             real = ps[0].resolve()
             if real in seen:                               # two names (a link) for one file: train it once
                 self.problem("duplicate-file", dataset, ps[0], f"the same file as {seen[real].name} (a link to {real})",
@@ -516,7 +571,8 @@ class _Check:
         return out
 
     def probe(self, dataset, path, summary, fps=15.0, image=None) -> MediaInfo | None:
-        try: info = probe_media(path, fps, image=image)
+        try:
+            info = probe_media(path, fps, image=image)
         except MediaError as e:
             return self.problem(e.rule, dataset, path, e.message, e.fix, summary)
         if max(info.width, info.height) > MAX_ASPECT * min(info.width, info.height):
@@ -526,7 +582,8 @@ class _Check:
 
     def fits(self, dataset, path, info, bucket, summary) -> bool:
         scale = max(bucket.width / info.width, bucket.height / info.height)
-        if scale <= MAX_UPSCALE: return True
+        if scale <= MAX_UPSCALE:
+            return True
         self.problem("too-small", dataset, path, f"{info.width}x{info.height} would be upscaled {scale:.2f}× into "
                      f"bucket {bucket}", f"use a source at least {math.ceil(bucket.width / MAX_UPSCALE)}x"
                      f"{math.ceil(bucket.height / MAX_UPSCALE)}, or lower resolution", summary)
@@ -534,7 +591,8 @@ class _Check:
 
     def start_frame(self, dataset, stem, clip, info, bucket, summary) -> Path | None | bool:
         "The start frame of an I2V clip: a path, None (use the clip's first frame), or False (skip the clip)."
-        if not dataset.conditioning_data: return None
+        if not dataset.conditioning_data:
+            return None
         path = next((self.cond[c][stem] for c in dataset.conditioning_data if stem in self.cond.get(c, {})), None)
         if path is None:
             self.problem("missing-start-frame", dataset, clip, f"no start frame named {stem}.* in "
@@ -542,7 +600,8 @@ class _Check:
                          "extension) to the conditioning folder, or remove the clip", summary)
             return False
         image = self.probe(dataset, path, summary, image=True)
-        if image is None: return False
+        if image is None:
+            return False
         if abs(math.log(image.width / image.height * info.height / info.width)) > 0.02:
             self.problem("odd-size", dataset, path, f"start frame is {image.width}x{image.height} but its clip "
                          f"{clip.name} is {info.width}x{info.height}", "export the start frame from the clip "
@@ -560,26 +619,34 @@ class _Check:
         root = Path(dataset.instance_data_dir)
         for stem, path in self.files(dataset, summary, VIDEO_EXTS if is_video else IMAGE_EXTS).items():
             for cid in dataset.conditioning_data:      # its start frame has a clip, usable or not
-                if stem in self.cond.get(cid, {}): self.cond_used[cid].add(stem)
+                if stem in self.cond.get(cid, {}):
+                    self.cond_used[cid].add(stem)
             # every problem of the file is reported, not just the first: media, caption, frames, size, start frame
             info = self.probe(dataset, path, summary, fps, image=not is_video)
             caption, rule = _caption(path, dataset)
             if rule and rule.startswith("caption-encoding:"):
                 self.problem("caption-encoding", dataset, path.with_suffix(".txt"), f"not UTF-8; read as "
-                             f"{rule.split(':', 1)[1]}: {caption[:60]!r}", "check the text, and save the file as UTF-8 to be sure")
+                             f"{rule.split(':', 1)[1]}: {caption[:60]!r}",
+                             "check the text, and save the file as UTF-8 to be sure")
             elif rule:
                 self.problem(rule, dataset, path, f"{rule.replace('-', ' ')} ({path.with_suffix('.txt').name})",
                              _CAPTION_FIX[rule], summary)
-            if info is None: continue
-            if is_video: summary.frames.append(info.frames); summary.durations.append(info.duration)
-            if info.source_fps: summary.source_fps.append(info.source_fps)
-            try: bucket = bucket_for(info.width, info.height, info.frames, dataset)
+            if info is None:
+                continue
+            if is_video:
+                summary.frames.append(info.frames)
+                summary.durations.append(info.duration)
+            if info.source_fps:
+                summary.source_fps.append(info.source_fps)
+            try:
+                bucket = bucket_for(info.width, info.height, info.frames, dataset)
             except ValueError as e:
                 self.problem("too-few-frames", dataset, path, *str(e).split(" — "), summary)
                 continue
             usable = self.fits(dataset, path, info, bucket, summary) and caption is not None
             cond = self.start_frame(dataset, stem, path, info, bucket, summary) if dataset.is_i2v else None
-            if cond is False or not usable: continue
+            if cond is False or not usable:
+                continue
             self.report.samples.append(Sample(
                 f"{dataset.id}/{stem}", dataset.id, path, caption, bucket, "video" if is_video else "image", fps,
                 info.frames, (info.width, info.height), info.source_fps, cond, dataset.is_i2v, dataset.repeats,
@@ -595,11 +662,14 @@ class _Check:
         self.report.datasets = summaries
         enabled = [(d, s) for d, s in zip(self.datasets, summaries) if not d.disabled]
         for d, s in enabled:
-            if d.dataset_type == "conditioning": self.cond[d.id] = self.files(d, s, IMAGE_EXTS)
+            if d.dataset_type == "conditioning":
+                self.cond[d.id] = self.files(d, s, IMAGE_EXTS)
         for d, s in enabled:
-            if d.dataset_type != "conditioning": self.media(d, s)
+            if d.dataset_type != "conditioning":
+                self.media(d, s)
         for d, s in enabled:
-            if d.dataset_type != "conditioning": continue
+            if d.dataset_type != "conditioning":
+                continue
             s.usable = len(self.cond_used[d.id])
             for stem in sorted(set(self.cond[d.id]) - self.cond_used[d.id]):
                 self.problem("extra-start-frame", d, self.cond[d.id][stem], f"start frame {stem} has no clip",
@@ -625,14 +695,16 @@ def load_sample_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor | Non
     """`(frames [C, F, H, W], start_frame [C, 1, H, W] | None)`, float32 in [-1, 1], C = 3, F·H·W from
     `sample.bucket`. The start frame is None for text-to-video samples."""
     b = sample.bucket
-    if sample.media == "image": rgb = read_image(sample.path, (b.width, b.height))
+    if sample.media == "image":
+        rgb = read_image(sample.path, (b.width, b.height))
     else:
         rgb = decode_video(sample.path, sample.fps, b.frames, (b.width, b.height))
         if len(rgb) != b.frames:
             raise ValueError(f"{sample.path}: decoded {len(rgb)} frames at {sample.fps:g} fps, its bucket {b} needs "
                              f"{b.frames} — the file changed since the data check or is damaged; run the check again")
     frames = _to_tensor(rgb)
-    if sample.cond_path is not None: return frames, _to_tensor(read_image(sample.cond_path, (b.width, b.height)))
+    if sample.cond_path is not None:
+        return frames, _to_tensor(read_image(sample.cond_path, (b.width, b.height)))
     return frames, (frames[:, :1].clone() if sample.is_i2v else None)
 
 # %% ../nbs/01_data.ipynb #1389642a
@@ -646,24 +718,29 @@ class BatchKey(NamedTuple):
 class BucketBatchSampler(torch.utils.data.Sampler):
     def __init__(self, samples: list[Sample], batch_size: int = 1, seed: int = 42, shuffle: bool = True,
                  drop_last: bool = False):
-        self.samples, self.batch_size, self.seed, self.shuffle, self.drop_last = samples, batch_size, seed, shuffle, drop_last
+        self.samples, self.batch_size, self.seed, self.shuffle, self.drop_last = (
+            samples, batch_size, seed, shuffle, drop_last)
         self.epoch, self.position = 0, 0
 
     def batches(self, epoch: int) -> list[tuple]:
         "The batches of `epoch` (tuples of sample indices); each sample appears 1 + repeats times."
         rng = random.Random(f"{self.seed}/{epoch}")
         groups = defaultdict(list)
-        for i, s in enumerate(self.samples): groups[(s.bucket, s.is_i2v, s.num_cond_latents)] += [i] * (1 + s.repeats)
+        for i, s in enumerate(self.samples):
+            groups[(s.bucket, s.is_i2v, s.num_cond_latents)] += [i] * (1 + s.repeats)
         out = []
         for key in sorted(groups):
             idx = groups[key]
-            if self.shuffle: rng.shuffle(idx)
+            if self.shuffle:
+                rng.shuffle(idx)
             out += [tuple(idx[j:j + self.batch_size]) for j in range(0, len(idx), self.batch_size)
                     if not self.drop_last or j + self.batch_size <= len(idx)]
-        if self.shuffle: rng.shuffle(out)
+        if self.shuffle:
+            rng.shuffle(out)
         return out
 
-    def __len__(self): return len(self.batches(self.epoch))
+    def __len__(self):
+        return len(self.batches(self.epoch))
 
     def __iter__(self) -> Iterator[BatchKey]:
         epoch, batches = self.epoch, self.batches(self.epoch)
@@ -672,16 +749,22 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             yield BatchKey(epoch, self.position - 1, batches[self.position - 1])
         self.epoch, self.position = epoch + 1, 0
 
-    def state_dict(self) -> dict: return {"epoch": self.epoch, "position": self.position}
-    def load_state_dict(self, state: dict): self.epoch, self.position = state["epoch"], state["position"]
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict):
+        self.epoch, self.position = state["epoch"], state["position"]
 
 
 class SampleDataset(torch.utils.data.Dataset):
     """Batches from `samples`: indexed by a `BatchKey`, returns `frames [B, C, F, H, W]` (float32, [-1, 1]),
     `start_frames [B, C, 1, H, W]` or None (text-to-video), `captions`, `ids`, `paths`, `bucket`, `epoch`,
     `position`."""
-    def __init__(self, samples: list[Sample]): self.samples = samples
-    def __len__(self): return len(self.samples)
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
 
     def __getitem__(self, key: BatchKey) -> dict:
         batch = [self.samples[i] for i in key.indices]
@@ -699,6 +782,7 @@ def data_loader(samples: list[Sample], batch_size: int = 1, seed: int = 42, shuf
     """A `DataLoader` of bucketed batches of `samples` (see `SampleDataset`); `state` (a batch's
     `{"epoch", "position"}` or `loader.sampler.state_dict()`) resumes where it left off."""
     sampler = BucketBatchSampler(samples, batch_size, seed, shuffle)
-    if state: sampler.load_state_dict(state)
+    if state:
+        sampler.load_state_dict(state)
     return torch.utils.data.DataLoader(SampleDataset(samples), sampler=sampler, batch_size=None,
                                        num_workers=num_workers, persistent_workers=num_workers > 0)
