@@ -45,7 +45,8 @@ def load_vae(ckpt, dtype: torch.dtype | None = None, device=None):
 
 
 def load_text_encoder(ckpt, dtype: torch.dtype | None = None, device=None):
-    "`(tokenizer, encoder)`: the checkpoint's UMT5 tokenizer (`ckpt/tokenizer`) and encoder (`ckpt/text_encoder`), frozen."
+    """`(tokenizer, encoder)`: the checkpoint's UMT5 tokenizer (`ckpt/tokenizer`) and encoder (`ckpt/text_encoder`),
+    frozen."""
     from transformers import AutoTokenizer, UMT5EncoderModel
     device = torch.device(device or default_device())
     tokenizer = AutoTokenizer.from_pretrained(Path(ckpt) / "tokenizer")
@@ -82,7 +83,8 @@ WAN_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.074
 
 
 def latent_stats(vae=None) -> tuple[list[float], list[float]]:
-    "Per-channel `(mean, std)` of the VAE latents: `latents_mean/std` of `vae.config` (or of a config dict), else Wan 2.1's."
+    """Per-channel `(mean, std)` of the VAE latents: `latents_mean/std` of `vae.config` (or of a config dict), else Wan
+    2.1's."""
     cfg = getattr(vae, "config", vae) or {}
     mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
     return (list(mean), list(std)) if mean and std else (list(WAN_LATENTS_MEAN), list(WAN_LATENTS_STD))
@@ -108,7 +110,8 @@ def denormalize_latents(z: torch.Tensor, vae=None) -> torch.Tensor:
 
 # %% ../nbs/02_caching.ipynb #28b25783
 def encode_frames(vae, frames: torch.Tensor) -> torch.Tensor:
-    "Pixels `[B, 3, F, H, W]` in [−1, 1] → normalised latents `[B, 16, (F−1)//4+1, H/8, W/8]`, fp32, on the VAE's device."
+    """Pixels `[B, 3, F, H, W]` in [−1, 1] → normalised latents `[B, 16, (F−1)//4+1, H/8, W/8]`, fp32, on the VAE's
+    device."""
     with torch.no_grad():
         z = vae.encode(frames.to(vae.device, vae.dtype)).latent_dist.mode()
     return normalize_latents(z, vae)
@@ -129,9 +132,12 @@ def fingerprint(*folders) -> str:
             size = f.stat().st_size
             h.update(f"{f.relative_to(folder.parent).as_posix()}\0{size}\0".encode())
             with open(f, "rb") as fh:
-                if size <= 4 * mib: h.update(fh.read())
+                if size <= 4 * mib:
+                    h.update(fh.read())
                 else:
-                    h.update(fh.read(mib)); fh.seek(size - mib); h.update(fh.read(mib))
+                    h.update(fh.read(mib))
+                    fh.seek(size - mib)
+                    h.update(fh.read(mib))
     return h.hexdigest()[:16]
 
 # %% ../nbs/02_caching.ipynb #c0e63bb0
@@ -142,7 +148,8 @@ def _checksum(tensors: dict) -> str:
     h = hashlib.sha256()
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
-        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
 
 
@@ -166,11 +173,13 @@ class CacheError(RuntimeError):
 
 def _open(path: Path, tensors: bool):
     "`(metadata, tensors | None)` of a cache file; safetensors refuses a truncated or extended file at open."
-    if not path.is_file(): raise CacheError(f"{path}: missing")
+    if not path.is_file():
+        raise CacheError(f"{path}: missing")
     try:
         with safe_open(str(path), "pt") as f:
             return f.metadata() or {}, ({k: f.get_tensor(k) for k in f.keys()} if tensors else None)
-    except Exception as e: raise CacheError(f"{path}: unreadable ({e})") from None
+    except Exception as e:
+        raise CacheError(f"{path}: unreadable ({e})") from None
 
 
 def check_entry(path: Path, expected: dict | None = None, full: bool = False, values: bool = False) -> dict:
@@ -179,12 +188,15 @@ def check_entry(path: Path, expected: dict | None = None, full: bool = False, va
     with `values` also that every value is finite. Raises `CacheError` saying what is wrong."""
     path = Path(path)
     meta, tensors = _open(path, tensors=full or values)
-    if meta.get("format") != CACHE_FORMAT: raise CacheError(f"{path}: not a {CACHE_FORMAT} file")
-    if full and meta.get("checksum") != _checksum(tensors): raise CacheError(f"{path}: damaged (checksum mismatch)")
+    if meta.get("format") != CACHE_FORMAT:
+        raise CacheError(f"{path}: not a {CACHE_FORMAT} file")
+    if full and meta.get("checksum") != _checksum(tensors):
+        raise CacheError(f"{path}: damaged (checksum mismatch)")
     if values and not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
         raise CacheError(f"{path}: damaged (values that are not finite)")
     for k, v in (expected or {}).items():
-        if meta.get(k) != str(v): raise CacheError(f"{path}: stale ({k} {meta.get(k)!r} → {str(v)!r})")
+        if meta.get(k) != str(v):
+            raise CacheError(f"{path}: stale ({k} {meta.get(k)!r} → {str(v)!r})")
     return meta
 
 
@@ -192,7 +204,8 @@ def read_entry(path: Path, expected: dict | None = None) -> tuple[dict, dict]:
     "`(tensors, metadata)` of a cache file, fully checked (`check_entry(..., full=True)`)."
     path = Path(path)
     meta, tensors = _open(path, tensors=True)
-    if meta.get("checksum") != _checksum(tensors): raise CacheError(f"{path}: damaged (checksum mismatch)")
+    if meta.get("checksum") != _checksum(tensors):
+        raise CacheError(f"{path}: damaged (checksum mismatch)")
     return tensors, check_entry(path, expected)
 
 # %% ../nbs/02_caching.ipynb #08b9820a
@@ -211,7 +224,8 @@ def _source_meta(path: Path) -> dict:
 
 
 def _rel(path: Path, root: Path) -> Path:
-    "`path` relative to the dataset folder `root` it was found in — by name, so a link to a file elsewhere stays inside."
+    """`path` relative to the dataset folder `root` it was found in — by name, so a link to a file elsewhere stays
+    inside."""
     return Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
 
 
@@ -229,14 +243,16 @@ def latent_entries(cfg, samples, ckpt, dtype: torch.dtype | None = None) -> list
     and its own start frame to `x.mp4.start.safetensors`, so no other clip's name can reach either."""
     vae_meta, out, seen = _vae_meta(ckpt, dtype), [], set()
     for s in samples:
-        if s.id in seen: continue
+        if s.id in seen:
+            continue
         seen.add(s.id)
         ds = cfg.dataset(s.dataset_id)
         common = {**vae_meta, "sample": s.id, "bucket": s.bucket, "fps": s.fps, "media": s.media}
         rel = _rel(s.path, ds.instance_data_dir)
         out.append(LatentEntry(cfg.vae_cache_dir(ds) / f"{rel}.safetensors", s, "video",
                                {**common, **_source_meta(s.path), "kind": "video", "frames": s.bucket.frames}))
-        if not s.is_i2v: continue
+        if not s.is_i2v:
+            continue
         if s.cond_path is None:
             path = cfg.vae_cache_dir(ds) / f"{rel}.start.safetensors"
         else:
@@ -244,7 +260,8 @@ def latent_entries(cfg, samples, ckpt, dtype: torch.dtype | None = None) -> list
                         if Path(os.path.abspath(s.cond_path)).is_relative_to(os.path.abspath(c.instance_data_dir)))
             path = cfg.vae_cache_dir(cond) / f"{_rel(s.cond_path, cond.instance_data_dir)}.safetensors"
         expected = {**common, **_source_meta(s.cond_path or s.path), "kind": "start", "frames": 1}
-        if s.cond_path is not None: del expected["sample"]   # a conditioning image may serve clips of several datasets
+        if s.cond_path is not None:
+            del expected["sample"]                           # a conditioning image may serve clips of several datasets
         out.append(LatentEntry(path, s, "start", expected))
     by_path = {}
     for e in out:
@@ -269,7 +286,8 @@ def text_meta(ckpt, dtype: torch.dtype | None = None) -> dict:
 
 
 def text_path(cfg, caption: str, meta: dict) -> Path:
-    "Where the embedding of `caption` (cleaned) is cached for the encoder `meta` describes: one file per encoder and dtype."
+    """Where the embedding of `caption` (cleaned) is cached for the encoder `meta` describes: one file per encoder and
+    dtype."""
     key = text_key(caption, f"{meta['text_encoder']}/{meta['text_encoder_dtype']}")
     return cfg.text_cache_dir / f"{key}.safetensors"
 
@@ -288,15 +306,18 @@ class CacheSummary:
     def add(self, kind: str, outcome: str, problem: str | None = None):
         setattr(self, outcome, getattr(self, outcome) + 1)
         self.by_kind.setdefault(kind, Counter())[outcome] += 1
-        if problem: self.problems.append(problem)
+        if problem:
+            self.problems.append(problem)
 
     @property
-    def ok(self) -> bool: return not self.failed
+    def ok(self) -> bool:
+        return not self.failed
 
     def __str__(self):
         kinds = "; ".join(f"{k}: " + ", ".join(f"{n} {o}" for o, n in c.items()) for k, c in self.by_kind.items())
         out = [f"cache {'OK' if self.ok else 'INCOMPLETE'}: {self.encoded} encoded, {self.reused} reused, "
-               f"{self.rebuilt} rebuilt, {self.failed} failed in {self.seconds:.1f}s" + (f" ({kinds})" if kinds else "")]
+               f"{self.rebuilt} rebuilt, {self.failed} failed in {self.seconds:.1f}s"
+               + (f" ({kinds})" if kinds else "")]
         return "\n".join(out + [f"  {p}" for p in self.problems[:20]]
                          + ([f"  … and {len(self.problems) - 20} more"] if len(self.problems) > 20 else []))
 
@@ -307,25 +328,34 @@ def _plan(items, summary, kind, progress, full) -> list:
     todo = []
     for path, expected, payload in tqdm(items, desc=f"checking {kind} cache", unit="file", disable=not progress,
                                         leave=False):
-        if not Path(path).exists(): todo.append((payload, "encoded", None)); continue
-        try: check_entry(path, expected, full=True, values=full); summary.add(kind, "reused")
-        except CacheError as e: todo.append((payload, "rebuilt", str(e)))
+        if not Path(path).exists():
+            todo.append((payload, "encoded", None))
+            continue
+        try:
+            check_entry(path, expected, full=True, values=full)
+            summary.add(kind, "reused")
+        except CacheError as e:
+            todo.append((payload, "rebuilt", str(e)))
     return todo
 
 
 def free_memory():
     "Return freed memory: collect garbage and empty the CUDA cache (after `del` of the last reference to a model)."
     gc.collect()
-    if torch.cuda.is_available(): torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 # %% ../nbs/02_caching.ipynb #4269978f
 def _encode_latents(cfg, ckpt, todo, summary, device, progress):
     "Encode the planned latent entries with the VAE, batching same-shape items; frees the VAE at the end."
     vae = load_vae(ckpt, device=device)
-    if cfg.vae_enable_tiling: vae.enable_tiling()
-    if cfg.vae_enable_slicing: vae.enable_slicing()
+    if cfg.vae_enable_tiling:
+        vae.enable_tiling()
+    if cfg.vae_enable_slicing:
+        vae.enable_slicing()
     by_sample, pending = {}, {}
-    for entry, outcome, why in todo: by_sample.setdefault(entry.sample.id, []).append((entry, outcome, why))
+    for entry, outcome, why in todo:
+        by_sample.setdefault(entry.sample.id, []).append((entry, outcome, why))
     bar = tqdm(total=len(todo), desc="VAE encode", unit="latent", disable=not progress)
 
     def flush(shape):
@@ -338,15 +368,20 @@ def _encode_latents(cfg, ckpt, todo, summary, device, progress):
 
     try:
         for group in by_sample.values():
-            try: frames, start = load_sample_frames(group[0][0].sample)
+            try:
+                frames, start = load_sample_frames(group[0][0].sample)
             except Exception as e:
-                for entry, *_ in group: summary.add("latents", "failed", f"{entry.sample.path}: {e}")
-                bar.update(len(group)); continue
+                for entry, *_ in group:
+                    summary.add("latents", "failed", f"{entry.sample.path}: {e}")
+                bar.update(len(group))
+                continue
             for entry, outcome, why in group:
                 x = frames if entry.kind == "video" else start
                 pending.setdefault(tuple(x.shape), []).append((entry, outcome, why, x))
-                if len(pending[tuple(x.shape)]) >= cfg.vae_batch_size: flush(tuple(x.shape))
-        for shape in list(pending): flush(shape)
+                if len(pending[tuple(x.shape)]) >= cfg.vae_batch_size:
+                    flush(tuple(x.shape))
+        for shape in list(pending):
+            flush(shape)
     finally:
         bar.close()
         del vae
@@ -384,10 +419,14 @@ def _stale_temporary(tmp: Path) -> bool:
     """A writer's temporary (`.name.<pid>.tmp`) is stale when it has not changed for a minute and its process is gone
     (or it is an hour old: another machine's process cannot be asked). A live writer's file is never touched."""
     age = time.time() - tmp.stat().st_mtime
-    if age < STALE_TMP_SECONDS: return False
-    try: os.kill(int(tmp.name.rsplit(".", 2)[-2]), 0)
-    except (ValueError, IndexError, ProcessLookupError): return True
-    except PermissionError: pass                           # alive, someone else's
+    if age < STALE_TMP_SECONDS:
+        return False
+    try:
+        os.kill(int(tmp.name.rsplit(".", 2)[-2]), 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return True
+    except PermissionError:
+        pass                                               # alive, someone else's
     return age > 3600
 
 
@@ -396,30 +435,36 @@ def _remove_temporaries(folders):
         if Path(folder).is_dir():
             for tmp in Path(folder).rglob(".*.tmp"):
                 try:
-                    if _stale_temporary(tmp): tmp.unlink()
-                except FileNotFoundError: pass             # its writer finished (renamed it) meanwhile
+                    if _stale_temporary(tmp):
+                        tmp.unlink()
+                except FileNotFoundError:
+                    pass                                   # its writer finished (renamed it) meanwhile
 
 def build_cache(cfg, device=None, progress: bool = True, full_check: bool = False) -> CacheSummary:
     """Encode what is missing or stale in the latent and text caches of `cfg` (a `TrainConfig`); reuse the rest.
     A file is reused only when readable, complete, with matching metadata and a matching checksum over its data
-    (a few ms per 93-frame 832×480 latent); `full_check` also checks every value is finite. Raises `CacheError` when the data check finds errors
-    (before any model loads)."""
+    (a few ms per 93-frame 832×480 latent); `full_check` also checks every value is finite. Raises `CacheError` when
+    the data check finds errors (before any model loads)."""
     t0 = time.time()
     report = check_datasets(cfg)
-    if not report.ok: raise CacheError(f"the data check found errors — fix them, then cache again:\n{report}")
+    if not report.ok:
+        raise CacheError(f"the data check found errors — fix them, then cache again:\n{report}")
     ckpt = resolve_checkpoint(cfg, parts=("vae", "text_encoder", "tokenizer"))
     device, summary = torch.device(device or default_device()), CacheSummary()
-    entries = latent_entries(cfg, training_samples(cfg, report), ckpt, default_dtype(device))   # the eval split: captions only
+    # the eval split: captions only
+    entries = latent_entries(cfg, training_samples(cfg, report), ckpt, default_dtype(device))
     _remove_temporaries({cfg.vae_cache_dir(d) for d in cfg.datasets} | {cfg.text_cache_dir})
     todo = _plan([(e.path, e.expected, e) for e in entries], summary, "latents", progress, full_check)
-    if todo: _encode_latents(cfg, ckpt, todo, summary, device, progress)
+    if todo:
+        _encode_latents(cfg, ckpt, todo, summary, device, progress)
     meta = text_meta(ckpt, default_dtype(device))
     items = []
     for caption in cached_captions(cfg, report.samples):
         path = text_path(cfg, caption, meta)
         items.append((path, {**meta, "caption": caption}, (caption, path)))
     todo = _plan(items, summary, "text", progress, full_check)
-    if todo: _encode_texts(cfg, ckpt, todo, summary, device, progress)
+    if todo:
+        _encode_texts(cfg, ckpt, todo, summary, device, progress)
     summary.seconds = time.time() - t0
     return summary
 
@@ -437,11 +482,13 @@ def _collate(items: list[dict]) -> dict:
 def training_samples(cfg, report=None) -> list:
     "The usable samples training sees: every enabled dataset's, except the held-out validation split `eval_dataset_id`."
     report = report or check_datasets(cfg)
-    if not report.ok: raise CacheError(f"the data check found errors:\n{report}")
+    if not report.ok:
+        raise CacheError(f"the data check found errors:\n{report}")
     samples = [s for s in report.samples if s.dataset_id != cfg.eval_dataset_id]
     if report.samples and not samples:
-        raise CacheError(f"eval_dataset_id = {cfg.eval_dataset_id!r} is held out from training as the validation split, which "
-                         "leaves no training samples — add a dataset to train on, or point eval_dataset_id at a separate split")
+        raise CacheError(f"eval_dataset_id = {cfg.eval_dataset_id!r} is held out from training as the validation "
+                         "split, which leaves no training samples — add a dataset to train on, or point "
+                         "eval_dataset_id at a separate split")
     return samples
 
 
@@ -462,19 +509,25 @@ class CachedDataset(torch.utils.data.Dataset):
         bad = []
         for path, expected in [*((e.path, e.expected) for e in self.latent_files.values()),
                                *((p, {**self.text_meta, "caption": c}) for c, p in self.text_files.items())]:
-            try: check_entry(path, expected)
-            except CacheError as e: bad.append(str(e))
+            try:
+                check_entry(path, expected)
+            except CacheError as e:
+                bad.append(str(e))
         if bad:
             raise CacheError(f"{len(bad)} cache files are missing or stale, e.g. {bad[0]} — build the cache first: "
                              f"`longcat-nb cache --config <config.json>` or `build_cache(cfg)`")
 
-    def __len__(self): return len(self.samples)
+    def __len__(self):
+        return len(self.samples)
 
     def _read(self, path, expected) -> dict:
-        "A cache file's tensors; one that went bad since `build_cache` checked it stops the run with the repair command."
-        try: return read_entry(path, expected)[0]
+        """A cache file's tensors; one that went bad since `build_cache` checked it stops the run with the repair
+        command."""
+        try:
+            return read_entry(path, expected)[0]
         except CacheError as e:
-            raise CacheError(f"{e} — repair it with `longcat-nb cache --config {self.cfg.config_path or '<config.json>'}` "
+            raise CacheError(f"{e} — repair it with "
+                             f"`longcat-nb cache --config {self.cfg.config_path or '<config.json>'}` "
                              "(re-encodes what is damaged), then resume") from None
 
     def _latents(self, sample, kind) -> torch.Tensor:
@@ -498,7 +551,8 @@ class CachedDataset(torch.utils.data.Dataset):
                 "text_mask": mask, "caption": s.caption, "bucket": s.bucket, "id": s.id}
 
     def __getitem__(self, key):
-        if isinstance(key, int): return self.item(key)
+        if isinstance(key, int):
+            return self.item(key)
         return {**_collate([self.item(i) for i in key.indices]), "epoch": key.epoch, "position": key.position}
 
 
@@ -507,7 +561,8 @@ def cached_data_loader(dataset: CachedDataset, batch_size: int = 1, seed: int = 
     """A `DataLoader` of bucketed batches from a `CachedDataset` (the data chapter's `BucketBatchSampler`);
     `state` (`{"epoch", "position"}`) resumes where it left off."""
     sampler = BucketBatchSampler(dataset.samples, batch_size, seed, shuffle)
-    if state: sampler.load_state_dict(state)
+    if state:
+        sampler.load_state_dict(state)
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                                        persistent_workers=num_workers > 0)
 
@@ -520,8 +575,10 @@ def load_prompts(cfg, prompts, ckpt=None) -> tuple[torch.Tensor, torch.Tensor]:
     for p in [prompts] if isinstance(prompts, str) else prompts:
         c = clean_prompt(p)
         path = text_path(cfg, c, meta)
-        try: out.append(read_entry(path, {**meta, "caption": c})[0])
-        except CacheError as e: raise CacheError(f"prompt {c!r} is not cached ({e}) — run build_cache(cfg)") from None
+        try:
+            out.append(read_entry(path, {**meta, "caption": c})[0])
+        except CacheError as e:
+            raise CacheError(f"prompt {c!r} is not cached ({e}) — run build_cache(cfg)") from None
     return torch.stack([t["emb"] for t in out]), torch.stack([t["mask"] for t in out])
 
 
