@@ -51,7 +51,8 @@ FUSED_RECOMPILE_LIMIT = 32
 def fused(fn, backend: str | None = None):
     """`fn`, or with a torch.compile `backend` ("inductor"; "aot_eager" traces without generating code) the twin
     `torch.compile(fn, dynamic=True)`. Always `fn` while dynamo traces a compiled block: its graph fuses `fn`."""
-    if backend is None or torch.compiler.is_compiling(): return fn
+    if backend is None or torch.compiler.is_compiling():
+        return fn
     if (fn, backend) not in _FUSED:
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, FUSED_RECOMPILE_LIMIT)
@@ -78,12 +79,15 @@ class FeedForwardSwiGLU(nn.Module):
 
     fused_elementwise = None   # a torch.compile backend for `silu_mul` (`set_fused_elementwise`), or None: eager
 
-    def swiglu(self, x): return self.w2(fused(silu_mul, self.fused_elementwise)(self.w1(x), self.w3(x)))
+    def swiglu(self, x):
+        return self.w2(fused(silu_mul, self.fused_elementwise)(self.w1(x), self.w3(x)))
 
     def forward(self, x):
-        if self.chunks == 1 or not torch.is_grad_enabled(): return self.swiglu(x)      # sampling and the default: plain
+        if self.chunks == 1 or not torch.is_grad_enabled():
+            return self.swiglu(x)                                                      # sampling and the default: plain
         params = [p for p in self.parameters() if p.requires_grad]
-        if not (x.requires_grad or params): return self.swiglu(x)
+        if not (x.requires_grad or params):
+            return self.swiglu(x)
         if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()):
             raise RuntimeError("ffn_chunks > 1 recomputes the FFN in the backward, where LoRA dropout would draw other "
                                "masks — set lora_dropout: 0 or ffn_chunks: 1")
@@ -97,7 +101,7 @@ class ChunkedSwiGLU(torch.autograd.Function):
         ctx.ffn, ctx.params = ffn, params
         ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
         ctx.save_for_backward(x)
-        h = ffn.w1(x)                                     # the plain module's ops and values, in place: one wide tensor less
+        h = ffn.w1(x)  # the plain module's ops and values, in place: one wide tensor less
         return ffn.w2(F.silu(h, inplace=True).mul_(ffn.w3(x)))
 
     @staticmethod
@@ -109,17 +113,21 @@ class ChunkedSwiGLU(torch.autograd.Function):
                 xc = x[:, sl[0]:sl[-1] + 1].detach().requires_grad_(need_x)
                 inputs = ([xc] if need_x else []) + list(params)
                 grads = torch.autograd.grad(ctx.ffn.swiglu(xc), inputs, grad[:, sl[0]:sl[-1] + 1], allow_unused=True)
-                if need_x: gx[:, sl[0]:sl[-1] + 1] = grads[0]
+                if need_x:
+                    gx[:, sl[0]:sl[-1] + 1] = grads[0]
                 for g, d in zip(gp, grads[need_x:]):
-                    if d is not None: g += d
+                    if d is not None:
+                        g += d
         return None, gx, *gp
 
 
 def set_ffn_chunks(model: nn.Module, chunks: int) -> None:
     "Recompute every SwiGLU of `model` in `chunks` token chunks in the backward (1: the plain module)."
-    if int(chunks) != chunks or chunks < 1: raise ValueError(f"ffn_chunks = {chunks!r}: use an integer ≥ 1 (1 = off)")
+    if int(chunks) != chunks or chunks < 1:
+        raise ValueError(f"ffn_chunks = {chunks!r}: use an integer ≥ 1 (1 = off)")
     for m in model.modules():
-        if isinstance(m, FeedForwardSwiGLU): m.chunks = int(chunks)
+        if isinstance(m, FeedForwardSwiGLU):
+            m.chunks = int(chunks)
 
 # %% ../nbs/03_model.ipynb #7f54bd4b
 def fp32_region(x: torch.Tensor):
@@ -131,32 +139,38 @@ def compute_autocast(device, mixed_precision: str = "bf16"):
     """The autocast the transformer runs under, in training and sampling: bf16 on CUDA when `mixed_precision` is
     "bf16" (bf16 matmuls for the LoRA factors too), none otherwise (CPU runs in fp32)."""
     device = torch.device(device)
-    if device.type == "cuda" and mixed_precision == "bf16": return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cuda" and mixed_precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
 
 def autocasts(device, mixed_precision: str = "bf16") -> bool:
-    "Whether the transformer runs under an autocast on `device` (`compute_autocast`): then LoRA skips PEFT's fp32 input cast."
+    """Whether the transformer runs under an autocast on `device` (`compute_autocast`): then LoRA skips PEFT's fp32
+    input cast."""
     return isinstance(compute_autocast(device, mixed_precision), torch.autocast)
 
 
 class FP32Linear(nn.Linear):
-    "An `nn.Linear` that computes in fp32 whatever the dtype of its input and weights, also under autocast; returns fp32."
+    """An `nn.Linear` that computes in fp32 whatever the dtype of its input and weights, also under autocast; returns
+    fp32."""
     def forward(self, x):
         bias = None if self.bias is None else self.bias.float()
-        with fp32_region(x): return F.linear(x.float(), self.weight.float(), bias)
+        with fp32_region(x):
+            return F.linear(x.float(), self.weight.float(), bias)
 
 
 def rms_norm_fp32(x, weight, eps: float):
     "RMSNorm of x [..., d] over its last dim in fp32, cast back to x's dtype, then scaled by `weight` [d] (released)."
-    with fp32_region(x): return F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype) * weight
+    with fp32_region(x):
+        return F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype) * weight
 
 
 class FP32RMSNorm(nn.RMSNorm):
     "RMSNorm over the last dim, normalised in fp32, cast back to the input dtype, then scaled by `weight`."
     fused_elementwise = None   # a torch.compile backend (`set_fused_elementwise`), or None: eager
 
-    def forward(self, x): return fused(rms_norm_fp32, self.fused_elementwise)(x, self.weight, self.eps)
+    def forward(self, x):
+        return fused(rms_norm_fp32, self.fused_elementwise)(x, self.weight, self.eps)
 
 # %% ../nbs/03_model.ipynb #cf89fb90
 def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -175,7 +189,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(FP32Linear(frequency_embedding_size, t_dim), nn.SiLU(), FP32Linear(t_dim, t_dim))
 
     def forward(self, t):
-        with fp32_region(t): return self.mlp(timestep_sinusoid(t, self.frequency_embedding_size))
+        with fp32_region(t):
+            return self.mlp(timestep_sinusoid(t, self.frequency_embedding_size))
 
 # %% ../nbs/03_model.ipynb #5af7621c
 class CaptionEmbedder(nn.Module):
@@ -185,7 +200,8 @@ class CaptionEmbedder(nn.Module):
         self.y_proj = nn.Sequential(nn.Linear(caption_channels, hidden_size), nn.GELU(approximate="tanh"),
                                     nn.Linear(hidden_size, hidden_size))
 
-    def forward(self, y): return self.y_proj(y)
+    def forward(self, y):
+        return self.y_proj(y)
 
 
 class PatchEmbed3D(nn.Module):
@@ -194,7 +210,8 @@ class PatchEmbed3D(nn.Module):
         super().__init__()
         self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=tuple(patch_size), stride=tuple(patch_size))
 
-    def forward(self, x): return self.proj(x).flatten(2).transpose(1, 2)
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 # %% ../nbs/03_model.ipynb #a03760d5
 def rope_split(head_dim: int) -> tuple[int, int, int]:
@@ -241,11 +258,14 @@ def check_attention_backend(name: str):
 
 def _sdpa_priority(device: torch.device):
     "On CUDA, prefer cuDNN attention, then flash, memory-efficient and math; elsewhere, PyTorch's choice."
-    if device.type != "cuda": return nullcontext()
+    if device.type != "cuda":
+        return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    try: return sdpa_kernel(order, set_priority=True)
-    except TypeError: return sdpa_kernel(order)  # torch without `set_priority`: all four enabled, default order
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:
+        return sdpa_kernel(order)                # torch without `set_priority`: all four enabled, default order
 
 
 def _xformers_attention(q, k, v, key_mask):
@@ -259,7 +279,8 @@ def _xformers_attention(q, k, v, key_mask):
         bias = q.new_zeros(B, 1, 1, -(-Nk // 8) * 8)[..., :Nk]
         bias.masked_fill_(~key_mask[:, None, None, :], float("-inf"))
         bias = bias.expand(B, H, Nq, Nk)
-    out = xformers.ops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
+    out = xformers.ops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                  attn_bias=bias)
     return out.transpose(1, 2)
 
 
@@ -270,7 +291,8 @@ def attention(q, k, v, backend="auto", key_mask=None):
         mask = None if key_mask is None else key_mask[:, None, None, :]
         with _sdpa_priority(q.device):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if backend == "xformers": return _xformers_attention(q, k, v, key_mask)
+    if backend == "xformers":
+        return _xformers_attention(q, k, v, key_mask)
     check_attention_backend(backend)
     raise AssertionError(f"attention backend {backend!r} passed its check but has no implementation")
 
@@ -280,24 +302,34 @@ _announced = set()
 
 def _announce(line: str):
     "Print `line` the first time it comes up in this process (one line per attention choice, not per step)."
-    if line not in _announced: _announced.add(line); print(line)
+    if line not in _announced:
+        _announced.add(line)
+        print(line)
 
 
 def plan_attention(backend: str, latent_shape, device, bsa_params: dict, enable_bsa: bool = False):
     """What self-attention runs for token grid `latent_shape` (T, H, W): a backend name, or a `BlockSparse`.
-    'auto' and 'bsa' are resolved here (see above); `bsa_params` is the release's dict (sparsity, cdf_threshold, chunk_3d_shape_q)."""
-    if backend not in ("auto", "bsa"): return backend
+    'auto' and 'bsa' are resolved here (see above); `bsa_params` is the release's dict (sparsity, cdf_threshold,
+    chunk_3d_shape_q)."""
+    if backend not in ("auto", "bsa"):
+        return backend
     chunk = tuple(bsa_params.get("chunk_3d_shape_q") or (4, 4, 4))
     problem = chunk_grid_problem(latent_shape, chunk)
     frame_tokens, where = latent_shape[1] * latent_shape[2], "×".join(map(str, latent_shape))
     dense = None                                          # the reason to run dense, if any
-    if problem: dense = f"{problem}; block-sparse attention needs whole chunks"
-    elif backend == "bsa": why = "attention_implementation is 'bsa'"
-    elif device.type != "cuda": dense = f"'auto' keeps block-sparse attention to CUDA (this is {device.type})"
-    elif enable_bsa: why = "'auto' and enable_bsa is true in the model config"
-    elif frame_tokens >= BSA_MIN_FRAME_TOKENS: why = f"'auto' at ≥ 720p ({frame_tokens} tokens a frame), where the release used it"
-    else: dense = (f"'auto' below 720p ({frame_tokens} < {BSA_MIN_FRAME_TOKENS} tokens a frame): the released base model "
-                   "ran dense here; set attention_implementation 'bsa' to force block-sparse")
+    if problem:
+        dense = f"{problem}; block-sparse attention needs whole chunks"
+    elif backend == "bsa":
+        why = "attention_implementation is 'bsa'"
+    elif device.type != "cuda":
+        dense = f"'auto' keeps block-sparse attention to CUDA (this is {device.type})"
+    elif enable_bsa:
+        why = "'auto' and enable_bsa is true in the model config"
+    elif frame_tokens >= BSA_MIN_FRAME_TOKENS:
+        why = f"'auto' at ≥ 720p ({frame_tokens} tokens a frame), where the release used it"
+    else:
+        dense = (f"'auto' below 720p ({frame_tokens} < {BSA_MIN_FRAME_TOKENS} tokens a frame): the released base model "
+                 "ran dense here; set attention_implementation 'bsa' to force block-sparse")
     if dense:
         _announce(f"attention: dense sdpa for token grid {where} — {dense}")
         return "sdpa"
@@ -340,7 +372,8 @@ class SelfAttention(nn.Module):
     def forward(self, x, rope, num_cond: int = 0, backend="auto", cond_kv=None):
         """x [B, N, C]; rope `(cos, sin)` [N, head_dim/2]; `backend` a name or a `BlockSparse` → [B, N, C].
         `cond_kv`: a `CondKV` slot (the continuation cache)."""
-        if cond_kv is not None: return self.forward_cached(x, rope, cond_kv, backend)
+        if cond_kv is not None:
+            return self.forward_cached(x, rope, cond_kv, backend)
         B, N, C = x.shape
         q, k, v = self.qkv_heads(x, rope)
         if isinstance(backend, BlockSparse):
@@ -440,11 +473,13 @@ class LongCatBlock(nn.Module):
         with fp32_region(x):   # the modulation, (1 + scale)/shift and the gated residual adds stay fp32 under autocast
             mods = self.adaLN_modulation(t).unsqueeze(2).chunk(6, dim=-1)
         # compiled functions guard on their inputs' storage offsets: six chunks of one tensor would compile six times
-        if self.fused_elementwise: mods = [m.clone() for m in mods]
+        if self.fused_elementwise:
+            mods = [m.clone() for m in mods]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         h = mod(x, shift_msa, scale_msa, self.mod_norm_attn.eps, x.dtype)
         x = add(x, self.attn(h, rope, num_cond, backend, cond_kv), gate_msa)
-        if y is not None: x = x + self.cross_attn(self.pre_crs_attn_norm(x), y, key_mask, num_cond, backend)
+        if y is not None:
+            x = x + self.cross_attn(self.pre_crs_attn_norm(x), y, key_mask, num_cond, backend)
         h = mod(x, shift_mlp, scale_mlp, self.mod_norm_ffn.eps, x.dtype)
         return add(x, self.ffn(h), gate_mlp)
 
@@ -476,7 +511,8 @@ def unpatchify(x, grid, patch_size, channels: int):
 # %% ../nbs/03_model.ipynb #eeb7d133
 def text_mask(mask, batch: int, length: int):
     "Text attention mask [B, L], [B, 1, L] or [B, 1, 1, L] → bool [B, L] (True = real token); None stays None."
-    if mask is None: return None
+    if mask is None:
+        return None
     mask = mask.reshape(mask.shape[0], -1)
     if tuple(mask.shape) != (batch, length):
         raise ValueError(f"encoder_attention_mask has shape {tuple(mask.shape)}, expected [{batch}, {length}] "
@@ -486,7 +522,8 @@ def text_mask(mask, batch: int, length: int):
 
 def frame_timesteps(timestep, batch: int, frames: int):
     "Timestep [B] or [B, T] → [B, T], one per latent frame."
-    if timestep.ndim == 1: timestep = timestep[:, None].expand(-1, frames)
+    if timestep.ndim == 1:
+        timestep = timestep[:, None].expand(-1, frames)
     if tuple(timestep.shape) != (batch, frames):
         raise ValueError(f"timestep has shape {tuple(timestep.shape)}: expected [{batch}] or [{batch}, {frames}] "
                          "(one per latent frame)")
@@ -505,7 +542,8 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                  enable_bsa: bool = False, bsa_params: dict = BSA_PARAMS, text_tokens_zero_pad: bool = True):
         super().__init__()
         if patch_size[0] != 1:
-            raise ValueError(f"patch_size {list(patch_size)}: the temporal patch must be 1 (timesteps are per latent frame)")
+            raise ValueError(f"patch_size {list(patch_size)}: the temporal patch must be 1 "
+                             "(timesteps are per latent frame)")
         self.x_embedder = PatchEmbed3D(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(adaln_tembed_dim, frequency_embedding_size)
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size)
@@ -524,14 +562,16 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         params = {**self.config.bsa_params, **bsa_params}
         check_sparsity(params.get("sparsity"), params.get("cdf_threshold"))
         self.attention_implementation = backend
-        if params != self.config.bsa_params: self.register_to_config(bsa_params=params)
+        if params != self.config.bsa_params:
+            self.register_to_config(bsa_params=params)
 
 # %% ../nbs/03_model.ipynb #4b3388ee
 @patch
 def _text(self: LongCatVideoTransformer3DModel, encoder_hidden_states, encoder_attention_mask, dtype):
     "Project the text; zero-pad it (key mask None) or return the key-padding mask. → y [B, L, C], mask or None."
     y = encoder_hidden_states.to(dtype)
-    if y.ndim == 4: y = y.squeeze(1)
+    if y.ndim == 4:
+        y = y.squeeze(1)
     mask = text_mask(encoder_attention_mask, y.shape[0], y.shape[1])
     y = self.y_embedder(y)
     if self.config.text_tokens_zero_pad and mask is not None:
@@ -540,8 +580,8 @@ def _text(self: LongCatVideoTransformer3DModel, encoder_hidden_states, encoder_a
 
 
 @patch
-def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None,
-            num_cond_latents: int = 0, return_dict: bool = True, kv_cache=None):
+def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encoder_hidden_states,
+            encoder_attention_mask=None, num_cond_latents: int = 0, return_dict: bool = True, kv_cache=None):
     """Velocity v = x0 − ε, fp32 [B, C_out, T, H, W], for latents `hidden_states` [B, C_in, T, H, W];
     `timestep` [B] or [B, T] (0..1000); text [B, 1, L, C] or [B, L, C]; mask [B, L] (or [B, 1, L], [B, 1, 1, L]).
     With `kv_cache` (`cache_cond_kv`), `hidden_states` are only the frames after the cached conditioning frames."""
@@ -560,7 +600,8 @@ def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encod
     cached = 0 if kv_cache is None else kv_cache.check(hidden_states, num_cond_latents)
     rope = rope_3d((cached + T, *grid[1:]), self.config.hidden_size // self.config.num_heads, x.device)
     num_cond = num_cond_latents * grid[1] * grid[2]
-    backend = plan_attention(self.attention_implementation, grid, x.device, self.config.bsa_params, self.config.enable_bsa)
+    backend = plan_attention(self.attention_implementation, grid, x.device, self.config.bsa_params,
+                             self.config.enable_bsa)
     slots = [None] * len(self.blocks) if kv_cache is None else kv_cache.blocks
     for block, slot in zip(self.blocks, slots):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -574,7 +615,8 @@ def forward(self: LongCatVideoTransformer3DModel, hidden_states, timestep, encod
 class CondKV:
     """One block's conditioning keys and values [videos, heads, N_c, d], each in a storage of its own: k RMS-normed and
     rotated (the conditioning tokens' positions are the first N_c, at every step), v. Empty until the caching pass."""
-    def __init__(self): self.k = self.v = None
+    def __init__(self):
+        self.k = self.v = None
 
     def keep(self, k, v):
         "Keep copies of k (rotated), v [B, heads, N_c, d]: never views, which would keep the fused qkv output alive."
@@ -608,7 +650,7 @@ class CondKVCache:
     "Every block's `CondKV` for `num_latents` conditioning frames of `latent_hw` (H, W) latents; from `cache_cond_kv`."
     def __init__(self, num_latents: int, latent_hw: tuple, depth: int):
         self.num_latents, self.latent_hw, self.blocks = num_latents, tuple(latent_hw), [CondKV() for _ in range(depth)]
-        self.velocity = None    # the conditioning frames' own output [B, C_out, T_c, H, W] fp32 (the same at every step)
+        self.velocity = None  # the conditioning frames' own output [B, C_out, T_c, H, W] fp32 (the same at every step)
 
     def check(self, hidden_states, num_cond_latents: int) -> int:
         "Raise unless `hidden_states` [B, C, T, H, W] can follow the cached frames; returns the cached frame count."
@@ -618,7 +660,8 @@ class CondKVCache:
                              "pass only the frames after them, with num_cond_latents=0")
         if (H, W) != self.latent_hw or B % self.blocks[0].k.shape[0]:
             raise ValueError(f"latents [{B}, …, {H}, {W}] do not fit the KV cache of {self.blocks[0].k.shape[0]} "
-                             f"videos at {self.latent_hw[0]}×{self.latent_hw[1]} latents — rebuild it with cache_cond_kv")
+                             f"videos at {self.latent_hw[0]}×{self.latent_hw[1]} latents "
+                             "— rebuild it with cache_cond_kv")
         return self.num_latents
 
 # %% ../nbs/03_model.ipynb #927f878b
@@ -630,8 +673,10 @@ def forward_cached(self: SelfAttention, x, rope, cond_kv: CondKV, backend: str =
     B may be a multiple of the cached videos (a guidance batch)."""
     B, N, C = x.shape
     q, k, v = self.qkv_heads(x, (rope[0][-N:], rope[1][-N:]))   # these tokens' positions: the last N of the rope
-    if cond_kv.k is None: cond_kv.keep(k, v)
-    else: k, v = cond_kv.join(k, v)
+    if cond_kv.k is None:
+        cond_kv.keep(k, v)
+    else:
+        k, v = cond_kv.join(k, v)
     return self.proj(attention(q, k, v, backend).transpose(1, 2).reshape(B, N, C))
 
 
@@ -647,8 +692,10 @@ def cache_cond_kv(self: LongCatVideoTransformer3DModel, cond_latents) -> CondKVC
     t = self.t_embedder(torch.zeros(B, Tc, device=x.device, dtype=dtype))
     rope = rope_3d((Tc, H // ph, W // pw), self.config.hidden_size // self.config.num_heads, x.device)
     cache = CondKVCache(Tc, (H, W), len(self.blocks))
-    for block, slot in zip(self.blocks, cache.blocks): x = block(x, None, t, rope, None, 0, self.attention_implementation, slot)
-    cache.velocity = unpatchify(self.final_layer(x, t), (Tc, H // ph, W // pw), self.config.patch_size, self.config.out_channels)
+    for block, slot in zip(self.blocks, cache.blocks):
+        x = block(x, None, t, rope, None, 0, self.attention_implementation, slot)
+    cache.velocity = unpatchify(self.final_layer(x, t), (Tc, H // ph, W // pw), self.config.patch_size,
+                                self.config.out_channels)
     return cache
 
 # %% ../nbs/03_model.ipynb #ca150dc0
@@ -657,20 +704,24 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 # the fused SDPA kernels (cuDNN, flash, memory-efficient, CPU flash, other backends'), those this torch has
 ATTENTION_OPS = tuple(getattr(torch.ops.aten, n).default for n in (
-    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable") if hasattr(torch.ops.aten, n))
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_fused_attention_overrideable") if hasattr(torch.ops.aten, n))
 
 
 def keep_attention_policy(tokens: int):
-    "Selective-checkpoint policy: save the fused SDPA ops whose keys are the `tokens` video tokens (self-attention), recompute the rest."
+    """Selective-checkpoint policy: save the fused SDPA ops whose keys are the `tokens` video tokens (self-attention),
+    recompute the rest."""
     def policy(ctx, op, *args, **kwargs):
-        if op in ATTENTION_OPS and args[1].shape[-2] == tokens: return CheckpointPolicy.MUST_SAVE
+        if op in ATTENTION_OPS and args[1].shape[-2] == tokens:
+            return CheckpointPolicy.MUST_SAVE
         return CheckpointPolicy.PREFER_RECOMPUTE
     return policy
 
 
 def checkpoint_keeping_attention(block, x, *args):
-    "Run `block(x, *args)` (x [B, N, C]) checkpointed, keeping self-attention's outputs: for `enable_gradient_checkpointing`."
+    """Run `block(x, *args)` (x [B, N, C]) checkpointed, keeping self-attention's outputs: for
+    `enable_gradient_checkpointing`."""
     context = partial(create_selective_checkpoint_contexts, keep_attention_policy(x.shape[1]))
     return checkpoint(block, x, *args, use_reentrant=False, context_fn=context)
 
@@ -678,13 +729,16 @@ def checkpoint_keeping_attention(block, x, *args):
 @patch
 def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
     "Compile every transformer block in place with `torch.compile(**compile_kwargs)`; returns the model."
-    for block in self.blocks: block.compile(**compile_kwargs)
+    for block in self.blocks:
+        block.compile(**compile_kwargs)
     return self
 
 # %% ../nbs/03_model.ipynb #d213c279
 def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool) -> bool:
-    "The config's `fused_elementwise` (`off` | `auto` | `on`) for a run on `device`: `auto` is on for CUDA when blocks are not compiled."
-    if setting == "on": return True
+    """The config's `fused_elementwise` (`off` | `auto` | `on`) for a run on `device`: `auto` is on for CUDA when blocks
+    are not compiled."""
+    if setting == "on":
+        return True
     return setting == "auto" and torch.device(device).type == "cuda" and not blocks_compiled
 
 
@@ -694,5 +748,6 @@ def set_fused_elementwise(self: LongCatVideoTransformer3DModel, backend: str | b
     `gated_add`) as `torch.compile` twins with `backend` (True: "inductor"; False or None: eager); returns the model."""
     backend = "inductor" if backend is True else backend or None
     for m in self.modules():
-        if hasattr(m, "fused_elementwise"): m.fused_elementwise = backend
+        if hasattr(m, "fused_elementwise"):
+            m.fused_elementwise = backend
     return self
