@@ -118,23 +118,30 @@ def build_tiny_checkpoint(path, seed: int = 0, overwrite: bool = True) -> Path:
             _write_loras(tmp / "lora", dit, seed)
         FlowMatchEulerDiscreteScheduler(shift=12.0).save_pretrained(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(TINY_MODEL_INDEX, indent=2) + "\n")
-        if path.exists() and overwrite: shutil.rmtree(path)
-        try: os.rename(tmp, path)
+        if path.exists() and overwrite:
+            shutil.rmtree(path)
+        try:
+            os.rename(tmp, path)
         except OSError:
-            if overwrite or not path.is_dir(): raise
+            if overwrite or not path.is_dir():
+                raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return path
 
 # %% ../nbs/04_tiny.ipynb #c0ada346
 def _recipe_hash() -> str:
-    "A hash of the code that writes the tiny checkpoint (this module, the model and LoRA chapters) and library versions."
+    """A hash of the code that writes the tiny checkpoint (this module, the model and LoRA chapters) and library
+    versions."""
     import importlib.metadata as md, importlib.util
     h = hashlib.sha256()
     for mod in ("longcat_nb.tiny", "longcat_nb.model", "longcat_nb.lora"):
         spec = importlib.util.find_spec(mod)
-        if spec and spec.origin and Path(spec.origin).is_file(): h.update(Path(spec.origin).read_bytes())
-    for lib in ("torch", "diffusers", "transformers", "sentencepiece", "safetensors"): h.update(md.version(lib).encode())
+        if spec and spec.origin and Path(spec.origin).is_file():
+            h.update(Path(spec.origin).read_bytes())
+    for lib in ("torch", "diffusers", "transformers", "sentencepiece", "safetensors"):
+        h.update(md.version(lib).encode())
     return h.hexdigest()[:10]
 
 
@@ -142,7 +149,8 @@ def tiny_checkpoint(seed: int = 0, root=None) -> Path:
     "The tiny checkpoint for `seed`, built once into `root` (default `$LONGCAT_NB_CACHE` or ~/.cache/longcat_nb)."
     root = Path(root or os.environ.get("LONGCAT_NB_CACHE", Path.home() / ".cache" / "longcat_nb"))
     path = root / f"tiny-{_recipe_hash()}-seed{seed}"
-    if not path.is_dir(): build_tiny_checkpoint(path, seed=seed, overwrite=False)  # atomic: present = complete
+    if not path.is_dir():
+        build_tiny_checkpoint(path, seed=seed, overwrite=False)                    # atomic: present = complete
     return path
 
 # %% ../nbs/04_tiny.ipynb #2a7d7524
@@ -200,19 +208,21 @@ def make_example_dataset(path, i2v: bool = True, n_clips: int = 4, size=(64, 64)
     from longcat_nb.data import bucket_size
     path, (w, h) = Path(path).resolve(), size
     check_frames(frames, "frames", "make_example_dataset")
-    common = {"type": "local", "resolution": min(w, h), "resolution_type": "pixel"}   # shorter edge: the clip's own bucket
+    # shorter edge: the clip's own bucket
+    common = {"type": "local", "resolution": min(w, h), "resolution_type": "pixel"}
     bucket = bucket_size(w, h, DatasetConfig("example", path, resolution=min(w, h), resolution_type="pixel"))
     if bucket != (w, h):
-        raise ValueError(f"make_example_dataset: size {w}x{h} would train in bucket {bucket[0]}x{bucket[1]} — use multiples "
-                         "of 64 or 832x480 / 480x832")
+        raise ValueError(f"make_example_dataset: size {w}x{h} would train in bucket {bucket[0]}x{bucket[1]} "
+                         "— use multiples of 64 or 832x480 / 480x832")
     captions = _write_clips(path / "t2v", 0, n_clips, frames, size)
     video = {"num_frames": frames, "fps": 15}
     datasets = [{"id": "example-t2v", "dataset_type": "video", "instance_data_dir": str(path / "t2v"),
                  "caption_strategy": "textfile", **common, "video": video}]
     if i2v:
         _write_clips(path / "i2v" / "clips", n_clips, n_clips, frames, size, start_frames=path / "i2v" / "start_frames")
-        datasets += [{"id": "example-i2v", "dataset_type": "video", "is_i2v": True, "instance_data_dir": str(path / "i2v" / "clips"),
-                      "caption_strategy": "textfile", **common, "conditioning_data": ["example-i2v-start"], "video": video},
+        datasets += [{"id": "example-i2v", "dataset_type": "video", "is_i2v": True,
+                      "instance_data_dir": str(path / "i2v" / "clips"), "caption_strategy": "textfile", **common,
+                      "conditioning_data": ["example-i2v-start"], "video": video},
                      {"id": "example-i2v-start", "dataset_type": "conditioning", "caption_strategy": None,
                       "instance_data_dir": str(path / "i2v" / "start_frames"), **common}]
     (path / "multidatabackend.json").write_text(json.dumps(datasets, indent=2) + "\n")
