@@ -75,7 +75,8 @@ def lora_layers(model: nn.Module, adapter_name: str = "default") -> dict[str, Lo
 def _lora_params(m: LoraLayer, adapter_name: str) -> list[nn.Module]:
     "The trainable parts of one LoRA layer: `lora_A`, `lora_B` and, for DoRA, the magnitude vector."
     parts = [m.lora_A[adapter_name], m.lora_B[adapter_name]]
-    if m.use_dora.get(adapter_name): parts.append(m.lora_magnitude_vector[adapter_name])
+    if m.use_dora.get(adapter_name):
+        parts.append(m.lora_magnitude_vector[adapter_name])
     return parts
 
 
@@ -91,7 +92,8 @@ def _inject(model: nn.Module, config: LoraConfig, adapter_name: str):
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         model.add_adapter(config, adapter_name)
     for m in lora_layers(model, adapter_name).values():
-        for p in _lora_params(m, adapter_name): p.float()
+        for p in _lora_params(m, adapter_name):
+            p.float()
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0, target_modules=None,
@@ -105,7 +107,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: f
     _inject(model, config, adapter_name)
     model.requires_grad_(False)
     for m in lora_layers(model, adapter_name).values():
-        for p in _lora_params(m, adapter_name): p.requires_grad_(True)
+        for p in _lora_params(m, adapter_name):
+            p.requires_grad_(True)
     return config
 
 # %% ../nbs/05_lora.ipynb #59b26998
@@ -115,7 +118,8 @@ def set_lora_input_cast(model: nn.Module, cast: bool) -> int:
     Returns the number of layers without the cast."""
     off = 0
     for m in model.modules():
-        if not isinstance(m, LoraLayer): continue
+        if not isinstance(m, LoraLayer):
+            continue
         if not hasattr(m, "_cast_input_dtype"):
             raise ImportError(f"peft {peft.__version__} has no switch for the LoRA input cast — install peft>=0.15")
         m.cast_input_dtype_enabled = cast or any(getattr(d, "p", 0) > 0 for d in m.lora_dropout.values())
@@ -139,7 +143,8 @@ class LoraFactors(NamedTuple):
 
 
 def lora_factors(model: nn.Module, adapter_name: str = "default") -> dict[str, LoraFactors]:
-    "The LoRA `adapter_name` of `model` as fp32 CPU factors, by module path; the scale is PEFT's `scaling` for the layer."
+    """The LoRA `adapter_name` of `model` as fp32 CPU factors, by module path; the scale is PEFT's `scaling` for the
+    layer."""
     layers = lora_layers(model, adapter_name)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRA adapter '{adapter_name}'; attached: "
@@ -156,19 +161,22 @@ _COMFY_EPS = torch.finfo(torch.float32).eps   # ComfyUI adds its weight dtype's 
 
 def peft_magnitude(f: LoraFactors, weight: torch.Tensor) -> torch.Tensor | None:
     "The DoRA magnitude [out] of `f` as PEFT defines it, for the base weight `weight` [out, in]; None for a plain LoRA."
-    if f.magnitude is None or f.norm == "updated": return f.magnitude
+    if f.magnitude is None or f.norm == "updated":
+        return f.magnitude
     w = weight.detach().float().cpu()
     return f.magnitude * (w + f.delta()).norm(dim=1) / (w.norm(dim=1) + _COMFY_EPS)
 
 
 def base_norm_magnitude(f: LoraFactors, weight: torch.Tensor) -> torch.Tensor | None:
     "The `.dora_scale` [out] of `f` that ComfyUI turns into PEFT's DoRA weight, for the base weight `weight`."
-    if f.magnitude is None or f.norm == "base": return f.magnitude
+    if f.magnitude is None or f.norm == "base":
+        return f.magnitude
     w = weight.detach().float().cpu()
     return f.magnitude * (w.norm(dim=1) + _COMFY_EPS) / (w + f.delta()).norm(dim=1)
 
 # %% ../nbs/05_lora.ipynb #0713ba2c
-FUSED_LORA_SPLITS = {"attn.qkv": 3, "cross_attn.kv_linear": 2, "adaLN_modulation.1": 6, "final_layer.adaLN_modulation.1": 2}
+FUSED_LORA_SPLITS = {"attn.qkv": 3, "cross_attn.kv_linear": 2, "adaLN_modulation.1": 6,
+                     "final_layer.adaLN_modulation.1": 2}
 OFFICIAL_PREFIX, OFFICIAL_DOT = "lora___lorahyphen___", "___lorahyphen___"
 
 
@@ -184,14 +192,17 @@ def official_key(module_name: str) -> str:
 
 
 def fused_form(f: LoraFactors, n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    "`(down [n·r, in], [up_j [out/n, r]])` whose chunk-j update `up_j @ down_j` equals rows j of `f.up @ f.down`, exactly."
+    """`(down [n·r, in], [up_j [out/n, r]])` whose chunk-j update `up_j @ down_j` equals rows j of `f.up @ f.down`,
+    exactly."""
     out, R = f.up.shape
-    if out % n: raise ValueError(f"a fused LoRA needs out_features divisible by {n}, got {out}")
+    if out % n:
+        raise ValueError(f"a fused LoRA needs out_features divisible by {n}, got {out}")
     rows = list(f.up.chunk(n))
     if R % n == 0 and f.up.count_nonzero():  # block-diagonal `up` (read from a fused file): keep the small form
         r = R // n
         blocks = [rows[j][:, j * r:(j + 1) * r] for j in range(n)]
-        if sum(int(b.count_nonzero()) for b in blocks) == int(f.up.count_nonzero()): return f.down, blocks
+        if sum(int(b.count_nonzero()) for b in blocks) == int(f.up.count_nonzero()):
+            return f.down, blocks
     return f.down.repeat(n, 1), rows
 
 # %% ../nbs/05_lora.ipynb #a824dd9c
@@ -211,16 +222,19 @@ _WAN_TOP_PIECES = {w: (o, j, len(ws)) for o, ws in WAN_TOP_NAMES.items() for j, 
 
 def wan_names(name: str) -> tuple[str, ...]:
     "The wrapper's module paths for the released module `name` (several for a fused layer, in row order); () if none."
-    if name in WAN_TOP_NAMES: return WAN_TOP_NAMES[name]
+    if name in WAN_TOP_NAMES:
+        return WAN_TOP_NAMES[name]
     m = re.fullmatch(r"(blocks\.\d+)\.(.+)", name)
     return tuple(f"{m[1]}.{w}" for w in WAN_BLOCK_NAMES[m[2]]) if m and m[2] in WAN_BLOCK_NAMES else ()
 
 
 def from_wan_name(name: str) -> tuple[str, int, int] | None:
     "`(released module path, piece j, pieces n)` of a wrapper module path; None when `name` is not one."
-    if name in _WAN_TOP_PIECES: return _WAN_TOP_PIECES[name]
+    if name in _WAN_TOP_PIECES:
+        return _WAN_TOP_PIECES[name]
     m = re.fullmatch(r"(blocks\.\d+)\.(.+)", name)
-    if m is None or m[2] not in _WAN_BLOCK_PIECES: return None
+    if m is None or m[2] not in _WAN_BLOCK_PIECES:
+        return None
     o, j, n = _WAN_BLOCK_PIECES[m[2]]
     return f"{m[1]}.{o}", j, n
 
@@ -237,7 +251,8 @@ _UNDERSCORE = re.compile(r"^lora_unet__?")
 def released_linear_names() -> tuple[str, ...]:
     "Paths of every nn.Linear of the released transformer (built on the meta device: no memory, no file)."
     from longcat_nb.model import LongCatVideoTransformer3DModel
-    with torch.device("meta"): model = LongCatVideoTransformer3DModel()
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel()
     return tuple(linear_names(model))
 
 
@@ -261,12 +276,15 @@ def parse_lora_key(key: str, names=None) -> LoraKey | None:
     """The `LoraKey` of a non-official key; None for a key that is no LoRA part or whose `lora_unet_` name names no
     module of `names` (module paths; default the released transformer's)."""
     m = _PART_KEY.match(key)
-    if m is None: return None
+    if m is None:
+        return None
     stem, t = m["stem"], m["t"]
     if _UNDERSCORE.match(stem):
         name = _underscore_names(tuple(names or released_linear_names())).get(_UNDERSCORE.sub("", stem))
-        if name is None: return None
-    else: name = next((stem[len(p):] for p in _PREFIXES if stem.startswith(p)), stem)
+        if name is None:
+            return None
+    else:
+        name = next((stem[len(p):] for p in _PREFIXES if stem.startswith(p)), stem)
     wan = from_wan_name(name)
     module, piece, pieces = wan or (name, 0, 1)
     part = {"A": "down", "B": "up"}.get(m["ab"]) or {"lora_down.weight": "down", "lora_up.weight": "up",
@@ -280,7 +298,8 @@ def parse_lora_key(key: str, names=None) -> LoraKey | None:
 def lora_format(keys, source: str = "LoRA state dict", names=None) -> str:
     "Which layout of the table the state-dict `keys` are written in (`wan` when any key uses the wrapper's names)."
     keys = list(keys)
-    if any(k.startswith(OFFICIAL_PREFIX) for k in keys): return "official"
+    if any(k.startswith(OFFICIAL_PREFIX) for k in keys):
+        return "official"
     parsed = [p for k in keys if (p := parse_lora_key(k, names)) and p.part in ("down", "up")]
     if not parsed and any(_UNDERSCORE.match(k) for k in keys):
         raise ValueError(f"{source}: key {keys[0]}: its lora_unet_ name resolves to no module of the model — "
@@ -295,32 +314,39 @@ def lora_format(keys, source: str = "LoRA state dict", names=None) -> str:
 # %% ../nbs/05_lora.ipynb #7aaab268
 def _read(path_or_state, metadata=None):
     "(state dict, metadata, label for errors) from a safetensors path or an in-memory state dict."
-    if isinstance(path_or_state, dict): return path_or_state, metadata or {}, "LoRA state dict"
-    if not Path(path_or_state).is_file(): raise FileNotFoundError(f"{path_or_state}: no such LoRA file")
+    if isinstance(path_or_state, dict):
+        return path_or_state, metadata or {}, "LoRA state dict"
+    if not Path(path_or_state).is_file():
+        raise FileNotFoundError(f"{path_or_state}: no such LoRA file")
     try:
         with safe_open(str(path_or_state), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}, str(path_or_state)
     except Exception as e:
-        if isinstance(e, OSError): raise
+        if isinstance(e, OSError):
+            raise
         raise ValueError(f"{path_or_state}: not a safetensors file ({e}) — LoRA files are .safetensors") from None
 
 
 def _peft_config(metadata: dict, prefixed: bool) -> dict | None:
     "The LoRA config diffusers stores in a safetensors file's metadata, unprefixed; None when absent."
     raw = metadata.get(LORA_ADAPTER_METADATA_KEY)
-    if not raw: return None
+    if not raw:
+        return None
     cfg = json.loads(raw)
-    if prefixed: cfg = {k.removeprefix("transformer."): v for k, v in cfg.items() if k.startswith("transformer.")}
+    if prefixed:
+        cfg = {k.removeprefix("transformer."): v for k, v in cfg.items() if k.startswith("transformer.")}
     return cfg if "r" in cfg else None
 
 
 def _peft_scale(cfg: dict | None, name: str, rank: int, src: str) -> float:
     "PEFT's `scaling` for module `name` under `cfg` (rank/alpha patterns, rsLoRA); 1.0 without a config."
-    if cfg is None: return 1.0
+    if cfg is None:
+        return 1.0
     rp, ap = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
     r = rp.get(get_pattern_key(rp.keys(), name), cfg["r"])
     alpha = ap.get(get_pattern_key(ap.keys(), name), cfg["lora_alpha"])
-    if r != rank: raise ValueError(f"{src}: {name}: the metadata says rank {r}, lora_A has {rank} rows")
+    if r != rank:
+        raise ValueError(f"{src}: {name}: the metadata says rank {r}, lora_A has {rank} rows")
     return alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
 
 
@@ -330,7 +356,8 @@ def drop_zero_rank(down: torch.Tensor, ups: list[torch.Tensor]) -> tuple[torch.T
     n = len(ups)
     d = down.view(n, down.shape[0] // n, -1)
     keep = (d != 0).any(2).any(0) | torch.stack([(u != 0).any(0) for u in ups]).any(0)
-    if keep.all() or not keep.any(): return down, ups
+    if keep.all() or not keep.any():
+        return down, ups
     return d[:, keep].reshape(-1, down.shape[1]), [u[:, keep] for u in ups]
 
 
@@ -340,7 +367,8 @@ def _official_factors(name: str, parts: dict, src: str) -> LoraFactors:
     blocks = sorted((int(t.split(".")[2]), v) for t, v in parts.items() if t.startswith("lora_up.blocks."))
     need = ["lora_down.weight", "alpha_scale"] + ([] if blocks else ["lora_up.weight"])
     missing = [t for t in need if t not in parts]
-    if missing: raise ValueError(f"{src}: {key}: missing {missing} (has {sorted(parts)})")
+    if missing:
+        raise ValueError(f"{src}: {key}: missing {missing} (has {sorted(parts)})")
     if blocks and "lora_up.weight" in parts:
         raise ValueError(f"{src}: {key}: has both lora_up.weight and lora_up.blocks")
     down, n = parts["lora_down.weight"].float(), len(blocks) or 1
@@ -365,7 +393,8 @@ def _magnitude(v: torch.Tensor, out: int, src: str, stem: str) -> torch.Tensor:
 def _piece(name: str, parts: dict, cfg, need_alpha: bool, src: str, stem: str) -> tuple[LoraFactors, str]:
     "One piece's factors and where its scale came from (`alpha`, `config` or `none`)."
     missing = [t for t in ("down", "up") + (("alpha",) if need_alpha else ()) if t not in parts]
-    if missing: raise ValueError(f"{src}: {stem} (module {name}): missing {missing} (has {sorted(parts)})")
+    if missing:
+        raise ValueError(f"{src}: {stem} (module {name}): missing {missing} (has {sorted(parts)})")
     down, up = parts["down"].float(), parts["up"].float()
     if down.dim() != 2 or up.dim() != 2 or up.shape[1] != down.shape[0]:
         raise ValueError(f"{src}: {stem}: up {tuple(up.shape)} does not fit down {tuple(down.shape)}")
@@ -381,14 +410,16 @@ def pieces_as_lora(downs: list[torch.Tensor], ups: list[torch.Tensor]) -> tuple[
     """A fused layer's pieces (`down_j` [r_j, in], `up_j` [out/n, r_j], in row order) as one `(down, up)`: when
     every piece has the same `down` — a rank-r LoRA written split — that `down` with the `up`s stacked, exactly the
     LoRA that was split; else the `down`s stacked and `up` block-diagonal (rank Σ r_j), also exact."""
-    if all(d.shape == downs[0].shape and torch.equal(d, downs[0]) for d in downs[1:]): return downs[0], torch.cat(ups)
+    if all(d.shape == downs[0].shape and torch.equal(d, downs[0]) for d in downs[1:]):
+        return downs[0], torch.cat(ups)
     return torch.cat(downs), torch.block_diag(*ups)
 
 
 def _fuse_pieces(name: str, pieces: dict[int, LoraFactors], n: int, src: str) -> LoraFactors:
     "The released module's LoRA from its Wan pieces; a missing piece adds nothing, a piece's scale goes into its `up`."
     rows = {f.up.shape[0] for f in pieces.values()}
-    if len(rows) != 1: raise ValueError(f"{src}: {name}: its {n} pieces have different row counts {sorted(rows)}")
+    if len(rows) != 1:
+        raise ValueError(f"{src}: {name}: its {n} pieces have different row counts {sorted(rows)}")
     out, s0 = rows.pop(), pieces[min(pieces)].scale
     empty = LoraFactors(torch.zeros(0, pieces[min(pieces)].down.shape[1]), torch.zeros(out, 0), s0)
     full = [pieces.get(j, empty) for j in range(n)]
@@ -412,7 +443,8 @@ def _read_official(state: dict, metadata: dict, src: str) -> LoraFile:
     grouped = {}
     for k, v in state.items():
         m = _OFFICIAL_KEY.match(k)
-        if m is None: raise ValueError(f"{src}: unexpected key '{k}' in an official-format LoRA")
+        if m is None:
+            raise ValueError(f"{src}: unexpected key '{k}' in an official-format LoRA")
         grouped.setdefault(m["m"].replace(OFFICIAL_DOT, "."), {})[m["t"]] = v
     factors = {name: _official_factors(name, parts, src) for name, parts in grouped.items()}
     return LoraFile("official", factors, metadata, dict.fromkeys(factors, "alpha_scale"),
@@ -424,7 +456,8 @@ def read_lora_file(path_or_state, metadata: dict | None = None, strict: bool = F
     `names`: module paths to resolve `lora_unet_` keys against (default: the released transformer's)."""
     state, metadata, src = _read(path_or_state, metadata)
     fmt = lora_format(state, src, names)
-    if fmt == "official": return _read_official(state, metadata, src)
+    if fmt == "official":
+        return _read_official(state, metadata, src)
     grouped, stems = {}, {}
     for k, v in state.items():
         p = parse_lora_key(k, names)
@@ -456,7 +489,8 @@ def read_lora(path_or_state, metadata: dict | None = None, strict: bool = False,
 def lora_delta(path_or_state, module_name: str, multiplier: float = 1.0) -> torch.Tensor:
     "ΔW [out, in] (fp32) that a LoRA file or state dict defines for `module_name`, at `multiplier`."
     _, factors = read_lora(path_or_state)
-    if module_name not in factors: raise KeyError(f"no LoRA for module '{module_name}'; it has {sorted(factors)[:4]}…")
+    if module_name not in factors:
+        raise KeyError(f"no LoRA for module '{module_name}'; it has {sorted(factors)[:4]}…")
     return factors[module_name].delta(multiplier)
 
 # %% ../nbs/05_lora.ipynb #7a56e631
@@ -476,9 +510,11 @@ OFFICIAL_RANK = 128   # the rank the release's `dit.load_lora(path, key)` builds
 
 
 def pad_rank(down: torch.Tensor, ups: list[torch.Tensor], rank: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    "The block form (`down` [n·r, in], n × `up_j` [out/n, r]) padded with zero components to `rank` per chunk; ΔW is unchanged."
+    """The block form (`down` [n·r, in], n × `up_j` [out/n, r]) padded with zero components to `rank` per chunk; ΔW is
+    unchanged."""
     n, r = len(ups), down.shape[0] // len(ups)
-    if r == rank: return down, ups
+    if r == rank:
+        return down, ups
     d = down.new_zeros(n, rank, down.shape[1])
     d[:, :r] = down.view(n, r, -1)
     return d.view(n * rank, -1), [F.pad(u, (0, rank - r)) for u in ups]
@@ -487,7 +523,8 @@ def pad_rank(down: torch.Tensor, ups: list[torch.Tensor], rank: int) -> tuple[to
 def _official_state(factors: dict[str, LoraFactors], rank: int = OFFICIAL_RANK) -> dict[str, torch.Tensor]:
     """The official-format state dict: fused layers in the block form, every module at one rank per chunk — `rank`, or
     the LoRA's own when larger (then the release's loader needs `lora_network_dim` set to it; a warning says so)."""
-    forms = {name: fused_form(f, n) if (n := fused_splits(name)) > 1 else (f.down, [f.up]) for name, f in factors.items()}
+    forms = {name: fused_form(f, n) if (n := fused_splits(name)) > 1 else (f.down, [f.up])
+             for name, f in factors.items()}
     rank = max([rank] + [d.shape[0] // len(u) for d, u in forms.values()])
     if rank > OFFICIAL_RANK:
         warnings.warn(f"official LoRA export at rank {rank} (> {OFFICIAL_RANK}): the release's loader needs "
@@ -497,7 +534,8 @@ def _official_state(factors: dict[str, LoraFactors], rank: int = OFFICIAL_RANK) 
         p = official_key(name)
         down, ups = pad_rank(down, ups, rank)
         sd[f"{p}.lora_down.weight"] = down
-        sd.update({f"{p}.lora_up.blocks.{j}.weight": u for j, u in enumerate(ups)} if len(ups) > 1 else {f"{p}.lora_up.weight": ups[0]})
+        sd.update({f"{p}.lora_up.blocks.{j}.weight": u for j, u in enumerate(ups)} if len(ups) > 1
+                  else {f"{p}.lora_up.weight": ups[0]})
         sd[f"{p}.alpha_scale"] = torch.tensor(factors[name].scale)
     return sd
 
@@ -506,13 +544,15 @@ def _kohya_module(stem: str, down: torch.Tensor, up: torch.Tensor, scale: float,
     "One module's kohya-style keys: `lora_down`, `lora_up`, `.alpha` (= scale · rank), a DoRA's `.dora_scale`."
     sd = {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
           f"{stem}.alpha": torch.tensor(scale * down.shape[0])}
-    if magnitude is not None: sd[f"{stem}.dora_scale"] = magnitude.reshape(-1, 1)
+    if magnitude is not None:
+        sd[f"{stem}.dora_scale"] = magnitude.reshape(-1, 1)
     return sd
 
 
 def _dora_scale(name: str, f: LoraFactors, base: dict | None) -> torch.Tensor | None:
     "The `.dora_scale` of module `name` (ComfyUI's convention), from the base weights `base` where it needs converting."
-    if f.magnitude is None or f.norm == "base": return f.magnitude
+    if f.magnitude is None or f.norm == "base":
+        return f.magnitude
     if base is None or name not in base:
         raise ValueError(f"{name}: a DoRA's .dora_scale is relative to the base weight — pass base_weights "
                          f"(save_lora does)")
@@ -542,7 +582,8 @@ def _peft_state(factors: dict[str, LoraFactors], prefix: str, fold_scale: bool, 
     for name, f in factors.items():
         sd[f"{prefix}{name}.lora_A.weight"] = f.down
         sd[f"{prefix}{name}.lora_B.weight"] = f.up * f.scale if fold_scale and f.scale != 1 else f.up
-        if f.magnitude is None: continue
+        if f.magnitude is None:
+            continue
         if f.norm == "base" and (base is None or name not in base):
             raise ValueError(f"{name}: converting a .dora_scale to PEFT's magnitude needs the base weight — "
                              f"pass base_weights")
@@ -559,28 +600,34 @@ def lora_state_dict(factors: dict[str, LoraFactors], format: str = "peft", offic
     if format in DORA_REFUSED and any(f.magnitude is not None for f in factors.values()):
         raise ValueError(f"a DoRA cannot be written in the {format} format: {DORA_REFUSED[format]} — export peft, "
                          f"kohya or wan (or train without use_dora)")
-    if format == "official": sd = _official_state(factors, official_rank)
-    elif format == "wan": sd = _wan_state(factors, base_weights)
+    if format == "official":
+        sd = _official_state(factors, official_rank)
+    elif format == "wan":
+        sd = _wan_state(factors, base_weights)
     elif format == "kohya":
         sd = {}
         for name, f in factors.items():
             dora = _dora_scale(name, f, base_weights)
             sd.update(_kohya_module(f"diffusion_model.{name}", f.down, f.up, f.scale, dora))
-    else: sd = _peft_state(factors, "transformer." if format == "peft" else "", format == "peft_noprefix", base_weights)
+    else:
+        sd = _peft_state(factors, "transformer." if format == "peft" else "", format == "peft_noprefix", base_weights)
     return {k: v.float().clone().contiguous() for k, v in sd.items()}  # clone: safetensors refuses shared storage
 
 # %% ../nbs/05_lora.ipynb #aedc3c99
 def check_lora_export(state: dict, model: nn.Module, adapter_name: str = "default", metadata: dict | None = None):
-    "Raise unless `state` holds exactly the LoRA `adapter_name` of `model`: all wrapped modules, all keys, none extra, same ΔW."
+    """Raise unless `state` holds exactly the LoRA `adapter_name` of `model`: all wrapped modules, all keys, none extra,
+    same ΔW."""
     fmt, got = read_lora(state, metadata, strict=True, names=linear_names(model))
     want = lora_factors(model, adapter_name)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing or extra: raise ValueError(f"{fmt} LoRA export of '{adapter_name}': modules missing {missing}, unexpected {extra}")
+    if missing or extra:
+        raise ValueError(f"{fmt} LoRA export of '{adapter_name}': modules missing {missing}, unexpected {extra}")
     g = torch.Generator().manual_seed(0)
     for name, w in want.items():
         f = got[name]
         if f.down.shape[1] != w.down.shape[1] or f.up.shape[0] != w.up.shape[0]:
-            raise ValueError(f"{fmt} LoRA export: {name}: ΔW {f.up.shape[0]}×{f.down.shape[1]}, layer is {w.up.shape[0]}×{w.down.shape[1]}")
+            raise ValueError(f"{fmt} LoRA export: {name}: ΔW {f.up.shape[0]}×{f.down.shape[1]}, layer is "
+                             f"{w.up.shape[0]}×{w.down.shape[1]}")
         x = torch.randn(w.down.shape[1], 2, generator=g)
         a, b = w.scale * (w.up @ (w.down @ x)), f.scale * (f.up @ (f.down @ x))
         if (a - b).abs().max() > 1e-5 * a.abs().max() + 1e-12:
@@ -617,25 +664,31 @@ def base_weights(model: nn.Module, adapter_name: str = "default") -> dict[str, t
     return {n: _base_linear(m).weight for n, m in lora_layers(model, adapter_name).items()}
 
 
-def save_lora(model: nn.Module, path, format: str = "peft", adapter_name: str = "default", metadata: dict | None = None) -> Path:
-    "Write the LoRA `adapter_name` of `model` to the safetensors file `path` in `format`, after a self-check; returns the path."
+def save_lora(model: nn.Module, path, format: str = "peft", adapter_name: str = "default",
+              metadata: dict | None = None) -> Path:
+    """Write the LoRA `adapter_name` of `model` to the safetensors file `path` in `format`, after a self-check; returns
+    the path."""
     format = canonical_lora_format(format)
     factors = lora_factors(model, adapter_name)
     dora = any(f.magnitude is not None for f in factors.values())
     state = lora_state_dict(factors, format, base_weights=base_weights(model, adapter_name) if dora else None)
-    meta = {"format": "pt", **_rank_metadata(model, adapter_name, state, format), **{k: str(v) for k, v in (metadata or {}).items()}}
+    meta = {"format": "pt", **_rank_metadata(model, adapter_name, state, format),
+            **{k: str(v) for k, v in (metadata or {}).items()}}
     if format == "peft":
         cfg = _json_config(model.peft_config[adapter_name])
-        meta[LORA_ADAPTER_METADATA_KEY] = json.dumps({f"transformer.{k}": v for k, v in cfg.items()}, indent=2, sort_keys=True)
+        meta[LORA_ADAPTER_METADATA_KEY] = json.dumps({f"transformer.{k}": v for k, v in cfg.items()}, indent=2,
+                                                     sort_keys=True)
     check_lora_export(state, model, adapter_name, meta)
-    if "lora_scale_folded" in meta: print(f"{path}: alpha/rank folded into lora_B (its loaders ignore alpha)")
+    if "lora_scale_folded" in meta:
+        print(f"{path}: alpha/rank folded into lora_B (its loaders ignore alpha)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")         # atomic: a killed run never leaves a half-written LoRA file
     try:
         save_file(state, str(tmp), metadata=meta)
         os.replace(user_permissions(tmp), path)          # safetensors writes 0600: others could not load the file
-    finally: tmp.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 # %% ../nbs/05_lora.ipynb #dbf1f362
@@ -648,12 +701,14 @@ def _check_fits(model: nn.Module, factors: dict[str, LoraFactors], stems: dict[s
     "Raise, naming the key, for a module `model` lacks or whose shape the LoRA does not fit."
     for name, f in factors.items():
         key = stems.get(name, name)
-        try: layer = _base_linear(model.get_submodule(name))
+        try:
+            layer = _base_linear(model.get_submodule(name))
         except AttributeError:
             raise ValueError(f"{src}: key '{key}.*' is for module '{name}', which {type(model).__name__} does not have "
                              f"— is this LoRA for another model?") from None
         if not isinstance(layer, nn.Linear):
-            raise ValueError(f"{src}: key '{key}.*' targets '{name}', a {type(layer).__name__}; LoRA applies to nn.Linear only")
+            raise ValueError(f"{src}: key '{key}.*' targets '{name}', a {type(layer).__name__}; "
+                             "LoRA applies to nn.Linear only")
         if (f.up.shape[0], f.down.shape[1]) != (layer.out_features, layer.in_features):
             raise ValueError(f"{src}: key '{key}.*': ΔW is {f.up.shape[0]}×{f.down.shape[1]}, '{name}' is "
                              f"{layer.out_features}×{layer.in_features}")
@@ -683,7 +738,8 @@ def attach_lora(model: nn.Module, factors: dict[str, LoraFactors], adapter_name:
             for p, v in zip(_lora_params(m, adapter_name), (f.down, f.up, peft_magnitude(f, _base_linear(m).weight))):
                 p.weight.copy_(v)
     model.set_adapter(active + [adapter_name])
-    for p in model.parameters(): p.requires_grad_(id(p) in trainable)
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
     return adapter_name
 
 
@@ -707,8 +763,10 @@ def load_lora(model: nn.Module, path, multiplier: float = 1.0, adapter_name: str
     return name
 
 # %% ../nbs/05_lora.ipynb #13335458
-def write_official_lora(path, model: nn.Module, rank: int, seed: int = 0, targets=None, alpha_scale: float = 0.5) -> Path:
-    "Write a random official-format LoRA (rank `rank` per chunk) for the `targets` linears of `model` — a test/demo fixture."
+def write_official_lora(path, model: nn.Module, rank: int, seed: int = 0, targets=None,
+                        alpha_scale: float = 0.5) -> Path:
+    """Write a random official-format LoRA (rank `rank` per chunk) for the `targets` linears of `model` — a test/demo
+    fixture."""
     g = torch.Generator().manual_seed(seed)
     factors = {}
     for name in lora_target_names(model, targets):
@@ -719,7 +777,8 @@ def write_official_lora(path, model: nn.Module, rank: int, seed: int = 0, target
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(lora_state_dict(factors, "official", official_rank=rank), str(path),
-              metadata={"format": "pt", "longcat_nb": f"random fixture from write_official_lora(rank={rank}, seed={seed})"})
+              metadata={"format": "pt",
+                        "longcat_nb": f"random fixture from write_official_lora(rank={rank}, seed={seed})"})
     return path
 
 # %% ../nbs/05_lora.ipynb #ef0d7ad8
@@ -740,14 +799,16 @@ def _split_suffix(key: str, suffixes=_FACTOR_SUFFIXES) -> tuple[str | None, str 
 
 def _official_loader(key: str, flat: dict) -> LoaderKey:
     m = _OFFICIAL_KEY.match(key)
-    if m is None: return LoaderKey(None, "fail")
+    if m is None:
+        return LoaderKey(None, "fail")
     t = m["t"]
     return LoaderKey(m["m"].replace(OFFICIAL_DOT, "."), "alpha_scale" if t == "alpha_scale" else t.split(".")[0][5:])
 
 
 def _wan2gp_loader(key: str, flat: dict) -> LoaderKey:
     stem, part = _split_suffix(key)
-    if stem is None: return LoaderKey(None, None)
+    if stem is None:
+        return LoaderKey(None, None)
     name = next((stem[len(p):] for p in ("diffusion_model.", "transformer.") if stem.startswith(p)), stem)
     return LoaderKey(name, part)
 
@@ -758,18 +819,22 @@ def _videox_fun_loader(key: str, flat: dict) -> LoaderKey:
     ends = {"_lora_up_weight": "up", "_lora_down_weight": "down", "_lora_A_default_weight": "down",
             "_lora_B_default_weight": "up", "_lora_A_weight": "down", "_lora_B_weight": "up", "_alpha": "alpha"}
     layer, part = _split_suffix(k, ends)
-    if layer is None: return LoaderKey(None, "fail")      # no '.' to split the key at: merge_lora raises
+    if layer is None:
+        return LoaderKey(None, "fail")                    # no '.' to split the key at: merge_lora raises
     return LoaderKey(flat.get(layer.split("lora_unet_")[-1].lstrip("_")), part)
 
 
 def _diffsynth_loader(key: str, flat: dict) -> LoaderKey:
     parts = key.split(".")
     ab = next((x for x in ("lora_B", "lora_A") if x in parts), None)
-    if ab is None: return LoaderKey(None, None)
+    if ab is None:
+        return LoaderKey(None, None)
     i = parts.index(ab)
-    if len(parts) > i + 2: parts.pop(i + 1)
+    if len(parts) > i + 2:
+        parts.pop(i + 1)
     parts.pop(i)
-    if parts[0] == "diffusion_model": parts.pop(0)
+    if parts[0] == "diffusion_model":
+        parts.pop(0)
     return LoaderKey(".".join(parts[:-1]), "up" if ab == "lora_B" else "down")
 
 
@@ -777,8 +842,11 @@ def _wrapper_block_name(name: str) -> str:
     "The wrapper's reading of a `lora_unet__blocks_N_…` name: `self_attn`, `cross_attn`, `ffn`, then one component."
     c, out, i = name.split("_"), f"blocks.{name.split('_')[1]}", 2
     for head in (["self", "attn"], ["cross", "attn"], ["ffn"]):
-        if c[i:i + len(head)] == head: out, i = out + "." + "_".join(head), i + len(head); break
-    if i < len(c): out += "." + c[i] + ("_img" if c[i + 1:i + 2] == ["img"] else "")
+        if c[i:i + len(head)] == head:
+            out, i = out + "." + "_".join(head), i + len(head)
+            break
+    if i < len(c):
+        out += "." + c[i] + ("_img" if c[i + 1:i + 2] == ["img"] else "")
     return out
 
 
@@ -792,16 +860,20 @@ def _comfyui_wrapper_loader(key: str, flat: dict) -> LoaderKey:
     k = "diffusion_model." + k if k.startswith("blocks.") else k
     k = k.replace(".default.", ".").replace("base_model.model.", "diffusion_model.")
     stem, part = _split_suffix(k)
-    if stem is None: return LoaderKey(None, None)
-    if stem.startswith("diffusion_model."): return LoaderKey(stem[len("diffusion_model."):], part)
-    if stem.startswith("lora_unet_"): return LoaderKey(flat.get(stem[len("lora_unet_"):]), part)
+    if stem is None:
+        return LoaderKey(None, None)
+    if stem.startswith("diffusion_model."):
+        return LoaderKey(stem[len("diffusion_model."):], part)
+    if stem.startswith("lora_unet_"):
+        return LoaderKey(flat.get(stem[len("lora_unet_"):]), part)
     return LoaderKey(None, None)
 
 
 def _simpletuner_loader(key: str, flat: dict) -> LoaderKey:
     suffixes = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_magnitude_vector": "magnitude"}
     stem, part = _split_suffix(key, suffixes)
-    if stem is None or not stem.startswith("transformer."): return LoaderKey(None, None)
+    if stem is None or not stem.startswith("transformer."):
+        return LoaderKey(None, None)
     return LoaderKey(stem[len("transformer."):], part)
 
 # %% ../nbs/05_lora.ipynb #121f0536
@@ -840,10 +912,13 @@ class LoaderCoverage(NamedTuple):
     def verdict(self) -> str:
         """`error`, `none`, `partial` (some modules or keys skipped), `inexact` (all applied, not all at the trained
         strength) or `full`."""
-        if self.failure: return "error"
-        if not self.applied and not self.partly: return "none"
+        if self.failure:
+            return "error"
+        if not self.applied and not self.partly:
+            return "none"
         skipped_factor = any(map(_is_lora_key, self.skipped_keys))
-        if self.partly or len(self.applied) < self.modules or skipped_factor: return "partial"
+        if self.partly or len(self.applied) < self.modules or skipped_factor:
+            return "partial"
         return "inexact" if self.inexact else "full"
 
     def line(self) -> str:
@@ -851,9 +926,12 @@ class LoaderCoverage(NamedTuple):
         mark = {"full": "ok", "partial": "WARNING partial", "inexact": "WARNING inexact", "none": "no", "error": "no"}
         s = (f"{self.loader}: {mark[self.verdict]} — applies {len(self.applied)} of the file's {self.modules} "
              f"modules, reaching {self.covered} of the model's {self.model_modules} LoRA-able modules in its names")
-        if self.partly: s += f"; only part of {len(self.partly)} (e.g. {self.partly[0]})"
-        if self.skipped_keys: s += f"; skips {len(self.skipped_keys)} keys (e.g. {self.skipped_keys[0]})"
-        if self.inexact: s += f"; {len(self.inexact)} at another strength or without DoRA (e.g. {self.inexact[0]})"
+        if self.partly:
+            s += f"; only part of {len(self.partly)} (e.g. {self.partly[0]})"
+        if self.skipped_keys:
+            s += f"; skips {len(self.skipped_keys)} keys (e.g. {self.skipped_keys[0]})"
+        if self.inexact:
+            s += f"; {len(self.inexact)} at another strength or without DoRA (e.g. {self.inexact[0]})"
         return s + (f"; fails: {self.failure}" if self.failure else "")
 
 
@@ -865,7 +943,8 @@ def _is_lora_key(key: str) -> bool:
 def _official_failure(state: dict, keys: dict) -> str | None:
     "Why the release's strict loader would refuse the file: a key it has no module for, or a rank other than 128."
     bad = [k for k, lk in keys.items() if lk.part == "fail"]
-    if bad: return f"strict load: unexpected key {bad[0]}"
+    if bad:
+        return f"strict load: unexpected key {bad[0]}"
     for k, v in state.items():
         if k.endswith(".lora_down.weight"):
             n = sum(x.startswith(k.removesuffix("lora_down.weight") + "lora_up.blocks.") for x in state) or 1
@@ -891,7 +970,8 @@ def _key_modules(state: dict, names) -> dict[str, tuple[str, str]]:
 def lora_coverage(path_or_state, loader: str, model: nn.Module | None = None, metadata=None) -> LoaderCoverage:
     """What `loader` (one of `LORA_LOADERS`) would apply of a LoRA file: modules fully or partly applied, keys skipped,
     modules at another strength, per its key rules (table above), against `model`'s modules (default: the release's)."""
-    if loader not in LOADERS: raise ValueError(f"unknown loader '{loader}'; use one of {LORA_LOADERS}")
+    if loader not in LOADERS:
+        raise ValueError(f"unknown loader '{loader}'; use one of {LORA_LOADERS}")
     spec, names = LOADERS[loader], tuple(linear_names(model)) if model is not None else released_linear_names()
     state, metadata, src = _read(path_or_state, metadata)
     file = read_lora_file(state, metadata, names=names)
@@ -902,8 +982,10 @@ def lora_coverage(path_or_state, loader: str, model: nn.Module | None = None, me
     ours = _key_modules(state, names)
     factor_keys, used_parts = {}, {}
     for k, (m, part) in ours.items():
-        if part in ("down", "up", "factor"): factor_keys.setdefault(m, []).append(k)
-        if k in used: used_parts.setdefault(m, set()).add(keys[k].part)
+        if part in ("down", "up", "factor"):
+            factor_keys.setdefault(m, []).append(k)
+        if k in used:
+            used_parts.setdefault(m, set()).add(keys[k].part)
     applied = sorted(m for m, ks in factor_keys.items() if all(k in used for k in ks))
     partly = sorted(m for m, ks in factor_keys.items() if m not in applied and any(k in used for k in ks))
     inexact = []
@@ -911,7 +993,8 @@ def lora_coverage(path_or_state, loader: str, model: nn.Module | None = None, me
         parts, f = used_parts[m], file.factors[m]
         reads_scale = spec.scale in ("alpha_scale", "config") or (spec.scale == "alpha" and "alpha" in parts)
         scale_ok = reads_scale or abs(f.scale - 1) < 1e-7
-        if not scale_ok or (f.magnitude is not None and not (spec.dora and "magnitude" in parts)): inexact.append(m)
+        if not scale_ok or (f.magnitude is not None and not (spec.dora and "magnitude" in parts)):
+            inexact.append(m)
     failure = (_official_failure(state, keys) if loader == "official" else
                next((f"the key {k} stops it (no '.' to split at)" for k, lk in keys.items() if lk.part == "fail"),
                     None))
@@ -929,9 +1012,11 @@ def report_lora_coverage(path, model: nn.Module | None = None, loaders=LORA_LOAD
     state, metadata, _ = _read(path)                                   # read once for all loaders
     covs = [lora_coverage(state, loader, model, metadata) for loader in loaders]
     fmt, name = lora_format(state, str(path)), Path(path).name
-    for c in covs: print(f"{name}: {c.line()}")
     for c in covs:
-        if c.loader in FORMAT_LOADERS.get(fmt, ()) and c.verdict != "full": warnings.warn(f"{name}: {c.line()}")
+        print(f"{name}: {c.line()}")
+    for c in covs:
+        if c.loader in FORMAT_LOADERS.get(fmt, ()) and c.verdict != "full":
+            warnings.warn(f"{name}: {c.line()}")
     return covs
 
 # %% ../nbs/05_lora.ipynb #ef67897f
@@ -939,7 +1024,8 @@ def checkpoint_identity(checkpoint) -> dict[str, str]:
     "`checkpoint` (its path or hub id) and `checkpoint_dit_sha256`: a hash of dit/config.json and the shard index."
     d, h = Path(checkpoint) / "dit", hashlib.sha256()
     for name in ("config.json", "diffusion_pytorch_model.safetensors.index.json"):
-        if (d / name).is_file(): h.update((d / name).read_bytes())
+        if (d / name).is_file():
+            h.update((d / name).read_bytes())
     return {"checkpoint": str(checkpoint), "checkpoint_dit_sha256": h.hexdigest()[:16] if d.is_dir() else "unknown"}
 
 
@@ -978,5 +1064,6 @@ def lora_info(path) -> str:
              f"scale: {scale_note(file)}", f"DoRA: {'yes' if dora else 'no'}", "metadata:"]
     meta = {k: v for k, v in file.metadata.items() if k != LORA_ADAPTER_METADATA_KEY}
     lines += [f"  {k}: {v}" for k, v in sorted(meta.items())] or ["  (none)"]
-    if LORA_ADAPTER_METADATA_KEY in file.metadata: lines.append(f"  {LORA_ADAPTER_METADATA_KEY}: (the PEFT LoraConfig)")
+    if LORA_ADAPTER_METADATA_KEY in file.metadata:
+        lines.append(f"  {LORA_ADAPTER_METADATA_KEY}: (the PEFT LoraConfig)")
     return "\n".join(lines)
