@@ -23,8 +23,8 @@ from diffusers.video_processor import VideoProcessor
 from .config import check_frames, continuation_frames, parse_resolution, resolve_checkpoint
 from .data import _to_tensor, check_datasets, decode_video, fit_rgb, read_image, upright_rgb, write_video
 from .caching import (
-    clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory, normalize_latents,
-    load_text_encoder, load_vae)
+    clean_prompt, decode_latents, default_device, denormalize_latents, encode_frames, encode_prompts, free_memory,
+    normalize_latents, load_text_encoder, load_vae)
 from .model import LongCatVideoTransformer3DModel, autocasts, check_attention_backend, compute_autocast
 
 # %% auto #0
@@ -38,7 +38,8 @@ __all__ = ['DISTILL_GRID_STEPS', 'ENHANCE_HF_START', 'ENHANCE_HF_STEPS', 'REFINE
 def check_video_size(width: int, height: int, num_frames: int, source: str = "LongCatVideoPipeline"):
     "Raise a `ConfigError` naming the fix unless width, height are multiples of 16 and (num_frames − 1) % 4 == 0."
     parse_resolution(f"{width}x{height}", "width x height", source)
-    if num_frames < 1: raise ValueError(f"{source}: num_frames = {num_frames}: must be at least 1 — use e.g. 93")
+    if num_frames < 1:
+        raise ValueError(f"{source}: num_frames = {num_frames}: must be at least 1 — use e.g. 93")
     check_frames(num_frames, "num_frames", source)
 
 
@@ -52,7 +53,8 @@ DISTILL_GRID_STEPS = 50  # the cfg_step LoRA was distilled on 50 evenly spaced �
 
 def sampling_sigmas(num_steps: int, distilled: bool = False) -> torch.Tensor:
     "Unshifted σ grid [num_steps] fp32 that the pipeline hands the scheduler (SPEC §6)."
-    if not distilled: return torch.linspace(1.0, 0.001, num_steps, dtype=torch.float32)
+    if not distilled:
+        return torch.linspace(1.0, 0.001, num_steps, dtype=torch.float32)
     if not 1 <= num_steps <= DISTILL_GRID_STEPS:
         raise ValueError(f"distilled sampling: num_inference_steps = {num_steps}: the distilled grid has "
                          f"{DISTILL_GRID_STEPS} points — use 1 … {DISTILL_GRID_STEPS} (16 as released)")
@@ -84,7 +86,8 @@ def adjust_timesteps(timesteps: torch.Tensor, enhance_hf: bool = False, t_thresh
         tail = np.linspace(ENHANCE_HF_START, 0, ENHANCE_HF_STEPS, endpoint=False, dtype=np.float32)
         return torch.cat([timesteps[timesteps > ENHANCE_HF_START], torch.from_numpy(tail).to(timesteps.device)])
     if t_thresh:
-        if not 0 < t_thresh < 1: raise ValueError(f"t_thresh = {t_thresh}: the refinement's start σ must be in (0, 1) — 0.5 as released")
+        if not 0 < t_thresh < 1:
+            raise ValueError(f"t_thresh = {t_thresh}: the refinement's start σ must be in (0, 1) — 0.5 as released")
         start = torch.tensor([t_thresh * 1000], dtype=timesteps.dtype, device=timesteps.device)
         return torch.cat([start, timesteps[timesteps < start]])
     return timesteps
@@ -138,22 +141,28 @@ class LongCatVideoPipeline(DiffusionPipeline):
         if transformer is None and (precision != "bf16" or blocks_to_swap or group_offload):
             from longcat_nb.offload import place_model
             from longcat_nb.quantise import load_transformer
-            if group_offload and blocks_to_swap: raise ValueError("group_offload and blocks_to_swap both offload blocks: choose one")
+            if group_offload and blocks_to_swap:
+                raise ValueError("group_offload and blocks_to_swap both offload blocks: choose one")
             transformer = load_transformer(ckpt, torch_dtype, precision, device="cpu" if group_offload else device,
                                            host_blocks=blocks_to_swap, quantised_dir=quantised_dir)
             if group_offload:
                 from diffusers.hooks import apply_group_offloading
-                apply_group_offloading(transformer, device, offload_type=group_offload, use_stream=device.type == "cuda",
-                                       num_blocks_per_group=group_offload_blocks_per_group if group_offload == "block_level" else None)
-            else: place_model(transformer, device, blocks_to_swap)
+                apply_group_offloading(
+                    transformer, device, offload_type=group_offload, use_stream=device.type == "cuda",
+                    num_blocks_per_group=group_offload_blocks_per_group if group_offload == "block_level" else None)
+            else:
+                place_model(transformer, device, blocks_to_swap)
         elif transformer is None:
             transformer = LongCatVideoTransformer3DModel.from_pretrained(   # shards stream straight to the GPU
-                ckpt, subfolder="dit", torch_dtype=torch_dtype, device_map=str(device) if device.type == "cuda" else None)
+                ckpt, subfolder="dit", torch_dtype=torch_dtype,
+                device_map=str(device) if device.type == "cuda" else None)
             transformer = transformer.to(device).eval().requires_grad_(False)
         vae = load_vae(ckpt, vae_dtype, device)
-        tokenizer, text_encoder = load_text_encoder(ckpt, text_encoder_dtype, device) if with_text_encoder else (None, None)
+        tokenizer, text_encoder = (load_text_encoder(ckpt, text_encoder_dtype, device) if with_text_encoder
+                                   else (None, None))
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(ckpt, subfolder="scheduler")
-        pipe = cls(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        pipe = cls(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                   tokenizer=tokenizer)
         pipe.checkpoint_dir, pipe.mixed_precision = ckpt, mixed_precision
         return pipe
 
@@ -170,20 +179,23 @@ def load_lora(self: LongCatVideoPipeline, path, multiplier: float = 1.0, adapter
 # %% ../nbs/06_sampling.ipynb #4b11fdae
 @patch
 def cache_prompts(self: LongCatVideoPipeline, prompts: list[str], emb: torch.Tensor, mask: torch.Tensor):
-    "Remember embeddings `[B, L, C]` and masks `[B, L]` of `prompts` (keyed by the cleaned prompt) for sampling without the text encoder."
-    for p, e, m in zip(prompts, emb, mask): self.prompt_cache[clean_prompt(p)] = (e.float().cpu(), m.cpu())
+    """Remember embeddings `[B, L, C]` and masks `[B, L]` of `prompts` (keyed by the cleaned prompt) for sampling
+    without the text encoder."""
+    for p, e, m in zip(prompts, emb, mask):
+        self.prompt_cache[clean_prompt(p)] = (e.float().cpu(), m.cpu())
 
 
 @patch
 def _embed(self: LongCatVideoPipeline, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     "Embeddings [B, L, C] fp32 and masks [B, L] for `prompts`, from `prompt_cache` or the text encoder."
     keys = [clean_prompt(p) for p in prompts]
-    missing = list({k: p for k, p in zip(keys, prompts) if k not in self.prompt_cache}.values())   # one raw prompt a key
+    missing = list({k: p for k, p in zip(keys, prompts) if k not in self.prompt_cache}.values())  # one raw prompt a key
     if missing and self.text_encoder is None:
         raise ValueError(f"prompt {missing[0]!r} is not in pipe.prompt_cache and the text encoder is not loaded — "
                          "encode every prompt with pipe.encode_prompt([...]) before free_text_encoder(), "
                          "pass prompt_embeds / prompt_attention_mask, or add them with pipe.cache_prompts(...)")
-    if missing: self.cache_prompts(missing, *encode_prompts(missing, self.tokenizer, self.text_encoder))
+    if missing:
+        self.cache_prompts(missing, *encode_prompts(missing, self.tokenizer, self.text_encoder))
     return (torch.stack([self.prompt_cache[k][0] for k in keys]).to(device),
             torch.stack([self.prompt_cache[k][1] for k in keys]).to(device))
 
@@ -196,7 +208,8 @@ def encode_prompt(self: LongCatVideoPipeline, prompt, negative_prompt=None, do_c
     device = device or self._execution_device
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     emb, mask = self._embed(prompts, device)
-    if not do_classifier_free_guidance: return emb, mask, None, None
+    if not do_classifier_free_guidance:
+        return emb, mask, None, None
     neg = negative_prompt if negative_prompt is not None else ""
     negs = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
     if len(negs) != len(prompts):
@@ -214,8 +227,10 @@ def free_text_encoder(self: LongCatVideoPipeline):
 @patch
 def offload_text_encoder(self: LongCatVideoPipeline, device="cpu"):
     "Move the text encoder to `device` (the CPU by default) to free accelerator memory; it still encodes there."
-    if self.text_encoder is not None: self.text_encoder.to(device)
-    if torch.cuda.is_available(): torch.cuda.empty_cache()
+    if self.text_encoder is not None:
+        self.text_encoder.to(device)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @patch
@@ -231,17 +246,20 @@ def start_image_pixels(image, width: int, height: int) -> torch.Tensor:
             raise ValueError(f"start image tensor has shape {tuple(image.shape)} — expected [3, H, W] in [0, 1]")
         image = image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8: image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        if image.dtype != np.uint8:
+            image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         image = Image.fromarray(image.squeeze())
     # the same orientation, resize and crop as training start frames
-    rgb = fit_rgb(upright_rgb(image), (width, height)) if isinstance(image, Image.Image) else read_image(image, (width, height))[0]
+    rgb = (fit_rgb(upright_rgb(image), (width, height)) if isinstance(image, Image.Image)
+           else read_image(image, (width, height))[0])
     return torch.from_numpy(rgb).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
 
 
 @patch
 def encode_image(self: LongCatVideoPipeline, image, width: int, height: int) -> torch.Tensor:
     "Start image → normalised latent `[1, 16, 1, height/8, width/8]` fp32 (the VAE's posterior mode)."
-    if self.vae is None: raise ValueError("image-to-video needs the VAE — build the pipeline with vae=...")
+    if self.vae is None:
+        raise ValueError("image-to-video needs the VAE — build the pipeline with vae=...")
     return encode_frames(self.vae, start_image_pixels(image, width, height)).float()
 
 # %% ../nbs/06_sampling.ipynb #243da452
@@ -250,18 +268,23 @@ def _prompt_inputs(self: LongCatVideoPipeline, prompt, negative_prompt, do_cfg, 
                    prompt_attention_mask=None, negative_prompt_embeds=None, negative_prompt_attention_mask=None):
     "Prompt and negative embeddings `[B, L, C]` + masks `[B, L]` on `device`, from text or given embeddings."
     if prompt_embeds is None:
-        if prompt is None: raise ValueError("give a prompt (str or list of str) or prompt_embeds")
+        if prompt is None:
+            raise ValueError("give a prompt (str or list of str) or prompt_embeds")
         return self.encode_prompt(prompt, negative_prompt, do_cfg, device)
     emb = prompt_embeds.to(device)
-    if emb.ndim == 4: emb = emb.squeeze(1)
+    if emb.ndim == 4:
+        emb = emb.squeeze(1)
     mask = (torch.ones(emb.shape[:2], dtype=torch.long) if prompt_attention_mask is None else prompt_attention_mask)
-    if not do_cfg: return emb, mask.to(device), None, None
+    if not do_cfg:
+        return emb, mask.to(device), None, None
     if negative_prompt_embeds is None:
-        negs = list(negative_prompt) if isinstance(negative_prompt, (list, tuple)) else [negative_prompt or ""] * len(emb)
+        negs = (list(negative_prompt) if isinstance(negative_prompt, (list, tuple))
+                else [negative_prompt or ""] * len(emb))
         neg, neg_mask = self._embed(negs, device)
     else:
         neg = negative_prompt_embeds.to(device)
-        if neg.ndim == 4: neg = neg.squeeze(1)
+        if neg.ndim == 4:
+            neg = neg.squeeze(1)
         neg_mask = (torch.ones(neg.shape[:2], dtype=torch.long) if negative_prompt_attention_mask is None
                     else negative_prompt_attention_mask)
     return emb, mask.to(device), neg, neg_mask.to(device)
@@ -270,25 +293,29 @@ def _prompt_inputs(self: LongCatVideoPipeline, prompt, negative_prompt, do_cfg, 
 @patch
 def decode(self: LongCatVideoPipeline, latents: torch.Tensor, output_type: str = "np"):
     "Normalised latents `[B, 16, T, h, w]` → frames: 'np' [B, F, H, W, 3] or 'pt' [B, F, 3, H, W], in [0, 1]."
-    if self.vae is None: raise ValueError("decoding needs the VAE — build the pipeline with vae=..., or use output_type='latent'")
+    if self.vae is None:
+        raise ValueError("decoding needs the VAE — build the pipeline with vae=..., or use output_type='latent'")
     video = decode_latents(self.vae, latents)
     return self.video_processor.postprocess_video(video, output_type=output_type)
 
 # %% ../nbs/06_sampling.ipynb #b182dc35
 @patch
 def _step_callback(self: LongCatVideoPipeline, callback, i: int, t, latents: torch.Tensor, n_cond: int) -> torch.Tensor:
-    "Call `callback(pipe, i, t, {'latents': de-normalised})`; returned `'latents'` replace these (conditioning frames kept)."
+    """Call `callback(pipe, i, t, {'latents': de-normalised})`; returned `'latents'` replace these (conditioning frames
+    kept)."""
     given = denormalize_latents(latents, self.vae)
     out = callback(self, i, t, {"latents": given}) or {}
     new = out.get("latents", given)
-    if new is given: return latents
+    if new is given:
+        return latents
     new = normalize_latents(new.to(latents.device), self.vae)
     return torch.cat([latents[:, :, :n_cond], new[:, :, n_cond:]], dim=2)
 
 
 @patch
 def _set_schedule(self: LongCatVideoPipeline, sigmas: torch.Tensor, device, enhance_hf: bool = False, t_thresh=None):
-    "Hand the scheduler the unshifted σ grid; for continuation/refinement edit its timesteps, σ = t/1000 (the release's way)."
+    """Hand the scheduler the unshifted σ grid; for continuation/refinement edit its timesteps, σ = t/1000 (the
+    release's way)."""
     self.scheduler.set_timesteps(sigmas=sigmas.tolist(), device=device)
     if enhance_hf or t_thresh:
         ts = adjust_timesteps(self.scheduler.timesteps, enhance_hf, t_thresh)
@@ -313,8 +340,10 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
     check_video_size(width, height, num_frames)
     if output_type not in ("np", "pt", "latent"):
         raise ValueError(f"output_type = {output_type!r}: use 'np', 'pt' or 'latent'")
-    if image is not None and cond_latents is not None: raise ValueError("give a start image or cond_latents, not both")
-    if distilled and enhance_hf: flow_timesteps(1, distilled=True, enhance_hf=True)     # the schedule's own error
+    if image is not None and cond_latents is not None:
+        raise ValueError("give a start image or cond_latents, not both")
+    if distilled and enhance_hf:
+        flow_timesteps(1, distilled=True, enhance_hf=True)                              # the schedule's own error
     steps = num_inference_steps or (16 if distilled else 40)
     guidance = guidance_scale if guidance_scale is not None else (1.0 if distilled else 4.0)
     sigmas = sampling_sigmas(steps, distilled)
@@ -334,8 +363,10 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
     latents = latents.to(device, torch.float32, copy=True)       # never write into the caller's tensor
     n_cond = 0 if cond is None else cond.shape[2]
     if not 0 <= n_cond < latents.shape[2]:
-        raise ValueError(f"{n_cond} conditioning latent frames for a {latents.shape[2]}-frame latent video: leave some to generate")
-    if n_cond: latents[:, :, :n_cond] = cond
+        raise ValueError(f"{n_cond} conditioning latent frames for a {latents.shape[2]}-frame latent video: "
+                         "leave some to generate")
+    if n_cond:
+        latents[:, :, :n_cond] = cond
     text, text_mask = (torch.cat([neg_emb, emb]), torch.cat([neg_mask, mask])) if do_cfg else (emb, mask)
     self._set_schedule(sigmas, device, enhance_hf, t_thresh)
     cache = None
@@ -346,20 +377,22 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
         x = latents[:, :, n_cond:] if cache else latents
         x = torch.cat([x, x]) if do_cfg else x
         timestep = t.expand(x.shape[0], x.shape[2]).clone().float()
-        if cache is None: timestep[:, :n_cond] = 0                 # conditioning frames are clean: t = 0
+        if cache is None:
+            timestep[:, :n_cond] = 0                               # conditioning frames are clean: t = 0
         with compute_autocast(device, self.mixed_precision):
             v = self.transformer(x.to(self.transformer.dtype), timestep, text, text_mask,
                                  num_cond_latents=0 if cache else n_cond, kv_cache=cache).sample
         if do_cfg:
             v_uncond, v_cond = v.float().chunk(2)
-            if cache and image is not None:                       # image-to-video: s* over every frame, the start one too
+            if cache and image is not None:  # image-to-video: s* over every frame, the start one too
                 v0 = cache.velocity.float()
                 v_uncond, v_cond = torch.cat([v0, v_uncond], 2), torch.cat([v0, v_cond], 2)
             v = cfg_zero_star(v_cond, v_uncond, guidance)
         v = v[:, :, n_cond - latents.shape[2]:]                   # the noise frames (the last ones, cached or not)
         stepped = self.scheduler.step(-v.float(), t, latents[:, :, n_cond:], return_dict=False)[0]
         latents = torch.cat([latents[:, :, :n_cond], stepped], dim=2)
-        if callback_on_step_end is not None: latents = self._step_callback(callback_on_step_end, i, t, latents, n_cond)
+        if callback_on_step_end is not None:
+            latents = self._step_callback(callback_on_step_end, i, t, latents, n_cond)
     frames = latents if output_type == "latent" else self.decode(latents, output_type)
     self.maybe_free_model_hooks()
     return LongCatVideoPipelineOutput(frames=frames) if return_dict else (frames,)
@@ -374,7 +407,8 @@ def _video_array(frames) -> np.ndarray:
         frames = frames.float().numpy()
     frames = np.asarray(frames)
     if frames.ndim == 5:
-        if frames.shape[0] != 1: raise ValueError(f"{frames.shape[0]} videos in the batch — save them one at a time")
+        if frames.shape[0] != 1:
+            raise ValueError(f"{frames.shape[0]} videos in the batch — save them one at a time")
         frames = frames[0]
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames of shape {frames.shape}: expected [F, H, W, 3] (or [1, F, H, W, 3])")
@@ -400,18 +434,23 @@ def show_video(frames, fps: float = 15.0, **kwargs):
 
 # %% ../nbs/06_sampling.ipynb #2b789d83
 def video_frames(video, width: int | None = None, height: int | None = None, fps: float = 15.0) -> np.ndarray:
-    "A video (file path, `[F, H, W, 3]` uint8 or float in [0, 1], or a list of frames / PIL images) → uint8 `[F, H, W, 3]`, fitted to width × height."
+    """A video (file path, `[F, H, W, 3]` uint8 or float in [0, 1], or a list of frames / PIL images) → uint8 `[F, H, W,
+    3]`, fitted to width × height."""
     size = None if width is None else (width, height)
-    if isinstance(video, (str, Path)): return decode_video(video, fps, size=size)
+    if isinstance(video, (str, Path)):
+        return decode_video(video, fps, size=size)
     frames = _video_array(np.stack([np.asarray(f) for f in video]) if isinstance(video, (list, tuple)) else video)
-    if size is None or frames.shape[1:3] == (height, width): return frames
+    if size is None or frames.shape[1:3] == (height, width):
+        return frames
     return np.stack([fit_rgb(f, size) for f in frames])
 
 
 @patch
 def encode_video(self: LongCatVideoPipeline, frames: np.ndarray) -> torch.Tensor:
-    "uint8 frames `[F, H, W, 3]` (F = 1 + 4k) → normalised latents `[1, 16, (F − 1)/4 + 1, H/8, W/8]` fp32 (posterior mode)."
-    if self.vae is None: raise ValueError("continuation and refinement need the VAE — build the pipeline with vae=...")
+    """uint8 frames `[F, H, W, 3]` (F = 1 + 4k) → normalised latents `[1, 16, (F − 1)/4 + 1, H/8, W/8]` fp32 (posterior
+    mode)."""
+    if self.vae is None:
+        raise ValueError("continuation and refinement need the VAE — build the pipeline with vae=...")
     return encode_frames(self.vae, _to_tensor(np.ascontiguousarray(frames))[None]).float()
 
 # %% ../nbs/06_sampling.ipynb #00d44e81
@@ -423,15 +462,18 @@ def continue_video(self: LongCatVideoPipeline, video, prompt=None, negative_prom
                    generator=None, output_type: str = "np", fps: float = 15.0, **kwargs):
     """A `num_frames` clip continuing `video` from its last `num_cond_frames` frames (kept clean; 13 → 4 latent
     frames). `enhance_hf` None → on unless `distilled` (the release's defaults). Returns the pipeline's output for the
-    whole clip — its first `num_cond_frames` frames re-decode the conditioning frames. Other keywords go to `__call__`."""
+    whole clip — its first `num_cond_frames` frames re-decode the conditioning frames. Other keywords go to
+    `__call__`."""
     check_video_size(width, height, num_frames, "continue_video")
     check_frames(num_cond_frames, "num_cond_frames", "continue_video")
     if not 1 <= num_cond_frames < num_frames:
-        raise ValueError(f"continue_video: num_cond_frames = {num_cond_frames} must be in [1, num_frames = {num_frames}) — 13 as released")
+        raise ValueError(f"continue_video: num_cond_frames = {num_cond_frames} must be in "
+                         f"[1, num_frames = {num_frames}) — 13 as released")
     frames = video_frames(video, width, height, fps)
     if len(frames) < num_cond_frames:
         raise ValueError(f"the video has {len(frames)} frames (at {fps:g} fps); continuing it takes its last "
-                         f"num_cond_frames = {num_cond_frames} — give a longer video or a smaller num_cond_frames (1 + 4k)")
+                         f"num_cond_frames = {num_cond_frames} — give a longer video or a smaller "
+                         "num_cond_frames (1 + 4k)")
     cond = self.encode_video(frames[-num_cond_frames:])
     return self(prompt, negative_prompt, width=width, height=height, num_frames=num_frames,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
@@ -439,8 +481,10 @@ def continue_video(self: LongCatVideoPipeline, video, prompt=None, negative_prom
                 enhance_hf=(not distilled) if enhance_hf is None else enhance_hf, **kwargs)
 
 # %% ../nbs/06_sampling.ipynb #789b0725
-def long_video_frames(num_segments: int, num_frames: int = 93, num_cond_frames: int = 13, start_frames: int | None = None) -> int:
-    "Frames of a long video: a first segment (or a given video of `start_frames`) then continuations of `num_frames − num_cond_frames` new frames."
+def long_video_frames(num_segments: int, num_frames: int = 93, num_cond_frames: int = 13,
+                      start_frames: int | None = None) -> int:
+    """Frames of a long video: a first segment (or a given video of `start_frames`) then continuations of `num_frames −
+    num_cond_frames` new frames."""
     new = num_frames - num_cond_frames
     return num_frames + (num_segments - 1) * new if start_frames is None else start_frames + num_segments * new
 
@@ -449,7 +493,8 @@ def segments_for_seconds(seconds: float, fps: float = 15.0, num_frames: int = 93
                          start_frames: int | None = None) -> int:
     "The fewest segments whose long video lasts at least `seconds` at `fps`."
     n = 1
-    while long_video_frames(n, num_frames, num_cond_frames, start_frames) < seconds * fps: n += 1
+    while long_video_frames(n, num_frames, num_cond_frames, start_frames) < seconds * fps:
+        n += 1
     return n
 
 # %% ../nbs/06_sampling.ipynb #e7ef2c5d
@@ -457,22 +502,27 @@ def segments_for_seconds(seconds: float, fps: float = 15.0, num_frames: int = 93
 @delegates(LongCatVideoPipeline.continue_video, but=["output_type", "return_dict", "latents"])
 def generate_long_video(self: LongCatVideoPipeline, prompt, num_segments: int | None = None, video=None, image=None,
                         width: int = 832, height: int = 480, num_frames: int = 93, num_cond_frames: int = 13,
-                        generator=None, output_path=None, fps: float = 15.0, progress: bool = True, **kwargs) -> np.ndarray:
+                        generator=None, output_path=None, fps: float = 15.0, progress: bool = True,
+                        **kwargs) -> np.ndarray:
     """uint8 `[F, H, W, 3]`, F = `long_video_frames(...)`: `num_segments` segments (default: one per prompt) — the first
     from `prompt` (and `image`), or continuations of `video` only — with `prompt` one for all or one per segment.
     `kwargs` (negative_prompt, num_inference_steps, guidance_scale, distilled, …) go to every segment."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     n = num_segments or len(prompts)
-    if len(prompts) not in (1, n): raise ValueError(f"{len(prompts)} prompts for {n} segments — give one, or one per segment")
+    if len(prompts) not in (1, n):
+        raise ValueError(f"{len(prompts)} prompts for {n} segments — give one, or one per segment")
     prompts = prompts * n if len(prompts) == 1 else prompts
     frames = None if video is None else video_frames(video, width, height, fps)
     for i in tqdm(range(n), desc="segments", disable=not progress):
         size = dict(width=width, height=height, num_frames=num_frames, generator=generator)
-        if frames is None: frames = _video_array(self(prompts[i], image=image, **size, **kwargs).frames)
+        if frames is None:
+            frames = _video_array(self(prompts[i], image=image, **size, **kwargs).frames)
         else:
-            seg = self.continue_video(frames, prompts[i], num_cond_frames=num_cond_frames, fps=fps, **size, **kwargs).frames
+            seg = self.continue_video(frames, prompts[i], num_cond_frames=num_cond_frames, fps=fps, **size,
+                                      **kwargs).frames
             frames = np.concatenate([frames, _video_array(seg)[num_cond_frames:]])
-    if output_path is not None: save_video(frames, output_path, fps)
+    if output_path is not None:
+        save_video(frames, output_path, fps)
     return frames
 
 # %% ../nbs/06_sampling.ipynb #c008842f
@@ -487,7 +537,8 @@ def refine_size(width: int, height: int, scale: float = 1.5, multiple: int = 64)
 def refine_layout(num_frames: int, num_cond_frames: int = 0) -> tuple[int, int, int]:
     """`(num_cond_latents, front_pad, back_pad)` for a refinement clip of `num_frames` frames, the first
     `num_cond_frames` of them conditioning: each part padded to whole chunks of `BSA_LATENT_CHUNK` latent frames."""
-    def chunks(latents): return -(-latents // BSA_LATENT_CHUNK) * BSA_LATENT_CHUNK
+    def chunks(latents):
+        return -(-latents // BSA_LATENT_CHUNK) * BSA_LATENT_CHUNK
     cond_latents = chunks(1 + -(-(num_cond_frames - 1) // 4)) if num_cond_frames else 0
     front = 1 + (cond_latents - 1) * 4 - num_cond_frames if num_cond_frames else 0
     noise = num_frames - num_cond_frames
@@ -495,7 +546,8 @@ def refine_layout(num_frames: int, num_cond_frames: int = 0) -> tuple[int, int, 
 
 
 def upsample_frames(frames: np.ndarray, width: int, height: int, num_frames: int, device=None) -> torch.Tensor:
-    "uint8 `[F, h, w, 3]` → `[1, 3, num_frames, height, width]` fp32 in [−1, 1]: bilinear in space, then linear in time (corners aligned)."
+    """uint8 `[F, h, w, 3]` → `[1, 3, num_frames, height, width]` fp32 in [−1, 1]: bilinear in space, then linear in
+    time (corners aligned)."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True).permute(1, 0, 2, 3)[None] / 255
     return F.interpolate(x, size=(num_frames, height, width), mode="trilinear", align_corners=True) * 2 - 1
@@ -503,8 +555,10 @@ def upsample_frames(frames: np.ndarray, width: int, height: int, num_frames: int
 # %% ../nbs/06_sampling.ipynb #5d831e72
 def _sparse_attention_ready() -> bool:
     "Whether the block-sparse attention backend can run here (the refinement LoRA was trained with it)."
-    try: check_attention_backend("bsa")
-    except (NotImplementedError, ImportError): return False
+    try:
+        check_attention_backend("bsa")
+    except (NotImplementedError, ImportError):
+        return False
     return True
 
 
@@ -521,15 +575,19 @@ class _ReleasedLora:
         self.trainable = {id(p) for p in model.parameters() if p.requires_grad}
         if self.name not in (getattr(model, "peft_config", None) or {}):
             if not self.path.is_file():
-                raise FileNotFoundError(f"{self.path} is missing — it ships with the released checkpoint (lora/); {self.hint}")
+                raise FileNotFoundError(f"{self.path} is missing — it ships with the released checkpoint (lora/); "
+                                        f"{self.hint}")
             self.pipe.load_lora(self.path, adapter_name=self.name)
         model.set_adapter([*[a for a in self.active if a != self.name and not self.alone], self.name])
 
     def __exit__(self, *exc):
         model = self.pipe.transformer
-        if self.active: model.set_adapter(self.active)
-        else: model.delete_adapters(self.name)   # "disable" would also switch off adapters attached later
-        for p in model.parameters(): p.requires_grad_(id(p) in self.trainable)
+        if self.active:
+            model.set_adapter(self.active)
+        else:
+            model.delete_adapters(self.name)     # "disable" would also switch off adapters attached later
+        for p in model.parameters():
+            p.requires_grad_(id(p) in self.trainable)
 
 
 @contextlib.contextmanager
@@ -537,14 +595,17 @@ def _attention_backend(model, backend: str):
     "Switch `model` to attention `backend` for a while."
     before = model.attention_implementation
     model.set_attention_backend(backend)
-    try: yield
-    finally: model.attention_implementation = before
+    try:
+        yield
+    finally:
+        model.attention_implementation = before
 
 # %% ../nbs/06_sampling.ipynb #2cfe9016
 @patch
 def _refine_clip(self: LongCatVideoPipeline, frames, prompt, width, height, cond, num_cond_frames, steps, t_thresh,
                  spatial_only, generator) -> np.ndarray:
-    "One refinement pass: uint8 `[F, h, w, 3]` (+ conditioning uint8 frames at the output rate) → uint8 `[F or 2F, height, width, 3]`."
+    """One refinement pass: uint8 `[F, h, w, 3]` (+ conditioning uint8 frames at the output rate) → uint8 `[F or 2F,
+    height, width, 3]`."""
     n_out = len(frames) if spatial_only else 2 * len(frames)
     n_cond_lat, front, back = refine_layout(n_out, num_cond_frames)
     up = upsample_frames(frames, width, height, n_out, self.vae.device)
@@ -553,12 +614,13 @@ def _refine_clip(self: LongCatVideoPipeline, frames, prompt, width, height, cond
     del up
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
     cond_latents = None
-    if num_cond_frames:                                     # the last frames of `cond`, their first one repeated in front
+    if num_cond_frames:  # the last frames of `cond`, their first one repeated in front
         c = video_frames(cond, width, height)[-num_cond_frames:]
         cond_latents = self.encode_video(np.concatenate([c[:1].repeat(front, 0), c]))
     T = x0.shape[2]
-    video = self(prompt, latents=(1 - t_thresh) * x0 + t_thresh * noise, cond_latents=cond_latents, width=width, height=height,
-                 num_frames=4 * T - 3, num_inference_steps=steps, guidance_scale=1.0, t_thresh=t_thresh).frames
+    video = self(prompt, latents=(1 - t_thresh) * x0 + t_thresh * noise, cond_latents=cond_latents, width=width,
+                 height=height, num_frames=4 * T - 3, num_inference_steps=steps, guidance_scale=1.0,
+                 t_thresh=t_thresh).frames
     return _video_array(video)[front:front + n_out]
 
 # %% ../nbs/06_sampling.ipynb #a459a630
@@ -566,7 +628,8 @@ def _refine_clip(self: LongCatVideoPipeline, frames, prompt, width, height, cond
 def refine(self: LongCatVideoPipeline, video, prompt: str = "", width: int | None = None, height: int | None = None,
            num_inference_steps: int = 50, t_thresh: float = REFINE_T_THRESH, spatial_only: bool = False,
            cond_video=None, num_cond_frames: int = 0, segment_frames: int = 93, overlap_frames: int = 13,
-           sparse: bool | None = None, lora_path=None, generator=None, fps: float = 15.0, output_path=None) -> np.ndarray:
+           sparse: bool | None = None, lora_path=None, generator=None, fps: float = 15.0,
+           output_path=None) -> np.ndarray:
     """Refine a 480p `video` (path at `fps`, frames) to `refine_size` (or width × height) at 2× the frame rate
     (`spatial_only`: same rate) with the released refinement LoRA; uint8 `[F', H, W, 3]`. `cond_video` +
     `num_cond_frames` (output rate) condition the first segment, whose frames are then left out of the result.
@@ -574,11 +637,13 @@ def refine(self: LongCatVideoPipeline, video, prompt: str = "", width: int | Non
     frames = video_frames(video, fps=fps)
     width, height = (width, height) if width else refine_size(frames.shape[2], frames.shape[1])
     check_video_size(width, height, 1, "refine")
-    lora = Path(lora_path) if lora_path else Path(getattr(self, "checkpoint_dir", None) or ".") / "lora" / "refinement_lora.safetensors"
+    lora = (Path(lora_path) if lora_path
+            else Path(getattr(self, "checkpoint_dir", None) or ".") / "lora" / "refinement_lora.safetensors")
     if sparse is None:
         sparse = _sparse_attention_ready()
-        if not sparse: warnings.warn("refine: block-sparse attention is not available here — refining with dense "
-                                     "attention (the refinement LoRA was trained with block-sparse attention)")
+        if not sparse:
+            warnings.warn("refine: block-sparse attention is not available here — refining with dense "
+                          "attention (the refinement LoRA was trained with block-sparse attention)")
     out, cond, n_cond, start = [], cond_video, num_cond_frames, 0
     rate = 1 if spatial_only else 2
     with _ReleasedLora(self, lora, alone=True, hint="or pass its path as refine(lora_path=...)"), \
@@ -587,10 +652,12 @@ def refine(self: LongCatVideoPipeline, video, prompt: str = "", width: int | Non
             seg = self._refine_clip(frames[start:start + segment_frames], prompt, width, height, cond, n_cond,
                                     num_inference_steps, t_thresh, spatial_only, generator)
             out.append(seg[n_cond:])
-            if start + segment_frames >= len(frames): break
+            if start + segment_frames >= len(frames):
+                break
             cond, n_cond, start = seg, rate * overlap_frames, start + segment_frames - overlap_frames
     result = np.concatenate(out)
-    if output_path is not None: save_video(result, output_path, fps * rate)
+    if output_path is not None:
+        save_video(result, output_path, fps * rate)
     return result
 
 # %% ../nbs/06_sampling.ipynb #c2abf98b
@@ -607,44 +674,52 @@ class ValidationJob:
 def eval_samples_for(cfg) -> list:
     "The usable samples of `cfg.eval_dataset_id` (checked with its conditioning datasets, even if disabled)."
     ds = cfg.dataset(cfg.eval_dataset_id)
-    report = check_datasets([dataclasses.replace(d, disabled=False) for d in [ds, *map(cfg.dataset, ds.conditioning_data)]])
+    report = check_datasets([dataclasses.replace(d, disabled=False)
+                             for d in [ds, *map(cfg.dataset, ds.conditioning_data)]])
     if not report.ok:
         raise ValueError(f"eval_dataset_id = {ds.id!r}: the eval dataset has errors — {report.errors[0]}")
     samples = [s for s in report.samples if s.dataset_id == ds.id]
     n = continuation_frames(ds)
     for s in samples if cfg.validation_continuation else []:
-        if s.frames < n: raise ValueError(f"{s.path}: {s.frames} frames at {s.fps:g} fps; validation_continuation keeps the first {n} "
-                                          "— give the eval dataset longer clips, or set validation_continuation to false")
+        if s.frames < n:
+            raise ValueError(f"{s.path}: {s.frames} frames at {s.fps:g} fps; validation_continuation keeps the first "
+                             f"{n} — give the eval dataset longer clips, or set validation_continuation to false")
     return samples
 
 
 def _start_image(sample):
     "A sample's start image: its conditioning image's path, or its clip's first frame (uint8 [H, W, 3])."
-    if sample.cond_path is not None: return sample.cond_path
+    if sample.cond_path is not None:
+        return sample.cond_path
     return decode_video(sample.path, sample.fps, 1)[0] if sample.is_i2v else None
 
 
 def validation_jobs(cfg, eval_samples=None) -> list[ValidationJob]:
-    "The videos a validation renders: eval-dataset samples (with `validation_using_datasets`), then `validation_prompt`s."
+    """The videos a validation renders: eval-dataset samples (with `validation_using_datasets`), then
+    `validation_prompt`s."""
     jobs = []
     if cfg.validation_using_datasets:
         n = continuation_frames(cfg.dataset(cfg.eval_dataset_id)) if cfg.validation_continuation else 0
         for s in (eval_samples if eval_samples is not None else eval_samples_for(cfg)):
-            if n: jobs.append(ValidationJob(s.caption, None, s.id, decode_video(s.path, s.fps, n)))
-            else: jobs.append(ValidationJob(s.caption, _start_image(s), s.id))
+            if n:
+                jobs.append(ValidationJob(s.caption, None, s.id, decode_video(s.path, s.fps, n)))
+            else:
+                jobs.append(ValidationJob(s.caption, _start_image(s), s.id))
     return jobs + [ValidationJob(p) for p in cfg.validation_prompts]
 
 # %% ../nbs/06_sampling.ipynb #e90b79d4
 def run_validation(cfg, pipe: LongCatVideoPipeline, step: int, output_dir, eval_samples=None) -> list[Path]:
     "Render the validation videos of `cfg` with `pipe` (transformer in eval mode meanwhile); returns the mp4 paths."
     jobs = validation_jobs(cfg, eval_samples)
-    if not jobs: return []
+    if not jobs:
+        return []
     out = Path(output_dir) / "validation"
     model, was_training = pipe.transformer, pipe.transformer.training
     distilled = bool(cfg.validation_distilled)
     ckpt = (getattr(pipe, "checkpoint_dir", None) or resolve_checkpoint(cfg, parts=())) if distilled else None
     paths = []
-    if cfg.vae_enable_tiling and pipe.vae is not None: pipe.enable_vae_tiling()
+    if cfg.vae_enable_tiling and pipe.vae is not None:
+        pipe.enable_vae_tiling()
     try:
         model.eval()
         with (_ReleasedLora(pipe, Path(ckpt) / "lora" / "cfg_step_lora.safetensors",
@@ -652,11 +727,13 @@ def run_validation(cfg, pipe: LongCatVideoPipeline, step: int, output_dir, eval_
             for i, job in enumerate(jobs):
                 kw = {} if distilled else dict(num_inference_steps=cfg.validation_num_inference_steps,
                                                guidance_scale=cfg.validation_guidance)
-                kw |= dict(negative_prompt=cfg.validation_negative_prompt, width=cfg.validation_width, height=cfg.validation_height,
-                           num_frames=cfg.validation_num_video_frames, distilled=distilled,
-                           generator=torch.Generator("cpu").manual_seed(cfg.validation_seed))
-                if job.video is not None: video = pipe.continue_video(job.video, job.prompt, num_cond_frames=len(job.video), **kw).frames
-                else: video = pipe(job.prompt, image=job.image, **kw).frames
+                kw |= dict(negative_prompt=cfg.validation_negative_prompt, width=cfg.validation_width,
+                           height=cfg.validation_height, num_frames=cfg.validation_num_video_frames,
+                           distilled=distilled, generator=torch.Generator("cpu").manual_seed(cfg.validation_seed))
+                if job.video is not None:
+                    video = pipe.continue_video(job.video, job.prompt, num_cond_frames=len(job.video), **kw).frames
+                else:
+                    video = pipe(job.prompt, image=job.image, **kw).frames
                 paths.append(save_video(video, out / f"step{step:06d}_{i:02d}.mp4"))
     finally:
         model.train(was_training)
