@@ -29,7 +29,8 @@ def error_line(e: BaseException) -> str:
     "The one line a user reads for `e`: the library's own messages as they are, anything else named by its type."
     text = str(e).strip()
     first = text.splitlines()[0] if text else ""
-    if isinstance(e, (ConfigError, *work_errors())) and first: return first
+    if isinstance(e, (ConfigError, *work_errors())) and first:
+        return first
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 # %% ../nbs/07a_service.ipynb #67655f4d
@@ -42,15 +43,18 @@ def checkpoint_problems(ckpt) -> list[str]:
     ckpt, out = Path(ckpt), []
     for part in WEIGHTS_PARTS:
         d = ckpt / part
-        if not (d / "config.json").is_file(): out.append(f"{d}/config.json is missing")
+        if not (d / "config.json").is_file():
+            out.append(f"{d}/config.json is missing")
         index = next(d.glob("*.safetensors.index.json"), None)
         if index is not None:
             shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
             out += [f"{d / s} is missing (named in {index.name})" for s in shards if not (d / s).is_file()]
-        elif not any(d.glob("*.safetensors")): out.append(f"{d} holds no .safetensors weights")
+        elif not any(d.glob("*.safetensors")):
+            out.append(f"{d} holds no .safetensors weights")
     if not (ckpt / "scheduler" / "scheduler_config.json").is_file():
         out.append(f"{ckpt}/scheduler/scheduler_config.json is missing")
-    if not any((ckpt / "tokenizer").iterdir()): out.append(f"{ckpt}/tokenizer is empty")
+    if not any((ckpt / "tokenizer").iterdir()):
+        out.append(f"{ckpt}/tokenizer is empty")
     return out
 
 # %% ../nbs/07a_service.ipynb #cc9b9411
@@ -66,13 +70,16 @@ def check(cfg):
     that is missing or incomplete, and a config without a single usable sample. `.ok` is whether training can start."""
     from longcat_nb.data import DataReport, check_datasets
     report, extra = check_datasets(cfg), []
-    try: ckpt = resolve_checkpoint(cfg)
-    except ConfigError as e: extra.append(_problem("missing-dir", "checkpoint", str(e)))
+    try:
+        ckpt = resolve_checkpoint(cfg)
+    except ConfigError as e:
+        extra.append(_problem("missing-dir", "checkpoint", str(e)))
     else:
         missing = checkpoint_problems(ckpt)
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        if missing: extra.append(_problem("missing-dir", "checkpoint", f"{ckpt}: {missing[0]}{more} — the download is "
-                                          "incomplete: fetch the checkpoint again"))
+        if missing:
+            extra.append(_problem("missing-dir", "checkpoint", f"{ckpt}: {missing[0]}{more} — the download is "
+                                  "incomplete: fetch the checkpoint again"))
     if not report.samples and not report.errors:
         where = str(cfg.data_backend_config or cfg.config_path or "config")
         extra.append(_problem("no-usable-samples", where, "no enabled dataset with a usable sample — nothing to "
@@ -113,8 +120,10 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
     "`PATH[:MULTIPLIER]` → `(path, multiplier)`; split at the last colon only when a number follows it."
     path, sep, tail = spec.rpartition(":")
     if sep and path:
-        try: return path, float(tail)
-        except ValueError: pass
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
     return spec, 1.0
 
 
@@ -130,11 +139,16 @@ class SamplePlan(NamedTuple):
 def _check_video(path: str, need: int, fix: str) -> int:
     "Frames of the video at `path` at the base model's 15 fps; a `ConfigError` when unreadable or shorter than `need`."
     from longcat_nb.data import MediaError, probe_media
-    if not Path(path).is_file(): raise ConfigError(f"--video {path}: no such file — give the path of the video to continue or refine")
-    try: info = probe_media(path, 15.0, image=False)
+    if not Path(path).is_file():
+        raise ConfigError(f"--video {path}: no such file — give the path of the video to continue or refine")
+    try:
+        info = probe_media(path, 15.0, image=False)
     except (OSError, MediaError) as e:
-        raise ConfigError(f"--video {path}: not a readable video ({getattr(e, 'message', None) or e.__class__.__name__}) — give an mp4, mov or mkv") from None
-    if info.frames < need: raise ConfigError(f"--video {path}: {info.frames} frames at 15 fps, {need} needed — {fix}")
+        raise ConfigError(f"--video {path}: not a readable video "
+                          f"({getattr(e, 'message', None) or e.__class__.__name__}) "
+                          "— give an mp4, mov or mkv") from None
+    if info.frames < need:
+        raise ConfigError(f"--video {path}: {info.frames} frames at 15 fps, {need} needed — {fix}")
     return info.frames
 
 # %% ../nbs/07a_service.ipynb #d5c7c941
@@ -144,7 +158,8 @@ def _check_image(path: str):
     if not Path(path).is_file():
         raise ConfigError(f"--image {path}: no such file — give the path of a PNG or JPEG start frame")
     try:
-        with Image.open(path) as im: im.verify()
+        with Image.open(path) as im:
+            im.verify()
     except (OSError, SyntaxError, ValueError) as e:
         raise ConfigError(f"--image {path}: not a readable image ({e.__class__.__name__}) — give a PNG or JPEG "
                           "start frame") from None
@@ -155,23 +170,28 @@ def check_sample_args(args, cfg) -> SamplePlan:
     from longcat_nb.config import check_frames, parse_resolution
     width, height = parse_resolution(args.size or cfg.validation_resolution, "--size", "command line")
     if args.frames is not None:
-        if args.frames < 1: raise ConfigError(f"--frames {args.frames}: must be at least 1 — e.g. 93 (or 1 for an image)")
+        if args.frames < 1:
+            raise ConfigError(f"--frames {args.frames}: must be at least 1 — e.g. 93 (or 1 for an image)")
         check_frames(args.frames, "--frames", "command line")
     frames, cond = args.frames or cfg.validation_num_video_frames, args.cond_frames
     for spec in args.lora or []:
         path, _ = parse_lora_spec(spec)
-        if not Path(path).is_file(): raise ConfigError(f"--lora {spec}: {path} is not a file — give PATH or PATH:MULTIPLIER (e.g. lora.safetensors:0.8)")
-    if args.image: _check_image(args.image)
+        if not Path(path).is_file():
+            raise ConfigError(f"--lora {spec}: {path} is not a file "
+                              "— give PATH or PATH:MULTIPLIER (e.g. lora.safetensors:0.8)")
+    if args.image:
+        _check_image(args.image)
     out = Path(args.output)
     if out.is_dir() or args.output.endswith(("/", "\\")):
         raise ConfigError(f"--output {args.output}: is a folder — give a file name, e.g. {out / 'sample.mp4'}")
     if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ConfigError(f"--output {args.output}: unknown video extension {out.suffix or '(none)'!r} — use one of {', '.join(VIDEO_SUFFIXES)}")
+        raise ConfigError(f"--output {args.output}: unknown video extension {out.suffix or '(none)'!r} — use one of "
+                          f"{', '.join(VIDEO_SUFFIXES)}")
     segments = _check_long_video_args(args, frames, cond)
     prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
     if len(prompts) not in {1, max(segments, 1)}:
-        raise ConfigError(f"--prompt given {len(prompts)} times for {segments or 1} segment(s) — give one prompt, or one per "
-                          f"segment (--segments {len(prompts)})")
+        raise ConfigError(f"--prompt given {len(prompts)} times for {segments or 1} segment(s) — give one prompt, or "
+                          f"one per segment (--segments {len(prompts)})")
     return SamplePlan(width, height, frames, segments, prompts)
 
 # %% ../nbs/07a_service.ipynb #bf69bdba
@@ -185,19 +205,23 @@ def _check_long_video_args(args, frames: int, cond: int) -> int:
     if args.seconds is not None and not 0 < args.seconds < float("inf"):
         raise ConfigError(f"--seconds {args.seconds:g}: must be a number more than 0 — e.g. 20")
     if args.image and args.video:
-        raise ConfigError(f"--image {args.image} and --video {args.video}: --image starts a new video, --video continues one — give one")
-    if cond < 1: raise ConfigError(f"--cond-frames {cond}: must be at least 1 — 13 as released (1 + 4k)")
+        raise ConfigError(f"--image {args.image} and --video {args.video}: --image starts a new video, --video "
+                          "continues one — give one")
+    if cond < 1:
+        raise ConfigError(f"--cond-frames {cond}: must be at least 1 — 13 as released (1 + 4k)")
     check_frames(cond, "--cond-frames", "command line")
     long = args.segments is not None or args.seconds is not None
     if args.video and args.refine and not long:          # refine the given video only
         _check_video(args.video, 1, "give a video with at least one frame")
         return 0
-    if not (long or args.video): return 0
+    if not (long or args.video):
+        return 0
     if not 1 <= cond < frames:
-        raise ConfigError(f"--cond-frames {cond}: continuing keeps {cond} frames of each segment's {frames} — use fewer "
-                          f"than --frames (13 of 93 as released)")
+        raise ConfigError(f"--cond-frames {cond}: continuing keeps {cond} frames of each segment's {frames} — use "
+                          "fewer than --frames (13 of 93 as released)")
     start = args.video and _check_video(args.video, cond, f"continuing takes its last {cond} frames (--cond-frames)")
-    if args.seconds is None: return args.segments or 1
+    if args.seconds is None:
+        return args.segments or 1
     from longcat_nb.sampling import segments_for_seconds
     return segments_for_seconds(args.seconds, 15.0, frames, cond, start or None)
 
@@ -205,7 +229,8 @@ def _check_long_video_args(args, frames: int, cond: int) -> int:
 def _released_lora(ckpt, name: str, flag: str) -> Path:
     "The checkpoint's `lora/<name>`, or a `ConfigError` naming `flag` (checked before the model loads)."
     path = Path(ckpt) / "lora" / name
-    if not path.is_file(): raise ConfigError(f"{flag}: {path} not found — the released checkpoint ships lora/{name}; copy it there")
+    if not path.is_file():
+        raise ConfigError(f"{flag}: {path} not found — the released checkpoint ships lora/{name}; copy it there")
     return path
 
 
@@ -219,15 +244,18 @@ def pipeline_key(cfg, ckpt, compile: bool = False) -> tuple:
 # %% ../nbs/07a_service.ipynb #9fbf59bd
 class Sampler:
     "Sample videos with a pipeline kept loaded between requests; `loads` counts the loads (one per distinct key)."
-    def __init__(self): self.pipe, self.key, self.loras, self.loads = None, None, (), 0
+    def __init__(self):
+        self.pipe, self.key, self.loras, self.loads = None, None, (), 0
 
     def release(self):
         "Free the pipeline (its GPU memory); the next request loads it again."
-        if self.pipe is None: return
+        if self.pipe is None:
+            return
         self.pipe, self.key, self.loras = None, None, ()
         import gc, torch
         gc.collect()
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 # %% ../nbs/07a_service.ipynb #dd9c7995
 @patch
@@ -235,16 +263,20 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
     "The pipeline for `cfg`: the loaded one when its key still matches, else a fresh load (the old one freed first)."
     ckpt = resolve_checkpoint(cfg)
     key = pipeline_key(cfg, ckpt, compile)
-    if self.pipe is not None and key == self.key: return self.pipe
+    if self.pipe is not None and key == self.key:
+        return self.pipe
     self.release()
     from longcat_nb.caching import default_device, default_dtype
     from longcat_nb.sampling import LongCatVideoPipeline
-    pipe = LongCatVideoPipeline.from_pretrained(   # on the GPU when there is one, with the config's memory settings and autocast
+    # on the GPU when there is one, with the config's memory settings and autocast
+    pipe = LongCatVideoPipeline.from_pretrained(
         ckpt, torch_dtype=default_dtype(default_device()), precision=cfg.base_model_precision,
-        blocks_to_swap=cfg.musubi_blocks_to_swap, group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
+        blocks_to_swap=cfg.musubi_blocks_to_swap,
+        group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
         group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision,
         quantised_dir=cfg.quantised_base_dir)
-    if compile or cfg.compile_transformer: pipe.transformer.compile_blocks()
+    if compile or cfg.compile_transformer:
+        pipe.transformer.compile_blocks()
     self.pipe, self.key, self.loads = pipe, key, self.loads + 1
     return pipe
 
@@ -253,10 +285,12 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
 def use_loras(self: Sampler, loras: list):
     "Attach exactly `loras` (`[(path, multiplier)]`) to the loaded pipeline; nothing happens when they are already."
     want = tuple((str(Path(p).resolve()), Path(p).stat().st_mtime_ns, float(m)) for p, m in loras)
-    if want == self.loras: return
+    if want == self.loras:
+        return
     model = self.pipe.transformer
     names = list(getattr(model, "peft_config", None) or {})
-    if names: model.delete_adapters(names)
+    if names:
+        model.delete_adapters(names)
     self.pipe.loaded_loras = []
     for i, (path, multiplier) in enumerate(loras):
         self.pipe.load_lora(path, multiplier, adapter_name=f"lora_{i}")
@@ -285,14 +319,19 @@ def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     guidance = req.guidance if req.guidance is not None else (None if req.distilled else cfg.validation_guidance)
     width, height, n_frames = plan.width, plan.height, plan.num_frames
     def announce_decode(pipe, i, t, _):                 # the VAE decode after the last step has no bar of its own
-        if say and i == len(pipe.scheduler.timesteps) - 1: say(f"denoised; decoding {n_frames} frames of {width}x{height} with the VAE ...")
+        if say and i == len(pipe.scheduler.timesteps) - 1:
+            say(f"denoised; decoding {n_frames} frames of {width}x{height} with the VAE ...")
     gen = torch.Generator().manual_seed(req.seed)
-    kw = dict(negative_prompt=req.negative_prompt, num_inference_steps=steps, guidance_scale=guidance, distilled=req.distilled,
-              width=width, height=height, num_frames=n_frames, generator=gen, callback_on_step_end=announce_decode)
+    kw = dict(negative_prompt=req.negative_prompt, num_inference_steps=steps, guidance_scale=guidance,
+              distilled=req.distilled, width=width, height=height, num_frames=n_frames, generator=gen,
+              callback_on_step_end=announce_decode)
     if plan.segments:
         frames = pipe.generate_long_video(plan.prompts, plan.segments, video=req.video, image=image,
                                           num_cond_frames=req.cond_frames, **kw)
-    elif req.video: frames = video_frames(req.video, width, height)        # --video --refine: refine it as it is
-    else: frames = pipe(plan.prompts[0], image=image, **kw).frames[0]
-    if refine: frames = pipe.refine(frames, plan.prompts[0], lora_path=refine, generator=gen)
+    elif req.video:
+        frames = video_frames(req.video, width, height)                    # --video --refine: refine it as it is
+    else:
+        frames = pipe(plan.prompts[0], image=image, **kw).frames[0]
+    if refine:
+        frames = pipe.refine(frames, plan.prompts[0], lora_path=refine, generator=gen)
     return save_video(frames, req.output, fps=30.0 if refine else 15.0)
