@@ -16,7 +16,8 @@ __all__ = ['cmd_check', 'cmd_cache', 'cmd_train', 'cmd_sample', 'run_demo', 'cmd
 
 # %% ../nbs/08_cli.ipynb #7c94a46a
 def cmd_check(args) -> int:
-    "Check the datasets and the checkpoint folder (`service.check`); print the report (or JSON); 1 when training cannot start."
+    """Check the datasets and the checkpoint folder (`service.check`); print the report (or JSON); 1 when training
+    cannot start."""
     cfg = load_config(args.config)
     from longcat_nb.service import check
     report = check(cfg)
@@ -25,7 +26,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    "Encode latents and text embeddings for the config's datasets (reused files are verified; `--full-check`: also their values)."
+    """Encode latents and text embeddings for the config's datasets (reused files are verified; `--full-check`: also
+    their values)."""
     cfg = load_config(args.config)
     from longcat_nb.caching import build_cache
     summary = build_cache(cfg, full_check=args.full_check)
@@ -39,11 +41,15 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config)
     from longcat_nb.training import stop_on_signals, train
     for k in ("max_train_steps", "resume_from_checkpoint", "output_dir"):
-        if getattr(args, k, None) is not None: setattr(cfg, k, Path(args.output_dir).resolve() if k == "output_dir" else getattr(args, k))
-    if args.overwrite_output_dir: cfg.overwrite_output_dir = True
-    with stop_on_signals() as stop: result = train(cfg, stop)
+        if getattr(args, k, None) is not None:
+            setattr(cfg, k, Path(args.output_dir).resolve() if k == "output_dir" else getattr(args, k))
+    if args.overwrite_output_dir:
+        cfg.overwrite_output_dir = True
+    with stop_on_signals() as stop:
+        result = train(cfg, stop)
     print(result)
-    if result.stopped: print("stopped on request — continue with: --resume-from-checkpoint latest")
+    if result.stopped:
+        print("stopped on request — continue with: --resume-from-checkpoint latest")
     return 130 if result.stopped else 0
 
 # %% ../nbs/08_cli.ipynb #55b36b6c
@@ -65,12 +71,14 @@ def run_demo(output="runs/demo", steps: int = 120, learning_rate: float = 3e-3) 
     from longcat_nb.training import train
     out, t0 = Path(output).resolve(), time.time()
     ckpt = build_tiny_checkpoint(out / "checkpoint")
-    cfg = load_config(make_example_dataset(out / "data", checkpoint=ckpt, max_train_steps=steps, learning_rate=learning_rate,
-                                           checkpointing_steps=max(1, steps // 2), validation_steps=max(1, steps // 2),
-                                           output_dir=out / "output", overwrite_output_dir=True))   # a demo reruns from scratch
+    cfg = load_config(make_example_dataset(out / "data", checkpoint=ckpt, max_train_steps=steps,
+                                           learning_rate=learning_rate, checkpointing_steps=max(1, steps // 2),
+                                           validation_steps=max(1, steps // 2), output_dir=out / "output",
+                                           overwrite_output_dir=True))   # a demo reruns from scratch
     report = check_datasets(cfg)
     print(report)
-    if not report.ok: raise SystemExit(1)
+    if not report.ok:
+        raise SystemExit(1)
     print(build_cache(cfg))
     result = train(cfg)
     k = max(1, min(10, len(result.losses) // 4))
@@ -90,10 +98,12 @@ def cmd_demo(args) -> int:
 
 # %% ../nbs/08_cli.ipynb #8f54ee71
 def cmd_plan(args) -> int:
-    "Print the memory planner's table for the config's largest bucket on this machine (or --gpu-gib / --host-gib); 1 when nothing fits."
+    """Print the memory planner's table for the config's largest bucket on this machine (or --gpu-gib / --host-gib); 1
+    when nothing fits."""
     cfg = load_config(args.config)
     from longcat_nb.memory import PlanError, format_plans, plan_for_config
-    try: plain, chosen, notes = plan_for_config(cfg, args.gpu_gib, args.host_gib, args.gpu_name)
+    try:
+        plain, chosen, notes = plan_for_config(cfg, args.gpu_gib, args.host_gib, args.gpu_name)
     except PlanError as e:
         print(f"cannot fit: {e}", file=sys.stderr)
         return 1
@@ -110,17 +120,20 @@ def cmd_lora_info(args) -> int:
 
 
 def cmd_lora_check(args) -> int:
-    "Print one verdict line per loader for a LoRA file; with `--for`, 0 only when those loaders apply all of it exactly."
+    """Print one verdict line per loader for a LoRA file; with `--for`, 0 only when those loaders apply all of it
+    exactly."""
     from longcat_nb.lora import lora_coverage
     found = [lora_coverage(args.file, loader) for loader in args.loaders or LORA_LOADERS]
-    for c in found: print(c.line())
+    for c in found:
+        print(c.line())
     return 0 if not args.loaders or all(c.verdict == "full" for c in found) else 1
 
 
 def _lora_file_errors(fn):
     "A handler whose unreadable or non-LoRA file is reported in one line, exit 1."
     def run(args) -> int:
-        try: return fn(args)
+        try:
+            return fn(args)
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -150,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True, help="path to config.json")
         s.set_defaults(fn=fn)
         return s
-    with_config("check", cmd_check, "Check the datasets; exit 1 on errors.").add_argument("--json", action="store_true", help="print the report as JSON")
+    with_config("check", cmd_check, "Check the datasets; exit 1 on errors.").add_argument(
+        "--json", action="store_true", help="print the report as JSON")
     with_config("cache", cmd_cache, "Cache VAE latents and text embeddings.").add_argument(
         "--full-check", dest="full_check", action="store_true", help="also check every cached value is finite")
     t = with_config("train", cmd_train, "Train the LoRA.")
@@ -159,16 +173,21 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", dest="output_dir")
     t.add_argument("--overwrite-output-dir", dest="overwrite_output_dir", action="store_true",
                    help="start over in an output_dir that holds another run (deletes its checkpoints and LoRA files)")
-    s = with_config("sample", cmd_sample, "Sample a video (T2V, I2V, continuation, long video, 720p refinement) with optional LoRAs.")
+    s = with_config("sample", cmd_sample,
+                    "Sample a video (T2V, I2V, continuation, long video, 720p refinement) with optional LoRAs.")
     s.add_argument("--prompt", required=True, action="append",
                    help="what the video shows; repeat it for one prompt per segment of a long video")
     s.add_argument("--negative-prompt", dest="negative_prompt")
     s.add_argument("--image", help="start frame: image-to-video")
-    s.add_argument("--video", help="continue this video (its last --cond-frames frames); with --refine alone: refine it")
-    s.add_argument("--segments", type=int, help="a long video of N segments (each continuation adds frames - cond-frames)")
+    s.add_argument("--video",
+                   help="continue this video (its last --cond-frames frames); with --refine alone: refine it")
+    s.add_argument("--segments", type=int,
+                   help="a long video of N segments (each continuation adds frames - cond-frames)")
     s.add_argument("--seconds", type=float, help="a long video of at least S seconds at 15 fps (instead of --segments)")
-    s.add_argument("--cond-frames", dest="cond_frames", type=int, default=13, help="frames a continuation keeps (1 + 4k; 13 as released)")
-    s.add_argument("--refine", action="store_true", help="refine the result to 720p at 30 fps with lora/refinement_lora.safetensors")
+    s.add_argument("--cond-frames", dest="cond_frames", type=int, default=13,
+                   help="frames a continuation keeps (1 + 4k; 13 as released)")
+    s.add_argument("--refine", action="store_true",
+                   help="refine the result to 720p at 30 fps with lora/refinement_lora.safetensors")
     s.add_argument("--lora", action="append", help="LoRA file, optionally PATH:MULTIPLIER; repeatable")
     s.add_argument("--size", help="WIDTHxHEIGHT (default: validation_resolution)")
     s.add_argument("--frames", type=int)
@@ -176,12 +195,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float)
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--distilled", action="store_true", help="16-step preview with the released cfg_step_lora")
-    s.add_argument("--compile", action="store_true", help="compile the transformer blocks (faster steps after a compile of ~20 s)")
+    s.add_argument("--compile", action="store_true",
+                   help="compile the transformer blocks (faster steps after a compile of ~20 s)")
     s.add_argument("--output", default="sample.mp4")
-    pl = with_config("plan", cmd_plan, "Predict peak GPU / host memory and s/step; pick the fastest memory settings that fit.")
+    pl = with_config("plan", cmd_plan,
+                     "Predict peak GPU / host memory and s/step; pick the fastest memory settings that fit.")
     pl.add_argument("--gpu-gib", dest="gpu_gib", type=float, help="GPU memory to plan for (default: this GPU's)")
     pl.add_argument("--host-gib", dest="host_gib", type=float, help="host RAM to plan for (default: this machine's)")
-    pl.add_argument("--gpu-name", dest="gpu_name", help="card to estimate s/step for, e.g. 'NVIDIA L4' (default: this GPU)")
+    pl.add_argument("--gpu-name", dest="gpu_name",
+                    help="card to estimate s/step for, e.g. 'NVIDIA L4' (default: this GPU)")
     d = sub.add_parser("demo", help="Run the whole job on the embedded tiny checkpoint (CPU, minutes).")
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--steps", type=int, default=120)
@@ -194,11 +216,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     "Run `longcat-nb`: config and argument errors print one line and exit 2; cache and training failures exit 1."
     args = parser().parse_args(argv)
-    try: return args.fn(args)
+    try:
+        return args.fn(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        if not isinstance(e, work_errors()): raise
+        if not isinstance(e, work_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
