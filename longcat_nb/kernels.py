@@ -22,7 +22,8 @@ import torch.nn.functional as F
 def chunk_grid_problem(latent_shape, chunk_shape=(4, 4, 4)):
     "Why token grid `latent_shape` (T, H, W) cannot be cut into `chunk_shape` chunks, or None if it can."
     bad = [f"{axis}={n} % {c} = {n % c}" for axis, n, c in zip("THW", latent_shape, chunk_shape) if n % c]
-    if not bad: return None
+    if not bad:
+        return None
     return (f"token grid {'×'.join(map(str, latent_shape))} (T×H×W) does not divide by the chunk "
             f"{'×'.join(map(str, chunk_shape))} ({', '.join(bad)})")
 
@@ -57,7 +58,8 @@ def check_sparsity(sparsity, cdf_threshold):
         raise ValueError("block-sparse attention needs bsa_sparsity (top-k) or bsa_cdf_threshold (CDF) — set one "
                          "(the release uses bsa_sparsity 0.9375)")
     if sparsity is not None and not 0 <= sparsity < 1:
-        raise ValueError(f"bsa_sparsity={sparsity}: must be in [0, 1) (the fraction of key blocks dropped; 0.9375 keeps 6.25%)")
+        raise ValueError(f"bsa_sparsity={sparsity}: must be in [0, 1) (the fraction of key blocks dropped; 0.9375 "
+                         "keeps 6.25%)")
     if cdf_threshold is not None and not 0 < cdf_threshold <= 1:
         raise ValueError(f"bsa_cdf_threshold={cdf_threshold}: must be in (0, 1] (the attention mass to keep)")
 
@@ -80,7 +82,8 @@ def select_blocks(scores, sparsity=0.9375, cdf_threshold=None, head_dim: int = 1
 
 # %% ../nbs/09_kernels.ipynb #97b344a1
 def _ordered(keep):
-    "Boolean [..., R, C] → (counts [..., R] int32, indices [..., R, C] int32: each row's True columns first, ascending)."
+    """Boolean [..., R, C] → (counts [..., R] int32, indices [..., R, C] int32: each row's True columns first,
+    ascending)."""
     d = keep.to(torch.int32)
     C = d.shape[-1]
     slot = torch.where(keep, d.cumsum(-1) - 1, C).long()             # unkept columns go to a scratch slot
@@ -111,17 +114,20 @@ _FLEX_CHOICES = None
 def _flex_choices():
     "`FlexChoices64`: inductor's choices plus a 64×64 backward tile where none of the defaults divides 64 tokens."
     global _FLEX_CHOICES
-    if _FLEX_CHOICES is not None: return _FLEX_CHOICES
+    if _FLEX_CHOICES is not None:
+        return _FLEX_CHOICES
     from torch._inductor.choices import InductorChoices        # built on first use: importing inductor takes seconds
 
     class FlexChoices64(InductorChoices):
         def get_flex_attention_bwd_configs(self, *args, **kwargs):
             configs = super().get_flex_attention_bwd_configs(*args, **kwargs)
             fits = lambda c: all(64 % b == 0 for b in (c.block_m1, c.block_n1, c.block_m2, c.block_n2))
-            if configs and not any(map(fits, configs)): configs = [*configs, type(configs[0])(64, 64, 64, 64, 3, 4)]
+            if configs and not any(map(fits, configs)):
+                configs = [*configs, type(configs[0])(64, 64, 64, 64, 3, 4)]
             return configs
 
-        def uuid(self): return "longcat_nb.kernels.FlexChoices64:1"   # inductor's cache key for this choices class
+        def uuid(self):
+            return "longcat_nb.kernels.FlexChoices64:1"               # inductor's cache key for this choices class
 
     FlexChoices64.__qualname__ = "FlexChoices64"                  # importable by name: inductor pickles its config
     globals()["FlexChoices64"] = _FLEX_CHOICES = FlexChoices64
@@ -163,7 +169,8 @@ def flex_block_attention(qc, kc, vc, keep, block: int = 64, kernel_options=None)
     "Sparse attention with compiled FlexAttention over the kept `block`-token tiles (CUDA; trainable)."
     global _flex
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
-    if _flex is None: _flex = torch.compile(flex_attention, dynamic=False)
+    if _flex is None:
+        _flex = torch.compile(flex_attention, dynamic=False)
     counts, idx = _ordered(keep)
     none = torch.zeros_like(counts)
     mask = BlockMask.from_kv_blocks(none, torch.zeros_like(idx), counts, idx, BLOCK_SIZE=block,
@@ -186,7 +193,8 @@ def _triton(interpret: bool):
     global triton, tl
     if triton is None:
         with _interpreting(interpret):
-            try: import triton, triton.language as tl
+            try:
+                import triton, triton.language as tl
             except ImportError as e:
                 raise ImportError("block-sparse kernel 'triton' needs the triton package (pip install triton; Linux "
                                   "only) — or use kernel='flex'") from e
@@ -202,11 +210,15 @@ def _triton(interpret: bool):
 def _interpreting(on: bool):
     "TRITON_INTERPRET=1 while `on` (Triton reads it at its first import and in a few checks while a kernel runs)."
     old = os.environ.get("TRITON_INTERPRET")
-    if on: os.environ["TRITON_INTERPRET"] = "1"
-    try: yield
+    if on:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
     finally:
-        if on and old is None: os.environ.pop("TRITON_INTERPRET", None)
-        elif on: os.environ["TRITON_INTERPRET"] = old
+        if on and old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        elif on:
+            os.environ["TRITON_INTERPRET"] = old
 
 # %% ../nbs/09_kernels.ipynb #57225d1a
 def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, N, n_chunks, qk_scale, D: tl.constexpr, BLOCK: tl.constexpr,
@@ -319,8 +331,9 @@ def _bsa_launch(x, block, kernel_options):
     interpret = not x.is_cuda
     kernels = _bsa_kernels(interpret)
     IN = getattr(tl, str(x.dtype).removeprefix("torch."))
-    kw = dict(D=D, BLOCK=block, TILE=opts["chunks_per_step"] * block, PREC="ieee" if x.dtype == torch.float32 else "tf32",
-              IN=IN, DOT=tl.float32 if interpret else IN, num_warps=opts["num_warps"], num_stages=opts["num_stages"])
+    kw = dict(D=D, BLOCK=block, TILE=opts["chunks_per_step"] * block,
+              PREC="ieee" if x.dtype == torch.float32 else "tf32", IN=IN, DOT=tl.float32 if interpret else IN,
+              num_warps=opts["num_warps"], num_stages=opts["num_stages"])
     return kw, kw | dict(TILE=opts["dkdv_chunks_per_step"] * block), kernels, interpret
 
 # %% ../nbs/09_kernels.ipynb #ceb60b62
@@ -359,8 +372,9 @@ def triton_block_attention(qc, kc, vc, keep, block: int = 64, kernel_options=Non
     iteration; trainable): compiled on CUDA, Triton's interpreter on the CPU (slow: tests only)."""
     B, nh, N, _ = qc.shape
     if kc.shape != qc.shape or vc.shape != qc.shape or keep.shape != (B, nh, N // block, N // block):
-        raise ValueError(f"triton_block_attention: q, k, v must share one shape [B, h, N, d] and keep be [B, h, N/{block}, "
-                         f"N/{block}]; got {tuple(qc.shape)}, {tuple(kc.shape)}, {tuple(vc.shape)}, keep {tuple(keep.shape)}")
+        raise ValueError("triton_block_attention: q, k, v must share one shape [B, h, N, d] and keep be [B, h, "
+                         f"N/{block}, N/{block}]; got {tuple(qc.shape)}, {tuple(kc.shape)}, {tuple(vc.shape)}, keep "
+                         f"{tuple(keep.shape)}")
     return _TritonBlockAttention.apply(qc, kc, vc, keep, block, kernel_options)
 
 # %% ../nbs/09_kernels.ipynb #431c02e7
@@ -370,7 +384,8 @@ def _sparse_kernel(name, device):
     env = os.environ.get("LONGCAT_BSA_KERNEL")
     name = env or name or "auto"
     kernels = dict(flex=flex_block_attention, triton=triton_block_attention, gathered=gathered_attention)
-    if name == "auto": return flex_block_attention if device.type == "cuda" else gathered_attention
+    if name == "auto":
+        return flex_block_attention if device.type == "cuda" else gathered_attention
     if name not in kernels:
         where = "environment variable LONGCAT_BSA_KERNEL" if env else "bsa_kernel"
         raise ValueError(f"block-sparse kernel {name!r} ({where}): expected one of auto, {', '.join(kernels)}")
@@ -384,8 +399,9 @@ def block_sparse_attention(q, k, v, latent_shape, sparsity=0.9375, cdf_threshold
     `kernel`: 'flex' | 'triton' | 'gathered' | 'auto' (config `bsa_kernel`; env LONGCAT_BSA_KERNEL overrides it);
     `kernel_options`: its launch settings over `kernel_settings` (config `bsa_kernel_options`)."""
     problem = chunk_grid_problem(latent_shape, chunk_shape)
-    if problem: raise ValueError(f"block-sparse attention: {problem} — use attention 'sdpa' for this size, or a "
-                                 "resolution whose height and width are multiples of 64 px")
+    if problem:
+        raise ValueError(f"block-sparse attention: {problem} — use attention 'sdpa' for this size, or a "
+                         "resolution whose height and width are multiples of 64 px")
     if q.shape[2] != math.prod(latent_shape) or k.shape[2] != q.shape[2]:
         raise ValueError(f"block-sparse attention: q has {q.shape[2]} and k {k.shape[2]} tokens, the grid "
                          f"{latent_shape} has {math.prod(latent_shape)}: q, k, v must cover the whole grid")
@@ -393,10 +409,13 @@ def block_sparse_attention(q, k, v, latent_shape, sparsity=0.9375, cdf_threshold
     block = math.prod(chunk_shape)
     qc, kc, vc = (to_chunks(x, latent_shape, chunk_shape) for x in (q, k, v))
     keep = select_blocks(block_scores(qc, kc, block), sparsity, cdf_threshold, q.shape[-1])
-    if sparse is gathered_attention: out = gathered_attention(qc, kc, vc, keep, block)
-    else: out = sparse(qc, kc, vc, keep, block, kernel_options)
+    if sparse is gathered_attention:
+        out = gathered_attention(qc, kc, vc, keep, block)
+    else:
+        out = sparse(qc, kc, vc, keep, block, kernel_options)
     out = from_chunks(out, latent_shape, chunk_shape)
-    if num_cond <= 0: return out
+    if num_cond <= 0:
+        return out
     c = num_cond
     cond = F.scaled_dot_product_attention(q[:, :, :c], k[:, :, :c], v[:, :, :c])
     return torch.cat([cond, out[:, :, c:]], dim=2)
