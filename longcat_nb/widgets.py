@@ -25,27 +25,37 @@ __all__ = ['TRAINING_SHAPES', 'field_text', 'field_value', 'field_error', 'Confi
 
 # %% ../nbs/11_widgets.ipynb #f213e77f
 def field_text(key: Key, value) -> str:
-    "How config value `value` of `key` shows in a text field: empty for null, names comma-separated, other lists as JSON."
-    if value is None: return ""
-    if isinstance(value, str): return value
-    if isinstance(value, list) and key.kind == "strs": return ", ".join(value)
+    """How config value `value` of `key` shows in a text field: empty for null, names comma-separated, other lists as
+    JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and key.kind == "strs":
+        return ", ".join(value)
     return json.dumps(value)
 
 
 def field_value(key: Key, text):
-    "The config value a field holds: empty → null; numbers and `[...]` lists parsed as JSON; unparsable text kept as text."
-    if not isinstance(text, str): return text                 # checkboxes hold their value already
+    """The config value a field holds: empty → null; numbers and `[...]` lists parsed as JSON; unparsable text kept as
+    text."""
+    if not isinstance(text, str):
+        return text                                           # checkboxes hold their value already
     t = text.strip()
-    if not t: return None
+    if not t:
+        return None
     if key.kind in ("int", "float") or (key.kind in ("strs", "str|strs") and t.startswith("[")):
-        try: return json.loads(t)
-        except json.JSONDecodeError: return t
+        try:
+            return json.loads(t)
+        except json.JSONDecodeError:
+            return t
     return [s.strip() for s in t.split(",") if s.strip()] if key.kind == "strs" else t
 
 # %% ../nbs/11_widgets.ipynb #498760ee
 def field_error(name: str, value, datasets=None, source: str = "config.json") -> str | None:
     "The config error of key `name` = `value` on its own (the messages of `load_config`), or None when it is valid."
-    try: parse_config({name: value}, source, datasets=datasets or [])
+    try:
+        parse_config({name: value}, source, datasets=datasets or [])
     except ConfigError as e:
         msg = str(e)
         return msg if f": {name} = " in msg else None
@@ -60,14 +70,17 @@ def _note(text: str, error: bool = False) -> str:
 def _input(key: Key) -> W.Widget:
     "A checkbox for booleans, a text box with suggestions for keys with choices, a text box otherwise."
     layout = W.Layout(width="240px", flex="0 0 240px")
-    if key.kind == "bool": return W.Checkbox(value=bool(key.default), indent=False, layout=layout)
+    if key.kind == "bool":
+        return W.Checkbox(value=bool(key.default), indent=False, layout=layout)
     if key.choices and key.kind == "str":
-        return W.Combobox(value=field_text(key, key.default), options=list(key.choices), ensure_option=False, layout=layout)
+        return W.Combobox(value=field_text(key, key.default), options=list(key.choices), ensure_option=False,
+                          layout=layout)
     return W.Text(value=field_text(key, key.default), layout=layout)
 
 # %% ../nbs/11_widgets.ipynb #151e4517
 class ConfigForm:
-    "A form over every `config.json` key and the dataset list: documented defaults and help, errors beside the fields, load and save."
+    """A form over every `config.json` key and the dataset list: documented defaults and help, errors beside the fields,
+    load and save."""
     def __init__(self, path="config/config.json"):
         self.keys = {k.name: k for k in TRAIN_KEYS}
         self.path = W.Text(value=str(path), description="config.json", layout=W.Layout(width="60%"))
@@ -81,16 +94,19 @@ class ConfigForm:
         self.save_button = W.Button(description="Save", icon="save", button_style="primary")
         load.on_click(lambda _: self.load())
         self.save_button.on_click(lambda _: self.save())
-        for name, w in self.inputs.items(): w.observe(lambda _, n=name: self.check_field(n), "value")
+        for name, w in self.inputs.items():
+            w.observe(lambda _, n=name: self.check_field(n), "value")
         self.datasets.observe(lambda _: self.check_datasets(), "value")
         rows = [W.HBox([W.Label(k.name, layout=W.Layout(width="280px", flex="0 0 280px")), self.inputs[k.name],
                         self.notes[k.name]]) for k in TRAIN_KEYS]
         self.widget = W.VBox([W.HBox([self.path, load, self.save_button]), self.status, *rows,
-                              W.HTML("<b>Dataset list</b> (the <code>multidatabackend.json</code> that data_backend_config names)"),
+                              W.HTML("<b>Dataset list</b> (the <code>multidatabackend.json</code> that "
+                                     "data_backend_config names)"),
                               self.datasets, self.datasets_note])
         self.load()
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_widgets.ipynb #de304b06
 @patch
@@ -102,28 +118,38 @@ def values(self: ConfigForm) -> dict:
 def parsed_datasets(self: ConfigForm):
     "The dataset list typed in the form, validated (None when the box is empty); raises `ConfigError`."
     text = self.datasets.value
-    if not text.strip(): return None
-    try: entries = json.loads(strip_jsonc(text))
+    if not text.strip():
+        return None
+    try:
+        entries = json.loads(strip_jsonc(text))
     except json.JSONDecodeError as e:
-        raise ConfigError(f"dataset list: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}) — fix the syntax there") from None
+        raise ConfigError(f"dataset list: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}) "
+                          "— fix the syntax there") from None
     return parse_datasets(entries, "dataset list", Path(self.path.value).resolve().parent)
 
 @patch
 def check_datasets(self: ConfigForm) -> str | None:
     "Validate the dataset box; show and return its error."
-    try: self.parsed_datasets(); err = None
-    except ConfigError as e: err = str(e)
+    try:
+        self.parsed_datasets()
+        err = None
+    except ConfigError as e:
+        err = str(e)
     self.datasets_note.value = _note(err, True) if err else ""
     return err
 
 @patch
 def check_field(self: ConfigForm, name: str) -> str | None:
     "Validate one field; its note shows the error (or the key's meaning); returns the error."
-    try: datasets = self.parsed_datasets()
-    except ConfigError: datasets = None
+    try:
+        datasets = self.parsed_datasets()
+    except ConfigError:
+        datasets = None
     err = field_error(name, field_value(self.keys[name], self.inputs[name].value), datasets, Path(self.path.value).name)
-    if err: self.errors[name] = err
-    else: self.errors.pop(name, None)
+    if err:
+        self.errors[name] = err
+    else:
+        self.errors.pop(name, None)
     self.notes[name].value = _note(err, True) if err else _note(self.keys[name].doc)
     return err
 
@@ -139,27 +165,36 @@ def show_missing(self: ConfigForm):
 
 @patch
 def load(self: ConfigForm, path=None):
-    "Fill the form from `config.json` (comments allowed) and the dataset list it names; a missing file is offered for creation."
-    if path is not None: self.path.value = str(path)
+    """Fill the form from `config.json` (comments allowed) and the dataset list it names; a missing file is offered for
+    creation."""
+    if path is not None:
+        self.path.value = str(path)
     path = Path(self.path.value)
-    if not path.is_file(): return self.show_missing()
+    if not path.is_file():
+        return self.show_missing()
     try:
         d = read_jsonc(path)
-        if not isinstance(d, dict): raise ConfigError(f"{path}: expected a JSON object {{...}} at the top level")
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object {{...}} at the top level")
         check_keys(d, TRAIN_KEYS, str(path))
     except ConfigError as e:
-        self.status.value = _note(f"not loaded: {e}", True); return
+        self.status.value = _note(f"not loaded: {e}", True)
+        return
     unshowable = {}                                       # a non-boolean for a checkbox: shown as its error
     for k in TRAIN_KEYS:
         v = d.get(k.name, k.default)
-        if k.kind == "bool" and not isinstance(v, bool): unshowable[k.name] = field_error(k.name, v)
-        else: self.inputs[k.name].value = v if k.kind == "bool" else field_text(k, v)
+        if k.kind == "bool" and not isinstance(v, bool):
+            unshowable[k.name] = field_error(k.name, v)
+        else:
+            self.inputs[k.name].value = v if k.kind == "bool" else field_text(k, v)
     ds = d.get("data_backend_config")
     p = resolve_path(ds, path.parent) if isinstance(ds, str) else None
     self.datasets.value = p.read_text(encoding="utf-8") if p and p.is_file() else ""
     for n in self.inputs:
-        if n in unshowable: self.errors[n], self.notes[n].value = unshowable[n], _note(unshowable[n], True)
-        else: self.check_field(n)
+        if n in unshowable:
+            self.errors[n], self.notes[n].value = unshowable[n], _note(unshowable[n], True)
+        else:
+            self.check_field(n)
     self.save_button.description = "Save"
     self.status.value = _note(f"loaded {path}")
 
@@ -171,18 +206,23 @@ def config(self: ConfigForm):
 
 @patch
 def save(self: ConfigForm, path=None) -> Path | None:
-    "Validate the form and write `config.json` (keys that differ from their defaults) and the dataset list; returns the path, or None with the error shown."
-    if path is not None: self.path.value = str(path)
+    """Validate the form and write `config.json` (keys that differ from their defaults) and the dataset list; returns
+    the path, or None with the error shown."""
+    if path is not None:
+        self.path.value = str(path)
     path = Path(self.path.value).resolve()
-    try: self.config()
+    try:
+        self.config()
     except ConfigError as e:
-        self.status.value = _note(f"not saved: {e}", True); return None
+        self.status.value = _note(f"not saved: {e}", True)
+        return None
     values = {n: v for n, v in self.values().items() if v != self.keys[n].default}
     if self.datasets.value.strip():
         values.setdefault("data_backend_config", str(path.parent / "multidatabackend.json"))
         ds = resolve_path(values["data_backend_config"], path.parent)
         ds.parent.mkdir(parents=True, exist_ok=True)
-        if not ds.is_file() or ds.read_text(encoding="utf-8") != self.datasets.value: ds.write_text(self.datasets.value, encoding="utf-8")
+        if not ds.is_file() or ds.read_text(encoding="utf-8") != self.datasets.value:
+            ds.write_text(self.datasets.value, encoding="utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     self.save_button.description = "Save"
@@ -193,20 +233,23 @@ def save(self: ConfigForm, path=None) -> Path | None:
 def video_html(path, width: int = 256, label: str | None = None) -> str:
     "An HTML `<video>` element playing the mp4 at `path` (any other container is converted first) from a data URI."
     path = Path(path)
-    if path.suffix.lower() == ".mp4": data = path.read_bytes()
+    if path.suffix.lower() == ".mp4":
+        data = path.read_bytes()
     else:
         from longcat_nb.data import decode_video, write_video
-        with tempfile.TemporaryDirectory() as d: data = write_video(Path(d) / "v.mp4", decode_video(path)).read_bytes()
+        with tempfile.TemporaryDirectory() as d:
+            data = write_video(Path(d) / "v.mp4", decode_video(path)).read_bytes()
     cap = f"<div style='font-size:85%'>{html.escape(label)}</div>" if label else ""
-    return (f"<div style='display:inline-block;margin:4px'><video width='{width}' controls loop autoplay muted playsinline "
-            f"src='data:video/mp4;base64,{base64.b64encode(data).decode()}'></video>{cap}</div>")
+    return (f"<div style='display:inline-block;margin:4px'><video width='{width}' controls loop autoplay muted "
+            f"playsinline src='data:video/mp4;base64,{base64.b64encode(data).decode()}'></video>{cap}</div>")
 
 
 def image_html(image, width: int = 256, label: str | None = None) -> str:
     "An HTML `<img>` of an image file or a uint8 `[H, W, 3]` array, as a PNG data URI."
     from PIL import Image
     buf = io.BytesIO()
-    (Image.fromarray(image) if not isinstance(image, (str, Path)) else Image.open(image).convert("RGB")).save(buf, "PNG")
+    (Image.fromarray(image) if not isinstance(image, (str, Path))
+     else Image.open(image).convert("RGB")).save(buf, "PNG")
     cap = f"<div style='font-size:85%'>{html.escape(label)}</div>" if label else ""
     return (f"<div style='display:inline-block;margin:4px;vertical-align:top'><img width='{width}' "
             f"src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'/>{cap}</div>")
@@ -221,7 +264,8 @@ def figure_png(fig) -> bytes:
 # %% ../nbs/11_widgets.ipynb #b6b91ac9
 def _table(header, rows) -> str:
     th = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(str(h))}</th>" for h in header)
-    trs = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    trs = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                  for r in rows)
     return f"<table style='border-collapse:collapse'><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
@@ -243,12 +287,14 @@ def bucket_figure(report):
     from collections import Counter
     from matplotlib.figure import Figure
     counts = Counter()
-    for d in report.datasets: counts.update(d.buckets)
+    for d in report.datasets:
+        counts.update(d.buckets)
     fig = Figure(figsize=(5, 2.4))
     ax = fig.subplots()
     names = sorted(counts)
     ax.bar(names, [counts[n] for n in names], color="#1976d2")
-    ax.set_title("samples per bucket"); ax.set_ylabel("samples")
+    ax.set_title("samples per bucket")
+    ax.set_ylabel("samples")
     ax.tick_params(axis="x", labelrotation=30)
     return fig
 
@@ -257,8 +303,10 @@ def sample_preview(sample, width: int = 160) -> str:
     "A sample's clip inline, with its start frame beside it for image-to-video."
     from longcat_nb.data import decode_video
     parts = [video_html(sample.path, width, sample.id)]
-    if sample.cond_path is not None: parts.append(image_html(sample.cond_path, width, f"start frame: {Path(sample.cond_path).name}"))
-    elif sample.is_i2v: parts.append(image_html(decode_video(sample.path, sample.fps, 1)[0], width, "start frame: the clip's first"))
+    if sample.cond_path is not None:
+        parts.append(image_html(sample.cond_path, width, f"start frame: {Path(sample.cond_path).name}"))
+    elif sample.is_i2v:
+        parts.append(image_html(decode_video(sample.path, sample.fps, 1)[0], width, "start frame: the clip's first"))
     return "<div style='display:inline-block;border:1px solid #ddd;margin:2px'>" + "".join(parts) + "</div>"
 
 # %% ../nbs/11_widgets.ipynb #bce42b63
@@ -269,20 +317,26 @@ def saved_config(source):
             raise ConfigError(f"{source.path.value}: the config file does not exist yet — fill in the Config tab and "
                               "press Create (nothing was written)")
         path = source.save()
-        if path is None: raise ConfigError(f"{source.path.value}: the config form has errors — {source.config_error()}")
-    else: path = Path(source)
+        if path is None:
+            raise ConfigError(f"{source.path.value}: the config form has errors — {source.config_error()}")
+    else:
+        path = Path(source)
     return load_config(path), path
 
 
 @patch
 def config_error(self: ConfigForm) -> str:
     "The form's first error, as saving would report it."
-    try: self.config(); return ""
-    except ConfigError as e: return str(e)
+    try:
+        self.config()
+        return ""
+    except ConfigError as e:
+        return str(e)
 
 # %% ../nbs/11_widgets.ipynb #b95b1d69
 def _details(summary: str, text: str) -> str:
-    if not text.strip(): return ""
+    if not text.strip():
+        return ""
     return (f"<details><summary style='cursor:pointer;color:#666;font-size:90%'>{html.escape(summary)}</summary>"
             f"<pre style='font-size:85%;white-space:pre-wrap'>{html.escape(text)}</pre></details>")
 
@@ -310,21 +364,26 @@ class Outcome:
     error: BaseException | None = None
     printed: str = ""
     @property
-    def ok(self) -> bool: return self.error is None
+    def ok(self) -> bool:
+        return self.error is None
 
 
 def guarded(status: W.HTML, fn, out: W.Output | None = None, busy: str = "") -> Outcome:
     """Run `fn()` for a view: `status` cleared first (or showing `busy`), `out` cleared and receiving what `fn` displays
     (progress bars), stderr kept aside. A failure is shown in `status` (`failure_html`) and returned, never raised."""
     status.value = _note(busy) if busy else ""
-    if out is not None: out.clear_output()
+    if out is not None:
+        out.clear_output()
     err, result = io.StringIO(), Outcome()
     with out if out is not None else contextlib.nullcontext():
         try:
-            with contextlib.redirect_stderr(err): result.value = fn()
-        except Exception as e: result.error = e
+            with contextlib.redirect_stderr(err):
+                result.value = fn()
+        except Exception as e:
+            result.error = e
     result.printed = err.getvalue()
-    if result.error is not None: status.value = failure_html(result.error, result.printed)
+    if result.error is not None:
+        status.value = failure_html(result.error, result.printed)
     return result
 
 # %% ../nbs/11_widgets.ipynb #1780602a
@@ -339,11 +398,13 @@ class CheckView:
         self.widget = W.VBox([self.button, self.status, self.table, self.plot, self.clips])
 
     def run(self):
-        "Check data and checkpoint of the (saved) config (`service.check`); returns the `DataReport` (None on an error)."
+        """Check data and checkpoint of the (saved) config (`service.check`); returns the `DataReport` (None on an
+        error)."""
         from longcat_nb.service import check
         self.table.value, self.plot.value, self.clips.value, self.report = "", b"", "", None
         r = guarded(self.status, lambda: check(saved_config(self.source)[0]), busy="checking …")
-        if not r.ok: return None
+        if not r.ok:
+            return None
         self.report = r.value
         self.status.value = printed_html(r.printed)
         self.table.value = report_html(self.report)
@@ -351,7 +412,8 @@ class CheckView:
         self.clips.value = "".join(sample_preview(s) for s in self.report.samples[:self.previews])
         return self.report
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_widgets.ipynb #90f50cb5
 class CacheView:
@@ -368,14 +430,16 @@ class CacheView:
         from longcat_nb.caching import build_cache
         self.result.value, self.summary = "", None
         r = guarded(self.status, lambda: build_cache(saved_config(self.source)[0]), self.out)
-        if not r.ok: return None
+        if not r.ok:
+            return None
         self.summary = r.value
         self.out.clear_output()
         self.status.value = printed_html(r.printed)
         self.result.value = f"<pre>{html.escape(str(self.summary))}</pre>"
         return self.summary
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_widgets.ipynb #cff446b3
 def smooth(values, weight: float = 0.9) -> list[float]:
@@ -393,8 +457,11 @@ def loss_figure(steps, losses, title: str = "training loss"):
     fig = Figure(figsize=(6, 2.6))
     ax = fig.subplots()
     ax.plot(steps, losses, color="#90caf9", lw=1, label="loss")
-    if losses: ax.plot(steps, smooth(losses), color="#0d47a1", lw=2, label="smoothed")
-    ax.set_xlabel("step"); ax.set_title(title); ax.legend(loc="upper right")
+    if losses:
+        ax.plot(steps, smooth(losses), color="#0d47a1", lw=2, label="smoothed")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
     return fig
 
 
@@ -405,15 +472,21 @@ def eta_text(seconds: float) -> str:
 
 # %% ../nbs/11_widgets.ipynb #b2ded008
 def run_state(events: list[dict]) -> dict:
-    "Summary of a `progress.jsonl` event list: losses by step, total, s/step, ETA, peak memory, latest video, and the state."
+    """Summary of a `progress.jsonl` event list: losses by step, total, s/step, ETA, peak memory, latest video, and the
+    state."""
     steps, videos, state, message, loras = {}, [], "idle", "", []
     for e in events:
         kind = e.get("event")
-        if kind == "step": steps[e["step"]] = e
-        elif kind == "validation": videos += list(e.get("videos") or [])
-        elif kind in ("start", "stopped", "done", "error"): state = {"start": "running"}.get(kind, kind)
-        if kind == "error": message = e.get("message", "")
-        if kind == "done": loras = list(e.get("loras") or [])
+        if kind == "step":
+            steps[e["step"]] = e
+        elif kind == "validation":
+            videos += list(e.get("videos") or [])
+        elif kind in ("start", "stopped", "done", "error"):
+            state = {"start": "running"}.get(kind, kind)
+        if kind == "error":
+            message = e.get("message", "")
+        if kind == "done":
+            loras = list(e.get("loras") or [])
     order = sorted(steps)
     last = steps[order[-1]] if order else {}
     recent = [steps[s].get("s_per_step") for s in order[-10:] if steps[s].get("s_per_step") is not None]
@@ -427,7 +500,8 @@ def run_state(events: list[dict]) -> dict:
 
 # %% ../nbs/11_widgets.ipynb #1f6b1ef9
 class TrainView:
-    "Start, stop and resume training in a separate process; a live loss curve, s/step, ETA, peak memory and the latest validation video."
+    """Start, stop and resume training in a separate process; a live loss curve, s/step, ETA, peak memory and the latest
+    validation video."""
     def __init__(self, config, poll_seconds: float = 2.0, background: bool = True):
         self.source, self.poll_seconds, self.background = config, poll_seconds, background
         self.proc, self.output_dir, self._thread, self.before_start = None, None, None, None
@@ -443,8 +517,8 @@ class TrainView:
         self.choices = self._choice_buttons()
         self.status, self.stats, self.video = W.HTML(), W.HTML(), W.HTML()
         self.plot = W.Image(format="png", layout=W.Layout(max_width="560px"))
-        self.widget = W.VBox([W.HBox([self.start_button, self.stop_button, self.resume_button, self.steps]), self.status,
-                              self.choices, self.stats, self.plot, self.video])
+        self.widget = W.VBox([W.HBox([self.start_button, self.stop_button, self.resume_button, self.steps]),
+                              self.status, self.choices, self.stats, self.plot, self.video])
         self.attach()
 
     def _choice_buttons(self) -> W.HBox:
@@ -457,17 +531,22 @@ class TrainView:
         over.on_click(lambda _: self.start(overwrite=True))
         return W.HBox([resume, new, over], layout=W.Layout(display="none"))
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_widgets.ipynb #5f6b3a6f
 def _pid_alive(pid: int) -> bool:
     "Is `pid` a live trainer (not a finished child awaiting its parent, nor another program that got the number later)?"
-    try: os.kill(pid, 0)
-    except (OSError, ValueError): return False
     try:
-        if open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z": return False
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    try:
+        if open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z":
+            return False
         return b"longcat_nb.training" in open(f"/proc/{pid}/cmdline", "rb").read()
-    except OSError: return True                               # no /proc (macOS): trust the pid
+    except OSError:
+        return True                                           # no /proc (macOS): trust the pid
 
 
 def free_folder(path) -> Path:
@@ -483,7 +562,8 @@ def free_folder(path) -> Path:
 @patch
 def running(self: TrainView) -> bool:
     "Is the training process (started here, or found through `train.pid`) alive?"
-    if self.proc is not None: return self.proc.poll() is None
+    if self.proc is not None:
+        return self.proc.poll() is None
     pid_file = self.output_dir and Path(self.output_dir) / "train.pid"
     return bool(pid_file and pid_file.is_file() and _pid_alive(int(pid_file.read_text() or 0)))
 
@@ -491,7 +571,8 @@ def running(self: TrainView) -> bool:
 def step_count(self: TrainView) -> int | None:
     "The steps field as `max_train_steps` (None when empty); a `ConfigError` for anything but a positive whole number."
     text = self.steps.value.strip()
-    if not text: return None
+    if not text:
+        return None
     if not text.isdigit() or int(text) < 1:
         raise ConfigError(f"steps = {text!r}: expected a whole number of optimizer steps above 0 — e.g. 200, "
                           "or empty for the config's max_train_steps")
@@ -515,35 +596,50 @@ def _launch(self: TrainView, resume, max_train_steps, overwrite, output_dir):
     self.output_dir = Path(output_dir or cfg.output_dir).resolve()
     self._let_finish()
     if self.running():
-        self.status.value = _note("training is already running — Stop it first"); return
-    with output_dir_lock(self.output_dir): pass              # a run from elsewhere (CLI, papermill) holds it: OutputDirInUse
+        self.status.value = _note("training is already running — Stop it first")
+        return
+    with output_dir_lock(self.output_dir):
+        pass  # a run from elsewhere (CLI, papermill) holds it: OutputDirInUse
     found = previous_run(self.output_dir)
     if found and not (resume or overwrite or cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
         return self.offer_choices(found)
-    if self.before_start: self.before_start()
+    if self.before_start:
+        self.before_start()
     self.output_dir.mkdir(parents=True, exist_ok=True)
     self._state_from = 0 if overwrite else len(read_progress(self.output_dir))
-    if not resume: self._curve_from = self._state_from     # a resumed run continues the curve; a new run starts one
+    if not resume:
+        self._curve_from = self._state_from                # a resumed run continues the curve; a new run starts one
     cmd = [sys.executable, "-m", "longcat_nb.training", "--config", str(path)]
-    if resume: cmd += ["--resume-from-checkpoint", "latest"]
-    if steps is not None: cmd += ["--max-train-steps", str(steps)]
-    if output_dir is not None: cmd += ["--output-dir", str(self.output_dir)]
-    if overwrite: cmd += ["--overwrite-output-dir"]
+    if resume:
+        cmd += ["--resume-from-checkpoint", "latest"]
+    if steps is not None:
+        cmd += ["--max-train-steps", str(steps)]
+    if output_dir is not None:
+        cmd += ["--output-dir", str(self.output_dir)]
+    if overwrite:
+        cmd += ["--overwrite-output-dir"]
     with open(self.output_dir / "train.log", "a") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n"); log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
     (self.output_dir / "train.pid").write_text(str(self.proc.pid))
-    self.status.value = _note(f"{'resuming' if resume else 'starting'} (process {self.proc.pid}, log: {self.output_dir / 'train.log'})")
-    if self.background: self._poll()
+    self.status.value = _note(f"{'resuming' if resume else 'starting'} (process {self.proc.pid}, log: "
+                              f"{self.output_dir / 'train.log'})")
+    if self.background:
+        self._poll()
 
 @patch
 def _let_finish(self: TrainView, timeout: float = 30):
     "A run that logged `done` or `stopped` is exiting: wait (≤ `timeout` s) for its process and the last redraw."
     from longcat_nb.training import read_progress
-    if not self.running() or run_state(read_progress(self.output_dir))["state"] not in ("done", "stopped"): return
+    if not self.running() or run_state(read_progress(self.output_dir))["state"] not in ("done", "stopped"):
+        return
     deadline = time.time() + timeout
-    while self.running() and time.time() < deadline: time.sleep(0.2)
-    if self._thread is not None: self._thread.join(max(0, deadline - time.time()))
+    while self.running() and time.time() < deadline:
+        time.sleep(0.2)
+    if self._thread is not None:
+        self._thread.join(max(0, deadline - time.time()))
 
 @patch
 def offer_choices(self: TrainView, found):
@@ -570,7 +666,8 @@ def start_in_new_folder(self: TrainView):
 def stop(self: TrainView):
     "Ask the run to stop: it writes a checkpoint and exits; Resume continues from there."
     if not self.running():
-        self.status.value = _note("not running"); return
+        self.status.value = _note("not running")
+        return
     from longcat_nb.training import request_stop
     request_stop(self.output_dir)
     self.status.value = _note("stop requested: the trainer writes a checkpoint, then stops")
@@ -582,17 +679,21 @@ def _poll(self: TrainView):
     def loop():
         try:
             while self.running():
-                self.refresh(); time.sleep(self.poll_seconds)
+                self.refresh()
+                time.sleep(self.poll_seconds)
             self.refresh()
-        except Exception as e: self.status.value = failure_html(e)   # a thread's exception would reach stderr
+        except Exception as e:
+            self.status.value = failure_html(e)                      # a thread's exception would reach stderr
     self._thread = threading.Thread(target=loop, daemon=True)
     self._thread.start()
 
 @patch
 def wait(self: TrainView, timeout: float | None = None) -> dict:
     "Block until the run ends (tests, papermill); returns the final `run_state`."
-    if self.proc is not None: self.proc.wait(timeout)
-    if self._thread is not None: self._thread.join(timeout)
+    if self.proc is not None:
+        self.proc.wait(timeout)
+    if self._thread is not None:
+        self._thread.join(timeout)
     return self.refresh()
 
 @patch
@@ -604,18 +705,24 @@ def follow(self: TrainView) -> dict:
         try:
             self.refresh()
             time.sleep(self.poll_seconds)
-        except KeyboardInterrupt: self.stop()
+        except KeyboardInterrupt:
+            self.stop()
     return self.refresh()
 
 @patch
 def attach(self: TrainView):
-    "Show the run of the config's output_dir as it stands; follow it when its process is still alive (after a reconnect)."
-    try: cfg = self.source.config() if isinstance(self.source, ConfigForm) else load_config(self.source)
-    except (ConfigError, OSError): return
+    """Show the run of the config's output_dir as it stands; follow it when its process is still alive (after a
+    reconnect)."""
+    try:
+        cfg = self.source.config() if isinstance(self.source, ConfigForm) else load_config(self.source)
+    except (ConfigError, OSError):
+        return
     self.output_dir = Path(cfg.output_dir)
     self.steps.value = "" if cfg.max_train_steps is None else str(cfg.max_train_steps)
-    if (self.output_dir / "progress.jsonl").is_file(): self.refresh()
-    if self.running() and self.background: self._poll()
+    if (self.output_dir / "progress.jsonl").is_file():
+        self.refresh()
+    if self.running() and self.background:
+        self._poll()
 
 @patch
 def _log_tail(self: TrainView, lines: int = 15) -> str:
@@ -625,7 +732,8 @@ def _log_tail(self: TrainView, lines: int = 15) -> str:
 # %% ../nbs/11_widgets.ipynb #0724fa41
 @patch
 def refresh(self: TrainView) -> dict:
-    "Redraw the view from `progress.jsonl`; returns the `run_state` (curve since this run or the run it resumed, state of this run)."
+    """Redraw the view from `progress.jsonl`; returns the `run_state` (curve since this run or the run it resumed, state
+    of this run)."""
     from longcat_nb.training import read_progress
     events = read_progress(self.output_dir)
     st, now = run_state(events[self._curve_from:]), run_state(events[self._state_from:])
@@ -634,30 +742,41 @@ def refresh(self: TrainView) -> dict:
     if st["steps"]:
         self.plot.value = figure_png(loss_figure(st["steps"], st["losses"]))
         parts = [f"step {st['step']}/{st['total']}", f"loss {st['losses'][-1]:.4f}"]
-        if st["s_per_step"] is not None: parts.append(f"{st['s_per_step']:.2f} s/step")
-        if st["eta_s"] is not None and alive and st["state"] == "running": parts.append(f"ETA {eta_text(st['eta_s'])}")
-        if st["peak_gib"] is not None: parts.append(f"peak {st['peak_gib']:.1f} GiB")
-        if st["reserved_gib"] is not None: parts.append(f"reserved {st['reserved_gib']:.1f} GiB")
+        if st["s_per_step"] is not None:
+            parts.append(f"{st['s_per_step']:.2f} s/step")
+        if st["eta_s"] is not None and alive and st["state"] == "running":
+            parts.append(f"ETA {eta_text(st['eta_s'])}")
+        if st["peak_gib"] is not None:
+            parts.append(f"peak {st['peak_gib']:.1f} GiB")
+        if st["reserved_gib"] is not None:
+            parts.append(f"reserved {st['reserved_gib']:.1f} GiB")
         self.stats.value = "<b>" + " · ".join(parts) + "</b>"
     if st["video"] and Path(st["video"]).is_file() and st["video"] != getattr(self, "_shown", None):
-        self.video.value, self._shown = video_html(st["video"], 320, f"latest validation: {Path(st['video']).name}"), st["video"]
+        self.video.value, self._shown = video_html(
+            st["video"], 320, f"latest validation: {Path(st['video']).name}"), st["video"]
     rc = self.proc.poll() if self.proc is not None else None
     log = f"end of {Path(self.output_dir) / 'train.log'}:\n{self._log_tail()}"
-    if st["state"] == "error": self.status.value = failure_html(f"training failed: {st['message']}", log)
+    if st["state"] == "error":
+        self.status.value = failure_html(f"training failed: {st['message']}", log)
     elif rc not in (None, 0) or (not alive and st["state"] == "running"):
         last = next((l for l in reversed(self._log_tail().splitlines()) if l.strip()), "no message")
         self.status.value = failure_html(f"training process ended (exit code {rc}): {last}", log)
         st["state"] = "error"
-    elif st["state"] == "stopped": self.status.value = _note(f"stopped at step {st['step']}: checkpoint written — Resume continues from it")
-    elif st["state"] == "done": self.status.value = _note("done — LoRA files: " + ", ".join(Path(p).name for p in st["loras"]))
-    elif alive: self.status.value = _note(f"training (process {self.proc.pid if self.proc else 'from an earlier session'})")
+    elif st["state"] == "stopped":
+        self.status.value = _note(f"stopped at step {st['step']}: checkpoint written — Resume continues from it")
+    elif st["state"] == "done":
+        self.status.value = _note("done — LoRA files: " + ", ".join(Path(p).name for p in st["loras"]))
+    elif alive:
+        self.status.value = _note(f"training (process {self.proc.pid if self.proc else 'from an earlier session'})")
     return st
 
 # %% ../nbs/11_widgets.ipynb #24d49425
 def lora_choices(output_dir) -> list[tuple[str, str]]:
-    "`(label, path)` of the LoRA files a run wrote: the exports (peft first), then each checkpoint's `lora.safetensors`, newest first."
+    """`(label, path)` of the LoRA files a run wrote: the exports (peft first), then each checkpoint's
+    `lora.safetensors`, newest first."""
     out = Path(output_dir)
-    found = sorted(out.glob("lora_*.safetensors"), key=lambda p: (p.name != "lora_peft.safetensors", p.name)) + sorted(out.glob("checkpoint-*/lora.safetensors"), key=lambda p: -int(p.parent.name.split("-")[-1]))
+    found = (sorted(out.glob("lora_*.safetensors"), key=lambda p: (p.name != "lora_peft.safetensors", p.name))
+             + sorted(out.glob("checkpoint-*/lora.safetensors"), key=lambda p: -int(p.parent.name.split("-")[-1])))
     return [("none", "")] + [(str(p.relative_to(out)), str(p)) for p in found]
 
 # %% ../nbs/11_widgets.ipynb #e59377cb
@@ -665,39 +784,51 @@ class SampleView:
     "Sample a video with the config's checkpoint and an optional LoRA; the pipeline stays loaded between clicks."
     def __init__(self, config):
         self.source, self.path, self.sampler = config, None, Sampler()
-        self.prompt = W.Textarea(placeholder="a fox running through snow", description="prompt", layout=W.Layout(width="90%"))
+        self.prompt = W.Textarea(placeholder="a fox running through snow", description="prompt",
+                                 layout=W.Layout(width="90%"))
         self.negative_prompt = W.Text(description="negative", layout=W.Layout(width="90%"))
-        self.image = W.Text(description="start image", placeholder="path to a PNG/JPEG: image-to-video", layout=W.Layout(width="90%"))
+        self.image = W.Text(description="start image", placeholder="path to a PNG/JPEG: image-to-video",
+                            layout=W.Layout(width="90%"))
         self.size = W.Text(description="size", placeholder="WxH (config)")
-        self.frames, self.steps = W.Text(description="frames", placeholder="config"), W.Text(description="steps", placeholder="config")
-        self.guidance, self.seed = W.Text(description="guidance", placeholder="config"), W.IntText(value=42, description="seed")
+        self.frames, self.steps = (W.Text(description="frames", placeholder="config"),
+                                   W.Text(description="steps", placeholder="config"))
+        self.guidance, self.seed = (W.Text(description="guidance", placeholder="config"),
+                                    W.IntText(value=42, description="seed"))
         self.distilled = W.Checkbox(description="distilled preview (16 steps, cfg_step_lora)", indent=False)
         self.lora = W.Dropdown(options=[("none", "")], description="LoRA")
         self.strength = W.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="strength")
-        refresh = W.Button(description="", icon="refresh", tooltip="look for new LoRA files", layout=W.Layout(width="40px"))
+        refresh = W.Button(description="", icon="refresh", tooltip="look for new LoRA files",
+                           layout=W.Layout(width="40px"))
         refresh.on_click(lambda _: self.find_loras())
         self.button = W.Button(description="Generate", icon="film", button_style="primary")
         self.button.on_click(lambda _: self.generate())
         self.status, self.out, self.result = W.HTML(), W.Output(), W.HTML()
         self.widget = W.VBox([self.prompt, self.negative_prompt, self.image, W.HBox([self.size, self.frames]),
                               W.HBox([self.steps, self.guidance]), W.HBox([self.seed, self.distilled]),
-                              W.HBox([self.lora, refresh, self.strength]), self.button, self.status, self.out, self.result])
+                              W.HBox([self.lora, refresh, self.strength]), self.button, self.status, self.out,
+                              self.result])
         self.find_loras()
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
     def find_loras(self):
         "Offer the LoRA files of the config's output_dir."
-        try: out = Path(self.source.config().output_dir if isinstance(self.source, ConfigForm) else load_config(self.source).output_dir)
-        except (ConfigError, OSError): return
+        try:
+            out = Path(self.source.config().output_dir if isinstance(self.source, ConfigForm)
+                       else load_config(self.source).output_dir)
+        except (ConfigError, OSError):
+            return
         self.lora.options = lora_choices(out)
 
 # %% ../nbs/11_widgets.ipynb #ace67220
 def _number(w: W.Text, name: str, kind, example):
     "A number field: None when empty, else the number; a `ConfigError` naming the field for anything else."
     text = w.value.strip()
-    if not text: return None
-    try: return kind(text)
+    if not text:
+        return None
+    try:
+        return kind(text)
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise ConfigError(f"{name} = {text!r}: expected {what} — e.g. {example}, "
@@ -707,7 +838,8 @@ def _number(w: W.Text, name: str, kind, example):
 @patch
 def request(self: SampleView, output) -> SampleRequest:
     "The `SampleRequest` the fields describe, written to `output`; raises `ConfigError` for a field that cannot work."
-    if not self.prompt.value.strip(): raise ConfigError("prompt: empty — type what the video should show")
+    if not self.prompt.value.strip():
+        raise ConfigError("prompt: empty — type what the video should show")
     return SampleRequest(prompt=self.prompt.value.strip(), negative_prompt=self.negative_prompt.value.strip() or None,
                          image=self.image.value.strip() or None, size=self.size.value.strip() or None,
                          lora=[f"{self.lora.value}:{self.strength.value:g}"] if self.lora.value else None,
@@ -726,10 +858,12 @@ def _generate(self: SampleView) -> Path:
 
 @patch
 def generate(self: SampleView) -> Path | None:
-    "Sample with the fields' settings; saves `output_dir/samples/sample_NNN.mp4`, shows it, returns its path (None on an error, shown in the view)."
+    """Sample with the fields' settings; saves `output_dir/samples/sample_NNN.mp4`, shows it, returns its path (None on
+    an error, shown in the view)."""
     self.result.value, loads, t0 = "", self.sampler.loads, time.time()
     r = guarded(self.status, self._generate, self.out)
-    if not r.ok: return None
+    if not r.ok:
+        return None
     self.out.clear_output()
     self.path = r.value
     how = "loaded the pipeline" if self.sampler.loads > loads else "reused the loaded pipeline"
@@ -739,8 +873,10 @@ def generate(self: SampleView) -> Path | None:
 
 # %% ../nbs/11_widgets.ipynb #54974f60
 def default_config(config=None, root="runs/tiny") -> Path:
-    "`config` as a path; None → `root/config.json` of the tiny default (tiny checkpoint + example clips), built on first use."
-    if config is not None: return Path(config)
+    """`config` as a path; None → `root/config.json` of the tiny default (tiny checkpoint + example clips), built on
+    first use."""
+    if config is not None:
+        return Path(config)
     from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
     path = Path(root) / "config.json"
     if not path.is_file():
@@ -764,8 +900,10 @@ def fits_line(plain, chosen, gpu_gib: float, host_gib: float) -> str:
             f"~{plain.step_s:.1f} s/step")
     if plain.gpu_gib <= margin * gpu_gib and plain.host_gib <= margin * host_gib:
         head = f"✓ fits: your settings predict {mine}"
-    else: head = f"✗ does not fit: your settings predict {mine}"
-    if chosen.settings() == plain.settings(): return head
+    else:
+        head = f"✗ does not fit: your settings predict {mine}"
+    if chosen.settings() == plain.settings():
+        return head
     return (f"{head}; the plan ({chosen.precision}, {chosen.blocks_to_swap} blocks swapped) predicts peak "
             f"{chosen.gpu_gib:.1f} GiB, ~{chosen.step_s:.1f} s/step")
 
@@ -786,12 +924,14 @@ class MemoryView:
         self.button = W.Button(description="Plan", icon="calculator", button_style="primary")
         self.use = W.Button(description="Use these settings", icon="check", disabled=True,
                             layout=W.Layout(width="auto"))
-        self.button.on_click(lambda _: self.run()); self.use.on_click(lambda _: self.apply())
+        self.button.on_click(lambda _: self.run())
+        self.use.on_click(lambda _: self.apply())
         self.status, self.result = W.HTML(), W.HTML()
         self.widget = W.VBox([self.machine, W.HBox([self.gpu_name, self.gpu_gib, self.host_gib]),
                               W.HBox([self.button, self.use]), self.status, self.result])
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_widgets.ipynb #5af0b3d2
 @patch
@@ -803,12 +943,15 @@ def _plan(self: MemoryView):
     plain, chosen, notes = plan_for_config(cfg, gpu, host, self.gpu_name.value)
     depth, hidden, heads = model_dims(resolve_checkpoint(cfg))
     table = format_plans(plain, chosen, notes)
-    if (depth, hidden) == (48, 4096): return chosen, [fits_line(plain, chosen, gpu, host), table]
+    if (depth, hidden) == (48, 4096):
+        return chosen, [fits_line(plain, chosen, gpu, host), table]
     own = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, config_tokens(cfg)[0],
                   cfg.lora_rank, depth=depth, hidden=hidden, heads=heads, ffn_chunks=cfg.ffn_chunks)
-    line = fits_line(own, own, gpu, host).replace("your settings predict", f"this {depth}-block × {hidden} model predicts")
-    return chosen, [line, "The released 13.6B model on the same bucket (what the plan and Use these settings are for):\n"
-                          + table]
+    line = fits_line(own, own, gpu, host).replace("your settings predict",
+                                                  f"this {depth}-block × {hidden} model predicts")
+    return chosen, [line,
+                    "The released 13.6B model on the same bucket (what the plan and Use these settings are for):\n"
+                    + table]
 
 @patch
 def run(self: MemoryView):
@@ -831,7 +974,8 @@ def apply(self: MemoryView) -> list[str]:
     "Write the chosen settings into the config form (saving the form keeps them); says and returns what changed."
     changed, values = [], self.source.values()
     for k, v in self.plan.settings().items():
-        if values[k] == v: continue
+        if values[k] == v:
+            continue
         changed.append(f"{k} {json.dumps(values[k])} → {json.dumps(v)}")
         self.source.inputs[k].value = v if isinstance(v, bool) else field_text(self.source.keys[k], v)
     said = "changed in the Config tab (Save or any step keeps them): " + ", ".join(changed) if changed else \
@@ -847,32 +991,39 @@ class Workbench:
         self.check, self.cache = CheckView(self.form), CacheView(self.form)
         self.memory, self.train, self.sample = MemoryView(self.form), TrainView(self.form), SampleView(self.form)
         self.train.before_start = self.sample.sampler.release     # the trainer gets the GPU memory the sampler held
-        self.widget = W.Tab(children=[v.widget for v in (self.form, self.check, self.cache, self.memory, self.train, self.sample)],
-                            titles=("Config", "Data", "Cache", "Memory", "Train", "Sample"))
+        self.widget = W.Tab(
+            children=[v.widget for v in (self.form, self.check, self.cache, self.memory, self.train, self.sample)],
+            titles=("Config", "Data", "Cache", "Memory", "Train", "Sample"))
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_widgets.ipynb #83e9022d
-TRAINING_SHAPES = [(632, 93), (632, 61), (512, 93), (632, 45), (512, 61), (448, 61), (512, 45), (384, 61), (384, 45), (384, 29)]
+TRAINING_SHAPES = [(632, 93), (632, 61), (512, 93), (632, 45), (512, 61), (448, 61), (512, 45), (384, 61), (384, 45),
+                   (384, 29)]
 
 
 def runtime_info() -> dict:
-    "Platform (`colab`, `kaggle` or `local`), CUDA GPUs `[(name, GiB)]`, host RAM and free disk (GiB) where the notebook runs."
+    """Platform (`colab`, `kaggle` or `local`), CUDA GPUs `[(name, GiB)]`, host RAM and free disk (GiB) where the
+    notebook runs."""
     import psutil, torch
     platform = "colab" if ("COLAB_RELEASE_TAG" in os.environ or "google.colab" in sys.modules) else \
                "kaggle" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else "local"
-    gpus = [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 2**30) for i in range(torch.cuda.device_count())]
+    gpus = [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 2**30)
+            for i in range(torch.cuda.device_count())]
     return {"platform": platform, "gpus": gpus, "ram_gib": psutil.virtual_memory().total / 2**30,
             "disk_gib": shutil.disk_usage(Path.cwd()).free / 2**30}
 
 
 def dataset_size(resolution: float) -> dict:
-    "The dataset keys that bucket clips at about `resolution`² px: an area in megapixels (632 → 832×480 for 16:9 clips)."
+    """The dataset keys that bucket clips at about `resolution`² px: an area in megapixels (632 → 832×480 for 16:9
+    clips)."""
     return {"resolution": resolution ** 2 / 1e6, "resolution_type": "area"}
 
 
 def training_tokens(resolution: float, frames: int) -> int:
-    "Latent tokens of a 16:9 clip of `frames` frames in the bucket the data chapter gives it under `dataset_size(resolution)`."
+    """Latent tokens of a 16:9 clip of `frames` frames in the bucket the data chapter gives it under
+    `dataset_size(resolution)`."""
     from longcat_nb.config import DatasetConfig
     from longcat_nb.data import bucket_size
     from longcat_nb.memory import bucket_tokens
@@ -882,10 +1033,12 @@ def training_tokens(resolution: float, frames: int) -> int:
 
 def training_shapes(max_frames: int | None = None) -> list[tuple[int, int]]:
     "`TRAINING_SHAPES` with at most `max_frames` frames (cut to the largest 4k + 1 that fits), in order, no repeats."
-    if max_frames is None: return list(TRAINING_SHAPES)
+    if max_frames is None:
+        return list(TRAINING_SHAPES)
     cap, out = (max(1, max_frames) - 1) // 4 * 4 + 1, []
     for res, frames in TRAINING_SHAPES:
-        if (res, min(frames, cap)) not in out: out.append((res, min(frames, cap)))
+        if (res, min(frames, cap)) not in out:
+            out.append((res, min(frames, cap)))
     return out
 
 # %% ../nbs/11_widgets.ipynb #33bf527c
@@ -898,17 +1051,23 @@ def fit_training_settings(gpu_gib: float, ram_gib: float, gpu_name: str = "NVIDI
     from longcat_nb.memory import TOO_SLOW_S, PlanError, choose_plan, usable_precisions
     refusals, why = [], None
     for res, frames in training_shapes(max_frames):
-        try: plan = choose_plan(training_tokens(res, frames), gpu_gib, ram_gib, rank, gpu_name, usable_precisions(gpu_name))
+        try:
+            plan = choose_plan(training_tokens(res, frames), gpu_gib, ram_gib, rank, gpu_name,
+                               usable_precisions(gpu_name))
         except PlanError as e:
-            refusals.append(str(e)); why = str(e); continue      # the reason for the smallest shape is reported
+            refusals.append(str(e))
+            why = str(e)
+            continue                                             # the reason for the smallest shape is reported
         if plan.step_s > TOO_SLOW_S:
             why = f"the best plan for {res}² px × {frames} frames takes ~{plan.step_s:.0f} s/step — too slow to train"
             continue
         return {"resolution": res, "num_frames": frames, "estimated_peak_gib": plan.gpu_gib,
                 "estimated_s_per_step": plan.step_s, **plan.settings()}
-    if len(refusals) == len(training_shapes(max_frames)): raise PlanError(refusals[-1])    # the planner's own line
-    raise RuntimeError(f"{gpu_name} with {gpu_gib:.1f} GiB and {ram_gib:.1f} GiB of host RAM: no training shape fits in reasonable "
-                       f"time ({why}) — use a larger GPU (A100 40/80 GB, H100), more host RAM, or several GPUs with FSDP")
+    if len(refusals) == len(training_shapes(max_frames)):
+        raise PlanError(refusals[-1])                                                      # the planner's own line
+    raise RuntimeError(f"{gpu_name} with {gpu_gib:.1f} GiB and {ram_gib:.1f} GiB of host RAM: no training shape fits "
+                       f"in reasonable time ({why}) — use a larger GPU (A100 40/80 GB, H100), more host RAM, or "
+                       "several GPUs with FSDP")
 
 # %% ../nbs/11_widgets.ipynb #f3d48dbb
 def validation_size(resolution: float) -> str:
@@ -922,15 +1081,19 @@ def clip_frames(data_dir, fps: float = 15.0) -> dict[str, int]:
     from longcat_nb.data import VIDEO_EXTS, MediaError, probe_media
     data_dir, out = Path(data_dir), {}
     for p in sorted(data_dir.rglob("*")):
-        if p.suffix.lower() not in VIDEO_EXTS - {".gif"} or "start_frames" in p.relative_to(data_dir).parts: continue
-        try: out[str(p.relative_to(data_dir))] = probe_media(p, fps, image=False).frames
-        except (OSError, MediaError): continue                 # the data check reports it with its fix
+        if p.suffix.lower() not in VIDEO_EXTS - {".gif"} or "start_frames" in p.relative_to(data_dir).parts:
+            continue
+        try:
+            out[str(p.relative_to(data_dir))] = probe_media(p, fps, image=False).frames
+        except (OSError, MediaError):
+            continue                                           # the data check reports it with its fix
     return out
 
 
 def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num_frames: int = 93,
                   min_frames: int | None = None, **keys) -> Path:
-    "Write `output_dir/config.json` and `output_dir/multidatabackend.json` for the clips in `data_dir`; `keys` set other config keys. Returns the config path."
+    """Write `output_dir/config.json` and `output_dir/multidatabackend.json` for the clips in `data_dir`; `keys` set
+    other config keys. Returns the config path."""
     data_dir, out = Path(data_dir).resolve(), Path(output_dir).resolve()
     size = dataset_size(resolution)
     clips = {"id": "clips", "dataset_type": "video", "instance_data_dir": str(data_dir), "caption_strategy": "textfile",
@@ -941,8 +1104,9 @@ def folder_config(data_dir, checkpoint, output_dir, resolution: float = 632, num
         datasets.append({"id": "start-frames", "dataset_type": "conditioning", "caption_strategy": None,
                          "instance_data_dir": str(data_dir / "start_frames"), **size})
     captions = sorted(data_dir.rglob("*.txt"))
-    config = {"pretrained_model_name_or_path": str(checkpoint), "data_backend_config": str(out / "multidatabackend.json"),
-              "output_dir": str(out), "cache_dir": str(out / "cache"), "resume_from_checkpoint": "latest",
+    config = {"pretrained_model_name_or_path": str(checkpoint),
+              "data_backend_config": str(out / "multidatabackend.json"), "output_dir": str(out),
+              "cache_dir": str(out / "cache"), "resume_from_checkpoint": "latest",
               "validation_resolution": validation_size(resolution), "validation_num_video_frames": num_frames,
               "validation_prompt": captions[0].read_text(encoding="utf-8").strip() if captions else None, **keys}
     out.mkdir(parents=True, exist_ok=True)
@@ -955,9 +1119,12 @@ def card_story(settings: dict, gpu_name: str, gpu_gib: float, ram_gib: float, st
     "What `fit_training_settings` chose for this card, as one sentence with the total time of `steps` steps."
     memory = [settings["base_model_precision"] + " base"]
     swapped = settings["musubi_blocks_to_swap"]
-    if swapped: memory.append(f"{swapped} blocks swapped to host RAM")
-    if settings["activation_offload"]: memory.append("activation offload")
-    if settings.get("ffn_chunks", 1) > 1: memory.append(f"the FFN in {settings['ffn_chunks']} chunks")
+    if swapped:
+        memory.append(f"{swapped} blocks swapped to host RAM")
+    if settings["activation_offload"]:
+        memory.append("activation offload")
+    if settings.get("ffn_chunks", 1) > 1:
+        memory.append(f"the FFN in {settings['ffn_chunks']} chunks")
     total = steps * settings["estimated_s_per_step"]
     return (f"{gpu_name} ({gpu_gib:.1f} GiB, {ram_gib:.0f} GiB host RAM): clips of about {settings['resolution']}² px "
             f"({validation_size(settings['resolution'])} for 16:9) × {settings['num_frames']} frames fit with "
@@ -971,11 +1138,14 @@ def text_progress():
     import tqdm.auto, tqdm.std
     class TextBar(tqdm.std.tqdm):
         def __init__(self, *args, **kw):
-            kw.setdefault("file", sys.stdout); kw.setdefault("ascii", True); kw.setdefault("ncols", 100)
+            kw.setdefault("file", sys.stdout)
+            kw.setdefault("ascii", True)
+            kw.setdefault("ncols", 100)
             super().__init__(*args, **kw)
     widget_bar = tqdm.auto.tqdm
     tqdm.auto.tqdm = TextBar
     for m in list(sys.modules.values()):
-        if getattr(m, "tqdm", None) is widget_bar: m.tqdm = TextBar
+        if getattr(m, "tqdm", None) is widget_bar:
+            m.tqdm = TextBar
     sys.stderr = sys.stdout
     return TextBar
