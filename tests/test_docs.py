@@ -84,6 +84,9 @@ def test_site_pages_link_only_what_is_built(site):
         assert not external, f"{name} loads {external}: the site must work offline"
         for href in re.findall(r"<a [^>]*href=\"([^\"#:]+\.html)", text):
             assert (out / href).is_file(), f"{name} links {href}, which was not built"
+        ids = set(re.findall(r'\bid="([^"]+)"', text))
+        dangling = sorted({f for f in re.findall(r'href="#([^"]+)"', text) if f not in ids})
+        assert not dangling, f"{name} links #{dangling}, which it does not hold"
 
 
 @pytest.fixture(scope="module")

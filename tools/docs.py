@@ -1,6 +1,6 @@
 """Build the docs without Quarto: README.md from nbs/index.ipynb, and the HTML site in _docs/ from every notebook.
 
-    python tools/docs.py execute   # run nbs/index.ipynb again in place: its tour and config reference (~15 s)
+    python tools/docs.py execute   # run nbs/index.ipynb again in place: its tour and config reference (~20 s)
     python tools/docs.py readme    # README.md and index_files/ (its images) from nbs/index.ipynb as saved
     python tools/docs.py site      # _docs/: index.html, a page per chapter, RESULTS.html (nothing is executed)
     python tools/docs.py check     # exit 1 unless README.md and index_files/ are what `readme` writes
@@ -8,8 +8,8 @@
 nbdev 3 renders with Quarto (`nbdev-readme`, `nbdev-docs`), which cannot be installed on these machines: PyPI's
 `quarto-cli` is a source package whose build downloads the binary from GitHub. This does the same two steps offline:
 nbdev's own notebook processors (what `nbdev-proc-nbs` runs before Quarto: hidden cells dropped, directives removed,
-the title and summary made front matter; `skip_procs` in pyproject.toml keeps exported code visible), then nbconvert, Jupyter's renderer, for Markdown and HTML. Quarto's cell
-options `echo`, `output` and `include` are honoured. Links between notebooks are written relative to `nbs/`
+the title and summary made front matter; `skip_procs` in pyproject.toml keeps exported code visible), then nbconvert,
+Jupyter's renderer, for Markdown and HTML. Quarto's cell options `echo`, `output` and `include` are honoured. Links between notebooks are written relative to `nbs/`
 (`07_training.ipynb`, `../benchmarks/RESULTS.md`); the README gets them relative to the repository root, the site
 gets its pages. Where Quarto is installed, `nbdev-readme` and `nbdev-docs` read the same `nbs/` files.
 """
@@ -163,6 +163,12 @@ main { max-width: 1100px; margin: 0 auto; }
 """
 
 
+def _anchors(page: str) -> str:
+    "Point `#fragment` links written as GitHub slugs (`#config-reference`) at nbconvert's heading ids (`Config-reference`)."
+    ids = {i.lower(): i for i in re.findall(r'\bid="([^"]+)"', page)}
+    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{ids.get(m[1].lower(), m[1])}"', page)
+
+
 def build_site(dst: Path = ROOT / "_docs"):
     "Render every notebook in nbs/ (as saved: nothing is executed) and benchmarks/RESULTS.md into the HTML site `dst`."
     import jinja2, nbformat
@@ -195,7 +201,7 @@ def build_site(dst: Path = ROOT / "_docs"):
         _relink(nb, link)
         nb.metadata["title"] = title
         body, _ = exporter.from_notebook_node(nb, resources={"docs_nav": _nav(nav, out)})
-        (dst / out).write_text(body)
+        (dst / out).write_text(_anchors(body))
     page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell((ROOT / "benchmarks" / "RESULTS.md").read_text())],
                                     metadata={"title": "Benchmarks"})
     body, _ = exporter.from_notebook_node(page, resources={"docs_nav": _nav(nav, "RESULTS.html")})
