@@ -1,11 +1,13 @@
-"Regenerate the README's config reference from longcat_nb.config: `python tools/readme_config.py`."
-import re
-from pathlib import Path
-from longcat_nb.config import config_reference
+"""Regenerate the README's config reference from longcat_nb.config: `python tools/readme_config.py`.
 
-p = Path(__file__).parents[1] / "README.md"
-text = p.read_text()
-new = re.sub(r"(<!-- config-reference:start -->\n).*(\n<!-- config-reference:end -->)",
-             lambda m: m[1] + config_reference() + m[2], text, flags=re.S)
-p.write_text(new)
-print("README config reference", "updated" if new != text else "already current")
+The README is rendered from nbs/index.ipynb, whose config reference is a cell output: this runs the notebook again and
+renders the README (`python tools/docs.py execute` then `python tools/docs.py readme`)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docs import execute, render_readme, ROOT
+
+execute()
+render_readme(ROOT)
+print("README config reference regenerated (nbs/index.ipynb executed, README.md rendered)")
