@@ -189,9 +189,9 @@ TRAIN_KEYS = [
     Key("memory_budget_gib", None, "float", "GPU memory the planner may plan for; null → the GPU's total.",
         nullable=True, minimum=1),
     Key("recomputed_block_inputs", 0, "int",
-        "Checkpointed block inputs not kept (blocks 1, 3, 5, …): each is recomputed in the backward from the block "
-        "before (one more forward of that block); saves tokens × 4096 × 2 B each of GPU memory, or of host RAM with "
-        "activation_offload. 0..depth/2.", minimum=0),
+        "Checkpointed block inputs not kept (blocks 1, 3, 5, …; past half the blocks the kept ones spread evenly): "
+        "each is recomputed in the backward from the kept input below it (one more block forward each); saves "
+        "tokens × 4096 × 2 B each of GPU memory, or of host RAM with activation_offload. 0..depth-1.", minimum=0),
     Key("memory_host_budget_gib", None, "float",
         "Host RAM the planner may plan for (pinned swapped blocks and offloaded activations); null → this machine's, "
         "or its container's limit when lower (Kaggle: ~29).", nullable=True, minimum=1),

@@ -131,6 +131,8 @@ def execute(path: Path = NBS / README_NB, timeout: int = 600):
     "Run the notebook at `path` in place (kernel python3, in its folder) and keep its outputs for nbstripout."
     import nbformat
     from nbclient import NotebookClient
+    from longcat_nb.tiny import tiny_checkpoint
+    tiny_checkpoint()                                # built here, so building it prints no progress into the outputs
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
                    store_widget_state=False).execute()
