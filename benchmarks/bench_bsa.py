@@ -5,8 +5,8 @@ chunks taken `chunks_per_step` at a time; config `bsa_kernel: "triton"`).
 For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×44×80 = 84,480, 1280×704×93), with q, k, v
 [1, 32, N, 128] bf16 and sparsity 0.9375, median of `--repeats` CUDA-event timings after warm-up (ms):
 - dense: `longcat_nb.model.attention` (SDPA, cuDNN first), fwd and fwd+bwd;
-- per kernel, the whole path: `block_sparse_attention(..., kernel=k)` (reorder, pooled scores, top-k, index lists,
-  sparse kernel, reorder back), fwd and fwd+bwd;
+- per kernel, the whole path: `block_sparse_attention(..., kernel=k)` (reorder — padding a grid that does not divide
+  by the 4×4×4 chunk —, pooled scores, top-k index lists, sparse kernel, reorder back), fwd and fwd+bwd;
 - its parts: selection alone; each sparse kernel alone on a prebuilt selection, fwd and fwd+bwd (ours also at each
   of `--triton-steps` key chunks per iteration in its forward and dq: 1 is the FlexAttention-like 64×64 tile, 2 the
   128-wide key tile; its dk/dv kernel keeps `kernel_settings("triton")["dkdv_chunks_per_step"]`).
@@ -17,6 +17,7 @@ block (hidden 4096) fwd+bwd with each attention (the `auto` kernel, or LONGCAT_B
 
     python benchmarks/bench_bsa.py --json benchmarks/results/bench_bsa.json                      # both kernels
     python benchmarks/bench_bsa.py --kernel triton --json benchmarks/results/bench_bsa_triton.json
+    python benchmarks/bench_bsa.py --grids 24x30x52 --json /tmp/bsa_832x480.json    # 832×480×93: padded to 24×32×52
 
 Measured on an H200 (issue 23): whole path 6.85× (Triton) / 5.65× (Flex) over dense fwd+bwd at 39,936 tokens; the
 Triton kernel alone 9.84× at 1 key chunk per step against 8.72× at 2, hence 1 by default. Expect a first compile per
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from longcat_nb.kernels import (BlockSparse, block_scores, block_sparse_attention, flex_block_attention,
-                                kernel_settings, select_blocks, to_chunks, triton_block_attention)
+                                kernel_settings, real_tokens, select_blocks, to_chunks, triton_block_attention)
 from longcat_nb.model import LongCatBlock, apply_rope, attention, rope_3d
 from longcat_nb.testing import block_sparse_reference, output_and_grads
 
@@ -71,10 +72,10 @@ def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def sparse_kernel(name, steps=None):
-    "The sparse step alone, chunk-major: FlexAttention, or ours with `steps` key chunks per iteration."
+    "The sparse step alone, chunk-major, on prebuilt index lists: FlexAttention, or ours at `steps` key chunks a step."
     if name == "flex": return flex_block_attention
     opts = None if steps is None else dict(chunks_per_step=steps)
-    return lambda qc, kc, vc, keep: triton_block_attention(qc, kc, vc, keep, kernel_options=opts)
+    return lambda qc, kc, vc, kept, real: triton_block_attention(qc, kc, vc, kept, real, kernel_options=opts)
 
 
 def bench_grid(grid, args, record):
@@ -83,15 +84,18 @@ def bench_grid(grid, args, record):
     grad = torch.randn_like(q)
     dense = lambda q, k, v: attention(q, k, v, "sdpa")
     r = dict(grid=list(grid), tokens=N)
+    real = real_tokens(grid, device="cuda")                     # None unless the grid is padded to whole chunks
     with torch.no_grad():
         r["dense_fwd_ms"] = timed(lambda: dense(q, k, v), args.repeats)
         qc, kc, vc = (to_chunks(x, grid) for x in (q, k, v))
-        r["select_ms"] = timed(lambda: select_blocks(block_scores(qc, kc), args.sparsity, None, dim), args.repeats)
-        keep = select_blocks(block_scores(qc, kc), args.sparsity, None, dim)
-        r["kept_fraction"] = keep.float().mean().item()
+        scores = lambda: block_scores(qc, kc, 64, real)
+        r["select_ms"] = timed(lambda: select_blocks(scores(), args.sparsity, None, dim), args.repeats)
+        kept = select_blocks(scores(), args.sparsity, None, dim)
+        r["kept_fraction"] = kept.counts.float().mean().item() / (qc.shape[2] // 64)
         r["reorder_qkv_ms"] = timed(lambda: [to_chunks(x, grid) for x in (q, k, v)], args.repeats)
     r["dense_fwdbwd_ms"] = timed(fwd_bwd(dense, (q, k, v), grad), args.repeats)
     cq, ck, cv = (to_chunks(x, grid).detach().requires_grad_() for x in (q, k, v))
+    cgrad = to_chunks(grad, grid)
     for name in args.kernel:
         bsa = lambda q, k, v: block_sparse_attention(q, k, v, grid, args.sparsity, kernel=name)
         t0 = time.time()
@@ -105,9 +109,9 @@ def bench_grid(grid, args, record):
         for steps in ([None] if name == "flex" else args.triton_steps):
             tag = name if steps is None else f"{name}{steps}"
             fn = sparse_kernel(name, steps)
-            with torch.no_grad(): r[f"{tag}_kernel_fwd_ms"] = timed(lambda: fn(qc, kc, vc, keep), args.repeats)
-            r[f"{tag}_kernel_fwdbwd_ms"] = timed(fwd_bwd(lambda a, b, c: fn(a, b, c, keep), (cq, ck, cv), grad),
-                                                 args.repeats)
+            with torch.no_grad(): r[f"{tag}_kernel_fwd_ms"] = timed(lambda: fn(qc, kc, vc, kept, real), args.repeats)
+            step = lambda a, b, c: fn(a, b, c, kept, real)
+            r[f"{tag}_kernel_fwdbwd_ms"] = timed(fwd_bwd(step, (cq, ck, cv), cgrad), args.repeats)
             r[f"{tag}_kernel_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{tag}_kernel_fwdbwd_ms"]
         with torch.no_grad():
             sq, sk, sv = structured_qkv(grid, heads, dim)

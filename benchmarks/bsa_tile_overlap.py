@@ -49,6 +49,7 @@ if __name__ == "__main__":
     for grid in [(24, 32, 52), (24, 44, 80)]:
         for kind in ("structured", "random"):
             q, k = structured_qk(grid, a.heads) if kind == "structured" else (torch.randn(1, a.heads, math.prod(grid), 128) for _ in range(2))
-            keep = select_blocks(block_scores(to_chunks(q, grid), to_chunks(k, grid)), 0.9375)[0]
+            scores = block_scores(to_chunks(q, grid), to_chunks(k, grid))
+            keep = select_blocks(scores, 0.9375).mask(scores.shape[-1])[0]
             r = [union_ratio(keep, grid, ax) for ax in (3, 2, 1)]
             print(f"| {'×'.join(map(str, grid))} | {kind} | {keep.sum(-1).float().mean():.0f} | " + " | ".join(f"{x:.2f}" for x in r) + " |")

@@ -34,7 +34,7 @@ __all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'O
            'pieces_as_lora', 'LoraFile', 'read_lora_file', 'read_lora', 'lora_delta', 'canonical_lora_format',
            'pad_rank', 'lora_state_dict', 'check_lora_export', 'base_weights', 'save_lora', 'attach_lora', 'scale_note',
            'load_lora', 'write_official_lora', 'LoaderKey', 'Loader', 'LoaderCoverage', 'lora_coverage',
-           'report_lora_coverage', 'checkpoint_identity', 'training_metadata', 'lora_info']
+           'report_lora_coverage', 'checkpoint_identity', 'training_metadata', 'trained_attention', 'lora_info']
 
 # %% ../nbs/05_lora.ipynb #b8482ecc
 REFINEMENT_LORA_TARGETS = LORA_TARGETS + ["adaLN_modulation.1", "final_layer.linear"]
@@ -1043,6 +1043,18 @@ def training_metadata(cfg, steps: int, checkpoint=None) -> dict[str, str]:
         "steps": str(steps),
         **checkpoint_identity(checkpoint or cfg.pretrained_model_name_or_path or FLAVOURS[cfg.model_flavour]),
     }
+
+
+def trained_attention(path) -> dict | None:
+    """The block-sparse settings the LoRA file at `path` was trained with, from its metadata (`training_metadata`):
+    `{"sparsity": …, "cdf_threshold": …}` when it says attention_implementation "bsa"; None when it says anything else
+    or nothing (dense-trained, or a file from elsewhere)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("attention_implementation") != "bsa":
+        return None
+    return {"sparsity": json.loads(meta.get("bsa_sparsity", "null")),
+            "cdf_threshold": json.loads(meta.get("bsa_cdf_threshold", "null"))}
 
 
 FORMAT_WORDS = {

@@ -241,7 +241,7 @@ def apply_rope(x: torch.Tensor, rope) -> torch.Tensor:
     return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2).to(x.dtype)
 
 # %% ../nbs/03_model.ipynb #e1aba610
-from .kernels import BlockSparse, check_sparsity, chunk_grid_problem
+from .kernels import BlockSparse, check_sparsity
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "bsa")
 BSA_MIN_FRAME_TOKENS = 44 * 80   # tokens per latent frame at 1280×704: the 720p refinement stage ran block-sparse
@@ -314,12 +314,9 @@ def plan_attention(backend: str, latent_shape, device, bsa_params: dict, enable_
     if backend not in ("auto", "bsa"):
         return backend
     chunk = tuple(bsa_params.get("chunk_3d_shape_q") or (4, 4, 4))
-    problem = chunk_grid_problem(latent_shape, chunk)
     frame_tokens, where = latent_shape[1] * latent_shape[2], "×".join(map(str, latent_shape))
     dense = None                                          # the reason to run dense, if any
-    if problem:
-        dense = f"{problem}; block-sparse attention needs whole chunks"
-    elif backend == "bsa":
+    if backend == "bsa":
         why = "attention_implementation is 'bsa'"
     elif device.type != "cuda":
         dense = f"'auto' keeps block-sparse attention to CUDA (this is {device.type})"

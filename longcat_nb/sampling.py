@@ -31,9 +31,10 @@ from .model import LongCatVideoTransformer3DModel, autocasts, check_attention_ba
 # %% auto #0
 __all__ = ['DISTILL_GRID_STEPS', 'ENHANCE_HF_START', 'ENHANCE_HF_STEPS', 'REFINE_T_THRESH', 'BSA_LATENT_CHUNK',
            'check_video_size', 'latent_shape', 'sampling_sigmas', 'flow_timesteps', 'adjust_timesteps', 'cfg_zero_star',
-           'LongCatVideoPipelineOutput', 'LongCatVideoPipeline', 'start_image_pixels', 'save_video', 'show_video',
-           'video_frames', 'long_video_frames', 'segments_for_seconds', 'refine_size', 'refine_layout',
-           'upsample_frames', 'ValidationJob', 'eval_samples_for', 'validation_jobs', 'run_validation']
+           'LongCatVideoPipelineOutput', 'LongCatVideoPipeline', 'use_config_attention', 'follow_trained_attention',
+           'start_image_pixels', 'save_video', 'show_video', 'video_frames', 'long_video_frames',
+           'segments_for_seconds', 'refine_size', 'refine_layout', 'upsample_frames', 'ValidationJob',
+           'eval_samples_for', 'validation_jobs', 'run_validation']
 
 # %% ../nbs/06_sampling.ipynb #f5eb9087
 def check_video_size(width: int, height: int, num_frames: int, source: str = "LongCatVideoPipeline"):
@@ -168,12 +169,44 @@ class LongCatVideoPipeline(DiffusionPipeline):
         return pipe
 
 # %% ../nbs/06_sampling.ipynb #4b83e4b8
+def use_config_attention(model, cfg):
+    "Set `model`'s attention from the config `cfg`: its `attention_implementation` and `bsa_*` keys."
+    model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity,
+                                cdf_threshold=cfg.bsa_cdf_threshold, kernel=cfg.bsa_kernel,
+                                kernel_options=cfg.bsa_kernel_options)
+
+
+def _attention_words(backend: str, settings: dict) -> str:
+    "`attention 'bsa' (sparsity 0.5, cdf_threshold None)`, or `attention 'sdpa'`."
+    if backend != "bsa":
+        return f"attention {backend!r}"
+    return f"attention 'bsa' (sparsity {settings['sparsity']}, cdf_threshold {settings['cdf_threshold']})"
+
+
+def follow_trained_attention(model, path):
+    """Sample as trained: when the LoRA file at `path` was trained with block-sparse attention, switch `model` to it
+    at the file's settings if its attention is 'auto'; otherwise keep the attention chosen, warning once (the file
+    and both settings) when it differs."""
+    from longcat_nb.lora import trained_attention
+    trained = trained_attention(path)
+    if trained is None:
+        return
+    now = {k: model.config.bsa_params.get(k) for k in ("sparsity", "cdf_threshold")}
+    if model.attention_implementation == "auto":
+        model.set_attention_backend("bsa", **trained)
+    elif (model.attention_implementation, now) != ("bsa", trained):
+        warnings.warn(f"{path}: trained with {_attention_words('bsa', trained)}; sampling with "
+                      f"{_attention_words(model.attention_implementation, now)} as asked")
+
+
 @patch
 def load_lora(self: LongCatVideoPipeline, path, multiplier: float = 1.0, adapter_name: str | None = None):
-    "Attach the LoRA file at `path` (peft / ComfyUI / official format) to the transformer, scaled by `multiplier`."
+    """Attach the LoRA file at `path` (peft / ComfyUI / official format) to the transformer, scaled by `multiplier`;
+    a file trained with block-sparse attention brings it along (`follow_trained_attention`)."""
     from longcat_nb.lora import load_lora, set_lora_input_cast
     load_lora(self.transformer, path, multiplier, adapter_name=adapter_name)
     set_lora_input_cast(self.transformer, not autocasts(self._execution_device, self.mixed_precision))
+    follow_trained_attention(self.transformer, path)
     self.loaded_loras.append(Path(path))
     return self
 

@@ -284,9 +284,13 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
 
 @patch
 def use_loras(self: Sampler, loras: list):
-    "Attach exactly `loras` (`[(path, multiplier)]`) to the loaded pipeline; nothing happens when they are already."
+    """Attach exactly `loras` (`[(path, multiplier)]`) to the loaded pipeline (when they are already, only their trained
+    attention is applied again: `sampling.follow_trained_attention`)."""
+    from longcat_nb.sampling import follow_trained_attention
     want = tuple((str(Path(p).resolve()), Path(p).stat().st_mtime_ns, float(m)) for p, m in loras)
     if want == self.loras:
+        for path, _ in loras:
+            follow_trained_attention(self.pipe.transformer, path)
         return
     model = self.pipe.transformer
     names = list(getattr(model, "peft_config", None) or {})
@@ -302,14 +306,16 @@ def use_loras(self: Sampler, loras: list):
 def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     """Sample what `req` asks with `cfg`'s checkpoint and memory settings; writes one video to `req.output` and returns
     its path. Every option is checked before anything loads; `say(text)` hears what has no progress bar (the VAE
-    decode)."""
+    decode). Attention: the config's `attention_implementation` and `bsa_*` keys, then each LoRA's trained one where
+    the config says "auto" (`sampling.load_lora`)."""
     import torch
-    from longcat_nb.sampling import save_video, video_frames
+    from longcat_nb.sampling import save_video, use_config_attention, video_frames
     plan = check_sample_args(req, cfg)
     ckpt = resolve_checkpoint(cfg)
     distill = _released_lora(ckpt, "cfg_step_lora.safetensors", "--distilled") if req.distilled else None
     refine = _released_lora(ckpt, "refinement_lora.safetensors", "--refine") if req.refine else None
     pipe = self.pipeline(cfg, req.compile)
+    use_config_attention(pipe.transformer, cfg)
     self.use_loras(([(distill, 1.0)] if distill else []) + [parse_lora_spec(s) for s in req.lora or []])
     image = None
     if req.image:

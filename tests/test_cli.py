@@ -61,6 +61,36 @@ def test_sample_t2v_with_lora_and_i2v(tmp_path, capsys):
     assert out.stat().st_size > 0
 
 
+def test_sample_follows_the_config_and_the_loras_attention(tmp_path, capsys, monkeypatch):
+    """`sample` runs the config's attention_implementation / bsa_* keys (block-sparse on a padded 2×6×8 token grid); a
+    LoRA trained block-sparse brings its sparsity where the config says "auto", and where the config asks otherwise
+    the config wins with one warning naming the file and both settings."""
+    from longcat_nb import model as model_module
+    from longcat_nb.lora import add_lora, save_lora
+    from longcat_nb.model import TINY_DIT_CONFIG, LongCatVideoTransformer3DModel
+    monkeypatch.setattr(model_module, "_announced", set())                 # each attention choice is said once a process
+    cfg = Path(make_example_dataset(tmp_path / "data", checkpoint=tiny_checkpoint(), max_train_steps=2))
+    base = json.loads(cfg.read_text())
+    def sample(name, *extra, **keys):
+        path = cfg.parent / f"{name}.json"                                  # beside config.json: its relative paths hold
+        path.write_text(json.dumps(base | keys))
+        assert main(["sample", "--config", str(path), "--prompt", "a red ball", "--size", "128x96", "--frames", "5",
+                     "--steps", "1", "--output", str(tmp_path / f"{name}.mp4"), *extra]) == 0
+        return capsys.readouterr().out
+    assert "attention: block-sparse for token grid 2×6×8 (sparsity 0.5," in sample("bsa", attention_implementation="bsa",
+                                                                                 bsa_sparsity=0.5)
+    donor = LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG)
+    add_lora(donor, 4)
+    meta = {"attention_implementation": "bsa", "bsa_sparsity": "0.25", "bsa_cdf_threshold": "null"}
+    lora = save_lora(donor, tmp_path / "sparse.safetensors", metadata=meta)
+    assert "attention: block-sparse for token grid 2×6×8 (sparsity 0.25," in sample("auto", "--lora", str(lora))
+    with pytest.warns(UserWarning) as caught:
+        sample("sdpa", "--lora", str(lora), attention_implementation="sdpa")
+    said = [str(w.message) for w in caught if "trained with" in str(w.message)]
+    assert said == [f"{lora}: trained with attention 'bsa' (sparsity 0.25, cdf_threshold None); sampling with attention "
+                    "'sdpa' as asked"], said
+
+
 def test_cache_and_train_subcommands(tmp_path, capsys):
     cfg = make_example_dataset(tmp_path / "data", checkpoint=tiny_checkpoint(), max_train_steps=2, validation_steps=2,
                                output_dir=tmp_path / "out")
