@@ -141,7 +141,7 @@ def one_variant(a) -> dict:
         run = trainer_run(model, cfg, device, batch)
         if a.tiny:                                            # the trainer's autocast is CUDA's: mirror it on the CPU
             training.compute_autocast = lambda d, mp: torch.autocast("cpu", dtype=torch.bfloat16)
-        step = lambda: training._optimizer_step(run, cfg, iter([batch]))[0]
+        step = lambda: float(training._optimizer_step(run, cfg, training.micro_batches([batch], run.state.generator, cfg))[0])
     times, losses = [], []
     for i in range(2 + a.steps):
         sync(device)

@@ -4,11 +4,13 @@
 
 # %% ../nbs/07_training.ipynb #b4bb7e9d
 from __future__ import annotations
-import argparse, contextlib, json, math, os, shutil, signal, socket, sys, tempfile, threading, time
+import argparse, contextlib, json, math, os, queue, shutil, signal, socket, sys, tempfile, threading, time
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, I
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from diffusers.optimization import get_scheduler
 
 from .caching import CachedDataset, build_cache, default_dtype, load_empty_prompt, load_prompts
@@ -27,20 +30,21 @@ from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
                              training_metadata)
-from .model import (LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention, compute_autocast,
-                               fused_elementwise_wanted, set_ffn_chunks)
+from .model import (ATTENTION_OPS, LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention,
+                               compute_autocast, fused_elementwise_wanted, set_ffn_chunks)
 from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
 
 # %% auto #0
-__all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FACTOR', 'STOP_FILE',
-           'shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss',
+__all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FACTOR', 'LOGGING_STEPS',
+           'STOP_FILE', 'shift_sigmas', 'sample_sigmas', 'noisy_latents', 'flow_target', 'flow_inputs', 'flow_loss',
            'check_training_config', 'epoch_batches', 'process_share', 'draw_step_noise', 'flow_matching_loss',
            'TrainState', 'checkpoint_step', 'list_checkpoints', 'find_checkpoint', 'remove_dir', 'clean_deleting',
            'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin', 'gathered_lora',
            'save_sharded_training_state', 'load_sharded_training_state', 'previous_run', 'check_output_dir',
            'clear_previous_run', 'OutputDirInUse', 'output_dir_lock', 'resume_changes', 'good_checkpoint',
            'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler',
-           'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'ProgressLog', 'read_progress',
+           'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'compile_backend', 'keeps_self_attention',
+           'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'ProgressLog', 'read_progress',
            'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
@@ -158,14 +162,14 @@ def draw_step_noise(generator: torch.Generator, x0_shape, rank: int, world_size:
 # %% ../nbs/07_training.ipynb #6220b5ef
 def flow_matching_loss(model, batch: dict, sigma, drop, noise, empty_prompt) -> torch.Tensor:
     """The flow-matching loss of a cached batch (`latents [B, 16, T, h, w]`, `text_emb [B, L, C]`, `text_mask [B, L]`,
-    `num_cond_latents`), given its σ `[B]`, caption-dropout mask `[B]` and noise; `empty_prompt` = `(emb [L, C], mask [L])`."""
+    `num_cond_latents`), given its σ `[B]`, caption-dropout mask `[B]` and noise; `empty_prompt` = `(emb [L, C], mask [L])`.
+    The dropped captions are selected on the device whatever `drop` holds: asking first (`drop.any()`) would wait for it."""
     x0 = batch["latents"]
     c = batch["num_cond_latents"]
     emb, mask = batch["text_emb"], batch["text_mask"]
-    if drop.any():
-        d = drop.to(emb.device)
-        emb = torch.where(d[:, None, None], empty_prompt[0].to(emb), emb)
-        mask = torch.where(d[:, None], empty_prompt[1].to(mask), mask)
+    d = drop.to(emb.device)
+    emb = torch.where(d[:, None, None], empty_prompt[0].to(emb), emb)
+    mask = torch.where(d[:, None], empty_prompt[1].to(mask), mask)
     noise = noise.to(x0.device, x0.dtype)
     x, t = flow_inputs(x0, noise, sigma, c)
     pred = model(x, t, emb, mask, num_cond_latents=c).sample
@@ -522,12 +526,13 @@ def good_checkpoint(checkpoints, losses, weight_norms) -> Path | None:
     return max(good, key=checkpoint_step) if good else None
 
 
-def _lora_norm(params) -> float:
-    "The L2 norm of all LoRA parameters together (FSDP: each process adds its shards' squares, one all-reduce)."
+def _lora_norm(params) -> torch.Tensor:
+    """The L2 norm of all LoRA parameters together, a 0-dim fp32 tensor on their device, not read here (FSDP: each
+    process adds its shards' squares, one all-reduce)."""
     local = [p.detach().to_local() if isinstance(p, DTensor) else p.detach() for p in params]
     sq = torch.stack(torch._foreach_norm([t.float() for t in local])).square().sum()
     if any(isinstance(p, DTensor) for p in params): torch.distributed.all_reduce(sq)
-    return float(sq.sqrt())
+    return sq.sqrt()
 
 # %% ../nbs/07_training.ipynb #3cc192e1
 def _disk_problem(e: BaseException) -> str | None:
@@ -603,8 +608,8 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
 def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bool = True, device="cpu"):
     """What the trainer does to a loaded transformer: freeze it, set the attention backend, attach the config's LoRA
     (fp32, trainable; `lora_input_cast`: `lora.set_lora_input_cast`), checkpoint each block (`keep_attention`: keeping
-    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer`, or only their elementwise
-    work (`fused_elementwise` on `device`). Returns `model`."""
+    self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer` (checkpoint and block in one
+    graph: `compiled_checkpointing`), or only their elementwise work (`fused_elementwise` on `device`). Returns `model`."""
     model.requires_grad_(False)
     model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity,
                                 cdf_threshold=cfg.bsa_cdf_threshold, kernel=cfg.bsa_kernel,
@@ -612,8 +617,11 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, use_dora=cfg.use_dora)
     set_lora_input_cast(model, lora_input_cast)
     set_ffn_chunks(model, cfg.ffn_chunks)
-    if cfg.gradient_checkpointing: model.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention else None)
-    if cfg.compile_transformer: model.compile_blocks()   # after the LoRA: attaching one later would recompile
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing(compiled_checkpointing(keep_attention, compile_backend()) if cfg.compile_transformer
+                                            else checkpoint_keeping_attention if keep_attention else None)
+    # the blocks' own compiled call: for calls without a checkpoint (validation); after the LoRA (one later would recompile)
+    if cfg.compile_transformer: model.compile_blocks(backend=compile_backend())
     model.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer))
     return model
 
@@ -699,21 +707,22 @@ def _checkpoint_lora_hooks(accelerator):
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def _optimizer_step_grads(accelerator, model, batches, state, cfg, empty_prompt) -> float:
-    """Forward and backward over `gradient_accumulation_steps` micro-batches (gradients synchronised on the last
-    only); returns the step's loss, averaged over micro-batches and processes."""
+def _optimizer_step_grads(accelerator, model, batches, state, cfg, empty_prompt) -> torch.Tensor:
+    """Forward and backward over `gradient_accumulation_steps` micro-batches (`MicroBatch`es of `batches`; gradients
+    synchronised on the last only); returns the step's loss, averaged over micro-batches and processes, as a 0-dim
+    tensor on the device (not read: no host sync)."""
     acc, total = cfg.gradient_accumulation_steps, 0.0
+    to_device = lambda v: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v   # pinned: no wait
     for micro in range(acc):
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
-        sigma, drop, noise = draw_step_noise(state.generator, batch["latents"].shape, accelerator.process_index,
-                                             accelerator.num_processes, cfg.flow_schedule_shift, cfg.caption_dropout_probability,
-                                             sampling=cfg.flow_sigma_sampling, mean=cfg.flow_logit_mean, std=cfg.flow_logit_std)
+        mb = next(batches)
+        state.generator.set_state(mb.generator_state)          # the noise used so far: where a checkpoint resumes
+        batch = {k: to_device(v) for k, v in mb.batch.items()}
         with accelerator.no_sync(model) if micro < acc - 1 else contextlib.nullcontext():
             with compute_autocast(accelerator.device, cfg.mixed_precision):
-                loss = flow_matching_loss(model, batch, sigma, drop, noise, empty_prompt)
+                loss = flow_matching_loss(model, batch, *map(to_device, (mb.sigma, mb.drop, mb.noise)), empty_prompt)
             accelerator.backward(loss / acc)
         total = total + loss.detach().float() / acc
-    return accelerator.reduce(total.reshape(1), "mean").item()
+    return accelerator.reduce(total.reshape(1), "mean")[0]
 
 
 def gpu_peaks(device) -> dict:
@@ -725,8 +734,9 @@ def gpu_peaks(device) -> dict:
     return {"peak_gib": round(allocated, 2), "reserved_gib": round(reserved, 2)}
 
 
-def _progress(loss, lr, seconds, peaks: dict) -> dict:
-    d = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "s/step": f"{seconds:.2f}"}
+def _progress(loss, lr, seconds, peaks: dict, first: bool = False) -> dict:
+    "The progress bar's fields; the `first` step's seconds are shown as such (compiling, warming up), not as s/step."
+    d = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "first step s" if first else "s/step": f"{seconds:.2f}"}
     if peaks:
         d["peak GiB"] = f"{peaks['peak_gib']:.1f}"
         d["reserved GiB"] = f"{peaks['reserved_gib']:.1f}"
@@ -741,12 +751,113 @@ def batch_tokens(samples, batch_size: int) -> int:
 
 def keeps_attention(cfg, tokens: int, device) -> bool:
     """`checkpoint_attention` for this run: `keep`/`recompute` as set (nothing to keep without gradient checkpointing);
-    `auto` keeps on CUDA when the memory planner says `tokens` still fit, but not with compiled blocks or "bsa"."""
+    `auto` keeps on CUDA when the memory planner says `tokens` still fit, but not with "bsa"."""
     if not cfg.gradient_checkpointing or cfg.checkpoint_attention == "recompute": return False
     if cfg.checkpoint_attention == "keep": return True
-    if cfg.compile_transformer or cfg.attention_implementation == "bsa": return False
+    if cfg.attention_implementation == "bsa": return False
     from longcat_nb.memory import checkpoint_attention_choice
     return checkpoint_attention_choice(cfg, tokens, device)
+
+# %% ../nbs/07_training.ipynb #66b6338d
+def compile_backend() -> str:
+    "The `torch.compile` backend of `compile_transformer`: the environment's `LONGCAT_COMPILE_BACKEND`, else \"inductor\"."
+    return os.environ.get("LONGCAT_COMPILE_BACKEND") or "inductor"
+
+
+def keeps_self_attention(ctx, op, *args, **kwargs):
+    """`model.keep_attention_policy` for a compiled checkpoint, where the token count is symbolic and the policy must be
+    a constant: save the fused SDPA ops with at least as many keys as queries — self-attention's, the video tokens (and
+    the conditioning frames' among themselves) — and recompute the rest (cross-attention: 512 text keys). Called as
+    selective checkpointing calls a policy: `ctx`, the `op`, its `args` and `**kwargs`."""
+    if op in ATTENTION_OPS and args[1].shape[-2] >= args[0].shape[-2]: return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+_KEEPING_SELF_ATTENTION = partial(create_selective_checkpoint_contexts, keeps_self_attention)
+
+
+def compiled_checkpointing(keep_attention: bool = False, backend="inductor"):
+    """A gradient-checkpointing function for `enable_gradient_checkpointing`, `fn(block, x, *args)`: the block's
+    checkpoint (non-reentrant; keeping self-attention's outputs when `keep_attention`) and the block traced into one
+    graph by `torch.compile(backend=backend, dynamic=True)`. It runs `block.forward`: a block's own compiled call
+    (`compile_blocks`) inside the traced checkpoint would break the graph there."""
+    def checkpointed_block(block, x, *args):
+        if not keep_attention: return checkpoint(block.forward, x, *args, use_reentrant=False)
+        return checkpoint(block.forward, x, *args, use_reentrant=False, context_fn=_KEEPING_SELF_ATTENTION)
+    return torch.compile(checkpointed_block, backend=backend, dynamic=True)
+
+# %% ../nbs/07_training.ipynb #750e156c
+LOGGING_STEPS = 10   # steps between reads of the step values (one host sync each); checkpoints, validation and stops read too
+
+
+class MicroBatch(NamedTuple):
+    "A cached batch with its step noise (`draw_step_noise`) and the noise generator's state after drawing it."
+    batch: dict
+    sigma: torch.Tensor
+    drop: torch.Tensor
+    noise: torch.Tensor
+    generator_state: torch.Tensor
+
+
+def _pinned(x):
+    "`x` (a tensor, or a dict of some) in page-locked memory, so that `.to('cuda', non_blocking=True)` returns at once."
+    if isinstance(x, dict): return {k: _pinned(v) for k, v in x.items()}
+    return x.pin_memory() if torch.is_tensor(x) else x
+
+
+def micro_batches(batches, generator: torch.Generator, cfg, rank: int = 0, world_size: int = 1, pin: bool = False):
+    """Each cached batch of `batches` as a `MicroBatch`, its σ, caption-dropout coins and noise drawn from `generator`
+    in training order (`cfg`'s schedule shift and caption dropout; this process's share of the global batch); pinned
+    when `pin` (a CUDA device)."""
+    for batch in batches:
+        sigma, drop, noise = draw_step_noise(generator, batch["latents"].shape, rank, world_size, cfg.flow_schedule_shift,
+                                             cfg.caption_dropout_probability, sampling=cfg.flow_sigma_sampling,
+                                             mean=cfg.flow_logit_mean, std=cfg.flow_logit_std)
+        mb = MicroBatch(batch, sigma, drop, noise, generator.get_state())
+        yield MicroBatch(*map(_pinned, mb[:4]), mb.generator_state) if pin else mb
+
+
+class Prefetcher:
+    """Iterate `items` on a background thread, up to `depth` ahead. An error there is raised where its item would have
+    come; `close()` (or leaving the `with` block) stops the thread and drops what was read ahead."""
+    _END = object()
+
+    def __init__(self, items, depth: int = 2):
+        self._queue, self._closed = queue.Queue(depth), threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), name="longcat_nb-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        "Queue `entry` once there is room; False when closed meanwhile."
+        while not self._closed.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full: pass
+        return False
+
+    def _fill(self, items):
+        try:
+            for item in items:
+                if not self._put((item, None)): return
+        except BaseException as e: self._put((None, e))
+        else: self._put((self._END, None))
+
+    def __iter__(self): return self
+
+    def __next__(self):
+        item, error = self._queue.get()
+        if error is not None: raise error
+        if item is self._END:
+            self._queue.put((item, None))                 # stays exhausted
+            raise StopIteration
+        return item
+
+    def close(self):
+        self._closed.set()
+        self._thread.join()
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 # %% ../nbs/07_training.ipynb #84411fb6
 class ProgressLog:
@@ -820,7 +931,8 @@ def _prepare_run(cfg) -> SimpleNamespace:
             for p in clear_previous_run(output_dir): print(f"overwrite_output_dir: deleted {p}")
     accelerator.wait_for_everyone()
     ckpt = resolve_checkpoint(cfg)
-    dataset, empty_prompt = CachedDataset(cfg, ckpt=ckpt), load_empty_prompt(cfg, ckpt)
+    dataset = CachedDataset(cfg, ckpt=ckpt)
+    empty_prompt = tuple(t.to(device) for t in load_empty_prompt(cfg, ckpt))   # on the device once, not copied every step
     if cfg.attention_implementation == "bsa":                    # 4×4-token chunks: the 64-px grid, no native 832×480
         off = sorted({str(s.bucket) for s in dataset.samples if s.bucket.width % 64 or s.bucket.height % 64})
         if off: _refuse(cfg, "attention_implementation", "bsa", f"block-sparse attention needs buckets on the 64-px grid, "
@@ -855,6 +967,7 @@ def _prepare_run(cfg) -> SimpleNamespace:
                            fsdp=fsdp, dataset=dataset, empty_prompt=empty_prompt, model=model, optimizer=optimizer,
                            scheduler=scheduler, params=params, state=state, per_epoch=per_epoch, total=total,
                            unwrapped=accelerator.unwrap_model(model), last_ckpt=None, videos=[], resume_lines=[],
+                           unread=[], steps_read=0, read_at=time.time(),         # `_read_steps`
                            ckpt_bytes=3 * sum(4 * p.numel() for p in params))   # LoRA + AdamW's two moments, fp32
 
 
@@ -878,18 +991,37 @@ def _resume(run, cfg):
     elif cfg.resume_from_checkpoint and run.main: print(f"no checkpoint in {run.output_dir} yet: starting at step 0")
 
 # %% ../nbs/07_training.ipynb #3e68c3f2
-def _optimizer_step(run, cfg, batches) -> tuple[float, float]:
-    "One optimizer step: gradients, clipping, the non-finite stop, the update; returns `(loss, gradient norm)`."
-    step = run.state.step + 1
-    loss = _optimizer_step_grads(run.accelerator, run.model, batches, run.state, cfg, run.empty_prompt)
+def _optimizer_step(run, cfg, batches) -> torch.Tensor:
+    """One optimizer step, all on the device: gradients, clipping, the update. Returns its values unread, a tensor
+    `[loss, gradient norm, LoRA norm after]` (+ the LoRA norm before, on a fresh run's first step) for `_read_steps`."""
+    state = run.state
+    loss = _optimizer_step_grads(run.accelerator, run.model, batches, state, cfg, run.empty_prompt)
     grad_norm = run.accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm or float("inf"))
-    grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
-    if not run.state.weight_norms: run.state.weight_norms.append(_lora_norm(run.params))   # the initial LoRA: step 0
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)): _non_finite_stop(run, cfg, step, loss, grad_norm)
+    if isinstance(grad_norm, DTensor): grad_norm = grad_norm.full_tensor()
+    initial = [_lora_norm(run.params)] if not state.weight_norms and not state.losses else []   # the initial LoRA: step 0
     run.optimizer.step(); run.scheduler.step(); run.optimizer.zero_grad(set_to_none=True)
-    run.state.step, run.state.batch_in_epoch = step, run.state.batch_in_epoch + cfg.gradient_accumulation_steps
-    run.state.losses.append(loss); run.state.grad_norms.append(grad_norm); run.state.weight_norms.append(_lora_norm(run.params))
-    return loss, grad_norm
+    state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + cfg.gradient_accumulation_steps
+    return torch.stack([loss, grad_norm.float(), _lora_norm(run.params), *initial])
+
+
+def _read_steps(run, cfg, log, bar):
+    """The values of the steps not read yet (`run.unread`) brought to the host in one transfer — the loop's one host
+    sync — and recorded: the non-finite stop, `TrainState`'s histories, the progress bar, progress.jsonl, TensorBoard.
+    Each step's seconds are the interval's average: timing one step would need a sync of its own."""
+    if not run.unread: return
+    unread, values = run.unread, torch.cat([v for *_, v in run.unread]).tolist()
+    run.unread, state, i = [], run.state, 0
+    seconds, peaks = (time.time() - run.read_at) / len(unread), gpu_peaks(run.device)
+    for step, lr, v in unread:
+        loss, grad_norm, norm, *initial = values[i:i + len(v)]
+        i += len(v)
+        state.weight_norms += initial
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)): _non_finite_stop(run, cfg, step, loss, grad_norm)
+        state.losses.append(loss); state.grad_norms.append(grad_norm); state.weight_norms.append(norm)
+        log("step", step=step, total=run.total, loss=loss, lr=lr, grad_norm=grad_norm, s_per_step=round(seconds, 3), **peaks)
+        if cfg.report_to != "none": run.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
+    bar.set_postfix(_progress(loss, lr, seconds, peaks, first=run.steps_read == 0))
+    run.steps_read, run.read_at = run.steps_read + len(unread), time.time()
 
 
 def _non_finite_stop(run, cfg, step, loss, grad_norm):
@@ -902,8 +1034,8 @@ def _non_finite_stop(run, cfg, step, loss, grad_norm):
         _export_loras(run, cfg, checkpoint_step(good))
         tail = (f"the last good checkpoint is {good} (its LoRA is exported to lora_*.safetensors); resume from it with "
                 f"resume_from_checkpoint: \"{good}\" (\"latest\" would take a later, damaged one)")
-    raise TrainingError(f"step {step}: loss = {loss}, gradient norm = {grad_norm} (not finite) — training stopped before this "
-                        f"update; {tail}. Lower learning_rate or check the data")
+    raise TrainingError(f"step {step}: loss = {loss}, gradient norm = {grad_norm} (not finite) — training stopped, this step's "
+                        f"update and any after it discarded; {tail}. Lower learning_rate or check the data")
 
 
 def _save_checkpoint(run, cfg, log):
@@ -913,53 +1045,62 @@ def _save_checkpoint(run, cfg, log):
     log("checkpoint", step=run.state.step, path=str(run.last_ckpt))
 
 
-def _after_step(run, cfg, validate, scratch, log, bar):
-    "Checkpoint and validation videos when this step is due for them (every process takes part)."
+def _due(run, cfg) -> tuple[bool, bool]:
+    "Whether a checkpoint, and validation videos, are due after the current step (the same answer on every process)."
     step = run.state.step
-    if step % cfg.checkpointing_steps == 0 or step == run.total: _save_checkpoint(run, cfg, log)
-    if validate and (step == run.total or (cfg.validation_steps and step % cfg.validation_steps == 0)):
+    return (step % cfg.checkpointing_steps == 0 or step == run.total,
+            step == run.total or bool(cfg.validation_steps) and step % cfg.validation_steps == 0)
+
+
+def _after_step(run, cfg, validate, scratch, log, bar, checkpoint_due: bool, validation_due: bool):
+    "The checkpoint and validation videos this step is due for (every process takes part), then all processes wait."
+    step = run.state.step
+    if checkpoint_due: _save_checkpoint(run, cfg, log)
+    if validate and validation_due:
         new = validate(step, scratch)
         if run.main:
             for p in new: bar.write(f"validation video: {p}")
             run.videos += new
             log("validation", step=step, videos=[str(p) for p in new])
+    run.accelerator.wait_for_everyone()
 
 
 def _stop_now(run, stop) -> bool:
-    "Whether any process was asked to stop (the decision is shared, so every process stops after the same step)."
-    asked = stop_requested(stop, run.output_dir)
-    if run.accelerator.num_processes == 1: return asked
-    flag = torch.tensor([float(asked)], device=run.device)
+    """Whether any of several processes was asked to stop, shared so that all stop after the same step: a collective
+    and a host sync, so the loop asks only when it reads its steps (one process checks its request every step)."""
+    flag = torch.tensor([float(stop_requested(stop, run.output_dir))], device=run.device)
     return run.accelerator.reduce(flag, "sum").item() > 0
 
 # %% ../nbs/07_training.ipynb #aec9550d
 def _train_steps(run, cfg, stop, log, validate, scratch) -> bool:
     "Run optimizer steps until `run.total` (True) or a stop request (False, after a checkpoint at the current step)."
     state, acc, world = run.state, cfg.gradient_accumulation_steps, run.accelerator.num_processes
+    rank, pin = run.accelerator.process_index, run.device.type == "cuda"
     bar = tqdm(total=run.total, initial=state.step, desc="training", unit="step", disable=not run.main)
+    run.read_at = time.time()
     try:
         while state.step < run.total:
             keys = epoch_batches(run.dataset.samples, cfg.train_batch_size, cfg.seed, state.epoch, world)
             keys = keys[state.batch_in_epoch:run.per_epoch * acc]      # resume mid-epoch; drop an incomplete last step
-            mine = [process_share(k, run.accelerator.process_index, cfg.train_batch_size) for k in keys]
-            batches = iter(torch.utils.data.DataLoader(run.dataset, sampler=mine, batch_size=None,
-                                                       num_workers=cfg.dataloader_num_workers))
-            for _ in range(len(keys) // acc):
-                t0 = time.time()
-                loss, grad_norm = _optimizer_step(run, cfg, batches)
-                lr, seconds = run.scheduler.get_last_lr()[0], time.time() - t0
-                peaks = gpu_peaks(run.device)
-                bar.update(1)
-                bar.set_postfix(_progress(loss, lr, seconds, peaks))
-                log("step", step=state.step, total=run.total, loss=loss, lr=lr, grad_norm=grad_norm,
-                    s_per_step=round(seconds, 3), **peaks)
-                if cfg.report_to != "none": run.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=state.step)
-                _after_step(run, cfg, validate, scratch, log, bar)
-                run.accelerator.wait_for_everyone()
-                if state.step >= run.total: break
-                if _stop_now(run, stop):
-                    if checkpoint_step(run.last_ckpt or "") != state.step: _save_checkpoint(run, cfg, log)
-                    return False
+            mine = [process_share(k, rank, cfg.train_batch_size) for k in keys]
+            loader = torch.utils.data.DataLoader(run.dataset, sampler=mine, batch_size=None, num_workers=cfg.dataloader_num_workers)
+            ahead = torch.Generator().set_state(state.generator.get_state())   # draws ahead; `state.generator` follows use
+            with Prefetcher(micro_batches(loader, ahead, cfg, rank, world, pin)) as batches:
+                for _ in range(len(keys) // acc):
+                    values = _optimizer_step(run, cfg, batches)
+                    run.unread.append((state.step, run.scheduler.get_last_lr()[0], values))
+                    bar.update(1)
+                    due = _due(run, cfg)
+                    asked = world == 1 and stop_requested(stop, run.output_dir)   # one process: a host check, each step
+                    read = any(due) or asked or len(run.unread) >= LOGGING_STEPS or run.steps_read == 0
+                    if read: _read_steps(run, cfg, log, bar)
+                    if any(due):
+                        _after_step(run, cfg, validate, scratch, log, bar, *due)
+                        run.read_at = time.time()                           # the next steps' seconds leave this out
+                    if state.step >= run.total: break
+                    if asked or world > 1 and read and _stop_now(run, stop):     # several: a collective, at reads only
+                        if checkpoint_step(run.last_ckpt or "") != state.step: _save_checkpoint(run, cfg, log)
+                        return False
             if state.step < run.total: state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     finally: bar.close()
     return True
