@@ -306,7 +306,10 @@ def flex_block_attention(qc, kc, vc, kept: Kept, real=None, block: int = 64, ker
     global _flex
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
     if _flex is None:
-        _flex = torch.compile(flex_attention, dynamic=False)
+        # dynamic: one graph for every token count. Static, each count compiled anew and from the ninth dynamo ran
+        # FlexAttention eagerly, which materialises the whole score matrix (out of memory at video lengths); past the
+        # recompile limit it now fails instead of falling back
+        _flex = torch.compile(flex_attention, dynamic=True)
     keep = kept.mask(kc.shape[2] // block)
     if real is None:                                     # every kept tile full: no per-element mask evaluated
         partial, mask_mod = (torch.zeros_like(kept.counts), torch.zeros_like(keep, dtype=torch.int32)), None
@@ -317,7 +320,7 @@ def flex_block_attention(qc, kc, vc, kept: Kept, real=None, block: int = 64, ker
         mask_mod = lambda b, h, q_idx, kv_idx: real[kv_idx]
     mask = BlockMask.from_kv_blocks(*partial, *full, BLOCK_SIZE=block, mask_mod=mask_mod,
                                     seq_lengths=(qc.shape[2], kc.shape[2]))
-    with _flex_64_tiles():
+    with _flex_64_tiles(), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         return _flex(qc, kc, vc, block_mask=mask, kernel_options=kernel_settings("flex", kernel_options))
 
 # %% ../nbs/09_kernels.ipynb #8d8b00b6

@@ -30,9 +30,10 @@ from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
                              training_metadata)
-from .model import (ATTENTION_OPS, LongCatVideoTransformer3DModel, autocasts, checkpoint_keeping_attention,
-                               compute_autocast, fused_elementwise_wanted, set_ffn_chunks)
-from .sampling import LongCatVideoPipeline, eval_samples_for, run_validation, validation_jobs
+from .model import (ATTENTION_OPS, BSA_MIN_FRAME_TOKENS, LongCatVideoTransformer3DModel, autocasts,
+                               checkpoint_keeping_attention, compute_autocast, fused_elementwise_wanted, set_ffn_chunks)
+from .sampling import (LongCatVideoPipeline, eval_samples_for, run_validation, use_config_attention,
+                                 validation_jobs)
 
 # %% auto #0
 __all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LOSS_FACTOR', 'GOOD_NORM_FACTOR', 'LOGGING_STEPS',
@@ -611,9 +612,7 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     self-attention's outputs, see "Speed"), compile the blocks when `compile_transformer` (checkpoint and block in one
     graph: `compiled_checkpointing`), or only their elementwise work (`fused_elementwise` on `device`). Returns `model`."""
     model.requires_grad_(False)
-    model.set_attention_backend(cfg.attention_implementation, sparsity=cfg.bsa_sparsity,
-                                cdf_threshold=cfg.bsa_cdf_threshold, kernel=cfg.bsa_kernel,
-                                kernel_options=cfg.bsa_kernel_options)
+    use_config_attention(model, cfg)
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, use_dora=cfg.use_dora)
     set_lora_input_cast(model, lora_input_cast)
     set_ffn_chunks(model, cfg.ffn_chunks)
@@ -933,10 +932,13 @@ def _prepare_run(cfg) -> SimpleNamespace:
     ckpt = resolve_checkpoint(cfg)
     dataset = CachedDataset(cfg, ckpt=ckpt)
     empty_prompt = tuple(t.to(device) for t in load_empty_prompt(cfg, ckpt))   # on the device once, not copied every step
-    if cfg.attention_implementation == "bsa":                    # 4×4-token chunks: the 64-px grid, no native 832×480
-        off = sorted({str(s.bucket) for s in dataset.samples if s.bucket.width % 64 or s.bucket.height % 64})
-        if off: _refuse(cfg, "attention_implementation", "bsa", f"block-sparse attention needs buckets on the 64-px grid, "
-                        f"these are not: {', '.join(off)}", 'use "auto", or a resolution_type/resolution that avoids them')
+    if cfg.attention_implementation == "bsa" and main:           # every bucket runs: padded to whole chunks inside
+        low = sorted({str(s.bucket) for s in dataset.samples
+                      if (s.bucket.width // 16) * (s.bucket.height // 16) < BSA_MIN_FRAME_TOKENS})
+        if low:
+            print(f"warning: attention_implementation \"bsa\" below 720p ({', '.join(low)}): the release used "
+                  "block-sparse attention only for its 720p refinement (its base model ran dense)", file=sys.stderr,
+                  flush=True)
     set_seed(cfg.seed)                                           # the LoRA starts the same on every process
     dtype = default_dtype(device)                                # bf16 on GPUs, fp32 on the CPU
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU

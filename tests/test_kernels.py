@@ -115,8 +115,6 @@ def test_model_bsa_gradient_checkpointing_same_grads():
     close_(grads[1], grads[0], eps=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="training refuses bsa off the 64-px grid until the nbs/07_training patch of issue "
-                   "23 lands (cell 7a05aeca: the refusal becomes a below-720p warning)")
 def test_train_832x480_with_bsa_warns_below_720p(tmp_path, capsys, monkeypatch):
     """`train` on an 832×480 bucket (token grid 3×30×52: two padded rows of tokens per chunk column) with
     attention_implementation "bsa": block-sparse runs, one finite step, and one warning that the release used

@@ -153,8 +153,6 @@ def test_training_compiles_nothing_after_the_first_validation(tmp_path, monkeypa
 
 
 @pytest.mark.skipif(not CUDA, reason="FlexAttention compiles for CUDA (block-sparse attention's flex kernel)")
-@pytest.mark.xfail(strict=True, reason="until nbs/09_kernels compiles FlexAttention with dynamic=True (issue 22): with "
-                   "dynamic=False each token count is a graph, and from the ninth dynamo runs FlexAttention eagerly")
 def test_flex_attention_one_graph_for_every_token_count():
     """`kernels.flex_block_attention` over ten token counts (64-token tiles, a random half kept) compiles at most two
     graphs of FlexAttention: a static graph per count would reach dynamo's limit (8) and the eager fallback, which
