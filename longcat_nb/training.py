@@ -42,11 +42,11 @@ __all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LO
            'TrainState', 'checkpoint_step', 'list_checkpoints', 'find_checkpoint', 'remove_dir', 'clean_deleting',
            'prune_checkpoints', 'TrainingError', 'restore_lora', 'fsdp_plugin', 'gathered_lora',
            'save_sharded_training_state', 'load_sharded_training_state', 'previous_run', 'check_output_dir',
-           'clear_previous_run', 'OutputDirInUse', 'output_dir_lock', 'resume_changes', 'good_checkpoint',
-           'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan', 'make_lr_scheduler',
-           'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'compile_backend', 'keeps_self_attention',
-           'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'ProgressLog', 'read_progress',
-           'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
+           'clear_previous_run', 'OutputDirInUse', 'lock_holder', 'output_dir_lock', 'resume_changes',
+           'good_checkpoint', 'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan',
+           'make_lr_scheduler', 'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'compile_backend',
+           'keeps_self_attention', 'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'ProgressLog',
+           'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -418,17 +418,35 @@ class OutputDirInUse(TrainingError):
 
 
 def _alive(pid: int) -> bool:
-    "Whether process `pid` exists on this host."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True                   # another user's process
-    return True
+    "Whether process `pid` runs on this host (an exited child its parent has not reaped yet does not)."
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                               # another user's process
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):                         # no /proc (macOS): it exists
+        return True
 
 
 def _lock_holder(lock: Path) -> dict:
     "The `{pid, host}` a lock file records ({} when it cannot be read)."
     try: return json.loads(lock.read_text())
     except (OSError, ValueError): return {}
+
+
+def lock_holder(output_dir) -> dict | None:
+    """The live training run holding `output_dir` (`{pid, host}` from its lock), or None: no lock, or a lock left by a
+    run gone from this host. A lock of another host is taken at its word (its process cannot be checked from here)."""
+    lock = Path(output_dir) / LOCK_FILE
+    holder = _lock_holder(lock) if lock.is_file() else {}
+    if not holder:
+        return None
+    if holder.get("host") != socket.gethostname():
+        return holder
+    return holder if _alive(int(holder.get("pid") or 0)) else None
 
 
 def _in_use(lock: Path, holder: dict) -> OutputDirInUse:

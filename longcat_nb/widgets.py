@@ -561,12 +561,21 @@ def free_folder(path) -> Path:
 
 
 @patch
-def running(self: TrainView) -> bool:
-    "Is the training process (started here, or found through `train.pid`) alive?"
+def started_here(self: TrainView) -> bool:
+    "Is the training process this workbench started (in this session, or an earlier one: `train.pid`) alive?"
     if self.proc is not None:
         return self.proc.poll() is None
-    pid_file = self.output_dir and Path(self.output_dir) / "train.pid"
-    return bool(pid_file and pid_file.is_file() and _pid_alive(int(pid_file.read_text() or 0)))
+    if not self.output_dir:
+        return False
+    pid_file = Path(self.output_dir) / "train.pid"
+    return pid_file.is_file() and _pid_alive(int(pid_file.read_text() or 0))
+
+@patch
+def running(self: TrainView) -> bool:
+    """Is a training run alive in the view's folder: started here, or any run holding the folder's lock
+    (`longcat-nb train`, papermill, another notebook), which the view then follows?"""
+    from longcat_nb.training import lock_holder
+    return self.started_here() or bool(self.output_dir and lock_holder(self.output_dir))
 
 @patch
 def step_count(self: TrainView) -> int | None:
@@ -596,7 +605,7 @@ def _launch(self: TrainView, resume, max_train_steps, overwrite, output_dir):
     steps = max_train_steps if max_train_steps is not None else self.step_count()
     self.output_dir = Path(output_dir or cfg.output_dir).resolve()
     self._let_finish()
-    if self.running():
+    if self.started_here():
         self.status.value = _note("training is already running — Stop it first")
         return
     with output_dir_lock(self.output_dir):

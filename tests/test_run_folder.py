@@ -176,9 +176,6 @@ def test_workbench_train_tab_on_a_held_folder_shows_the_refusal(held):
     eq_(_files(out), before)
 
 
-@pytest.mark.xfail(strict=True, reason="TrainView.running() knows its own process and train.pid, not the folder's lock: "
-                   "a view opened on a folder that `longcat-nb train` is training in calls that run ended (fix belongs in "
-                   "the training chapter: a public reader of the lock's live holder, for the view to follow it)")
 def test_a_workbench_view_of_a_held_folder_does_not_call_the_run_ended(held):
     from longcat_nb.widgets import TrainView
     path, out, holder, before = held
