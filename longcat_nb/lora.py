@@ -17,6 +17,7 @@ from torch import nn
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -28,13 +29,14 @@ from .data import user_permissions
 # %% auto #0
 __all__ = ['REFINEMENT_LORA_TARGETS', 'FUSED_LORA_SPLITS', 'OFFICIAL_PREFIX', 'OFFICIAL_DOT', 'WAN_BLOCK_NAMES', 'WAN_TOP_NAMES',
            'DORA_REFUSED', 'OFFICIAL_RANK', 'LOADERS', 'FORMAT_LOADERS', 'FORMAT_WORDS', 'linear_names',
-           'lora_target_names', 'lora_layers', 'add_lora', 'set_lora_input_cast', 'LoraFactors', 'lora_factors',
-           'peft_magnitude', 'base_norm_magnitude', 'fused_splits', 'official_key', 'fused_form', 'wan_names',
-           'from_wan_name', 'released_linear_names', 'LoraKey', 'parse_lora_key', 'lora_format', 'drop_zero_rank',
-           'pieces_as_lora', 'LoraFile', 'read_lora_file', 'read_lora', 'lora_delta', 'canonical_lora_format',
-           'pad_rank', 'lora_state_dict', 'check_lora_export', 'base_weights', 'save_lora', 'attach_lora', 'scale_note',
-           'load_lora', 'write_official_lora', 'LoaderKey', 'Loader', 'LoaderCoverage', 'lora_coverage',
-           'report_lora_coverage', 'checkpoint_identity', 'training_metadata', 'trained_attention', 'lora_info']
+           'lora_target_names', 'LoraEpilogueLinear', 'set_lora_epilogue', 'lora_layers', 'add_lora',
+           'set_lora_input_cast', 'LoraFactors', 'lora_factors', 'peft_magnitude', 'base_norm_magnitude',
+           'fused_splits', 'official_key', 'fused_form', 'wan_names', 'from_wan_name', 'released_linear_names',
+           'LoraKey', 'parse_lora_key', 'lora_format', 'drop_zero_rank', 'pieces_as_lora', 'LoraFile', 'read_lora_file',
+           'read_lora', 'lora_delta', 'canonical_lora_format', 'pad_rank', 'lora_state_dict', 'check_lora_export',
+           'base_weights', 'save_lora', 'attach_lora', 'scale_note', 'load_lora', 'write_official_lora', 'LoaderKey',
+           'Loader', 'LoaderCoverage', 'lora_coverage', 'report_lora_coverage', 'checkpoint_identity',
+           'training_metadata', 'trained_attention', 'lora_info']
 
 # %% ../nbs/05_lora.ipynb #b8482ecc
 REFINEMENT_LORA_TARGETS = LORA_TARGETS + ["adaLN_modulation.1", "final_layer.linear"]
@@ -68,6 +70,52 @@ def lora_target_names(model: nn.Module, targets=None) -> list[str]:
                              f"module-path suffixes of names such as {linears[:3]}")
     return [n for n in linears if any(_is_suffix(n, t) for t in targets)]
 
+# %% ../nbs/05_lora.ipynb #2b7f64d3
+def _lora_matmul_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    "The dtype `lora_B` multiplies in for input `h`: the autocast's where one is on for `h`'s device, else `weight`'s."
+    if torch.is_autocast_enabled(h.device.type):
+        return torch.get_autocast_dtype(h.device.type)
+    return weight.dtype
+
+
+class LoraEpilogueLinear(PeftLoraLinear):
+    """PEFT's LoRA `Linear` that adds the LoRA in the epilogue of the `up` GEMM, `out.addmm_(lora_A(x), upᵀ,
+    alpha=scale)`; PEFT's forward where that sum would differ from PEFT's (several adapters, DoRA, merged, ...)."""
+    def _epilogue_adapter(self, kwargs: dict) -> str | None:
+        "The one active plain-LoRA adapter the epilogue adds, or None where PEFT's forward must run."
+        if self.disable_adapters or self.merged or kwargs:
+            return None
+        active = [a for a in self.active_adapters if a in self.lora_A]
+        if len(active) != 1 or active[0] in self.lora_variant or self.lora_bias.get(active[0]):
+            return None
+        return active[0]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        "x [..., in] → [..., out]; `args` go to the base layer, `kwargs` (`adapter_names`, ...) to PEFT's forward."
+        adapter = self._epilogue_adapter(kwargs)
+        if adapter is None:
+            return super().forward(x, *args, **kwargs)
+        lora_A, lora_B, scale = self.lora_A[adapter], self.lora_B[adapter], self.scaling[adapter]
+        result = self.base_layer(x.reshape(-1, x.shape[-1]), *args)     # 2-D: the in-place sum below needs no view
+        h = lora_A(self.lora_dropout[adapter](self._cast_input_dtype(x, lora_A.weight.dtype)))
+        h = h.reshape(-1, h.shape[-1])
+        if not result.dtype == h.dtype == _lora_matmul_dtype(h, lora_B.weight):
+            result = (result + lora_B(h) * scale).to(result.dtype)    # PEFT's sum (it adds in the wider dtype)
+        elif torch.compiler.is_compiling() or result._is_view():     # traced (no in-place needed), or quanto's view
+            result = torch.addmm(result, h, lora_B.weight.to(h.dtype).t(), alpha=scale)
+        else:
+            result.addmm_(h, lora_B.weight.to(h.dtype).t(), alpha=scale)
+        return result.view(*x.shape[:-1], result.shape[-1])
+
+
+def set_lora_epilogue(model: nn.Module, on: bool = True) -> int:
+    """Run the plain PEFT LoRA `Linear` layers of `model` as `LoraEpilogueLinear` (`on`) or as PEFT's own layer
+    again; returns the number of layers switched. The two have the same parameters: only the class changes."""
+    layers = [m for m in model.modules() if type(m) in (PeftLoraLinear, LoraEpilogueLinear)]
+    for m in layers:
+        m.__class__ = LoraEpilogueLinear if on else PeftLoraLinear
+    return len(layers)
+
 # %% ../nbs/05_lora.ipynb #608dcd5f
 def lora_layers(model: nn.Module, adapter_name: str = "default") -> dict[str, LoraLayer]:
     "The modules of `model` that carry the LoRA adapter `adapter_name`, by module path."
@@ -83,7 +131,8 @@ def _lora_params(m: LoraLayer, adapter_name: str) -> list[nn.Module]:
 
 
 def _inject(model: nn.Module, config: LoraConfig, adapter_name: str):
-    "Attach `config` as `adapter_name` through diffusers' PeftAdapterMixin and make its weights fp32."
+    """Attach `config` as `adapter_name` through diffusers' PeftAdapterMixin, make its weights fp32 and its plain
+    layers `LoraEpilogueLinear`."""
     if not hasattr(model, "add_adapter"):
         raise TypeError(f"{type(model).__name__} is not a diffusers PeftAdapterMixin model; LoRA needs one "
                         f"(LongCatVideoTransformer3DModel is)")
@@ -96,6 +145,7 @@ def _inject(model: nn.Module, config: LoraConfig, adapter_name: str):
     for m in lora_layers(model, adapter_name).values():
         for p in _lora_params(m, adapter_name):
             p.float()
+        set_lora_epilogue(m)
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0, target_modules=None,

@@ -49,10 +49,12 @@ FUSED_RECOMPILE_LIMIT = 32
 
 
 def fused(fn, backend: str | None = None):
-    """`fn`, or with a torch.compile `backend` ("inductor"; "aot_eager" traces without generating code) the twin
-    `torch.compile(fn, dynamic=True)`. Always `fn` while dynamo traces a compiled block: its graph fuses `fn`."""
+    """`fn`, or with a torch.compile `backend` ("inductor"; "aot_eager" traces without generating code; "triton":
+    inductor, see `set_fused_elementwise`) the twin `torch.compile(fn, dynamic=True)`. Always `fn` while dynamo traces
+    a compiled block: its graph fuses `fn`."""
     if backend is None or torch.compiler.is_compiling():
         return fn
+    backend = "inductor" if backend == "triton" else backend
     if (fn, backend) not in _FUSED:
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, FUSED_RECOMPILE_LIMIT)
@@ -241,7 +243,7 @@ def apply_rope(x: torch.Tensor, rope) -> torch.Tensor:
     return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2).to(x.dtype)
 
 # %% ../nbs/03_model.ipynb #e1aba610
-from .kernels import BlockSparse, check_sparsity
+from .kernels import BlockSparse, check_sparsity, qk_norm_rope_triton
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "bsa")
 BSA_MIN_FRAME_TOKENS = 44 * 80   # tokens per latent frame at 1280×704: the 720p refinement stage ran block-sparse
@@ -363,7 +365,10 @@ class SelfAttention(nn.Module):
 
     def qkv_heads(self, x, rope):
         "x [B, N, C], rope `(cos, sin)` [N, d/2] → q, k, v [B, heads, N, d], q and k RMS-normed and rotated."
-        qk = fused(qk_norm_rope, self.fused_elementwise)
+        if self.fused_elementwise == "triton":     # the Triton kernel (longcat_nb.kernels), eager and compiled alike
+            qk = qk_norm_rope_triton
+        else:
+            qk = fused(qk_norm_rope, self.fused_elementwise)
         return qk(self.qkv(x), self.num_heads, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, *rope)
 
     def forward(self, x, rope, num_cond: int = 0, backend="auto", cond_kv=None):
@@ -742,7 +747,8 @@ def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool) -> boo
 @patch
 def set_fused_elementwise(self: LongCatVideoTransformer3DModel, backend: str | bool | None = "inductor"):
     """Run the elementwise functions between the matmuls (`silu_mul`, `rms_norm_fp32`, `qk_norm_rope`, `modulate`,
-    `gated_add`) as `torch.compile` twins with `backend` (True: "inductor"; False or None: eager); returns the model."""
+    `gated_add`) as `torch.compile` twins with `backend` (True: "inductor"; False or None: eager; "triton": inductor,
+    and `qk_norm_rope` as its Triton kernel `qk_norm_rope_triton`, also in compiled blocks); returns the model."""
     backend = "inductor" if backend is True else backend or None
     for m in self.modules():
         if hasattr(m, "fused_elementwise"):
