@@ -22,6 +22,7 @@ import argparse, json, statistics, time
 
 import torch
 
+from bench_elementwise import inputs, sync   # the one-block inputs and a device sync, as the elementwise bench makes them
 from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 # variant: (LoRA in the epilogue, what self-attention's q/k work runs on, the rest's elementwise backend, compiled)
@@ -64,24 +65,9 @@ def configure(model, variant: str, backend: str):
         model.enable_gradient_checkpointing(checkpoint_keeping_attention)
 
 
-def inputs(model, grid, text_tokens: int, device, seed: int = 0):
-    "Block inputs for a (T, H, W) token grid: x (needs a gradient, as a block input does in training), text, t, rope."
-    from longcat_nb.model import rope_3d
-    C, g = model.config.hidden_size, torch.Generator().manual_seed(seed)
-    N = grid[0] * grid[1] * grid[2]
-    x = torch.randn(1, N, C, generator=g).to(device, torch.bfloat16).requires_grad_()
-    y = torch.randn(1, text_tokens, C, generator=g).to(device, torch.bfloat16)
-    t = torch.randn(1, grid[0], model.config.adaln_tembed_dim, generator=g).to(device)
-    return x, y, t, rope_3d(grid, C // model.config.num_heads, device)
-
-
 def autocast(device):
     from longcat_nb.model import compute_autocast
     return compute_autocast(device) if device.type == "cuda" else torch.autocast("cpu", torch.bfloat16)
-
-
-def sync(device):
-    if device.type == "cuda": torch.cuda.synchronize(device)
 
 
 def step(model, x, y, t, rope, device, num_cond: int):
