@@ -58,9 +58,12 @@ def sample_sigmas(n: int, shift: float = 12.0, generator: torch.Generator | None
                   mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
     """`n` training noise levels σ' `[n]` fp32 (CPU), then `shift_sigmas`: `sampling` "logit_normal" draws
     σ = sigmoid(N(mean, std)) (the release: N(0, 1)), "uniform" draws σ ~ U(0, 1)."""
-    if sampling == "uniform": sigma = torch.rand(n, generator=generator, dtype=torch.float32)
-    elif sampling == "logit_normal": sigma = torch.sigmoid(mean + std * torch.randn(n, generator=generator, dtype=torch.float32))
-    else: raise ValueError(f"flow_sigma_sampling = {sampling!r}: use 'logit_normal' or 'uniform'")
+    if sampling == "uniform":
+        sigma = torch.rand(n, generator=generator, dtype=torch.float32)
+    elif sampling == "logit_normal":
+        sigma = torch.sigmoid(mean + std * torch.randn(n, generator=generator, dtype=torch.float32))
+    else:
+        raise ValueError(f"flow_sigma_sampling = {sampling!r}: use 'logit_normal' or 'uniform'")
     return shift_sigmas(sigma, shift)
 
 # %% ../nbs/07_training.ipynb #70e0194e
@@ -80,7 +83,8 @@ def flow_inputs(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, num_
     latent frames stay clean and the timestep is per frame, `[B, T]`, 0 on those frames."""
     x = noisy_latents(x0, noise, sigma)
     t = 1000 * sigma.to(x0.device, torch.float32)
-    if not num_cond_latents: return x, t
+    if not num_cond_latents:
+        return x, t
     c, T = num_cond_latents, x0.shape[2]
     x = torch.cat([x0[:, :, :c], x[:, :, c:]], dim=2)
     return x, torch.cat([t.new_zeros(len(t), c), t[:, None].expand(-1, T - c)], dim=1)
@@ -107,10 +111,14 @@ def _check_memory(cfg):
             or cfg.recomputed_block_inputs):
         raise ConfigError(f"{cfg.config_path or '<config>'}: base_model_precision / musubi_blocks_to_swap / activation_offload are "
                           "single-GPU memory savers, not combined with FSDP sharding — launch without FSDP, or keep bf16 with no swap/offload")
-    try: depth = LongCatVideoTransformer3DModel.load_config(resolve_checkpoint(cfg), subfolder="dit")["depth"]
-    except (ConfigError, OSError, KeyError): depth = None      # no checkpoint yet: BlockSwap checks the depth when it loads
-    try: check_memory_settings(cfg, default_device(), depth, training=True)
-    except MemorySettingsError as e: raise ConfigError(f"{cfg.config_path or '<config>'}: {e}") from None
+    try:
+        depth = LongCatVideoTransformer3DModel.load_config(resolve_checkpoint(cfg), subfolder="dit")["depth"]
+    except (ConfigError, OSError, KeyError):
+        depth = None      # no checkpoint yet: BlockSwap checks the depth when it loads
+    try:
+        check_memory_settings(cfg, default_device(), depth, training=True)
+    except MemorySettingsError as e:
+        raise ConfigError(f"{cfg.config_path or '<config>'}: {e}") from None
 
 
 def check_training_config(cfg):
@@ -118,7 +126,8 @@ def check_training_config(cfg):
     `memory_plan: "auto"` the planner's memory settings are filled in first."""
     from longcat_nb.memory import apply_memory_plan
     apply_memory_plan(cfg)
-    if cfg.model_type != "lora": _refuse(cfg, "model_type", cfg.model_type, "only LoRA training is supported", 'set "lora"')
+    if cfg.model_type != "lora":
+        _refuse(cfg, "model_type", cfg.model_type, "only LoRA training is supported", 'set "lora"')
     if cfg.checkpoint_attention == "keep" and (cfg.musubi_blocks_to_swap or cfg.activation_offload or cfg.recomputed_block_inputs):
         _refuse(cfg, "checkpoint_attention", "keep", "keeping attention's outputs is not supported with musubi_blocks_to_swap / "
                 "activation_offload / recomputed_block_inputs (their block runner checkpoints on its own)",
@@ -131,7 +140,8 @@ def check_training_config(cfg):
         _refuse(cfg, "data_backend_config", cfg.data_backend_config and str(cfg.data_backend_config), "no enabled dataset to train on",
                 "point it at a multidatabackend.json with at least one enabled dataset")
     if cfg.optimizer == "adamw8bit":
-        try: import bitsandbytes  # noqa: F401
+        try:
+            import bitsandbytes  # noqa: F401
         except ImportError:
             _refuse(cfg, "optimizer", "adamw8bit", "needs the bitsandbytes package, which is not installed",
                     'run `pip install bitsandbytes` (CUDA only), or set "adamw"')
@@ -215,12 +225,14 @@ def list_checkpoints(output_dir) -> list[Path]:
 
 def find_checkpoint(output_dir, resume) -> Path | None:
     "The checkpoint `resume_from_checkpoint` names: `\"latest\"` → the newest in `output_dir` (None if there is none), else a path."
-    if resume in (None, ""): return None
+    if resume in (None, ""):
+        return None
     if resume == "latest":
         found = list_checkpoints(output_dir)
         return found[-1] if found else None
     p = Path(resume)
-    if not p.is_dir() and (Path(output_dir) / p).is_dir(): p = Path(output_dir) / p
+    if not p.is_dir() and (Path(output_dir) / p).is_dir():
+        p = Path(output_dir) / p
     if not (p / "lora.safetensors").is_file():
         raise ConfigError(f"resume_from_checkpoint = {json.dumps(str(resume))}: {p} is not a checkpoint directory — "
                           f"use \"latest\" or one of {[q.name for q in list_checkpoints(output_dir)] or 'the checkpoint-N folders of a run'}")
@@ -235,7 +247,8 @@ def remove_dir(path) -> Path:
     interrupted delete never leaves a partial `path` (a `checkpoint-N` that "latest" would pick)."""
     path = Path(path)
     hidden = path.with_name(DELETING + path.name)
-    if hidden.exists(): shutil.rmtree(hidden)
+    if hidden.exists():
+        shutil.rmtree(hidden)
     path.rename(hidden)
     shutil.rmtree(hidden)
     return path
@@ -245,14 +258,16 @@ def clean_deleting(output_dir) -> list[Path]:
     "Finish the deletes an interrupted run left in `output_dir` (its `.deleting-*` folders); returns them."
     d = Path(output_dir)
     found = sorted(d.glob(DELETING + "*")) if d.is_dir() else []
-    for p in found: shutil.rmtree(p)
+    for p in found:
+        shutil.rmtree(p)
     return found
 
 
 def prune_checkpoints(output_dir, limit: int | None) -> list[Path]:
     "Delete all but the newest `limit` checkpoints (None keeps all), each through `remove_dir`; returns them."
     old = list_checkpoints(output_dir)[:-limit] if limit else []
-    for p in old: remove_dir(p)
+    for p in old:
+        remove_dir(p)
     return old
 
 # %% ../nbs/07_training.ipynb #6d334e1c
@@ -282,14 +297,17 @@ def restore_lora(model, path):
             if a.shape != f.down.shape or b.shape != f.up.shape:
                 raise TrainingError(f"{path}: {name} has LoRA shapes {tuple(f.down.shape)}/{tuple(f.up.shape)}, the model "
                                     f"{tuple(a.shape)}/{tuple(b.shape)} — resume with the checkpoint's lora_rank")
-            _assign(a, f.down); _assign(b, f.up)
-            if f.magnitude is not None: _assign(layers[name].lora_magnitude_vector["default"].weight, f.magnitude)
+            _assign(a, f.down)
+            _assign(b, f.up)
+            if f.magnitude is not None:
+                _assign(layers[name].lora_magnitude_vector["default"].weight, f.magnitude)
 
 # %% ../nbs/07_training.ipynb #ce6cbcea
 def fsdp_plugin(cfg) -> FullyShardedDataParallelPlugin | None:
     """accelerate's FSDP plugin as the `accelerate launch` config set it up (environment), checked and set for LoRA:
     FSDP2, one unit per `LongCatBlock`, stored dtypes in the forward, fp32 gradient reduction. None without FSDP."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true": return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
     plugin = FullyShardedDataParallelPlugin()
     fix = "see examples/accelerate_fsdp.yaml"
     if plugin.fsdp_version != 2:
@@ -321,14 +339,17 @@ def gathered_lora(model, keep: bool = True):
     with torch.no_grad():
         for layer in lora_layers(model).values():
             for lin in (layer.lora_A["default"], layer.lora_B["default"]):
-                if not isinstance(w := lin.weight, DTensor): continue
+                if not isinstance(w := lin.weight, DTensor):
+                    continue
                 full = w.full_tensor().cpu()
                 if keep:
                     swapped.append((lin, w))
                     lin._parameters["weight"] = torch.nn.Parameter(full, requires_grad=False)
-    try: yield model
+    try:
+        yield model
     finally:
-        for lin, w in swapped: lin._parameters["weight"] = w
+        for lin, w in swapped:
+            lin._parameters["weight"] = w
 
 
 @contextlib.contextmanager
@@ -339,8 +360,10 @@ def _state_without_model(accelerator):
         return
     models, optimizers = accelerator._models, accelerator._optimizers
     accelerator._models, accelerator._optimizers = [], []
-    try: yield
-    finally: accelerator._models, accelerator._optimizers = models, optimizers
+    try:
+        yield
+    finally:
+        accelerator._models, accelerator._optimizers = models, optimizers
 
 
 def save_sharded_training_state(model, optimizer, out, main: bool):
@@ -365,22 +388,29 @@ def load_sharded_training_state(model, optimizer, inp, main: bool):
 def _atomic_save(accelerator, output_dir: Path, step: int, cfg, model=None, optimizer=None) -> Path:
     "Write `checkpoint-{step}` through a temporary directory and a rename; every process must call this."
     final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process and tmp.exists(): shutil.rmtree(tmp)
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     try:
-        with _state_without_model(accelerator): accelerator.save_state(str(tmp))
+        with _state_without_model(accelerator):
+            accelerator.save_state(str(tmp))
         if accelerator.distributed_type == DistributedType.FSDP:
             save_sharded_training_state(model, optimizer, tmp, accelerator.is_main_process)
-        if accelerator.is_main_process: (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if accelerator.is_main_process:
+            (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     except BaseException:                               # a failed write (a full disk): no half checkpoint stays behind
-        if accelerator.is_main_process: shutil.rmtree(tmp, ignore_errors=True)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():                              # re-saving a step after a resume: swap, then delete the old
             old = final.with_name(DELETING + final.name)
-            final.rename(old); tmp.rename(final); shutil.rmtree(old)
-        else: tmp.rename(final)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
         prune_checkpoints(output_dir, cfg.checkpoints_total_limit)
     accelerator.wait_for_everyone()
     return final
@@ -389,14 +419,16 @@ def _atomic_save(accelerator, output_dir: Path, step: int, cfg, model=None, opti
 def previous_run(output_dir) -> list[Path]:
     "What an earlier run left in `output_dir`: its checkpoints, LoRA exports and progress log."
     d = Path(output_dir)
-    if not d.is_dir(): return []
+    if not d.is_dir():
+        return []
     return [*list_checkpoints(d), *sorted(d.glob("lora_*.safetensors")), *d.glob("progress.jsonl")]
 
 
 def check_output_dir(cfg):
     "Raise `ConfigError` when `output_dir` holds another run and the config neither resumes it nor overwrites it."
     found = previous_run(cfg.output_dir)
-    if not found or cfg.resume_from_checkpoint or cfg.overwrite_output_dir: return
+    if not found or cfg.resume_from_checkpoint or cfg.overwrite_output_dir:
+        return
     names = ", ".join(p.name for p in found[:3]) + (" …" if len(found) > 3 else "")
     raise ConfigError(f"output_dir {cfg.output_dir} already holds a run ({names}) — continue it with resume_from_checkpoint: "
                       "\"latest\" (--resume-from-checkpoint latest), choose another output_dir, or set overwrite_output_dir: "
@@ -406,7 +438,8 @@ def check_output_dir(cfg):
 def clear_previous_run(output_dir) -> list[Path]:
     "Delete what `previous_run` finds (for `overwrite_output_dir`); returns the deleted paths."
     found = previous_run(output_dir)
-    for p in found: remove_dir(p) if p.is_dir() else p.unlink()
+    for p in found:
+        remove_dir(p) if p.is_dir() else p.unlink()
     return found
 
 # %% ../nbs/07_training.ipynb #5a1c7e02
@@ -433,8 +466,10 @@ def _alive(pid: int) -> bool:
 
 def _lock_holder(lock: Path) -> dict:
     "The `{pid, host}` a lock file records ({} when it cannot be read)."
-    try: return json.loads(lock.read_text())
-    except (OSError, ValueError): return {}
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def lock_holder(output_dir) -> dict | None:
@@ -463,15 +498,19 @@ def _take_lock(lock: Path, me: dict):
     mine.write_text(json.dumps(me) + "\n")
     try:
         while True:
-            try: return os.link(mine, lock)               # atomic: fails when a lock is there
-            except FileExistsError: pass
+            try:
+                return os.link(mine, lock)               # atomic: fails when a lock is there
+            except FileExistsError:
+                pass
             holder = _lock_holder(lock)
             dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
-            if not dead: raise _in_use(lock, holder)
+            if not dead:
+                raise _in_use(lock, holder)
             print(f"output_dir {lock.parent}: taking over the lock of training process {holder['pid']}, which is no "
                   "longer running on this host")
             lock.unlink(missing_ok=True)
-    finally: mine.unlink(missing_ok=True)
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -486,11 +525,13 @@ def output_dir_lock(output_dir, enabled: bool = True):
     d.mkdir(parents=True, exist_ok=True)
     lock = d / LOCK_FILE
     _take_lock(lock, dict(pid=os.getpid(), host=socket.gethostname()))
-    try: yield lock
+    try:
+        yield lock
     finally:
         lock.unlink(missing_ok=True)
         for p in created:                                 # innermost first, only while empty
-            if any(p.iterdir()): break
+            if any(p.iterdir()):
+                break
             p.rmdir()
 
 # %% ../nbs/07_training.ipynb #85f12a1c
@@ -522,7 +563,8 @@ def _apply_schedule(run, cfg):
     sch = run.scheduler                       # diffusers' schedules are LambdaLRs built from the current config
     sch.base_lrs = [cfg.learning_rate for _ in sch.base_lrs]
     lrs = [base * f(sch.last_epoch) for base, f in zip(sch.base_lrs, sch.lr_lambdas)]
-    for g, lr in zip(run.optimizer.param_groups, lrs): g["initial_lr"], g["lr"] = cfg.learning_rate, lr
+    for g, lr in zip(run.optimizer.param_groups, lrs):
+        g["initial_lr"], g["lr"] = cfg.learning_rate, lr
     sch._last_lr = lrs
 
 # %% ../nbs/07_training.ipynb #8598e71a
@@ -550,7 +592,8 @@ def _lora_norm(params) -> torch.Tensor:
     process adds its shards' squares, one all-reduce)."""
     local = [p.detach().to_local() if isinstance(p, DTensor) else p.detach() for p in params]
     sq = torch.stack(torch._foreach_norm([t.float() for t in local])).square().sum()
-    if any(isinstance(p, DTensor) for p in params): torch.distributed.all_reduce(sq)
+    if any(isinstance(p, DTensor) for p in params):
+        torch.distributed.all_reduce(sq)
     return sq.sqrt()
 
 # %% ../nbs/07_training.ipynb #3cc192e1
@@ -568,10 +611,12 @@ def _disk_problem(e: BaseException) -> str | None:
 @contextlib.contextmanager
 def _writing(output_dir, what: str, need_bytes: int = 0):
     "Turn a failed write of `what` into one `TrainingError` line with the fix."
-    try: yield
+    try:
+        yield
     except (OSError, RuntimeError) as e:
         why = _disk_problem(e)
-        if why is None: raise
+        if why is None:
+            raise
         free = shutil.disk_usage(output_dir).free if Path(output_dir).exists() else 0
         full = "space" in why.lower() or "quota" in why.lower()
         fix = f"free {need_bytes / 1e9:.2g} GB or set output_dir elsewhere" if full else "make it writable or set output_dir elsewhere"
@@ -620,7 +665,8 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
         from longcat_nb.quantise import load_transformer
         model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
                                  quantised_dir=cfg.quantised_base_dir)
-    else: model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
+    else:
+        model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
     return make_trainable(model, cfg, keep_attention, lora_input_cast, device)
 
 
@@ -638,7 +684,8 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
         model.enable_gradient_checkpointing(compiled_checkpointing(keep_attention, compile_backend()) if cfg.compile_transformer
                                             else checkpoint_keeping_attention if keep_attention else None)
     # the blocks' own compiled call: for calls without a checkpoint (validation); after the LoRA (one later would recompile)
-    if cfg.compile_transformer: model.compile_blocks(backend=compile_backend())
+    if cfg.compile_transformer:
+        model.compile_blocks(backend=compile_backend())
     model.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer))
     return model
 
@@ -673,7 +720,8 @@ class _Validator:
         self.cfg = cfg
         self.eval_samples = eval_samples_for(cfg) if cfg.validation_using_datasets else None
         self.jobs = validation_jobs(cfg, self.eval_samples)
-        if not self.jobs: return
+        if not self.jobs:
+            return
         self.pipe = LongCatVideoPipeline.from_pretrained(ckpt, torch_dtype=dtype, device=device, with_text_encoder=False,
                                                          transformer=model, mixed_precision=cfg.mixed_precision)
         self.pipe.set_progress_bar_config(desc="validation video (denoising, then the VAE decode)", leave=False)
@@ -682,7 +730,8 @@ class _Validator:
 
     def __call__(self, step: int, output_dir=None) -> list[Path]:
         "Render the validation videos at `step` into `output_dir` (default: the run's), leaving every random state as it was."
-        if not self.jobs: return []
+        if not self.jobs:
+            return []
         print(f"step {step}: rendering {len(self.jobs)} validation video(s) of {self.cfg.validation_num_video_frames} frames",
               file=sys.stderr, flush=True)
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
@@ -714,11 +763,13 @@ def _checkpoint_lora_hooks(accelerator):
     "Make `save_state` / `load_state` write and read only the LoRA (`lora.safetensors`), never the frozen base."
     def save_hook(models, weights, out):
         if accelerator.is_main_process:
-            for m in models: save_lora(accelerator.unwrap_model(m), Path(out) / "lora.safetensors", format="peft")
+            for m in models:
+                save_lora(accelerator.unwrap_model(m), Path(out) / "lora.safetensors", format="peft")
         weights.clear()
 
     def load_hook(models, inp):
-        while models: restore_lora(accelerator.unwrap_model(models.pop()), Path(inp) / "lora.safetensors")
+        while models:
+            restore_lora(accelerator.unwrap_model(models.pop()), Path(inp) / "lora.safetensors")
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -745,7 +796,8 @@ def _optimizer_step_grads(accelerator, model, batches, state, cfg, empty_prompt)
 def gpu_peaks(device) -> dict:
     """Peak GiB `allocated` (tensors) and `reserved` (what the caching allocator holds: tensors plus the gaps between
     them — the figure that runs out) on a CUDA `device`; empty elsewhere."""
-    if device.type != "cuda": return {}
+    if device.type != "cuda":
+        return {}
     allocated = torch.cuda.max_memory_allocated(device) / 2**30
     reserved = torch.cuda.max_memory_reserved(device) / 2**30
     return {"peak_gib": round(allocated, 2), "reserved_gib": round(reserved, 2)}
@@ -769,9 +821,12 @@ def batch_tokens(samples, batch_size: int) -> int:
 def keeps_attention(cfg, tokens: int, device) -> bool:
     """`checkpoint_attention` for this run: `keep`/`recompute` as set (nothing to keep without gradient checkpointing);
     `auto` keeps on CUDA when the memory planner says `tokens` still fit, but not with "bsa"."""
-    if not cfg.gradient_checkpointing or cfg.checkpoint_attention == "recompute": return False
-    if cfg.checkpoint_attention == "keep": return True
-    if cfg.attention_implementation == "bsa": return False
+    if not cfg.gradient_checkpointing or cfg.checkpoint_attention == "recompute":
+        return False
+    if cfg.checkpoint_attention == "keep":
+        return True
+    if cfg.attention_implementation == "bsa":
+        return False
     from longcat_nb.memory import checkpoint_attention_choice
     return checkpoint_attention_choice(cfg, tokens, device)
 
@@ -786,7 +841,8 @@ def keeps_self_attention(ctx, op, *args, **kwargs):
     a constant: save the fused SDPA ops with at least as many keys as queries — self-attention's, the video tokens (and
     the conditioning frames' among themselves) — and recompute the rest (cross-attention: 512 text keys). Called as
     selective checkpointing calls a policy: `ctx`, the `op`, its `args` and `**kwargs`."""
-    if op in ATTENTION_OPS and args[1].shape[-2] >= args[0].shape[-2]: return CheckpointPolicy.MUST_SAVE
+    if op in ATTENTION_OPS and args[1].shape[-2] >= args[0].shape[-2]:
+        return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 _KEEPING_SELF_ATTENTION = partial(create_selective_checkpoint_contexts, keeps_self_attention)
@@ -798,7 +854,8 @@ def compiled_checkpointing(keep_attention: bool = False, backend="inductor"):
     graph by `torch.compile(backend=backend, dynamic=True)`. It runs `block.forward`: a block's own compiled call
     (`compile_blocks`) inside the traced checkpoint would break the graph there."""
     def checkpointed_block(block, x, *args):
-        if not keep_attention: return checkpoint(block.forward, x, *args, use_reentrant=False)
+        if not keep_attention:
+            return checkpoint(block.forward, x, *args, use_reentrant=False)
         return checkpoint(block.forward, x, *args, use_reentrant=False, context_fn=_KEEPING_SELF_ATTENTION)
     return torch.compile(checkpointed_block, backend=backend, dynamic=True)
 
@@ -817,7 +874,8 @@ class MicroBatch(NamedTuple):
 
 def _pinned(x):
     "`x` (a tensor, or a dict of some) in page-locked memory, so that `.to('cuda', non_blocking=True)` returns at once."
-    if isinstance(x, dict): return {k: _pinned(v) for k, v in x.items()}
+    if isinstance(x, dict):
+        return {k: _pinned(v) for k, v in x.items()}
     return x.pin_memory() if torch.is_tensor(x) else x
 
 
@@ -849,21 +907,27 @@ class Prefetcher:
             try:
                 self._queue.put(entry, timeout=0.1)
                 return True
-            except queue.Full: pass
+            except queue.Full:
+                pass
         return False
 
     def _fill(self, items):
         try:
             for item in items:
-                if not self._put((item, None)): return
-        except BaseException as e: self._put((None, e))
-        else: self._put((self._END, None))
+                if not self._put((item, None)):
+                    return
+        except BaseException as e:
+            self._put((None, e))
+        else:
+            self._put((self._END, None))
 
-    def __iter__(self): return self
+    def __iter__(self):
+        return self
 
     def __next__(self):
         item, error = self._queue.get()
-        if error is not None: raise error
+        if error is not None:
+            raise error
         if item is self._END:
             self._queue.put((item, None))                 # stays exhausted
             raise StopIteration
@@ -873,8 +937,10 @@ class Prefetcher:
         self._closed.set()
         self._thread.join()
 
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.close()
 
 # %% ../nbs/07_training.ipynb #84411fb6
 class ProgressLog:
@@ -886,18 +952,22 @@ class ProgressLog:
         "Append and return the record of `event`; `fields` are its other keys (step, loss, …), stored as given."
         rec = {"event": event, **fields, "time": round(time.time(), 3)}
         if self.enabled and self.path.parent.is_dir():     # never creates the output folder
-            with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(rec, default=str) + "\n")
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec, default=str) + "\n")
         return rec
 
 
 def read_progress(output_dir) -> list[dict]:
     "The events of `output_dir/progress.jsonl`, oldest first (a resumed run appends a new `start`); a half-written line is skipped."
     p = Path(output_dir) / "progress.jsonl"
-    if not p.is_file(): return []
+    if not p.is_file():
+        return []
     events = []
     for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
-        try: events.append(json.loads(line))
-        except json.JSONDecodeError: pass
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
     return events
 
 # %% ../nbs/07_training.ipynb #15b21fe7
@@ -925,14 +995,17 @@ def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
         yield event
         return
     def handler(signum, frame):
-        if event.is_set(): raise KeyboardInterrupt
+        if event.is_set():
+            raise KeyboardInterrupt
         event.set()
         print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
               "(Ctrl-C again aborts now, without one)", file=sys.stderr, flush=True)
     old = {s: signal.signal(s, handler) for s in signals}
-    try: yield event
+    try:
+        yield event
     finally:
-        for s, h in old.items(): signal.signal(s, h)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 # %% ../nbs/07_training.ipynb #7a05aeca
 def _prepare_run(cfg) -> SimpleNamespace:
@@ -942,10 +1015,13 @@ def _prepare_run(cfg) -> SimpleNamespace:
     device, main = accelerator.device, accelerator.is_main_process
     if main:
         summary = build_cache(cfg)                               # checks the data first: no output folder on errors
-        if summary.encoded or summary.rebuilt or summary.failed: print(summary)
-        with _writing(output_dir, "the output folder", 1 << 30): output_dir.mkdir(parents=True, exist_ok=True)
+        if summary.encoded or summary.rebuilt or summary.failed:
+            print(summary)
+        with _writing(output_dir, "the output folder", 1 << 30):
+            output_dir.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
-            for p in clear_previous_run(output_dir): print(f"overwrite_output_dir: deleted {p}")
+            for p in clear_previous_run(output_dir):
+                print(f"overwrite_output_dir: deleted {p}")
     accelerator.wait_for_everyone()
     ckpt = resolve_checkpoint(cfg)
     dataset = CachedDataset(cfg, ckpt=ckpt)
@@ -979,7 +1055,8 @@ def _prepare_run(cfg) -> SimpleNamespace:
     scheduler = make_lr_scheduler(cfg, optimizer, total)
     model, optimizer = accelerator.prepare(model, optimizer)     # the scheduler steps once per optimizer step: ours
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP replaced them by shards
-    if fsdp: optimizer.param_groups[0]["params"] = params        # accelerate maps by data_ptr: all 0 on meta models
+    if fsdp:
+        optimizer.param_groups[0]["params"] = params        # accelerate maps by data_ptr: all 0 on meta models
     state = TrainState(generator=torch.Generator().manual_seed(cfg.seed))
     accelerator.register_for_checkpointing(scheduler, state)
     _checkpoint_lora_hooks(accelerator)
@@ -994,7 +1071,8 @@ def _prepare_run(cfg) -> SimpleNamespace:
 def _resume_plan(cfg) -> list[str]:
     "The lines `resume_changes` reports for the checkpoint `resume_from_checkpoint` names (none when not resuming)."
     found = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint)
-    if found is None or not (found / "config.json").is_file(): return []
+    if found is None or not (found / "config.json").is_file():
+        return []
     return resume_changes(json.loads((found / "config.json").read_text()), cfg)
 
 
@@ -1002,13 +1080,17 @@ def _resume(run, cfg):
     "Load the checkpoint `resume_from_checkpoint` names, if any, into `run` (LoRA, optimizer, schedule, `TrainState`)."
     run.last_ckpt = find_checkpoint(run.output_dir, cfg.resume_from_checkpoint)
     if run.last_ckpt is not None:
-        with _state_without_model(run.accelerator): run.accelerator.load_state(str(run.last_ckpt))
-        if run.fsdp: load_sharded_training_state(run.model, run.optimizer, run.last_ckpt, run.main)
-        if run.main: print("\n".join([f"resumed from {run.last_ckpt} at step {run.state.step}", *run.resume_lines]))
+        with _state_without_model(run.accelerator):
+            run.accelerator.load_state(str(run.last_ckpt))
+        if run.fsdp:
+            load_sharded_training_state(run.model, run.optimizer, run.last_ckpt, run.main)
+        if run.main:
+            print("\n".join([f"resumed from {run.last_ckpt} at step {run.state.step}", *run.resume_lines]))
         if any(k in line for line in run.resume_lines for k in ("learning_rate", "lr_scheduler", "lr_warmup_steps",
                                                                 "max_train_steps", "num_train_epochs")):
             _apply_schedule(run, cfg)
-    elif cfg.resume_from_checkpoint and run.main: print(f"no checkpoint in {run.output_dir} yet: starting at step 0")
+    elif cfg.resume_from_checkpoint and run.main:
+        print(f"no checkpoint in {run.output_dir} yet: starting at step 0")
 
 # %% ../nbs/07_training.ipynb #3e68c3f2
 def _optimizer_step(run, cfg, batches) -> torch.Tensor:
@@ -1017,9 +1099,12 @@ def _optimizer_step(run, cfg, batches) -> torch.Tensor:
     state = run.state
     loss = _optimizer_step_grads(run.accelerator, run.model, batches, state, cfg, run.empty_prompt)
     grad_norm = run.accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm or float("inf"))
-    if isinstance(grad_norm, DTensor): grad_norm = grad_norm.full_tensor()
+    if isinstance(grad_norm, DTensor):
+        grad_norm = grad_norm.full_tensor()
     initial = [_lora_norm(run.params)] if not state.weight_norms and not state.losses else []   # the initial LoRA: step 0
-    run.optimizer.step(); run.scheduler.step(); run.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
     state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + cfg.gradient_accumulation_steps
     return torch.stack([loss, grad_norm.float(), _lora_norm(run.params), *initial])
 
@@ -1028,7 +1113,8 @@ def _read_steps(run, cfg, log, bar):
     """The values of the steps not read yet (`run.unread`) brought to the host in one transfer — the loop's one host
     sync — and recorded: the non-finite stop, `TrainState`'s histories, the progress bar, progress.jsonl, TensorBoard.
     Each step's seconds are the interval's average: timing one step would need a sync of its own."""
-    if not run.unread: return
+    if not run.unread:
+        return
     unread, values = run.unread, torch.cat([v for *_, v in run.unread]).tolist()
     run.unread, state, i = [], run.state, 0
     seconds, peaks = (time.time() - run.read_at) / len(unread), gpu_peaks(run.device)
@@ -1036,10 +1122,14 @@ def _read_steps(run, cfg, log, bar):
         loss, grad_norm, norm, *initial = values[i:i + len(v)]
         i += len(v)
         state.weight_norms += initial
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)): _non_finite_stop(run, cfg, step, loss, grad_norm)
-        state.losses.append(loss); state.grad_norms.append(grad_norm); state.weight_norms.append(norm)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            _non_finite_stop(run, cfg, step, loss, grad_norm)
+        state.losses.append(loss)
+        state.grad_norms.append(grad_norm)
+        state.weight_norms.append(norm)
         log("step", step=step, total=run.total, loss=loss, lr=lr, grad_norm=grad_norm, s_per_step=round(seconds, 3), **peaks)
-        if cfg.report_to != "none": run.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
+        if cfg.report_to != "none":
+            run.accelerator.log({"loss": loss, "lr": lr, "grad_norm": grad_norm}, step=step)
     bar.set_postfix(_progress(loss, lr, seconds, peaks, first=run.steps_read == 0))
     run.steps_read, run.read_at = run.steps_read + len(unread), time.time()
 
@@ -1048,7 +1138,8 @@ def _non_finite_stop(run, cfg, step, loss, grad_norm):
     "Stop the run at a non-finite loss: export the newest good checkpoint's LoRA and raise `TrainingError` naming it."
     good = good_checkpoint([c for c in list_checkpoints(run.output_dir) if checkpoint_step(c) <= run.state.step],
                            run.state.losses, run.state.weight_norms)
-    if good is None: tail = "no checkpoint is good yet (none written, or each was followed by a loss that blew up)"
+    if good is None:
+        tail = "no checkpoint is good yet (none written, or each was followed by a loss that blew up)"
     else:
         restore_lora(run.unwrapped, good / "lora.safetensors")
         _export_loras(run, cfg, checkpoint_step(good))
@@ -1075,11 +1166,13 @@ def _due(run, cfg) -> tuple[bool, bool]:
 def _after_step(run, cfg, validate, scratch, log, bar, checkpoint_due: bool, validation_due: bool):
     "The checkpoint and validation videos this step is due for (every process takes part), then all processes wait."
     step = run.state.step
-    if checkpoint_due: _save_checkpoint(run, cfg, log)
+    if checkpoint_due:
+        _save_checkpoint(run, cfg, log)
     if validate and validation_due:
         new = validate(step, scratch)
         if run.main:
-            for p in new: bar.write(f"validation video: {p}")
+            for p in new:
+                bar.write(f"validation video: {p}")
             run.videos += new
             log("validation", step=step, videos=[str(p) for p in new])
     run.accelerator.wait_for_everyone()
@@ -1113,16 +1206,21 @@ def _train_steps(run, cfg, stop, log, validate, scratch) -> bool:
                     due = _due(run, cfg)
                     asked = world == 1 and stop_requested(stop, run.output_dir)   # one process: a host check, each step
                     read = any(due) or asked or len(run.unread) >= LOGGING_STEPS or run.steps_read == 0
-                    if read: _read_steps(run, cfg, log, bar)
+                    if read:
+                        _read_steps(run, cfg, log, bar)
                     if any(due):
                         _after_step(run, cfg, validate, scratch, log, bar, *due)
                         run.read_at = time.time()                           # the next steps' seconds leave this out
-                    if state.step >= run.total: break
+                    if state.step >= run.total:
+                        break
                     if asked or world > 1 and read and _stop_now(run, stop):     # several: a collective, at reads only
-                        if checkpoint_step(run.last_ckpt or "") != state.step: _save_checkpoint(run, cfg, log)
+                        if checkpoint_step(run.last_ckpt or "") != state.step:
+                            _save_checkpoint(run, cfg, log)
                         return False
-            if state.step < run.total: state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    finally: bar.close()
+            if state.step < run.total:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    finally:
+        bar.close()
     return True
 
 
@@ -1134,7 +1232,8 @@ def _export_loras(run, cfg, step: int | None = None) -> list[Path]:
     with gathered_lora(run.unwrapped, run.main) as whole, _writing(run.output_dir, "the LoRA files", run.ckpt_bytes // 3 * len(cfg.lora_export_formats)):
         paths = [save_lora(whole, run.output_dir / f"lora_{fmt}.safetensors", format=fmt, metadata=meta)
                  for fmt in cfg.lora_export_formats] if run.main else []
-        for p in paths: report_lora_coverage(p, whole)
+        for p in paths:
+            report_lora_coverage(p, whole)
     return paths
 
 # %% ../nbs/07_training.ipynb #82798666
@@ -1144,12 +1243,14 @@ def train(cfg, stop=None) -> TrainResult:
     Launch with `accelerate launch -m longcat_nb.training --config ...` for several GPUs. The run holds `output_dir`
     (`output_dir_lock`): `OutputDirInUse` when another run holds it."""
     if stop is None:
-        with stop_on_signals() as event: return train(cfg, event)
+        with stop_on_signals() as event:
+            return train(cfg, event)
     check_training_config(cfg)
     main = os.environ.get("RANK", "0") == "0"                   # the main process holds the folder for all of them
     fresh = not Path(cfg.output_dir).exists()                   # made for the lock: gone again if the run never starts
     with output_dir_lock(cfg.output_dir, enabled=main):
-        for p in clean_deleting(cfg.output_dir) if main else []: print(f"removed {p}, left by an interrupted delete")
+        for p in clean_deleting(cfg.output_dir) if main else []:
+            print(f"removed {p}, left by an interrupted delete")
         return _train_holding_folder(cfg, stop, fresh)
 
 
@@ -1159,7 +1260,8 @@ def _train_holding_folder(cfg, stop, fresh: bool = False) -> TrainResult:
     check_output_dir(cfg)
     resume_lines = _resume_plan(cfg)                             # refuses what a resume cannot follow, before any load
     log, run = ProgressLog(cfg.output_dir, enabled=os.environ.get("RANK", "0") == "0"), None
-    if log.enabled: (Path(cfg.output_dir) / STOP_FILE).unlink(missing_ok=True)   # an old request must not stop this run
+    if log.enabled:
+        (Path(cfg.output_dir) / STOP_FILE).unlink(missing_ok=True)   # an old request must not stop this run
     try:
         run = _prepare_run(cfg)
         run.resume_lines = resume_lines
@@ -1167,17 +1269,22 @@ def _train_holding_folder(cfg, stop, fresh: bool = False) -> TrainResult:
         log("start", step=run.state.step, total=run.total)
         validate = _Validator(cfg, run.ckpt, run.unwrapped, run.dtype, run.device) if run.main or run.fsdp else None
         scratch = Path(tempfile.mkdtemp(prefix="longcat_nb_val_")) if run.fsdp and not run.main else None   # FSDP: all render
-        if cfg.report_to != "none": run.accelerator.init_trackers("longcat_nb")
-        try: finished = _train_steps(run, cfg, stop, log, validate, scratch)
+        if cfg.report_to != "none":
+            run.accelerator.init_trackers("longcat_nb")
+        try:
+            finished = _train_steps(run, cfg, stop, log, validate, scratch)
         finally:
-            for tracker in run.accelerator.trackers: tracker.finish()    # flush TensorBoard, also after an error
-            if scratch: shutil.rmtree(scratch, ignore_errors=True)
+            for tracker in run.accelerator.trackers:
+                tracker.finish()    # flush TensorBoard, also after an error
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
         if finished:
             lora_paths = _export_loras(run, cfg)
             log("done", step=run.state.step, loras=[str(p) for p in lora_paths])
         else:
             lora_paths = []
-            if run.main: (run.output_dir / STOP_FILE).unlink(missing_ok=True)
+            if run.main:
+                (run.output_dir / STOP_FILE).unlink(missing_ok=True)
             log("stopped", step=run.state.step, checkpoint=str(run.last_ckpt))
     except BaseException as e:
         if run is not None or not fresh:
@@ -1199,10 +1306,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        if args.max_train_steps is not None: cfg.max_train_steps = args.max_train_steps
-        if args.resume_from_checkpoint is not None: cfg.resume_from_checkpoint = args.resume_from_checkpoint
-        if args.output_dir is not None: cfg.output_dir = Path(args.output_dir).resolve()
-        if args.overwrite_output_dir: cfg.overwrite_output_dir = True
+        if args.max_train_steps is not None:
+            cfg.max_train_steps = args.max_train_steps
+        if args.resume_from_checkpoint is not None:
+            cfg.resume_from_checkpoint = args.resume_from_checkpoint
+        if args.output_dir is not None:
+            cfg.output_dir = Path(args.output_dir).resolve()
+        if args.overwrite_output_dir:
+            cfg.overwrite_output_dir = True
         result = train(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -1210,8 +1321,10 @@ def main(argv=None) -> int:
     except OutputDirInUse as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0: print(result)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(result)
     return 0
 
 
-if __name__ == "__main__" and __package__: sys.exit(main())   # `python -m longcat_nb.training`; not in the notebook
+if __name__ == "__main__" and __package__:
+    sys.exit(main())   # `python -m longcat_nb.training`; not in the notebook
