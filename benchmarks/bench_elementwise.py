@@ -39,12 +39,16 @@ def sync(device):
     if device.type == "cuda": torch.cuda.synchronize(device)
 
 
-def step(model, x, y, t, rope, device):
-    "One checkpointed forward and backward of block 0 under the trainer's autocast → (output, LoRA gradients)."
+def autocast(device):
+    "The trainer's autocast on CUDA; bf16 autocast on the CPU."
     from longcat_nb.model import compute_autocast
-    block = model.blocks[0]
-    ac = compute_autocast(device) if device.type == "cuda" else torch.autocast("cpu", torch.bfloat16)
-    with ac: out = model._gradient_checkpointing_func(block, x, y, t, rope, None, 0, "sdpa", None)
+    return compute_autocast(device) if device.type == "cuda" else torch.autocast("cpu", torch.bfloat16)
+
+
+def step(model, x, y, t, rope, device, num_cond: int = 0):
+    "One checkpointed forward and backward of block 0 under the trainer's autocast → (output, LoRA gradients)."
+    with autocast(device):
+        out = model._gradient_checkpointing_func(model.blocks[0], x, y, t, rope, None, num_cond, "sdpa", None)
     out.float().square().mean().backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
@@ -52,17 +56,17 @@ def step(model, x, y, t, rope, device):
     return out.detach(), grads
 
 
-def measure(model, args, device, steps: int) -> tuple[dict, tuple]:
-    "First step and median step seconds, peak memory, and the last step's (output, gradients)."
+def timed(fn, device, steps: int) -> tuple[dict, object]:
+    "First call and median of `steps` more (seconds), peak memory; the last call's result."
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
     times, result = [], None
     for _ in range(steps + 1):
         sync(device)
         start = time.perf_counter()
-        result = step(model, *args, device)
+        result = fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    stats = dict(first_s=round(times[0], 3), median_s=round(statistics.median(times[1:]), 4))
+    stats = dict(first_s=round(times[0], 4), median_s=round(statistics.median(times[1:]), 5))
     if device.type == "cuda": stats["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return stats, result
 
@@ -83,9 +87,9 @@ def main(argv=None):
     device = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
     model = build(shape["hidden"], shape["heads"], shape["rank"], device)
     args = inputs(model, shape["grid"], shape["text"], device)
-    eager, (out_e, grads_e) = measure(model, args, device, a.steps)
+    eager, (out_e, grads_e) = timed(lambda: step(model, *args, device), device, a.steps)
     model.set_fused_elementwise(a.backend)
-    fused, (out_f, grads_f) = measure(model, args, device, a.steps)
+    fused, (out_f, grads_f) = timed(lambda: step(model, *args, device), device, a.steps)
     result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__, backend=a.backend, tokens=args[0].shape[1], **shape, steps=a.steps,
                   eager=eager, fused=fused, speedup=round(eager["median_s"] / fused["median_s"], 3),

@@ -18,11 +18,11 @@ object, with `benchmarks/provenance.py`'s fields.
     python benchmarks/bench_levers.py --variants plain lora_epilogue qk_triton        # a subset
     TRITON_INTERPRET=1 python benchmarks/bench_levers.py --tiny                       # hidden 256, CPU: a wiring check
 """
-import argparse, json, statistics, time
+import argparse, json
 
 import torch
 
-from bench_elementwise import inputs, sync   # the one-block inputs and a device sync, as the elementwise bench makes them
+from bench_elementwise import autocast, inputs, rel, step, timed   # one block as the trainer runs it, timed
 from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 # variant: (LoRA in the epilogue, what self-attention's q/k work runs on, the rest's elementwise backend, compiled)
@@ -63,41 +63,6 @@ def configure(model, variant: str, backend: str):
         block.compile(backend=backend)
     else:
         model.enable_gradient_checkpointing(checkpoint_keeping_attention)
-
-
-def autocast(device):
-    from longcat_nb.model import compute_autocast
-    return compute_autocast(device) if device.type == "cuda" else torch.autocast("cpu", torch.bfloat16)
-
-
-def step(model, x, y, t, rope, device, num_cond: int):
-    "One checkpointed forward and backward of block 0 under the trainer's autocast → (output, LoRA gradients)."
-    with autocast(device):
-        out = model._gradient_checkpointing_func(model.blocks[0], x, y, t, rope, None, num_cond, "sdpa", None)
-    out.float().square().mean().backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad(set_to_none=True)
-    x.grad = None
-    return out.detach(), grads
-
-
-def timed(fn, device, steps: int) -> tuple[dict, object]:
-    "First call and median of `steps` more (seconds), peak memory; the last call's result."
-    if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
-    times, result = [], None
-    for _ in range(steps + 1):
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    stats = dict(first_s=round(times[0], 4), median_s=round(statistics.median(times[1:]), 5))
-    if device.type == "cuda": stats["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    return stats, result
-
-
-def rel(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def block_variants(model, args, names, device, steps, backend, num_cond) -> dict:
