@@ -11,20 +11,12 @@ from safetensors.torch import load_file
 
 import longcat_nb
 import longcat_nb.training as training
-from longcat_nb.config import load_config
 from longcat_nb.training import TrainingError, list_checkpoints, read_progress, train
+from test_training import config
 
 # what would wait for the GPU if the tensor lived there: reading it, converting it, formatting it
 READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__", "__format__")
 STEP_CODE = [str(Path(longcat_nb.__file__).parent / f) for f in ("training.py", "model.py", "kernels.py")]
-
-
-def config(path, out, **kw):
-    "The example config, validation and TensorBoard off, writing to `out`, with `kw` overrides."
-    cfg = load_config(path)
-    cfg.output_dir, cfg.validation_prompt, cfg.report_to = Path(out), None, "none"
-    for k, v in kw.items(): setattr(cfg, k, v)
-    return cfg
 
 
 @pytest.fixture

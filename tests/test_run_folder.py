@@ -183,6 +183,30 @@ def test_a_workbench_view_of_a_held_folder_does_not_call_the_run_ended(held):
     assert "training process ended" not in view.status.value, view.status.value
 
 
+def test_held_folder_in_a_real_kernel(held, tmp_path):
+    """The same two paths as the workbench meets them inside a Jupyter kernel (nbclient): a view opened on the held
+    folder follows the run (not "ended"), and Start refuses in one line naming the holder — no error or stderr output."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from test_workbench_kernel import _printed, one_line
+    path, out, holder, before = held
+    cell = f"""
+import json, comm
+comm.create_comm = comm.DummyComm
+from longcat_nb.widgets import TrainView
+view = TrainView({str(path)!r}, background=False)
+opened, running = view.status.value, view.running()
+view.start_button.click()
+print(json.dumps({{"opened": opened, "running": running, "status": view.status.value, "proc": view.proc is None}}))
+"""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    got = _printed(nb.cells[0])
+    assert "training process ended" not in got["opened"] and got["running"] is True, got
+    assert got["proc"] and _refusal(out, holder) in one_line(got["status"]), got["status"]
+    eq_(_files(out), before)
+
+
 def test_papermill_into_a_held_folder_is_refused(held, tmp_path):
     pm = pytest.importorskip("papermill")
     path, out, holder, before = held
