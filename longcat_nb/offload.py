@@ -292,8 +292,8 @@ def longest_recomputed_run(depth: int, n: int) -> int:
 class BlockRunner:
     """A gradient-checkpointing function for `model.enable_gradient_checkpointing`: recompute each block in the
     backward, streaming swapped blocks (`swap`, a `BlockSwap`), offloading block inputs to pinned host memory
-    (`offload`), and keeping no input at all for `recomputed_inputs` blocks (1, 3, 5, …: each is recomputed from the
-    block before, one more forward of that block)."""
+    (`offload`), and keeping no input at all for `recomputed_inputs` blocks (`recomputed_blocks`: each is recomputed
+    from the kept input below it, one more block forward each)."""
     def __init__(self, model, device, swap: BlockSwap | None = None, offload: bool = False,
                  max_tokens: int | None = None, recomputed_inputs: int = 0):
         self.blocks, self.device, self.swap, self.offload = model.blocks, torch.device(device), swap, offload
