@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from diffusers.optimization import get_scheduler
 
-from .caching import CachedDataset, build_cache, default_dtype, load_empty_prompt, load_prompts
+from .caching import CachedDataset, build_cache, default_dtype, free_memory, load_empty_prompt, load_prompts
 from .config import ConfigError, load_config, resolve_checkpoint
 from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
@@ -1345,13 +1345,31 @@ def _train_holding_folder(cfg, stop, fresh: bool = False) -> TrainResult:
             if run.main:
                 (run.output_dir / STOP_FILE).unlink(missing_ok=True)
             log("stopped", step=run.state.step, checkpoint=str(run.last_ckpt))
+        result = TrainResult(lora_paths, list(run.state.losses), run.state.step, run.output_dir, run.videos,
+                             list(run.state.grad_norms), run.last_ckpt, stopped=not finished)
     except BaseException as e:
         if run is not None or not fresh:
             log("error", step=run.state.step if run else None, message=f"{type(e).__name__}: {e}")
         raise
-    run.accelerator.end_training()
-    return TrainResult(lora_paths, list(run.state.losses), run.state.step, run.output_dir, run.videos,
-                       list(run.state.grad_norms), run.last_ckpt, stopped=not finished)
+    finally:
+        validate = None                                          # holds the model too
+        accelerator = _release_run(run)
+    accelerator.end_training()                                   # after the model is gone: nothing left for the groups
+    return result
+
+
+def _release_run(run):
+    """Drop `run`'s model, optimizer and loaders and free them now, also after an error (a traceback keeps `run`):
+    they form reference cycles that Python's collector would otherwise free at some later time — holding the GPU memory
+    of the next run or sampler in the same kernel, and in several processes the distributed groups' last work until
+    interpreter exit, where gloo's threads abort the process. Returns the run's accelerator (None without a run)."""
+    if run is None:
+        return None
+    accelerator = run.accelerator
+    accelerator.free_memory()                                    # its own lists of prepared objects
+    run.__dict__.clear()
+    free_memory()
+    return accelerator
 
 # %% ../nbs/07_training.ipynb #b6e21381
 def main(argv=None) -> int:
