@@ -71,11 +71,20 @@ def structured_qkv(grid, heads=32, dim=128, seed=0):
 def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def sparse_kernel(name, steps=None):
-    "The sparse step alone, chunk-major, on prebuilt index lists: FlexAttention, or ours at `steps` key chunks a step."
+def sparse_kernel(name, grid, steps=None):
+    """The sparse step alone on prebuilt index lists: FlexAttention (chunk-major inputs), or ours (raster-order inputs,
+    read in place) at `steps` key chunks a step."""
     if name == "flex": return flex_block_attention
     opts = None if steps is None else dict(chunks_per_step=steps)
-    return lambda qc, kc, vc, kept, real: triton_block_attention(qc, kc, vc, kept, real, kernel_options=opts)
+    return lambda q, k, v, kept, real: triton_block_attention(q, k, v, kept, grid, kernel_options=opts)
+
+
+def dkdv_balance(q, k, grid, sparsity):
+    "max / mean of how many query chunks keep each key chunk (the dk/dv kernel's work per program), over heads."
+    real = real_tokens(grid, device=q.device)
+    kept = select_blocks(block_scores(to_chunks(q, grid), to_chunks(k, grid), 64, real), sparsity, None, q.shape[-1])
+    per_key = kept.mask(kept.counts.shape[-1]).sum(-2).float()
+    return (per_key.amax() / per_key.mean()).item()
 
 
 def bench_grid(grid, args, record):
@@ -108,15 +117,17 @@ def bench_grid(grid, args, record):
         r[f"{name}_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{name}_fwdbwd_ms"]
         for steps in ([None] if name == "flex" else args.triton_steps):
             tag = name if steps is None else f"{name}{steps}"
-            fn = sparse_kernel(name, steps)
-            with torch.no_grad(): r[f"{tag}_kernel_fwd_ms"] = timed(lambda: fn(qc, kc, vc, kept, real), args.repeats)
+            fn = sparse_kernel(name, grid, steps)
+            ins, leaves, g_out = ((qc, kc, vc), (cq, ck, cv), cgrad) if name == "flex" else ((q, k, v), (q, k, v), grad)
+            with torch.no_grad(): r[f"{tag}_kernel_fwd_ms"] = timed(lambda: fn(*ins, kept, real), args.repeats)
             step = lambda a, b, c: fn(a, b, c, kept, real)
-            r[f"{tag}_kernel_fwdbwd_ms"] = timed(fwd_bwd(step, (cq, ck, cv), cgrad), args.repeats)
+            r[f"{tag}_kernel_fwdbwd_ms"] = timed(fwd_bwd(step, leaves, g_out), args.repeats)
             r[f"{tag}_kernel_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{tag}_kernel_fwdbwd_ms"]
         with torch.no_grad():
             sq, sk, sv = structured_qkv(grid, heads, dim)
             r[f"{name}_diff_structured"] = rel(bsa(sq, sk, sv), dense(sq, sk, sv))
             r[f"{name}_diff_random"] = rel(bsa(q, k, v), dense(q, k, v))
+            r["dkdv_max_over_mean_structured"] = dkdv_balance(sq, sk, grid, args.sparsity)
     record(r)
 
 

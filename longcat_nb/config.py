@@ -102,7 +102,7 @@ TRAIN_KEYS = [
         "Under gradient_checkpointing: `keep` saves each block's self-attention output and softmax statistics (tokens "
         "× hidden × 2 bytes + small, per block) so the backward does not run attention's forward again; `recompute` "
         "recomputes it; `auto` keeps it on CUDA when the memory planner predicts the step still fits (recompute with "
-        "block swap, activation offload, compiled blocks or block-sparse attention).", ("auto", "keep", "recompute")),
+        "block swap, activation offload, compiled blocks or bsa_kernel `flex`).", ("auto", "keep", "recompute")),
     Key("lora_rank", 8, "int", "LoRA rank.", minimum=1),
     Key("lora_alpha", None, "float", "LoRA alpha; null → lora_rank (scale 1).", nullable=True, minimum=0),
     Key("lora_dropout", 0.0, "float", "Dropout on the LoRA input.", minimum=0),
@@ -152,13 +152,15 @@ TRAIN_KEYS = [
         "Block-sparse attention: also keep key chunks until this softmax mass (CDF mode); with bsa_sparsity set, the "
         "larger count wins.", nullable=True, minimum=0),
     Key("bsa_kernel", "auto", "str",
-        "Block-sparse attention's sparse step: `flex` (FlexAttention, CUDA), `triton` (ours, CUDA; 6.85× over "
-        "dense fwd+bwd at 39,936 tokens on an H200 against flex's 5.65×), `gathered` (any device; tests); "
+        "Block-sparse attention's sparse step: `flex` (FlexAttention, CUDA), `triton` (ours, CUDA; reads q, k, v in "
+        "place; 6.85× over dense fwd+bwd at 39,936 tokens on an H200 in its earlier chunk-major form, against flex's "
+        "5.65×), `gathered` (any device; tests); "
         "`auto` → flex on CUDA, gathered elsewhere. The environment variable LONGCAT_BSA_KERNEL, when set, "
         "overrides it.", BSA_KERNELS),
     Key("bsa_kernel_options", None, "dict",
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step; 1, "
-        "measured fastest), `dkdv_chunks_per_step`, `num_warps`, `num_stages`; for `flex` FlexAttention's "
+        "measured fastest), `dkdv_chunks_per_step`, `num_warps`, `num_stages`, `dkdv_num_stages`; for `flex` "
+        "FlexAttention's "
         "`kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → the defaults.", nullable=True),
     Key("fused_elementwise", "off", "str",
         "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "

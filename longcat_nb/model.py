@@ -704,11 +704,13 @@ def cache_cond_kv(self: LongCatVideoTransformer3DModel, cond_latents) -> CondKVC
 from functools import partial
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-# the fused SDPA kernels (cuDNN, flash, memory-efficient, CPU flash, other backends'), those this torch has
+# the fused SDPA kernels (cuDNN, flash, memory-efficient, CPU flash, other backends'), those this torch has, and the
+# block-sparse step (longcat_nb.kernels: our Triton kernel or the gathered one; q, k, v its first three arguments too)
 ATTENTION_OPS = tuple(getattr(torch.ops.aten, n).default for n in (
     "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_fused_attention_overrideable") if hasattr(torch.ops.aten, n))
+    "_scaled_dot_product_fused_attention_overrideable") if hasattr(torch.ops.aten, n)) + (
+    torch.ops.longcat_nb.sparse_attention.default,)
 
 
 def keep_attention_policy(tokens: int):

@@ -137,9 +137,10 @@ def check_training_config(cfg):
                 "musubi_blocks_to_swap / activation_offload / recomputed_block_inputs (their block runner checkpoints "
                 "on its own)",
                 'set "auto" or "recompute", or turn block swap, activation offload and recomputed inputs off')
-    if cfg.checkpoint_attention == "keep" and cfg.attention_implementation == "bsa":
-        _refuse(cfg, "checkpoint_attention", "keep", "with attention_implementation \"bsa\" there is no fused SDPA "
-                "output to keep (block-sparse attention runs through FlexAttention)", 'set "auto" or "recompute"')
+    if cfg.checkpoint_attention == "keep" and cfg.attention_implementation == "bsa" and cfg.bsa_kernel == "flex":
+        _refuse(cfg, "checkpoint_attention", "keep", "with bsa_kernel \"flex\" there is no attention output to keep "
+                "(FlexAttention compiles itself, outside the block's checkpoint)",
+                'set bsa_kernel "auto" or "triton", or checkpoint_attention "auto" or "recompute"')
     _check_memory(cfg)
     if not [d for d in cfg.datasets if not d.disabled]:
         _refuse(cfg, "data_backend_config", cfg.data_backend_config and str(cfg.data_backend_config),
@@ -857,12 +858,12 @@ def batch_tokens(samples, batch_size: int) -> int:
 
 def keeps_attention(cfg, tokens: int, device) -> bool:
     """`checkpoint_attention` for this run: `keep`/`recompute` as set (nothing to keep without gradient checkpointing);
-    `auto` keeps on CUDA when the memory planner says `tokens` still fit, but not with "bsa"."""
+    `auto` keeps on CUDA when the memory planner says `tokens` still fit, but not with bsa_kernel "flex"."""
     if not cfg.gradient_checkpointing or cfg.checkpoint_attention == "recompute":
         return False
     if cfg.checkpoint_attention == "keep":
         return True
-    if cfg.attention_implementation == "bsa":
+    if cfg.attention_implementation == "bsa" and cfg.bsa_kernel == "flex":
         return False
     from longcat_nb.memory import checkpoint_attention_choice
     return checkpoint_attention_choice(cfg, tokens, device)

@@ -206,7 +206,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed (pyproject installs it on Linux, so CI runs these)")
 
 TRITON_CASES = {  # name: (sparsity, cdf_threshold, head_dim, dtype, chunks per step (fwd, dq, dk/dv), head 1 keeps all,
-                 #        padded keys: a random real-token map, each chunk keeping some)
+                 #        padded: the 7×6×6 grid in 8 chunks of 4×4×4 (else 8×8×8), v a strided view as from qkv)
     "topk_even_fp32_d64": (0.5, None, 64, "float32", 2, False, False),        # 4 kept of 8
     "topk_odd_fp32_d128": (0.625, None, 128, "float32", 2, False, False),     # 3 kept: the last pair is half masked
     "cdf_fp32_d64": (None, 0.6, 64, "float32", 2, False, False),              # counts vary per query chunk
@@ -224,24 +224,25 @@ TRITON_SCRIPT = r"""
 import json, sys, torch
 from longcat_nb import kernels as K
 from longcat_nb import testing as T
-out = dict(env_picks_triton=K._sparse_kernel(None, torch.device("cpu")) is K.triton_block_attention)
+out = dict(env_picks_triton=K._sparse_kernel(None, torch.device("cpu")) == "triton")
 rel = lambda a, b: ((a - b).norm() / b.norm()).item()
 for name, (sp, cdf, d, dtype, step, dense_head, padded) in json.loads(sys.argv[1]).items():
     g = torch.Generator().manual_seed(0)
+    shape = (7, 6, 6) if padded else (8, 8, 8)
     mean = lambda: 0.5 * torch.randn(1, 2, 8, 1, d, generator=g).expand(-1, -1, -1, 64, -1).reshape(1, 2, 512, d)
-    qc, kc, vc = ((torch.randn(1, 2, 512, d, generator=g) + mean()).to(getattr(torch, dtype)) for _ in range(3))
-    real = None
-    if padded:
-        real = torch.rand(512, generator=g) < 0.6
-        real[::64] = True
-    keep = K.select_blocks(K.block_scores(qc, kc, 64, real), sp, cdf, d).mask(8)
+    raster = lambda x: K.from_chunks(x, shape).to(getattr(torch, dtype))   # chunk means apart: a clear selection
+    q, k = (raster(torch.randn(1, 2, 512, d, generator=g) + mean()) for _ in range(2))
+    v = raster(torch.randn(1, 2, 512, d, generator=g) + mean()).transpose(1, 2).contiguous().transpose(1, 2)
+    real, chunked = K.real_tokens(shape), lambda x: K.to_chunks(x.float(), shape)
+    keep = K.select_blocks(K.block_scores(chunked(q), chunked(k), 64, real), sp, cdf, d).mask(8)
     if dense_head: keep[:, 1] = True
     opts = dict(chunks_per_step=step, dkdv_chunks_per_step=step)
     kept = K.Kept.from_mask(keep)
-    got = T.output_and_grads(lambda q, k, v: K.triton_block_attention(q, k, v, kept, real, kernel_options=opts),
-                             qc, kc, vc)
-    ref = T.output_and_grads(lambda q, k, v: T.masked_attention_reference(q, k, v, keep, real=real), qc.float(),
-                             kc.float(), vc.float())
+    got = T.output_and_grads(lambda q, k, v: K.triton_block_attention(q, k, v, kept, shape, kernel_options=opts),
+                             q, k, v)
+    ref_fn = lambda q, k, v: K.from_chunks(T.masked_attention_reference(chunked(q), chunked(k), chunked(v), keep,
+                                                                        real=real), shape)
+    ref = T.output_and_grads(ref_fn, q.float(), k.float(), v.float())
     out[name] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)), counts=sorted(set(keep.sum(-1).flatten().tolist())))
 grid = (8, 8, 8)                                     # the whole path, raster order, with 1 conditioning frame (64 tokens)
 q, k, v = (torch.randn(1, 2, 512, 64, generator=torch.Generator().manual_seed(1)) for _ in range(3))
@@ -310,17 +311,17 @@ def test_triton_whole_path_padded_grid_cpu(triton_cpu):
 
 
 def test_bsa_kernel_choice(monkeypatch):
-    """The named kernel ('auto'/None: FlexAttention on CUDA, gathered elsewhere); LONGCAT_BSA_KERNEL, read at each call,
-    overrides it; an unknown name says the choices and where it came from."""
+    """The named kernel ('auto'/None: `CUDA_AUTO_KERNEL` on CUDA, gathered elsewhere); LONGCAT_BSA_KERNEL, read at each
+    call, overrides it; an unknown name says the choices and where it came from."""
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv("LONGCAT_BSA_KERNEL", raising=False)
-    assert kernels._sparse_kernel(None, cpu) is kernels.gathered_attention
-    assert kernels._sparse_kernel("auto", gpu) is kernels.flex_block_attention
-    assert kernels._sparse_kernel("triton", cpu) is kernels.triton_block_attention
+    eq_(kernels._sparse_kernel(None, cpu), "gathered")
+    eq_(kernels._sparse_kernel("auto", gpu), kernels.CUDA_AUTO_KERNEL)
+    eq_(kernels._sparse_kernel("triton", cpu), "triton")
     fail_(lambda: kernels._sparse_kernel("fast", cpu), contains="'fast' (bsa_kernel)")
     monkeypatch.setenv("LONGCAT_BSA_KERNEL", "triton")
-    assert kernels._sparse_kernel(None, gpu) is kernels.triton_block_attention
-    assert kernels._sparse_kernel("flex", gpu) is kernels.triton_block_attention
+    eq_(kernels._sparse_kernel(None, gpu), "triton")
+    eq_(kernels._sparse_kernel("flex", gpu), "triton")
     monkeypatch.setenv("LONGCAT_BSA_KERNEL", "fast")
     fail_(lambda: kernels._sparse_kernel(None, cpu), contains="(environment variable LONGCAT_BSA_KERNEL)")
 
@@ -336,8 +337,8 @@ def test_config_kernel_reaches_the_attention(monkeypatch):
     plan = plan_attention(model.attention_implementation, (4, 4, 8), torch.device("cpu"), model.config.bsa_params)
     eq_((plan.kernel, plan.kernel_options), ("gathered", (("num_warps", 8),)))
     called = []
-    real = kernels.gathered_attention
-    monkeypatch.setattr(kernels, "gathered_attention", lambda *a: called.append(1) or real(*a))
+    means, fwd, bwd = kernels._STEPS["gathered"]
+    monkeypatch.setitem(kernels._STEPS, "gathered", (means, lambda *a: called.append(1) or fwd(*a), bwd))
     with torch.no_grad(): model(**inputs())
     assert called, "the configured kernel did not run"
 
@@ -350,7 +351,7 @@ def test_triton_kernel_cpu_without_interpreter_says_how():
     if isinstance(triton.language.zeros, InterpretedFunction): pytest.skip("this process runs triton interpreted")
     q = torch.randn(1, 1, 128, 64)
     kept = kernels.Kept.from_mask(torch.ones(1, 1, 2, 2, dtype=torch.bool))
-    fail_(lambda: kernels.triton_block_attention(q, q, q, kept),
+    fail_(lambda: kernels.triton_block_attention(q, q, q, kept, (1, 1, 128), (1, 1, 64)),
           contains="start Python with TRITON_INTERPRET=1")
 
 
@@ -382,19 +383,24 @@ def test_triton_kernels_compile_for_h200_without_spills():
     from triton.compiler import ASTSource
     from triton.runtime.interpreter import InterpretedFunction
     if isinstance(triton.language.zeros, InterpretedFunction): pytest.skip("this process runs triton interpreted")
-    fwd, _, dkdv, dq = kernels._bsa_kernels(False)
+    _, fwd, _, dkdv, dq = kernels._bsa_kernels(False)
     opts, tl = kernels.kernel_settings("triton"), triton.language
-    cx = dict(D=128, BLOCK=64, PREC="tf32", IN=tl.bfloat16, DOT=tl.bfloat16, PAD=False)
-    types = dict(N="i32", n_chunks="i32", L="i32", qk_scale="fp32", sm_scale="fp32", LSE="*fp32", DELTA="*fp32",
-                 CNT="*i32", IDX="*i32", REAL="*i32")
+    cx = dict(D=128, BLOCK=64, CT=4, CH=4, CW=4, PREC="tf32", IN=tl.bfloat16, DOT=tl.bfloat16, PAD=False)
+    fp32 = dict(LSE="*fp32", DELTA="*fp32", qk_scale="fp32", sm_scale="fp32")
+    i32, bf16 = {"CNT", "IDX", "ORDER", "OFF", "QIDX"}, {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
+    strides = {f"s{t}{a}" for t in "qkvod" for a in "bhn"}
     cuobjdump = os.path.join(triton.__path__[0], "backends", "nvidia", "bin", "cuobjdump")
-    for (fn, steps), pad in itertools.product([(fwd, opts["chunks_per_step"]), (dq, opts["chunks_per_step"]),
-                                               (dkdv, opts["dkdv_chunks_per_step"])], (False, True)):
+    launches = [(fwd, opts["chunks_per_step"], opts["num_stages"]), (dq, opts["chunks_per_step"], opts["num_stages"]),
+                (dkdv, opts["dkdv_chunks_per_step"], opts["dkdv_num_stages"])]
+    for (fn, steps, stages), pad in itertools.product(launches, (False, True)):
         c = {n: v for n, v in (cx | dict(TILE=64 * steps, PAD=pad)).items() if n in fn.arg_names}
-        sig = {n: "constexpr" if n in c else types.get(n, "*bf16") for n in fn.arg_names}
-        sig |= dict(REAL="*i8") if pad else {}
-        compiled = triton.compile(ASTSource(fn, sig, c), target=GPUTarget("cuda", 90, 32),
-                                  options=dict(num_warps=opts["num_warps"], num_stages=opts["num_stages"]))
+        kind = lambda n: fp32.get(n) or ("*i32" if n in i32 else "*bf16" if n in bf16 else "i32")   # the rest: ints
+        sig = {n: "constexpr" if n in c else kind(n) for n in fn.arg_names}
+        # pointers and strides aligned to 16, as Triton's launcher specialises them at full size (d = 128)
+        aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                   if sig[n].startswith("*") or n in strides}
+        compiled = triton.compile(ASTSource(fn, sig, c, aligned), target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=opts["num_warps"], num_stages=stages))
         path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"longcat_{fn.__name__}_{os.getpid()}.cubin")
         with open(path, "wb") as f: f.write(compiled.asm["cubin"])
         usage = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
