@@ -5,11 +5,13 @@ chunks taken `chunks_per_step` at a time; config `bsa_kernel: "triton"`).
 For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×44×80 = 84,480, 1280×704×93), with q, k, v
 [1, 32, N, 128] bf16 and sparsity 0.9375, median of `--repeats` CUDA-event timings after warm-up (ms):
 - dense: `longcat_nb.model.attention` (SDPA, cuDNN first), fwd and fwd+bwd;
-- per kernel, the whole path: `block_sparse_attention(..., kernel=k)` (reorder — padding a grid that does not divide
-  by the 4×4×4 chunk —, pooled scores, top-k index lists, sparse kernel, reorder back), fwd and fwd+bwd;
-- its parts: selection alone; each sparse kernel alone on a prebuilt selection, fwd and fwd+bwd (ours also at each
-  of `--triton-steps` key chunks per iteration in its forward and dq: 1 is the FlexAttention-like 64×64 tile, 2 the
-  128-wide key tile; its dk/dv kernel keeps `kernel_settings("triton")["dkdv_chunks_per_step"]`).
+- per kernel, the whole path: `block_sparse_attention(..., kernel=k)` — flex: reorder (padding a grid that does not
+  divide by the 4×4×4 chunk), pooled scores, top-k index lists, sparse kernel, reorder back; triton: chunk means and
+  the sparse step read q, k, v in raster order, no reorder — fwd and fwd+bwd;
+- its parts: selection alone; each sparse kernel alone on a prebuilt selection, fwd and fwd+bwd (flex on chunk-major
+  inputs, ours on raster-order ones, also at each of `--triton-steps` key chunks per iteration in its forward and dq:
+  1 is the FlexAttention-like 64×64 tile, 2 the 128-wide key tile; its dk/dv kernel keeps its own settings), and how
+  unevenly the key chunks are kept (max / mean, structured inputs: the dk/dv kernel's longest program).
 Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
 relative errors), the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the
 model's 3D RoPE, as q/k are made in the model) and on plain random inputs, and optionally one full-size transformer

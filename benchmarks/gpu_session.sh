@@ -16,13 +16,13 @@
 #            (22.2 s/step, 58.9 GiB) were at 43,008 tokens (896×512, the old example bucket): compare within one session
 #   memory   issue 11: the 24 GB and 16 GB plans and fp8 through `longcat-nb train`, capped with
 #            set_per_process_memory_fraction; int8 host RSS
-#   bsa      issue 15: bench_bsa (FlexAttention and our Triton kernel) and training steps at 832×512×93, attention bsa
-#            (both kernels) vs dense (after train; may need two calls: split after bench_bsa if it runs long)
+#   bsa      issue 23: the kernels' CUDA tests and bench_bsa (FlexAttention and our Triton kernel); bsa2: training steps
+#            at 832×512×93, attention bsa (both kernels; triton also compiled, keeping its output) vs dense, and 832×480
 #   long     issue 16: continuation, a 3-segment long video, refinement, K/V-cache saving per step
 #   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|train|train2|memory|bsa|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|train|train2|memory|bsa|bsa2|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -66,14 +66,23 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
     mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
     python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-plan24,plan16}" \
         2>&1 | tee "$OUT/memory.log" | tail -20 ;;
-  bsa)
+  bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (then set kernels.CUDA_AUTO_KERNEL = "triton"),
+         # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block
+    python -m pytest -q -s tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/pytest_bsa.log" | grep -E "rel|passed|failed"
     python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bench_bsa.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
-    [ "${BSA_BENCH_ONLY:-0}" = 1 ] && exit 0
+    python benchmarks/bench_bsa.py --kernel triton --grids 24x30x52 --repeats 10 --json "$OUT/bench_bsa_480.json" \
+        2>&1 | tail -4 ;;
+  bsa2)  # issue 23, call 2: training steps at 832×512×93 — dense, flex, triton, triton with compiled blocks keeping its
+         # output — and triton at 832×480×93 (padded)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1   # a fresh machine: build it
     mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
+    T='"attention_implementation": "bsa", "bsa_kernel": "triton"'
     WORK=$WORK-512 e2e dense512 '{}' --size 832x512
-    WORK=$WORK-512 e2e bsa512 '{"attention_implementation": "bsa"}' --size 832x512
-    WORK=$WORK-512 LONGCAT_BSA_KERNEL=triton e2e bsa512_triton '{"attention_implementation": "bsa"}' --size 832x512 ;;
+    WORK=$WORK-512 e2e bsa512_flex '{"attention_implementation": "bsa", "bsa_kernel": "flex"}' --size 832x512
+    WORK=$WORK-512 e2e bsa512_triton "{$T}" --size 832x512
+    WORK=$WORK-512 e2e bsa512_triton_compiled "{$T, \"compile_transformer\": true, \"checkpoint_attention\": \"keep\"}" \
+        --size 832x512
+    e2e bsa480_triton "{$T}" ;;
   long)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/bench_long_video.py "$WORK/ckpt" --work "$WORK/bench" --steps 2 --kv-steps 3 --refine-steps 50 \

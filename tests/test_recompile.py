@@ -84,6 +84,34 @@ def test_checkpointed_block_compiles_once_per_path():
     torch._dynamo.reset()
 
 
+def test_checkpointed_block_keeps_block_sparse_attention():
+    """Block-sparse attention (the op's gathered kernel, a grid padded to whole chunks) in a compiled checkpoint keeping
+    attention: one graph without a break, the eager checkpoint's gradients, and the sparse step's forward runs once
+    per call — kept, not run again in the backward."""
+    from longcat_nb import kernels
+    from longcat_nb.model import checkpoint_keeping_attention as eager
+    grid = (3, 4, 6)                                                 # 72 tokens, padded to 4×4×8
+    sparse = kernels.BlockSparse(grid, 0.5, kernel="gathered")
+    means, fwd, bwd = kernels._STEPS["gathered"]
+    runs = []
+    torch._dynamo.reset(); counters.clear()
+    fn, block = training.compiled_checkpointing(True, BACKEND), lora_block()
+    try:
+        kernels._STEPS["gathered"] = (means, lambda *a: runs.append(1) or fwd(*a), bwd)
+        got = block_grads(lambda b, x, y, t, rope, m, c, _, slot: fn(b, x, y, t, rope, m, c, sparse, slot),
+                          block, grid, 0)
+        eq_(len(runs), 1)
+        want = block_grads(lambda b, x, y, t, rope, m, c, _, slot: eager(b.forward, x, y, t, rope, m, c, sparse, slot),
+                           block, grid, 0)
+        eq_(len(runs), 2)
+    finally:
+        kernels._STEPS["gathered"] = (means, fwd, bwd)
+    for a, b in zip(got, want): assert (a - b).norm() <= 1e-5 * b.norm()
+    eq_(graphs(checkpointed_code()), 1)
+    eq_(dict(counters["graph_break"]), {})
+    torch._dynamo.reset()
+
+
 def two_size_dataset(root: Path) -> Path:
     """Text- and image-to-video clips at 192×64 (2 each: 144 tokens, 48 conditioning) and 192×128 (1 each: 288 tokens,
     96 conditioning), cached; returns config.json."""
