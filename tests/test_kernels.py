@@ -266,14 +266,32 @@ torch._dynamo.reset()
 fn = lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.5)
 got = T.output_and_grads(torch.compile(fn, fullgraph=True, backend="aot_eager"), q, k, v)
 out["padded_fullgraph"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, T.output_and_grads(fn, q, k, v))))
+# tuning: no kernel options → each candidate timed once on the op's own inputs (a stand-in timer here: the fastest is
+# (8, 2, 2, 1, 1), one fails to build), the choice kept in the tuning file; a fresh process state reads it back
+K.TUNE_DEVICES, timed = ("cuda", "cpu"), []
+def fake_timer(fn):
+    timed.append(fn.args[0])
+    if fn.args[0] == [4, 3, 1, 1, 1]: raise RuntimeError("out of resources")
+    fn()
+    return 1.0 if fn.args[0] == [8, 2, 2, 1, 1] else 2.0
+K._timer = fake_timer
+fn = lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.5, kernel="triton")
+got = T.output_and_grads(fn, q, k, v)
+ref = T.output_and_grads(lambda q, k, v: T.block_sparse_reference(q, k, v, grid, 0.5), q, k, v)
+first = len(timed)
+K._TUNED = None
+T.output_and_grads(fn, q, k, v)
+out["tuning"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)), timed=first, timed_again=len(timed) - first,
+                     kept=json.loads(K.tuning_file().read_text()))
 print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
-def triton_cpu():
+def triton_cpu(tmp_path_factory):
     "Every case's relative errors (output, dq, dk, dv) from one fresh TRITON_INTERPRET=1 process, kernel switched by env."
-    env = os.environ | dict(TRITON_INTERPRET="1", LONGCAT_BSA_KERNEL="triton")
+    env = os.environ | dict(TRITON_INTERPRET="1", LONGCAT_BSA_KERNEL="triton",
+                            LONGCAT_NB_TUNING=str(tmp_path_factory.mktemp("tuning") / "bsa_tuning.json"))
     r = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, json.dumps(TRITON_CASES)], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -308,6 +326,19 @@ def test_triton_whole_path_padded_grid_cpu(triton_cpu):
     sparsity 0 equals dense SDPA; torch.compile(fullgraph=True) through the op equals eager — output, dq, dk, dv."""
     for case in ("padded_topk", "padded_cdf_cond", "padded_sparsity0_dense", "padded_fullgraph"):
         for what, err in triton_cpu[case].items(): assert err < 1e-4, (case, what, err)
+
+
+@needs_triton
+def test_triton_launch_settings_tuned_once_and_kept(triton_cpu):
+    """Without kernel options the op times every candidate once on its own inputs, skips one that fails to build,
+    keeps the fastest in the tuning file under the shape's key, and reads it back instead of tuning again; the tuned
+    launch still matches the reference."""
+    r = triton_cpu["tuning"]
+    eq_(r["timed"], len(kernels.TUNING_CANDIDATES))
+    eq_(r["timed_again"], 0)
+    eq_(list(r["kept"].values()), [[8, 2, 2, 1, 1]])
+    assert next(iter(r["kept"])).startswith("cpu|float32|d32|bh2|3x6x10x4x4x4|"), r["kept"]
+    for what in ("out", "dq", "dk", "dv"): assert r[what] < 1e-4, (what, r)
 
 
 def test_bsa_kernel_choice(monkeypatch):
