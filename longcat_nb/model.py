@@ -5,13 +5,14 @@ checkpoint's conventions so the released `dit/` shards load as they are."""
 
 # %% auto #0
 __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'FUSED_RECOMPILE_LIMIT', 'ATTENTION_BACKENDS', 'BSA_MIN_FRAME_TOKENS',
-           'ATTENTION_OPS', 'ffn_hidden_size', 'fused', 'silu_mul', 'FeedForwardSwiGLU', 'ChunkedSwiGLU',
-           'set_ffn_chunks', 'fp32_region', 'compute_autocast', 'autocasts', 'FP32Linear', 'rms_norm_fp32',
-           'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D', 'rope_split',
-           'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention', 'qk_norm_rope',
-           'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock', 'FinalLayer',
-           'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV', 'cond_cache_bytes',
-           'CondKVCache', 'keep_attention_policy', 'checkpoint_keeping_attention', 'fused_elementwise_wanted']
+           'ATTENTION_OPS', 'keeping_self_attention', 'ffn_hidden_size', 'fused', 'silu_mul', 'FeedForwardSwiGLU',
+           'ChunkedSwiGLU', 'set_ffn_chunks', 'fp32_region', 'compute_autocast', 'autocasts', 'FP32Linear',
+           'rms_norm_fp32', 'FP32RMSNorm', 'timestep_sinusoid', 'TimestepEmbedder', 'CaptionEmbedder', 'PatchEmbed3D',
+           'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention',
+           'qk_norm_rope', 'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock',
+           'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV',
+           'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention',
+           'fused_elementwise_wanted']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -713,21 +714,23 @@ ATTENTION_OPS = tuple(getattr(torch.ops.aten, n).default for n in (
     torch.ops.longcat_nb.sparse_attention.default,)
 
 
-def keep_attention_policy(tokens: int):
-    """Selective-checkpoint policy: save the fused SDPA ops whose keys are the `tokens` video tokens (self-attention),
-    recompute the rest."""
-    def policy(ctx, op, *args, **kwargs):
-        if op in ATTENTION_OPS and args[1].shape[-2] == tokens:
-            return CheckpointPolicy.MUST_SAVE
-        return CheckpointPolicy.PREFER_RECOMPUTE
-    return policy
+def keeps_self_attention(ctx, op, *args, **kwargs):
+    """Selective-checkpoint policy: save the attention ops (`ATTENTION_OPS`) with at least as many keys as queries —
+    self-attention's over the video tokens (and the conditioning frames' among themselves) — and recompute the rest
+    (cross-attention: 512 text keys). It reads no token count, so a compiled checkpoint with dynamic shapes traces it
+    as a constant. Called as selective checkpointing calls a policy: `ctx`, the `op`, its `args` and `**kwargs`."""
+    if op in ATTENTION_OPS and args[1].shape[-2] >= args[0].shape[-2]:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+keeping_self_attention = partial(create_selective_checkpoint_contexts, keeps_self_attention)   # its `context_fn`
 
 
 def checkpoint_keeping_attention(block, x, *args):
     """Run `block(x, *args)` (x [B, N, C]) checkpointed, keeping self-attention's outputs: for
     `enable_gradient_checkpointing`."""
-    context = partial(create_selective_checkpoint_contexts, keep_attention_policy(x.shape[1]))
-    return checkpoint(block, x, *args, use_reentrant=False, context_fn=context)
+    return checkpoint(block, x, *args, use_reentrant=False, context_fn=keeping_self_attention)
 
 # %% ../nbs/03_model.ipynb #ad8a7cd0
 @patch

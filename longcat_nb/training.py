@@ -11,7 +11,6 @@ from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -24,7 +23,7 @@ from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, I
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor, distribute_tensor
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import checkpoint
 from diffusers.optimization import get_scheduler
 
 from .caching import CachedDataset, build_cache, default_dtype, free_memory, load_empty_prompt, load_prompts
@@ -33,7 +32,8 @@ from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
                              training_metadata)
 from .model import (ATTENTION_OPS, BSA_MIN_FRAME_TOKENS, LongCatVideoTransformer3DModel, autocasts,
-                               checkpoint_keeping_attention, compute_autocast, fused_elementwise_wanted, set_ffn_chunks)
+                               checkpoint_keeping_attention, compute_autocast, fused_elementwise_wanted,
+                               keeping_self_attention, set_ffn_chunks)
 from .sampling import (LongCatVideoPipeline, eval_samples_for, run_validation, use_config_attention,
                                  validation_jobs)
 
@@ -47,8 +47,8 @@ __all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LO
            'clear_previous_run', 'OutputDirInUse', 'lock_holder', 'output_dir_lock', 'resume_changes',
            'good_checkpoint', 'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan',
            'make_lr_scheduler', 'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'compile_backend',
-           'keeps_self_attention', 'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'ProgressLog',
-           'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
+           'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'ProgressLog', 'read_progress',
+           'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -875,18 +875,6 @@ def compile_backend() -> str:
     return os.environ.get("LONGCAT_COMPILE_BACKEND") or "inductor"
 
 
-def keeps_self_attention(ctx, op, *args, **kwargs):
-    """`model.keep_attention_policy` for a compiled checkpoint, where the token count is symbolic and the policy must be
-    a constant: save the fused SDPA ops with at least as many keys as queries — self-attention's, the video tokens (and
-    the conditioning frames' among themselves) — and recompute the rest (cross-attention: 512 text keys). Called as
-    selective checkpointing calls a policy: `ctx`, the `op`, its `args` and `**kwargs`."""
-    if op in ATTENTION_OPS and args[1].shape[-2] >= args[0].shape[-2]:
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
-
-_KEEPING_SELF_ATTENTION = partial(create_selective_checkpoint_contexts, keeps_self_attention)
-
-
 def compiled_checkpointing(keep_attention: bool = False, backend="inductor"):
     """A gradient-checkpointing function for `enable_gradient_checkpointing`, `fn(block, x, *args)`: the block's
     checkpoint (non-reentrant; keeping self-attention's outputs when `keep_attention`) and the block traced into one
@@ -895,7 +883,7 @@ def compiled_checkpointing(keep_attention: bool = False, backend="inductor"):
     def checkpointed_block(block, x, *args):
         if not keep_attention:
             return checkpoint(block.forward, x, *args, use_reentrant=False)
-        return checkpoint(block.forward, x, *args, use_reentrant=False, context_fn=_KEEPING_SELF_ATTENTION)
+        return checkpoint(block.forward, x, *args, use_reentrant=False, context_fn=keeping_self_attention)
     return torch.compile(checkpointed_block, backend=backend, dynamic=True)
 
 # %% ../nbs/07_training.ipynb #750e156c
