@@ -5,15 +5,17 @@ The block is the released width (hidden 4096, 32 heads, LoRA rank 16 on the trai
 trainer runs each block: under the bf16 autocast (`compute_autocast`), checkpointed (`enable_gradient_checkpointing`),
 forward then backward of a loss on its output. Each variant: the first step (fused: compiles its functions), then
 the median of `--steps` steps, peak GPU memory, the output's and the LoRA gradients' difference from eager. Prints one
-JSON object.
+JSON object, with `benchmarks/provenance.py`'s fields.
 
     python benchmarks/bench_elementwise.py                      # on a CUDA GPU
     python benchmarks/bench_elementwise.py --tiny               # hidden 256, 2 heads, 560 tokens, on the CPU (a check)
     python benchmarks/bench_elementwise.py --json out.json
 """
-import argparse, json, statistics, time
+import argparse, statistics, time
 
 import torch
+
+from provenance import emit, provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command; the JSON line
 
 
 def build(hidden: int, heads: int, rank: int, device):
@@ -90,17 +92,12 @@ def main(argv=None):
     eager, (out_e, grads_e) = timed(lambda: step(model, *args, device), device, a.steps)
     model.set_fused_elementwise(a.backend)
     fused, (out_f, grads_f) = timed(lambda: step(model, *args, device), device, a.steps)
-    result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  torch=torch.__version__, backend=a.backend, tokens=args[0].shape[1], **shape, steps=a.steps,
+    result = dict(**provenance(), backend=a.backend, tokens=args[0].shape[1], **shape, steps=a.steps,
                   eager=eager, fused=fused, speedup=round(eager["median_s"] / fused["median_s"], 3),
                   output_rel_diff=rel(out_f, out_e),
                   max_grad_rel_diff=max(rel(grads_f[n], g) for n, g in grads_e.items()))
     result["grid"] = list(shape["grid"])
-    text = json.dumps(result)
-    print(text)
-    if a.json:
-        with open(a.json, "w") as f: f.write(text + "\n")
-    return result
+    return emit(result, a.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import argparse, json
 import torch
 
 from bench_elementwise import autocast, inputs, rel, step, timed   # one block as the trainer runs it, timed
-from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
+from provenance import emit, provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command; the JSON line
 
 # variant: (LoRA in the epilogue, what self-attention's q/k work runs on, the rest's elementwise backend, compiled)
 VARIANTS = {
@@ -159,11 +159,7 @@ def main(argv=None):
     if not a.no_alone:
         result["qk_alone"] = qk_alone(model, N, shape["grid"], device, 2 * a.steps, backend)
         result["lora_alone"] = lora_alone(N, shape["hidden"], shape["rank"], device, 2 * a.steps)
-    text = json.dumps(result)
-    print(text)
-    if a.json:
-        with open(a.json, "w") as f: f.write(text + "\n")
-    return result
+    return emit(result, a.json)
 
 
 if __name__ == "__main__":

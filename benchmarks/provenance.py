@@ -1,6 +1,6 @@
 """What every benchmark result records about where it came from (benchmarks/tables.py refuses a results file without
 it): the date, the commit it ran on, the GPU, torch's version and the command line."""
-import subprocess, sys, time
+import json, subprocess, sys, time
 
 
 def provenance() -> dict:
@@ -13,3 +13,12 @@ def provenance() -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return dict(date=time.strftime("%Y-%m-%d"), commit=commit or "unknown", gpu=gpu, torch=torch.__version__,
                 command=" ".join(sys.argv))
+
+
+def emit(result: dict, path=None) -> dict:
+    "Print `result` as one JSON line and, with a `path`, write that line there too; returns `result`."
+    text = json.dumps(result)
+    print(text)
+    if path:
+        with open(path, "w") as f: f.write(text + "\n")
+    return result

@@ -161,7 +161,7 @@ TRAIN_KEYS = [
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step), "
         "`dkdv_chunks_per_step`, `num_warps`, `num_stages`, `dkdv_num_stages`; for `flex` FlexAttention's "
         "`kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → flex's defaults; `triton` tunes "
-        "them on the GPU at its first call for each shape (a few seconds, once) and keeps the fastest in "
+        "them on the GPU at its first call for each shape (once: 8 launch settings timed) and keeps the fastest in "
         "~/.cache/longcat_nb/bsa_tuning.json ($LONGCAT_NB_TUNING).", nullable=True),
     Key("fused_elementwise", "off", "str",
         "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "

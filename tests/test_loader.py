@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import longcat_nb
 import longcat_nb.training as training
 from longcat_nb.training import TrainingError, list_checkpoints, read_progress, train
-from test_training import config
+from test_training import StopAfter, config
 
 # what would wait for the GPU if the tensor lived there: reading it, converting it, formatting it
 READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__", "__format__")
@@ -61,14 +61,6 @@ def test_one_host_read_per_logging_interval(example, tmp_path, monkeypatch, tens
     eq_(len(r.grad_norms), 25)
     assert all(e["s_per_step"] > 0 for e in steps)
     eq_(len({e["s_per_step"] for e in steps[11:21]}), 1)          # one interval, one average
-
-
-class StopAfter:
-    "A stop request that turns on at the `k`-th check."
-    def __init__(self, k): self.k, self.n = k, 0
-    def is_set(self):
-        self.n += 1
-        return self.n >= self.k
 
 
 def test_stop_with_unread_steps_then_resume_is_bit_identical(example, tmp_path, monkeypatch):

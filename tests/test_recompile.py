@@ -38,8 +38,8 @@ def checkpointed_code():
     return next(c for c in training.compiled_checkpointing.__code__.co_consts if getattr(c, "co_name", "") == "checkpointed_block")
 
 
-def lora_block(seed: int = 0):
-    "Block 1 of a tiny LoRA model (its input needs a gradient, as every block's but the first does in training)."
+def lora_model(seed: int = 0):
+    "The tiny model with random weights, frozen, and a rank-4 LoRA whose B factors are random too (so it acts)."
     torch.manual_seed(seed)
     m = LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG)
     for p in m.parameters(): p.data.normal_(0, 0.2)
@@ -47,7 +47,12 @@ def lora_block(seed: int = 0):
     add_lora(m, 4, None, 0.0, None)
     for n, p in m.named_parameters():
         if "lora_B" in n: torch.nn.init.normal_(p, std=0.02)
-    return m.blocks[1].train()
+    return m
+
+
+def lora_block(seed: int = 0):
+    "Block 1 of `lora_model` (its input needs a gradient, as every block's but the first does in training)."
+    return lora_model(seed).blocks[1].train()
 
 
 def block_grads(fn, block, grid, num_cond: int):

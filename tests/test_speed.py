@@ -166,17 +166,11 @@ def test_blocks_trace_whole_for_compile(keep):
     cost speed. Dynamo traces a LoRA-adapted block — fp32 regions, UpcastNorm, bf16 autocast — as ONE graph
     (`fullgraph=True` raises on a break), inside the trainer's checkpointing (plain, or keeping attention), and the
     gradients equal eager's. `aot_eager`: dynamo + AOTAutograd without a C++ compiler (Inductor's code is GPU-tested)."""
-    from longcat_nb.lora import add_lora
-    from longcat_nb.model import TINY_DIT_CONFIG, LongCatVideoTransformer3DModel, checkpoint_keeping_attention, compute_autocast
+    from longcat_nb.model import checkpoint_keeping_attention, compute_autocast
+    from test_recompile import lora_model
 
     def run(compiled):
-        torch.manual_seed(0)
-        m = LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG)
-        for p in m.parameters(): p.data.normal_(0, 0.2)
-        m.requires_grad_(False)
-        add_lora(m, 4, None, 0.0, None)
-        for n, p in m.named_parameters():
-            if "lora_B" in n: torch.nn.init.normal_(p, std=0.02)
+        m = lora_model(0)
         m.enable_gradient_checkpointing(checkpoint_keeping_attention if keep else None)
         if compiled: m.compile_blocks(backend="aot_eager", fullgraph=True)
         m.train()
