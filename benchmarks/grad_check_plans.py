@@ -72,8 +72,10 @@ if __name__ == "__main__":
     for spec in a.plans.split(";"):
         plan = tuple(int(v) for v in spec.split(","))
         loss, grads = step(a.ckpt, a.precision, device, plan, grid, quantised)
-        rel = max(((grads[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30)).item() for k in ref)
-        res["plans"].append(dict(swapped=plan[0], offload=bool(plan[1]), recomputed=plan[2], loss=loss, max_rel_grad_diff=rel))
+        rels = {k: ((grads[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30)).item() for k in ref}
+        worst = max(rels, key=rels.get)
+        res["plans"].append(dict(swapped=plan[0], offload=bool(plan[1]), recomputed=plan[2], loss=loss,
+                                 max_rel_grad_diff=rels[worst], worst=worst, differing=sum(v > 0 for v in rels.values())))
         print(json.dumps(res["plans"][-1]), flush=True)
     res["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(res))

@@ -101,7 +101,9 @@ class LoraEpilogueLinear(PeftLoraLinear):
         h = h.reshape(-1, h.shape[-1])
         if not result.dtype == h.dtype == _lora_matmul_dtype(h, lora_B.weight):
             result = (result + lora_B(h) * scale).to(result.dtype)    # PEFT's sum (it adds in the wider dtype)
-        elif torch.compiler.is_compiling() or result._is_view():     # traced (no in-place needed), or quanto's view
+        elif torch.compiler.is_compiling():        # traced: the product, then a scale-and-add the compiler fuses
+            result = result + torch.mm(h, lora_B.weight.to(h.dtype).t()) * scale   # (a traced alpha=: pytorch#174340)
+        elif result._is_view():                                       # quanto's output: a view, so no in-place sum
             result = torch.addmm(result, h, lora_B.weight.to(h.dtype).t(), alpha=scale)
         else:
             result.addmm_(h, lora_B.weight.to(h.dtype).t(), alpha=scale)
