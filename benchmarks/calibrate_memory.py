@@ -3,7 +3,7 @@ the GPU terms to `longcat-nb train` runs, and write both into `longcat_nb/memory
 (`longcat_nb.memory`) reads.
 
     python benchmarks/calibrate_memory.py measure            # ~2 min on 2 CPU cores: block and sampling bytes a token
-    python benchmarks/calibrate_memory.py fit benchmarks/results/memory_h200_2026-12-04.jsonl   # reserved_slack
+    python benchmarks/calibrate_memory.py fit benchmarks/results/memory_h200_*.jsonl   # reserved_slack, host base
 
 With per-block checkpointing a step's GPU peak is the weights, the LoRA state, the checkpointed block inputs, and
 what ONE block holds while it is recomputed and differentiated. That last term is measured here on one real
@@ -12,7 +12,7 @@ what autograd saves for the backward (each storage once, parameters and the bloc
 `LiveBytes` follows every tensor the ops create and records the peak of those alive. Per token, the terms that grow
 with the video are the slope between two token counts; what is left is the per-block constant.
 """
-import argparse, json, sys
+import argparse, json, math, re, sys
 from pathlib import Path
 
 import torch
@@ -154,6 +154,40 @@ def fit_reserved_slack(rows) -> float:
     return round(max(ratios), 3)
 
 
+def run_settings(row) -> tuple[str, int, bool, int, int]:
+    """`(precision, swapped blocks, activation offload, recomputed inputs, tokens)` a bench_memory row trained with:
+    the planner's choice (its `plan` line) or the variant's own keys; tokens from the plan's notes (else 832×480×93)."""
+    lines = row.get("plan_lines", [])
+    tokens = next((int(m[1].replace(",", "")) for l in lines if (m := re.search(r"= ([0-9,]+) tokens", l))), 37440)
+    plan = next((l.split() for l in lines if l.startswith("plan ")), None)
+    if plan:
+        recomputed = int(plan[5]) if len(plan) == 9 else 0
+        return plan[1], int(plan[2]), plan[3] == "yes", recomputed, tokens
+    x = row["extra"]
+    return (x.get("base_model_precision", "bf16"), x.get("musubi_blocks_to_swap", 0), x.get("activation_offload", False),
+            x.get("recomputed_block_inputs", 0), tokens)
+
+
+def fit_host_base(rows, hidden: int = 4096, depth: int = 48) -> dict[str, dict[str, float]]:
+    """Host GiB a `longcat-nb train` process holds beyond its pinned swap and offload memory, by whether blocks were
+    swapped (`resident` / `swapped`: loading blocks to the host costs more than their pinned bytes) and base precision:
+    the largest (peak host RSS − pinned bytes of its settings) over the rows that trained, rounded up to 0.1 GiB — so
+    the planner's host figure covers the measured peaks (loading, validation and export included)."""
+    from longcat_nb.memory import offload_host_bytes, swap_host_bytes
+    base = {}
+    for r in rows:
+        if r.get("train_rc", 0) != 0 or not r.get("peak_host_rss_gib"):
+            continue
+        precision, swapped, offload, recomputed, tokens = run_settings(r)
+        pinned = swap_host_bytes(swapped, precision, hidden)
+        if offload:
+            pinned += offload_host_bytes(depth - recomputed, tokens * hidden * 2)
+        gib = math.ceil((r["peak_host_rss_gib"] - pinned / 2**30) * 10) / 10
+        kind = base.setdefault("swapped" if swapped else "resident", {})
+        kind[precision] = max(kind.get(precision, 0.0), gib)
+    return base
+
+
 def write(updates: dict, path: Path = CALIBRATION_JSON) -> None:
     "Set `updates` in the calibration JSON, keeping every other key (and the `_key` notes)."
     cal = json.loads(path.read_text())
@@ -165,15 +199,15 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("measure", help="block and sampling bytes a token at the released width (CPU)")
-    f = sub.add_parser("fit", help="reserved_slack from benchmark rows (JSON lines from bench_memory.py)")
-    f.add_argument("results", type=Path)
+    f = sub.add_parser("fit", help="reserved_slack and the host base from benchmark rows (bench_memory.py's JSON lines)")
+    f.add_argument("results", type=Path, nargs="+")
     a = p.parse_args()
     if a.cmd == "measure":
         block, sampling = block_activation_model(), sampling_activation_model()
         write({"block": {str(k): v for k, v in block.items()}, "sampling": sampling})
         print(json.dumps({"block": block, "sampling": sampling}))
     else:
-        rows = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
-        slack = fit_reserved_slack(rows)
-        write({"reserved_slack": slack})
-        print(json.dumps({"reserved_slack": slack}))
+        rows = [json.loads(line) for path in a.results for line in path.read_text().splitlines() if line.strip()]
+        fitted = {"reserved_slack": fit_reserved_slack(rows), "host_base_gib": fit_host_base(rows)}
+        write(fitted)
+        print(json.dumps(fitted))

@@ -199,25 +199,31 @@ def _plan(row: dict) -> str:
     chosen = next((line.split() for line in row.get("plan_lines", []) if line.startswith("plan ")), None)
     if chosen:
         recomputed = f", {chosen[5]} inputs recomputed" if len(chosen) == 9 else ""
-        return f"{chosen[1]}, {chosen[2]} swapped, offload {chosen[3]}, FFN chunks {chosen[4]}{recomputed}"
+        fused = ", fused elementwise" if row["extra"].get("fused_elementwise") == "on" else ""
+        return f"{chosen[1]}, {chosen[2]} swapped, offload {chosen[3]}, FFN chunks {chosen[4]}{recomputed}{fused}"
     return ", ".join(f"{k}: {v}" for k, v in row["extra"].items())
 
 
 def memory_plans() -> str:
     "`longcat-nb train` at 832×480×93 under each memory setting (benchmarks/bench_memory.py rows)."
-    head = ["| run | settings | GPU cap GiB | s/step | peak allocated GiB | peak reserved GiB | host RSS GiB | "
-            "validation videos | date, commit |", "|---|---|---|---|---|---|---|---|---|"]
+    resident_name = "train_h200_2026-12-04.json"
+    resident = _json(resident_name)["rows"][0]                     # eager, attention kept, 832x480x93: the yardstick
+    head = [f"| run | settings | GPU cap GiB | s/step | × resident {resident['s_per_step']} s | peak allocated GiB | "
+            "peak reserved GiB | host RSS GiB | validation videos | date, commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     body = []
     rows = [r for f in sorted(RESULTS.glob("memory_h200_*.jsonl")) for r in _rows(f.name)]
     for r in rows:
         cap = r["gpu_gib_cap"] or "—"
-        body.append(f"| {r['variant']} | {_plan(r)} | {cap} | {r['train_step_s'][-1]:.2f} | {r['train_peak_gib']:.1f} | "
+        step = r["train_step_s"][-1]
+        body.append(f"| {r['variant']} | {_plan(r)} | {cap} | {step:.2f} | {step / resident['s_per_step']:.2f} | "
+                    f"{r['train_peak_gib']:.1f} | "
                     f"{r['train_reserved_gib']:.1f} | {r['peak_host_rss_gib']:.1f} | {len(r['videos'])} | "
                     f"{r['date']}, {r['commit']} |")
     gpu = {r["gpu"] + ", torch " + r["torch"] for r in rows}
     files = ", ".join(f"`benchmarks/results/{f.name}`" for f in sorted(RESULTS.glob("memory_h200_*.jsonl")))
     return "\n".join(head + body + ["", f"({'; '.join(sorted(gpu))}; step = the last step of two; each row's command "
-                                        f"is in its JSON line: {files}.)"])
+                                        f"is in its JSON line: {files}; the resident step: `benchmarks/results/"
+                                        f"{resident_name}`, {resident['what']}.)"])
 
 
 def training() -> str:

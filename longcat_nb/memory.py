@@ -140,6 +140,16 @@ def resident_bytes(precision: str, blocks_to_swap: int, rank: int = 16, depth: i
     return blocks + 35e6 * 2 + lora_params(rank, hidden, depth=depth) * 16
 
 
+def _host_base(precision: str, swapped: bool, measured: dict) -> float:
+    """Host GiB of the process beyond its pinned memory (`host_base_gib`): resident, or with swapped blocks (never less
+    than resident); a precision not measured that way counts as the largest measured."""
+    resident = measured["resident"]
+    base = resident.get(precision, max(resident.values()))
+    if swapped:
+        base = max(base, measured["swapped"].get(precision, max(measured["swapped"].values())))
+    return base
+
+
 def predict(precision: str, blocks_to_swap: int, activation_offload: bool, tokens: int, rank: int = 16,
             tflops: float = 989, depth: int = 48, hidden: int = 4096, cal: dict = CALIBRATION, ffn_chunks: int = 1,
             keep_attention: bool = False, heads: int = 32, recomputed_inputs: int = 0) -> MemoryPlan:
@@ -155,7 +165,8 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     inputs = (cal["offload_inputs_on_gpu"] if activation_offload else kept_inputs) + rebuilt
     gpu = resident_bytes(precision, n, rank, depth, hidden) + inputs * act + kept \
         + workspace_bytes(tokens, ffn_chunks, hidden, cal)
-    host = cal["host_base_gib"] * GiB + swap_host_bytes(n, precision, hidden) \
+    base = _host_base(precision, n > 0, cal["host_base_gib"])
+    host = base * GiB + swap_host_bytes(n, precision, hidden) \
         + (offload_host_bytes(kept_inputs, act) if activation_offload else 0)
     r, rate = tokens / 37440, tflops * 1e12 * cal["efficiency"] / cal["precision_speed"][precision]
     flops = cal["flops_at_37440"] * ((1 - cal["attention_share"]) * r + cal["attention_share"] * r * r)
