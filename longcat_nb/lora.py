@@ -79,8 +79,8 @@ def _lora_matmul_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 class LoraEpilogueLinear(PeftLoraLinear):
-    """PEFT's LoRA `Linear` that adds the LoRA in the epilogue of the `up` GEMM, `out.addmm_(lora_A(x), upᵀ,
-    alpha=scale)`; PEFT's forward where that sum would differ from PEFT's (several adapters, DoRA, merged, ...)."""
+    """PEFT's LoRA `Linear` that adds the LoRA in the epilogue of the `up` GEMM, `out.addmm_(lora_A(x) · scale,
+    upᵀ)`; PEFT's forward where that sum would differ from PEFT's (several adapters, DoRA, merged, ...)."""
     def _epilogue_adapter(self, kwargs: dict) -> str | None:
         "The one active plain-LoRA adapter the epilogue adds, or None where PEFT's forward must run."
         if self.disable_adapters or self.merged or kwargs:
@@ -101,12 +101,10 @@ class LoraEpilogueLinear(PeftLoraLinear):
         h = h.reshape(-1, h.shape[-1])
         if not result.dtype == h.dtype == _lora_matmul_dtype(h, lora_B.weight):
             result = (result + lora_B(h) * scale).to(result.dtype)    # PEFT's sum (it adds in the wider dtype)
-        elif torch.compiler.is_compiling():        # traced: the product, then a scale-and-add the compiler fuses
-            result = result + torch.mm(h, lora_B.weight.to(h.dtype).t()) * scale   # (a traced alpha=: pytorch#174340)
-        elif result._is_view():                                       # quanto's output: a view, so no in-place sum
-            result = torch.addmm(result, h, lora_B.weight.to(h.dtype).t(), alpha=scale)
+        elif torch.compiler.is_compiling() or result._is_view():   # traced (no in-place needed), or quanto's view
+            result = torch.addmm(result, h * scale, lora_B.weight.to(h.dtype).t())   # no alpha=: pytorch#174340
         else:
-            result.addmm_(h, lora_B.weight.to(h.dtype).t(), alpha=scale)
+            result.addmm_(h * scale, lora_B.weight.to(h.dtype).t())
         return result.view(*x.shape[:-1], result.shape[-1])
 
 
