@@ -86,6 +86,10 @@ def run(name, extra, gpu_gib, a, site):
     reserved = [float(x) for x in re.findall(r"reserved GiB=([0-9.]+)", log)]
     res["train_reserved_gib"] = max(reserved) if reserved else None
     res["host_rss_trace"] = trace               # (seconds, GiB) every ~2 s: where the host peak falls (loading, pinning, steps)
+    progress = work / "out" / "progress.jsonl"  # the trainer's own events, each with its host memory now and peak so far
+    events = [json.loads(l) for l in progress.read_text().splitlines() if l.strip()] if progress.exists() else []
+    res["host_by_event"] = [[e["event"], e.get("step"), e.get("host_gib"), e.get("host_peak_gib")] for e in events
+                            if e["event"] != "step" or e.get("step") in (1, 2)]
     res["videos"] = res.get("videos") or [str(v.relative_to(work)) for v in (work / "out").rglob("*.mp4")]
     res["plan_lines"] = [l for l in log.splitlines() if "memory_plan" in l or l.startswith(("config ", "plan ", "NVIDIA"))][:8]
     if "memory_plan" not in extra:                   # the planner's prediction for these settings at 832x480x93

@@ -47,8 +47,8 @@ __all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LO
            'clear_previous_run', 'OutputDirInUse', 'lock_holder', 'output_dir_lock', 'resume_changes',
            'good_checkpoint', 'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan',
            'make_lr_scheduler', 'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'compile_backend',
-           'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'ProgressLog', 'read_progress',
-           'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
+           'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'host_memory', 'ProgressLog',
+           'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -972,15 +972,29 @@ class Prefetcher:
         self.close()
 
 # %% ../nbs/07_training.ipynb #84411fb6
+def host_memory() -> dict:
+    """This process's host memory in GiB: resident now (`host_gib`) and its peak so far (`host_peak_gib`; not on
+    Windows) — pinned swap and offload memory, the loading, validation and export included."""
+    import psutil
+    d = {"host_gib": round(psutil.Process().memory_info().rss / 2**30, 2)}
+    try:
+        import resource
+    except ImportError:                                         # Windows
+        return d
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
+    d["host_peak_gib"] = round(peak * (1 if sys.platform == "darwin" else 1024) / 2**30, 2)
+    return d
+
+
 class ProgressLog:
     """Append training events to `output_dir/progress.jsonl`, one JSON object a line, flushed at once (main process
-    only)."""
+    only); each records the process's host memory (`host_memory`)."""
     def __init__(self, output_dir, enabled: bool = True):
         self.path, self.enabled = Path(output_dir) / "progress.jsonl", enabled
 
     def __call__(self, event: str, **fields) -> dict:
         "Append and return the record of `event`; `fields` are its other keys (step, loss, …), stored as given."
-        rec = {"event": event, **fields, "time": round(time.time(), 3)}
+        rec = {"event": event, **fields, **host_memory(), "time": round(time.time(), 3)}
         if self.enabled and self.path.parent.is_dir():     # never creates the output folder
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec, default=str) + "\n")
