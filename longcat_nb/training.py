@@ -719,7 +719,9 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     # after the LoRA (one later would recompile)
     if cfg.compile_transformer:
         model.compile_blocks(backend=compile_backend())
-    model.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer))
+    streamed = cfg.musubi_blocks_to_swap > 0 or cfg.activation_offload
+    fuse = fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer, streamed)
+    model.set_fused_elementwise(fuse)
     return model
 
 
