@@ -60,8 +60,8 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
   train2)
     e2e compiled '{"compile_transformer": true}'
     e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
-  memory)   # calls of ≤ 3 variants (~3.5 min each): issue 19's next ones are MEM_ONLY=plan24_fused,plan16_kaggle_fused
-            # then plan24,plan16_kaggle (the unfused pair, for the lever's effect) then int8,plan16_fused
+  memory)   # calls of ≤ 2 variants (~3.5 min each; int4 ~8 min alone): issue 19's next ones are
+            # MEM_ONLY=plan16g_kaggle,fp8 then int8,plan24 (plan24 unfused: the fused lever's own share)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
     python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-plan24,plan16}" \

@@ -207,7 +207,7 @@ def _plan(row: dict) -> str:
 def memory_plans() -> str:
     "`longcat-nb train` at 832×480×93 under each memory setting (benchmarks/bench_memory.py rows)."
     resident_name = "train_h200_2026-12-04.json"
-    resident = _json(resident_name)["rows"][0]                     # eager, attention kept, 832x480x93: the yardstick
+    resident = next(r for r in _json(resident_name)["rows"] if r["what"] == "eager, attention kept")   # the yardstick
     head = [f"| run | settings | GPU cap GiB | s/step | × resident {resident['s_per_step']} s | peak allocated GiB | "
             "peak reserved GiB | host RSS GiB | validation videos | date, commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     body = []

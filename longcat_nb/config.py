@@ -166,7 +166,7 @@ TRAIN_KEYS = [
     Key("fused_elementwise", "auto", "str",
         "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "
         "torch.compile — for runs whose blocks are not compiled. `auto`: on for CUDA runs with block swap or "
-        "activation offload (the memory plans: measured on an H200 at 1.04× and 1.33× the resident step with it); "
+        "activation offload (how the memory plans in benchmarks/RESULTS.md were measured); "
         "`on` also for resident blocks (not measured there).", ("off", "auto", "on")),
     Key("compile_transformer", False, "bool",
         "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of "

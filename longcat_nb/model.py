@@ -743,8 +743,8 @@ def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
 # %% ../nbs/03_model.ipynb #d213c279
 def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool, streamed: bool = False) -> bool:
     """The config's `fused_elementwise` (`off` | `auto` | `on`) for a run on `device`: `auto` is on for CUDA runs whose
-    blocks stream (`streamed`: block swap or activation offload), which cannot compile their blocks — as measured on
-    the H200 (the memory plans at 1.04× and 1.33× the resident step with it)."""
+    blocks stream (`streamed`: block swap or activation offload), which cannot compile their blocks — how the memory
+    plans in benchmarks/RESULTS.md were measured."""
     if setting == "on":
         return True
     return setting == "auto" and torch.device(device).type == "cuda" and streamed and not blocks_compiled

@@ -996,7 +996,8 @@ class ProgressLog:
 
     def __call__(self, event: str, **fields) -> dict:
         "Append and return the record of `event`; `fields` are its other keys (step, loss, …), stored as given."
-        rec = {"event": event, **fields, **host_memory(), "time": round(time.time(), 3)}
+        host = host_memory() if self.enabled else {}           # only where it is written (the main process)
+        rec = {"event": event, **fields, **host, "time": round(time.time(), 3)}
         if self.enabled and self.path.parent.is_dir():     # never creates the output folder
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec, default=str) + "\n")
