@@ -19,9 +19,16 @@ def main(argv=None) -> dict:
     p.add_argument("--distilled", action="store_true", help="the 16-step preview with lora/cfg_step_lora.safetensors")
     p.add_argument("--precision", default="bf16", help="base_model_precision of the config")
     p.add_argument("--prompt", default="a red fox runs through fresh snow in a pine forest, morning light")
+    p.add_argument("--with-random-distilled-lora", action="store_true",
+                   help="write a random full-width rank-128 lora/cfg_step_lora.safetensors (the release's rank and "
+                        "targets) into the checkpoint when it has none: the full-size random checkpoint of "
+                        "fullscale_e2e.py comes without one")
+    p.add_argument("--json", type=Path, help="also write the result here, with date, commit, GPU and torch")
     a = p.parse_args(argv)
     import torch
     from longcat_nb.widgets import SampleView
+    if a.with_random_distilled_lora:
+        write_random_distilled_lora(Path(a.checkpoint))
     work = Path(tempfile.mkdtemp(prefix="bench_sample_tab_"))
     config = work / "config.json"
     config.write_text(json.dumps({"pretrained_model_name_or_path": str(Path(a.checkpoint).resolve()),
@@ -39,8 +46,26 @@ def main(argv=None) -> dict:
               "distilled": a.distilled, "precision": a.precision, "first_click_s": clicks[0], "second_click_s": clicks[1],
               "pipeline_loads": view.sampler.loads, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
               else platform.processor() or "cpu", "date": time.strftime("%Y-%m-%d")}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from provenance import provenance   # benchmarks/provenance.py
+    result = {**provenance(), **result}
     print(json.dumps(result, indent=2))
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def write_random_distilled_lora(ckpt: Path) -> None:
+    "A random official-format `cfg_step_lora` for the checkpoint's transformer (rank 128, its targets), if none is there."
+    path = ckpt / "lora" / "cfg_step_lora.safetensors"
+    if path.exists():
+        return
+    import torch
+    from longcat_nb.lora import LORA_TARGETS, write_official_lora
+    from longcat_nb.model import LongCatVideoTransformer3DModel
+    with torch.device("meta"):                                       # only the layer shapes are read
+        model = LongCatVideoTransformer3DModel.from_config(LongCatVideoTransformer3DModel.load_config(ckpt / "dit"))
+    write_official_lora(path, model, rank=128, targets=LORA_TARGETS)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@
 #   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|train|train2|memory|bsa|bsa2|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|train|train2|memory|bsa|bsa2|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -66,6 +66,18 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
     mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
     python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-plan24,plan16}" \
         2>&1 | tee "$OUT/memory.log" | tail -20 ;;
+  probe)   # issue 19: where a plan's host memory goes (RSS, locked pages, cgroup), swapped blocks pinned as they load
+           # vs pinned after the load, then the 16 GB plan's settings through `longcat-nb train` at a 15 GiB cap
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
+    python benchmarks/host_memory_probe.py "$WORK/ckpt" --json "$OUT/host_probe.json" 2>&1 | tee "$OUT/probe.log" | tail -30
+    mkdir -p /tmp/bm/bf16; [ -e /tmp/bm/bf16/ckpt ] || ln -s "$WORK/ckpt" /tmp/bm/bf16/ckpt
+    python benchmarks/bench_memory.py --e2e "$E2E" --work /tmp/bm --out "$OUT/memory.jsonl" --only "${MEM_ONLY:-kaggle16_settings}" \
+        2>&1 | tee "$OUT/memory.log" | tail -20 ;;
+  sampletab)   # issue 20: the Sample tab's two clicks at full size (distilled 16-step preview; a random full-width
+               # rank-128 cfg_step_lora is written into the checkpoint first, as the release has one)
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
+    python benchmarks/bench_sample_tab.py "$WORK/ckpt" --distilled --with-random-distilled-lora --json "$OUT/sample_tab.json" \
+        2>&1 | tee "$OUT/sample_tab.log" | tail -25 ;;
   bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (then set kernels.CUDA_AUTO_KERNEL = "triton"),
          # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block
     python -m pytest -q -s tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/pytest_bsa.log" | grep -E "rel|passed|failed" || echo "FAILED tests (above)"

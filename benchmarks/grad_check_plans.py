@@ -14,7 +14,7 @@ import torch
 
 from longcat_nb.lora import add_lora, lora_layers
 from longcat_nb.model import compute_autocast
-from longcat_nb.offload import BlockRunner, place_model
+from longcat_nb.offload import BlockRunner, PinnedBlocks, place_model
 from longcat_nb.quantise import load_transformer
 from longcat_nb.testing import random_lora_factors
 
@@ -22,8 +22,9 @@ from longcat_nb.testing import random_lora_factors
 def step(ckpt, precision, device, plan, grid, quantised_dir, rank=16):
     "Loss and LoRA gradients (fp32, CPU) of one step with plan `(swapped, offload, recomputed)`; None: resident."
     swapped, offload, recomputed = plan or (0, False, 0)
+    pinned = PinnedBlocks(device) if swapped else None                     # as the trainer loads: pinned as read
     model = load_transformer(ckpt, torch.bfloat16, precision, device=device, host_blocks=swapped, progress=False,
-                             quantised_dir=quantised_dir)
+                             quantised_dir=quantised_dir, on_host=pinned.add if pinned else None)
     add_lora(model, rank)
     random_lora_factors(model, 0.01)
     model.enable_gradient_checkpointing()
@@ -33,7 +34,7 @@ def step(ckpt, precision, device, plan, grid, quantised_dir, rank=16):
         place_model(model, device)
         model.enable_gradient_checkpointing(BlockRunner(model, device))
     else:
-        place_model(model, device, swapped, bool(offload), tokens, recomputed)
+        place_model(model, device, swapped, bool(offload), tokens, recomputed, pinned)
     C = model.config.caption_channels
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, model.config.in_channels, T, 2 * H, 2 * W, generator=g).to(device, torch.bfloat16)

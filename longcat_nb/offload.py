@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from .quantise import MemorySettingsError, _plain, _rebuild, check_precision
 
 # %% auto #0
-__all__ = ['ALIGN', 'GROUP_OFFLOAD_REFUSAL', 'aligned_bytes', 'release_free_host_memory', 'PinnedArena', 'BlockSwap',
-           'recomputed_blocks', 'longest_recomputed_run', 'BlockRunner', 'place_model', 'check_memory_settings']
+__all__ = ['ALIGN', 'GROUP_OFFLOAD_REFUSAL', 'aligned_bytes', 'release_free_host_memory', 'PinnedArena', 'PinnedBlocks',
+           'BlockSwap', 'recomputed_blocks', 'longest_recomputed_run', 'BlockRunner', 'place_model',
+           'check_memory_settings']
 
 # %% ../nbs/09b_offload.ipynb #fc024d80
 ALIGN = 512   # bytes: every buffer of an arena starts at a multiple of this
@@ -95,36 +96,19 @@ class PinnedArena:
         "Host bytes the arena holds (or would hold)."
         return sum(self.sizes)
 
-# %% ../nbs/09b_offload.ipynb #34e5ac9b
-class BlockSwap:
-    """Stream the frozen weights of the last `n` blocks of `model` from pinned host memory through `slots` buffers on
-    `device`. Parameters of a swapped block always point into a slot (so `model.to(device)` moves nothing)."""
-    def __init__(self, model, n: int, device, slots: int = 2):
-        depth = len(model.blocks)
-        if not 1 <= n <= depth:
-            raise MemorySettingsError(f"musubi_blocks_to_swap = {n}: the model has {depth} blocks — use 1..{depth}")
-        self.device, self.first, self.depth, slots = torch.device(device), depth - n, depth, min(slots, n)
-        self.cuda = self.device.type == "cuda"
-        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        # mode: None | "forward" | "backward" (set by checkpoint)
-        self.mode, self.where, self.held = None, {}, [None] * slots
-        self.ready, self.free, self.used, self.clock = [None] * slots, [None] * slots, [0] * slots, 0
-        self.arena = PinnedArena(pin=self.cuda)
-        self.host = {}
-        for i in tqdm(range(self.first, depth), desc="pinning swapped blocks", unit="block", disable=n < 4):
-            self.host[i] = self._to_host(model.blocks[i])
-            release_free_host_memory()
-        first = self.host[self.first]
-        self.slots = [[[torch.empty_like(p, device=self.device) for p in _plain(h)] for _, _, h in first]
-                      for _ in range(slots)]
-        self.handles = [model.blocks[i].register_forward_pre_hook(self._pre_hook(i)) for i in range(self.first, depth)]
-        for i in range(self.first, depth):
-            self._point(i, 0)
+# %% ../nbs/09b_offload.ipynb #5b7d0c41
+class PinnedBlocks:
+    """The frozen weights of swapped blocks in page-locked host memory (plain memory off CUDA), a slab of its own size a
+    block, by block index: filled by `add` as the loader reads each block (`load_transformer(on_host=pinned.add)`) or
+    by `BlockSwap` for blocks it finds on the CPU."""
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.arena, self.host = PinnedArena(pin=self.device.type == "cuda"), {}
 
-    def _to_host(self, block) -> list:
-        """`(module, name, host tensor)` of every frozen parameter of `block`, copied into a slab of the block's own
-        size; buffers and trainable parameters go to the device. The parameter points at its pinned copy at once, so the
-        unpinned one is freed block by block (host RAM holds one block twice at most, not every swapped block)."""
+    def add(self, i: int, block) -> None:
+        """Copy the frozen parameters of block `i` into a slab of the block's own size (`(module, name, host tensor)`
+        each, in `host[i]`); its buffers and trainable parameters go to the device. Each parameter points at its pinned
+        copy at once, so the copy it had (on the GPU, or unpinned on the CPU) is freed block by block."""
         frozen = [(mod, name, p) for mod in block.modules() for name, p in mod._parameters.items()
                   if p is not None and not p.requires_grad]
         self.arena.add_slab(aligned_bytes(x.numel() * x.element_size() for _, _, p in frozen for x in _plain(p)))
@@ -142,7 +126,38 @@ class BlockSwap:
             for name, b in list(mod._buffers.items()):
                 if b is not None:
                     mod._buffers[name] = b.to(self.device)
-        return out
+        self.host[i] = out
+        release_free_host_memory()
+
+# %% ../nbs/09b_offload.ipynb #34e5ac9b
+class BlockSwap:
+    """Stream the frozen weights of the last `n` blocks of `model` from pinned host memory through `slots` buffers on
+    `device`. Parameters of a swapped block always point into a slot (so `model.to(device)` moves nothing). `pinned`:
+    the blocks the loader already pinned (`PinnedBlocks`); the others are pinned here."""
+    def __init__(self, model, n: int, device, slots: int = 2, pinned: PinnedBlocks | None = None):
+        depth = len(model.blocks)
+        if not 1 <= n <= depth:
+            raise MemorySettingsError(f"musubi_blocks_to_swap = {n}: the model has {depth} blocks — use 1..{depth}")
+        self.device, self.first, self.depth, slots = torch.device(device), depth - n, depth, min(slots, n)
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        # mode: None | "forward" | "backward" (set by checkpoint)
+        self.mode, self.where, self.held = None, {}, [None] * slots
+        self.ready, self.free, self.used, self.clock = [None] * slots, [None] * slots, [0] * slots, 0
+        pinned = pinned or PinnedBlocks(self.device)
+        if not set(pinned.host) <= set(range(self.first, depth)):
+            raise ValueError(f"blocks {sorted(set(pinned.host) - set(range(self.first, depth)))} were pinned while "
+                             f"loading but are not among the {n} swapped — load with host_blocks = {n}")
+        todo = [i for i in range(self.first, depth) if i not in pinned.host]
+        for i in tqdm(todo, desc="pinning swapped blocks", unit="block", disable=len(todo) < 4):
+            pinned.add(i, model.blocks[i])
+        self.arena, self.host = pinned.arena, pinned.host
+        first = self.host[self.first]
+        self.slots = [[[torch.empty_like(p, device=self.device) for p in _plain(h)] for _, _, h in first]
+                      for _ in range(slots)]
+        self.handles = [model.blocks[i].register_forward_pre_hook(self._pre_hook(i)) for i in range(self.first, depth)]
+        for i in range(self.first, depth):
+            self._point(i, 0)
 
     def _point(self, i: int, s: int):
         "Make block `i`'s parameters the tensors of slot `s`."
@@ -388,16 +403,18 @@ class BlockRunner:
 
 # %% ../nbs/09b_offload.ipynb #8cd085e3
 def place_model(model, device, blocks_to_swap: int = 0, activation_offload: bool = False,
-                max_tokens: int | None = None, recomputed_inputs: int = 0) -> BlockSwap | None:
-    """Move `model` to `device`, except the frozen weights of its last `blocks_to_swap` blocks (pinned host memory,
-    streamed by a `BlockSwap`, returned); with swap, `activation_offload` or `recomputed_inputs`, checkpointing goes
-    through a `BlockRunner` (`max_tokens`: the largest batch's tokens, so offload buffers are sized once)."""
+                max_tokens: int | None = None, recomputed_inputs: int = 0,
+                pinned: PinnedBlocks | None = None) -> BlockSwap | None:
+    """Move `model` to `device`, except the frozen weights of its last `blocks_to_swap` blocks (pinned host memory —
+    `pinned`: as the loader pinned them — streamed by a `BlockSwap`, returned); with swap, `activation_offload` or
+    `recomputed_inputs`, checkpointing goes through a `BlockRunner` (`max_tokens`: the largest batch's tokens, so
+    offload buffers are sized once)."""
     device = torch.device(device)
     if (blocks_to_swap or activation_offload) and device.type != "cuda":
         what = "musubi_blocks_to_swap" if blocks_to_swap else "activation_offload"
         raise MemorySettingsError(f"{what} streams weights/activations between host and a CUDA GPU; {device} is not "
                                   "one — set musubi_blocks_to_swap: 0 and activation_offload: false on this machine")
-    swap = BlockSwap(model, blocks_to_swap, device) if blocks_to_swap else None
+    swap = BlockSwap(model, blocks_to_swap, device, pinned=pinned) if blocks_to_swap else None
     model.to(device)                                      # swapped blocks already point into their GPU slots
     if swap or activation_offload or recomputed_inputs:
         model._block_runner = BlockRunner(model, device, swap, activation_offload, max_tokens, recomputed_inputs)

@@ -112,17 +112,28 @@ def _read(index: dict, names, dtype, device) -> dict[str, torch.Tensor]:
     return out
 
 # %% ../nbs/09a_quantise.ipynb #afd126ed
+def _to_host(i: int, block: nn.Module, on_host=None) -> None:
+    "Freeze block `i` and hand it to `on_host(i, block)`, or move it to the CPU."
+    block.requires_grad_(False)
+    if on_host is None:
+        block.to("cpu")
+    else:
+        on_host(i, block)
+
+
 def load_transformer(ckpt, dtype=torch.bfloat16, precision: str = "bf16", device=None, host_blocks: int = 0,
-                     progress: bool = True, quantised_dir=None) -> LongCatVideoTransformer3DModel:
+                     progress: bool = True, quantised_dir=None, on_host=None) -> LongCatVideoTransformer3DModel:
     """The frozen transformer of checkpoint `ckpt` (a folder with `dit/`), streamed block by block: weights in `dtype`,
-    the big block linears quantised to `precision`, every block on `device` except the last `host_blocks`, which stay
-    on the CPU (for `BlockSwap`). `quantised_dir` (with a quantised `precision`): read the quantised copy there
-    instead of the shards, or write one there after quantising (see `save_quantised`)."""
+    the big block linears quantised to `precision`, every block on `device` except the last `host_blocks`, which go
+    to the host for `BlockSwap`: each, frozen, is handed to `on_host(index, block)` (`offload.PinnedBlocks.add`:
+    into pinned memory straight from `device`) or else moved to the CPU. `quantised_dir` (with a quantised
+    `precision`): read the quantised copy there instead of the shards, or write one there after quantising (see
+    `save_quantised`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_precision(precision, device)
     keep = quantised_dir is not None and precision != "bf16"   # a bf16 copy would be the checkpoint itself
     if keep and has_quantised_copy(quantised_dir, ckpt, precision, dtype):
-        return load_quantised(quantised_dir, device, host_blocks, progress)
+        return load_quantised(quantised_dir, device, host_blocks, progress, on_host)
     if keep:
         check_room_for_copy(quantised_dir, ckpt, precision, dtype)
     dit = Path(ckpt) / "dit"
@@ -140,7 +151,7 @@ def load_transformer(ckpt, dtype=torch.bfloat16, precision: str = "bf16", device
         block.load_state_dict({k[len(prefix):]: v for k, v in sd.items()}, strict=True, assign=True)
         quantise_block(block, precision)
         if i >= depth - host_blocks:
-            block.to("cpu")
+            _to_host(i, block, on_host)
     model.eval().requires_grad_(False)
     if keep:
         save_quantised(model, quantised_dir, precision, ckpt, progress)
@@ -285,9 +296,11 @@ def _publish(tmp: Path, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/09a_quantise.ipynb #4593bd2e
-def load_quantised(path, device=None, host_blocks: int = 0, progress: bool = True) -> LongCatVideoTransformer3DModel:
+def load_quantised(path, device=None, host_blocks: int = 0, progress: bool = True,
+                   on_host=None) -> LongCatVideoTransformer3DModel:
     """The frozen transformer from the quantised copy in folder `path` (written by `save_quantised`), read block by
-    block onto `device`, except the last `host_blocks`, which stay on the CPU (for `BlockSwap`)."""
+    block onto `device`, except the last `host_blocks`, read to the CPU for `BlockSwap` (and each handed to
+    `on_host(index, block)` when given, as `load_transformer` does)."""
     path, device = Path(path), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not (path / "manifest.json").is_file():
         raise MemorySettingsError(f"{path}: not a quantised copy (no manifest.json) — write one with save_quantised / "
@@ -306,6 +319,8 @@ def load_quantised(path, device=None, host_blocks: int = 0, progress: bool = Tru
     for i, block in enumerate(blocks):
         where = "cpu" if i >= depth - host_blocks else device
         _load_block(block, path / f"block_{i:03d}.safetensors", manifest["precision"], where)
+        if i >= depth - host_blocks:
+            _to_host(i, block, on_host)
     return model.eval().requires_grad_(False)
 
 # %% ../nbs/09a_quantise.ipynb #a225c828

@@ -141,19 +141,21 @@ class LongCatVideoPipeline(DiffusionPipeline):
         ckpt = resolve_checkpoint(checkpoint, parts=("dit", "vae", "scheduler") +
                                   (("text_encoder", "tokenizer") if with_text_encoder else ()))
         if transformer is None and (precision != "bf16" or blocks_to_swap or group_offload):
-            from longcat_nb.offload import place_model
+            from longcat_nb.offload import PinnedBlocks, place_model
             from longcat_nb.quantise import load_transformer
             if group_offload and blocks_to_swap:
                 raise ValueError("group_offload and blocks_to_swap both offload blocks: choose one")
+            pinned = PinnedBlocks(device) if blocks_to_swap else None   # swapped blocks pinned as they load
             transformer = load_transformer(ckpt, torch_dtype, precision, device="cpu" if group_offload else device,
-                                           host_blocks=blocks_to_swap, quantised_dir=quantised_dir)
+                                           host_blocks=blocks_to_swap, quantised_dir=quantised_dir,
+                                           on_host=pinned.add if pinned else None)
             if group_offload:
                 from diffusers.hooks import apply_group_offloading
                 apply_group_offloading(
                     transformer, device, offload_type=group_offload, use_stream=device.type == "cuda",
                     num_blocks_per_group=group_offload_blocks_per_group if group_offload == "block_level" else None)
             else:
-                place_model(transformer, device, blocks_to_swap)
+                place_model(transformer, device, blocks_to_swap, pinned=pinned)
         elif transformer is None:
             transformer = LongCatVideoTransformer3DModel.from_pretrained(   # shards stream straight to the GPU
                 ckpt, subfolder="dit", torch_dtype=torch_dtype,

@@ -679,10 +679,11 @@ def _make_optimizer(cfg, params, device):
 
 
 def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_attention: bool = False,
-                               lora_input_cast: bool = True, device="cpu"):
+                               lora_input_cast: bool = True, device="cpu", pinned=None):
     """The frozen transformer of checkpoint `ckpt` in `dtype` (its block linears quantised to `base_model_precision`,
-    read from / kept in `quantised_base_dir` when set, the last `musubi_blocks_to_swap` blocks left on the host), with
-    the config's LoRA attached and checkpointing set (`make_trainable`).
+    read from / kept in `quantised_base_dir` when set, the last `musubi_blocks_to_swap` blocks left on the host —
+    `pinned`, an `offload.PinnedBlocks`: pinned as they load), with the config's LoRA attached and checkpointing set
+    (`make_trainable`).
     `on_meta`: only the structure, on the meta device (no memory, no file read) — FSDP fills it from the main
     process."""
     if on_meta:
@@ -694,7 +695,7 @@ def load_trainable_transformer(cfg, ckpt, dtype, on_meta: bool = False, keep_att
         # streamed block by block, quantised, swapped ones on the host
         from longcat_nb.quantise import load_transformer
         model = load_transformer(ckpt, dtype, cfg.base_model_precision, host_blocks=cfg.musubi_blocks_to_swap,
-                                 quantised_dir=cfg.quantised_base_dir)
+                                 quantised_dir=cfg.quantised_base_dir, on_host=pinned.add if pinned else None)
     else:
         model = LongCatVideoTransformer3DModel.from_pretrained(ckpt, subfolder="dit", torch_dtype=dtype)
     return make_trainable(model, cfg, keep_attention, lora_input_cast, device)
@@ -1093,16 +1094,19 @@ def _prepare_run(cfg) -> SimpleNamespace:
     if keep and main and cfg.checkpoint_attention == "auto":
         print("checkpoint_attention auto: keeping self-attention's outputs through the backward "
               "(the memory planner says it fits)")
+    from longcat_nb.offload import PinnedBlocks, place_model
+    # swapped blocks: into pinned host memory as they load
+    pinned = PinnedBlocks(device) if cfg.musubi_blocks_to_swap and not fsdp else None
     model = load_trainable_transformer(cfg, ckpt, dtype,
                                        on_meta=(fsdp and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading
                                                 and not main),
                                        keep_attention=keep,
-                                       lora_input_cast=not autocasts(device, cfg.mixed_precision), device=device)
+                                       lora_input_cast=not autocasts(device, cfg.mixed_precision), device=device,
+                                       pinned=pinned)
     # all on the GPU, except swapped blocks (pinned host memory)
     if not fsdp:
-        from longcat_nb.offload import place_model
         place_model(model, device, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens,
-                    cfg.recomputed_block_inputs)
+                    cfg.recomputed_block_inputs, pinned)
     model = model.train()
     seed_process(cfg.seed, accelerator.process_index)            # LoRA dropout masks differ across processes
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device)

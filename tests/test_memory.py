@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from longcat_nb.cli import main as cli
 from longcat_nb.config import load_config
 from longcat_nb.lora import add_lora, lora_layers
-from longcat_nb.offload import BlockRunner, place_model
-from longcat_nb.quantise import is_quantised, load_transformer
+from longcat_nb.offload import BlockRunner, PinnedBlocks, place_model
+from longcat_nb.quantise import _plain, is_quantised, load_transformer
 from longcat_nb.testing import random_lora_factors
 from longcat_nb.model import LongCatVideoTransformer3DModel, compute_autocast
 from longcat_nb.tiny import tiny_checkpoint
@@ -73,8 +73,9 @@ def test_ffn_chunks_through_the_trainer_loader(example):
     for n in grads1: close_(grads3[n], grads1[n], eps=1e-5 * grads1[n].abs().max().item())
 
 
-def _lora_model(precision, dtype, swap=0):
-    model = load_transformer(tiny_checkpoint(), dtype, precision, device="cuda", host_blocks=swap, progress=False)
+def _lora_model(precision, dtype, swap=0, pinned=None):
+    model = load_transformer(tiny_checkpoint(), dtype, precision, device="cuda", host_blocks=swap, progress=False,
+                             on_host=pinned.add if pinned else None)
     torch.manual_seed(0)
     add_lora(model, 4)
     random_lora_factors(model, 0.1)     # one CPU generator: swapped blocks sit on the CPU here, resident ones on the GPU
@@ -93,10 +94,15 @@ def test_swap_and_offload_match_resident(precision, dtype):
     tol = 1e-5 if dtype == torch.float32 else 5e-3   # H200, fp32: the same loss, LoRA grads within 4e-7 (relative)
     close_(want_loss, plain_loss, eps=tol)
     for k in want: close_(want[k], plain[k], eps=tol * max(1.0, plain[k].abs().max().item()))
-    for swap, offload in [(1, False), (2, False), (0, True), (2, True)]:
-        model = _lora_model(precision, dtype, swap)
-        place_model(model, "cuda", swap, offload)
+    # pin: the swapped blocks pinned as they load (the trainer's way), else by BlockSwap after the load
+    for swap, offload, pin in [(1, False, False), (2, False, True), (0, True, False), (2, True, False), (2, True, True)]:
+        pinned = PinnedBlocks("cuda") if pin else None
+        model = _lora_model(precision, dtype, swap, pinned)
+        blocks = place_model(model, "cuda", swap, offload, pinned=pinned)
         assert isinstance(model._block_runner, BlockRunner)
+        if swap:                             # every swapped weight page-locked, in one slab a block
+            assert all(x.is_pinned() for i in blocks.host for _, _, h in blocks.host[i] for x in _plain(h))
+            assert len(blocks.arena.sizes) == swap
         for _ in range(2):                   # the second step starts from the ring the first one left
             loss, grads = _step(model, "cuda", dtype)
             close_(loss, want_loss, eps=1e-6 if dtype == torch.float32 else 1e-3)
