@@ -1,4 +1,5 @@
-# The GPU measurements still open (issues 11, 14, 15, 16), one part per device call (each fits the 10-minute limit).
+# The GPU measurements still open (issues 19, 20, 22, 23: benchmarks/RESULTS.md "Still to measure"), one part per
+# device call (each fits the 10-minute limit).
 #
 # Carry the shared py3.12 wheels as .whl/ (/work/shared/wheels/device-py312) and the extra ones (optimum-quanto 0.2.7,
 # torchao 0.17.0, py3.12 manylinux) as .dev/whl/, and a copy of /work/shared/tools/fullscale_e2e.py as
@@ -22,7 +23,7 @@
 #   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|train|train2|memory|bsa|bsa2|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|sample|train|train2|memory|bsa|bsa2|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -78,6 +79,12 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/bench_sample_tab.py "$WORK/ckpt" --distilled --with-random-distilled-lora --json "$OUT/sample_tab.json" \
         2>&1 | tee "$OUT/sample_tab.log" | tail -25 ;;
+  sample)   # issue 22: `longcat-nb sample`, whole command, at 832×480×93 (bench_sample_cli.py); two calls:
+            # SAMPLE_VARIANTS=distilled,distilled_fused,distilled_compiled (~7 min), then cfg40_compiled,cfg40_fused
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
+    python benchmarks/bench_sample_cli.py "$WORK/ckpt" --with-random-distilled-lora \
+        --variants "${SAMPLE_VARIANTS:-distilled,distilled_fused,distilled_compiled}" --json "$OUT/sample_cli.json" \
+        2>&1 | tee "$OUT/sample_cli.log" | tail -8 ;;
   bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (then set kernels.CUDA_AUTO_KERNEL = "triton"),
          # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block
     python -m pytest -q -s tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/pytest_bsa.log" | grep -E "rel|passed|failed" || echo "FAILED tests (above)"

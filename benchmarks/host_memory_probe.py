@@ -76,12 +76,15 @@ def plan_probe(rows, t0, ckpt, precision, swapped, recomputed, grid, tag, pin_wh
     swap = BlockSwap(model, swapped, "cuda", pinned=pinned)
     host = [x for _, _, h in swap.host[swap.first] for x in _plain(h)]
     print(f"{tag}: swapped weights page-locked: {all(x.is_pinned() for x in host)}", flush=True)
-    record(rows, f"{tag}: block swap pinned ({swap.arena.nbytes / GiB:.2f} GiB arena)", t0)
+    # slabs page-locked in place / all slabs (fewer: cudaHostRegister refused, PyTorch's power-of-two pinning took over)
+    record(rows, f"{tag}: block swap pinned ({swap.arena.nbytes / GiB:.2f} GiB arena, "
+                 f"{len(swap.arena.locked)}/{len(swap.arena.slabs)} slabs registered)", t0)
     tokens = grid[0] * grid[1] * grid[2]
     runner = BlockRunner(model, "cuda", swap, True, tokens, recomputed)
     for i in set(range(len(model.blocks))) - runner.recomputed:        # the buffers the first step's stashes take
         runner.host_buffer(i, (1, tokens, model.config.hidden_size), torch.bfloat16, grow=True)
-    record(rows, f"{tag}: offload arena ({runner.arena.nbytes / GiB:.2f} GiB)", t0)
+    record(rows, f"{tag}: offload arena ({runner.arena.nbytes / GiB:.2f} GiB, "
+                 f"{len(runner.arena.locked)}/{len(runner.arena.slabs)} slabs registered)", t0)
     for s in runner.arena.slabs:
         s.fill_(1)
     record(rows, f"{tag}: offload arena written", t0)

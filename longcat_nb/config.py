@@ -165,9 +165,10 @@ TRAIN_KEYS = [
         "~/.cache/longcat_nb/bsa_tuning.json ($LONGCAT_NB_TUNING).", nullable=True),
     Key("fused_elementwise", "auto", "str",
         "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "
-        "torch.compile — for runs whose blocks are not compiled. `auto`: on for CUDA runs with block swap or "
-        "activation offload (how the memory plans in benchmarks/RESULTS.md were measured); "
-        "`on` also for resident blocks (not measured there).", ("off", "auto", "on")),
+        "torch.compile — for runs whose blocks are not compiled, in training and in `longcat-nb sample` / the Sample "
+        "tab. `auto`: on for CUDA runs with block swap or activation offload (how the memory plans in "
+        "benchmarks/RESULTS.md were measured); `on` also for resident blocks (not measured there).",
+        ("off", "auto", "on")),
     Key("compile_transformer", False, "bool",
         "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of "
         "compiling)."),

@@ -261,25 +261,30 @@ class Sampler:
 # %% ../nbs/07a_service.ipynb #dd9c7995
 @patch
 def pipeline(self: Sampler, cfg, compile: bool = False):
-    "The pipeline for `cfg`: the loaded one when its key still matches, else a fresh load (the old one freed first)."
-    ckpt = resolve_checkpoint(cfg)
-    key = pipeline_key(cfg, ckpt, compile)
-    if self.pipe is not None and key == self.key:
-        return self.pipe
-    self.release()
+    """The pipeline for `cfg`: the loaded one when its key still matches, else a fresh load (the old one freed first);
+    its elementwise work fused as the config's `fused_elementwise` says, as in training (set on the loaded one too)."""
     from longcat_nb.caching import default_device, default_dtype
+    from longcat_nb.model import fused_elementwise_wanted
     from longcat_nb.sampling import LongCatVideoPipeline
-    # on the GPU when there is one, with the config's memory settings and autocast
-    pipe = LongCatVideoPipeline.from_pretrained(
-        ckpt, torch_dtype=default_dtype(default_device()), precision=cfg.base_model_precision,
-        blocks_to_swap=cfg.musubi_blocks_to_swap,
-        group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
-        group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision,
-        quantised_dir=cfg.quantised_base_dir)
-    if compile or cfg.compile_transformer:
-        pipe.transformer.compile_blocks()
-    self.pipe, self.key, self.loads = pipe, key, self.loads + 1
-    return pipe
+    ckpt, device = resolve_checkpoint(cfg), default_device()
+    key = pipeline_key(cfg, ckpt, compile)
+    compiled = compile or cfg.compile_transformer
+    if self.pipe is None or key != self.key:
+        self.release()
+        # on the GPU when there is one, with the config's memory settings and autocast
+        pipe = LongCatVideoPipeline.from_pretrained(
+            ckpt, torch_dtype=default_dtype(device), precision=cfg.base_model_precision,
+            blocks_to_swap=cfg.musubi_blocks_to_swap,
+            group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
+            group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision,
+            quantised_dir=cfg.quantised_base_dir)
+        if compiled:
+            pipe.transformer.compile_blocks()
+        self.pipe, self.key, self.loads = pipe, key, self.loads + 1
+    streamed = cfg.musubi_blocks_to_swap > 0 or cfg.enable_group_offload
+    self.pipe.transformer.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, compiled,
+                                                                         streamed))
+    return self.pipe
 
 
 @patch
