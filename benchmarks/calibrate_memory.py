@@ -12,7 +12,7 @@ what autograd saves for the backward (each storage once, parameters and the bloc
 `LiveBytes` follows every tensor the ops create and records the peak of those alive. Per token, the terms that grow
 with the video are the slope between two token counts; what is left is the per-block constant.
 """
-import argparse, json, math, re, sys
+import argparse, json, math, re, subprocess, sys
 from pathlib import Path
 
 import torch
@@ -168,17 +168,27 @@ def run_settings(row) -> tuple[str, int, bool, int, int]:
             x.get("recomputed_block_inputs", 0), tokens)
 
 
-def fit_host_base(rows, hidden: int = 4096, depth: int = 48) -> dict[str, dict[str, float]]:
+def measured_since(row: dict, rev: str) -> bool:
+    "Whether `row` was measured at commit `rev` or one after it (its `commit` descends from `rev` in this repository)."
+    commit = row.get("commit") or "unknown"
+    return subprocess.run(["git", "merge-base", "--is-ancestor", rev, commit], capture_output=True).returncode == 0
+
+
+def fit_host_base(rows, hidden: int = 4096, depth: int = 48, swapped_since: str | None = None) -> dict[str, dict]:
     """Host GiB a `longcat-nb train` process holds beyond its pinned swap and offload memory, by whether blocks were
     swapped (`resident` / `swapped`: loading blocks to the host costs more than their pinned bytes) and base precision:
     the largest (peak host RSS − pinned bytes of its settings) over the rows that trained, rounded up to 0.1 GiB — so
-    the planner's host figure covers the measured peaks (loading, validation and export included)."""
+    the planner's host figure covers the measured peaks (loading, validation and export included). `swapped_since`: a
+    commit; rows with swapped blocks count only when measured there or later (the loader changed how they reach
+    pinned memory)."""
     from longcat_nb.memory import offload_host_bytes, swap_host_bytes
     base = {}
     for r in rows:
         if r.get("train_rc", 0) != 0 or not r.get("peak_host_rss_gib"):
             continue
         precision, swapped, offload, recomputed, tokens = run_settings(r)
+        if swapped and swapped_since and not measured_since(r, swapped_since):
+            continue
         pinned = swap_host_bytes(swapped, precision, hidden)
         if offload:
             pinned += offload_host_bytes(depth - recomputed, tokens * hidden * 2)
@@ -201,6 +211,8 @@ if __name__ == "__main__":
     sub.add_parser("measure", help="block and sampling bytes a token at the released width (CPU)")
     f = sub.add_parser("fit", help="reserved_slack and the host base from benchmark rows (bench_memory.py's JSON lines)")
     f.add_argument("results", type=Path, nargs="+")
+    f.add_argument("--swapped-since", metavar="COMMIT", help="fit the swapped host term only on rows measured at COMMIT "
+                   "or later (f2f72ad: swapped blocks pinned as they load)")
     a = p.parse_args()
     if a.cmd == "measure":
         block, sampling = block_activation_model(), sampling_activation_model()
@@ -208,6 +220,7 @@ if __name__ == "__main__":
         print(json.dumps({"block": block, "sampling": sampling}))
     else:
         rows = [json.loads(line) for path in a.results for line in path.read_text().splitlines() if line.strip()]
-        fitted = {"reserved_slack": fit_reserved_slack(rows), "host_base_gib": fit_host_base(rows)}
+        fitted = {"reserved_slack": fit_reserved_slack(rows),
+                  "host_base_gib": fit_host_base(rows, swapped_since=a.swapped_since)}
         write(fitted)
         print(json.dumps(fitted))

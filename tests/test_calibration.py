@@ -53,3 +53,17 @@ def test_reserved_slack_fit(tmp_path):
     cm.write({"reserved_slack": 1.03}, path)
     eq_(path.read_text().count("note"), 1)
     assert '"reserved_slack": 1.03' in path.read_text()
+
+
+def test_host_base_fit_by_commit():
+    "Swapped rows count only from the commit that changed how swapped blocks reach pinned memory; resident ones always."
+    new = __import__("subprocess").run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    old, new = "0123abc", new.strip()                                # old: no commit of this history (a shallow clone)
+    swapped = lambda rss, commit: dict(commit=commit, peak_host_rss_gib=rss, train_rc=0,
+                                       extra={"base_model_precision": "int8-quanto", "musubi_blocks_to_swap": 42})
+    resident = dict(commit=old, peak_host_rss_gib=4.5, train_rc=0, extra={"base_model_precision": "int8-quanto"})
+    pinned = 11.54                                                   # 42 int8 blocks (memory.swap_host_bytes)
+    rows = [swapped(pinned + 11.0, old), swapped(pinned + 5.0, new), resident]
+    eq_(cm.fit_host_base(rows), {"swapped": {"int8-quanto": 11.1}, "resident": {"int8-quanto": 4.5}})
+    eq_(cm.fit_host_base(rows, swapped_since=new), {"swapped": {"int8-quanto": 5.1}, "resident": {"int8-quanto": 4.5}})
+    eq_(cm.fit_host_base([swapped(20.0, "unknown")], swapped_since=new), {})
