@@ -35,15 +35,37 @@ def test_training_prints_our_warnings_but_no_third_party_noise(tmp_path):
     assert "aspect_bucket_alignment" in r.stderr, r.stderr
 
 
-def test_sample_tab_benchmark_runs_on_the_tiny_checkpoint(capsys):
-    "benchmarks/bench_sample_tab.py, which the H200 runs at full size: two clicks, one pipeline load, both timed."
+def _bench(name: str):
+    "The benchmark script `benchmarks/<name>.py` as a module."
     import importlib.util
     from pathlib import Path
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_sample_tab.py"
-    spec = importlib.util.spec_from_file_location("bench_sample_tab", path)
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.main([str(tiny_checkpoint()), "--size", "64x48", "--frames", "5", "--steps", "2"])
+    return bench
+
+
+def test_sample_tab_benchmark_runs_on_the_tiny_checkpoint(capsys, tmp_path):
+    """benchmarks/bench_sample_tab.py, which the H200 runs at full size: two clicks of the distilled preview, one
+    pipeline load, both timed, with provenance; a checkpoint without the distilled LoRA gets a random one."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint(), ckpt)
+    (ckpt / "lora" / "cfg_step_lora.safetensors").unlink()                      # as fullscale_e2e.py's checkpoint
+    out = tmp_path / "tab.json"
+    result = _bench("bench_sample_tab").main([str(ckpt), "--size", "64x48", "--frames", "5", "--steps", "2",
+                                             "--distilled", "--with-random-distilled-lora", "--json", str(out)])
     assert result["pipeline_loads"] == 1 and result["first_click_s"] > 0 and result["second_click_s"] > 0, result
+    assert (ckpt / "lora" / "cfg_step_lora.safetensors").is_file() and result["distilled"]
+    assert {"date", "commit", "gpu", "torch", "command"} <= result.keys()       # what benchmarks/tables.py asks for
     printed = capsys.readouterr().out
-    assert json.loads(printed[printed.rindex('{\n  "checkpoint"'):]) == result                # the JSON the lead copies into RESULTS.md
+    assert json.loads(printed[printed.rindex('{\n  "date"'):]) == result == json.loads(out.read_text())
+
+
+def test_sample_cli_benchmark_runs_on_the_tiny_checkpoint(tmp_path):
+    "benchmarks/bench_sample_cli.py: one whole `longcat-nb sample` process per variant, timed, with provenance."
+    result = _bench("bench_sample_cli").main([str(tiny_checkpoint()), "--size", "64x48", "--frames", "5",
+                                             "--variants", "distilled", "--json", str(tmp_path / "cli.json")])
+    (row,) = result["rows"]
+    assert row["variant"] == "distilled" and row["rc"] == 0 and row["video_bytes"] > 0 and row["wall_s"] > 0, row
+    assert json.loads((tmp_path / "cli.json").read_text()) == result and result["commit"]
