@@ -434,13 +434,26 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
     return LongCatVideoPipelineOutput(frames=frames) if return_dict else (frames,)
 
 # %% ../nbs/06_sampling.ipynb #48febf8f
+def _frames_uint8(frames: torch.Tensor, chunk: int = 16) -> np.ndarray:
+    """Frames as a tensor on any device — 'pt' `[.., F, 3, H, W]` or `[.., F, H, W, 3]`, float in [0, 1] or uint8 — →
+    uint8 `[.., F, H, W, 3]` on the host, rounded on the tensor's device `chunk` frames at a time (as numpy would:
+    clip, × 255, round half to even)."""
+    frames = frames.detach()
+    if frames.ndim >= 4 and frames.shape[-3] in (1, 3) and frames.shape[-1] not in (1, 3):
+        frames = frames.movedim(-3, -1)          # 'pt' layout [.., F, 3, H, W] → [.., F, H, W, 3]
+    if frames.dtype == torch.uint8 or frames.ndim < 4:
+        return frames.cpu().numpy() if frames.dtype == torch.uint8 else frames.float().cpu().numpy()
+    out = torch.empty(frames.shape, dtype=torch.uint8)
+    for i in range(0, frames.shape[-4], chunk):
+        part = frames[..., i:i + chunk, :, :, :].float().clamp(0, 1)      # a new tensor: the caller's stays as it is
+        out[..., i:i + chunk, :, :, :] = part.mul_(255).round_().to(torch.uint8)
+    return out.numpy()
+
+
 def _video_array(frames) -> np.ndarray:
     "One video as uint8 `[F, H, W, 3]` from the pipeline's 'np' or 'pt' output (float in [0, 1]) or a plain array."
     if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu()
-        if frames.ndim >= 4 and frames.shape[-3] in (1, 3) and frames.shape[-1] not in (1, 3):
-            frames = frames.movedim(-3, -1)      # 'pt' layout [.., F, 3, H, W] → [.., F, H, W, 3]
-        frames = frames.float().numpy()
+        frames = _frames_uint8(frames)
     frames = np.asarray(frames)
     if frames.ndim == 5:
         if frames.shape[0] != 1:
@@ -550,7 +563,8 @@ def generate_long_video(self: LongCatVideoPipeline, prompt, num_segments: int | 
     prompts = prompts * n if len(prompts) == 1 else prompts
     frames = None if video is None else video_frames(video, width, height, fps)
     for i in tqdm(range(n), desc="segments", disable=not progress):
-        size = dict(width=width, height=height, num_frames=num_frames, generator=generator)
+        # 'pt': rounded to uint8 on the device (`_video_array`)
+        size = dict(width=width, height=height, num_frames=num_frames, generator=generator, output_type="pt")
         if frames is None:
             frames = _video_array(self(prompts[i], image=image, **size, **kwargs).frames)
         else:
@@ -656,7 +670,7 @@ def _refine_clip(self: LongCatVideoPipeline, frames, prompt, width, height, cond
     T = x0.shape[2]
     video = self(prompt, latents=(1 - t_thresh) * x0 + t_thresh * noise, cond_latents=cond_latents, width=width,
                  height=height, num_frames=4 * T - 3, num_inference_steps=steps, guidance_scale=1.0,
-                 t_thresh=t_thresh).frames
+                 t_thresh=t_thresh, output_type="pt").frames
     return _video_array(video)[front:front + n_out]
 
 # %% ../nbs/06_sampling.ipynb #a459a630
@@ -765,7 +779,8 @@ def run_validation(cfg, pipe: LongCatVideoPipeline, step: int, output_dir, eval_
                                                guidance_scale=cfg.validation_guidance)
                 kw |= dict(negative_prompt=cfg.validation_negative_prompt, width=cfg.validation_width,
                            height=cfg.validation_height, num_frames=cfg.validation_num_video_frames,
-                           distilled=distilled, generator=torch.Generator("cpu").manual_seed(cfg.validation_seed))
+                           distilled=distilled, generator=torch.Generator("cpu").manual_seed(cfg.validation_seed),
+                           output_type="pt")                 # rounded to uint8 on the device by save_video
                 if job.video is not None:
                     video = pipe.continue_video(job.video, job.prompt, num_cond_frames=len(job.video), **kw).frames
                 else:
