@@ -568,9 +568,9 @@ def generate_long_video(self: LongCatVideoPipeline, prompt, num_segments: int | 
         if frames is None:
             frames = _video_array(self(prompts[i], image=image, **size, **kwargs).frames)
         else:
-            seg = self.continue_video(frames, prompts[i], num_cond_frames=num_cond_frames, fps=fps, **size,
-                                      **kwargs).frames
-            frames = np.concatenate([frames, _video_array(seg)[num_cond_frames:]])
+            seg = _video_array(self.continue_video(frames, prompts[i], num_cond_frames=num_cond_frames, fps=fps,
+                                                   **size, **kwargs).frames)    # uint8 now: no GPU copy held on
+            frames = np.concatenate([frames, seg[num_cond_frames:]])
     if output_path is not None:
         save_video(frames, output_path, fps)
     return frames
@@ -786,6 +786,7 @@ def run_validation(cfg, pipe: LongCatVideoPipeline, step: int, output_dir, eval_
                 else:
                     video = pipe(job.prompt, image=job.image, **kw).frames
                 paths.append(save_video(video, out / f"step{step:06d}_{i:02d}.mp4"))
+                del video                                    # its frames are on the GPU: not through the next job
     finally:
         model.train(was_training)
     return paths
