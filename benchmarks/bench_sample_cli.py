@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_sample_tab import write_random_distilled_lora   # the Sample tab's bench needs the same file
-from provenance import provenance                          # benchmarks/provenance.py
+from provenance import emit, provenance                    # benchmarks/provenance.py
 
 # name: (extra `longcat-nb sample` arguments, extra config keys)
 VARIANTS = {
@@ -65,11 +65,8 @@ def main(argv=None) -> dict:
     if a.with_random_distilled_lora:
         write_random_distilled_lora(a.ckpt)
     work = Path(tempfile.mkdtemp(prefix="bench_sample_cli_"))
-    result = {**provenance(), "size": a.size, "frames": a.frames,
-              "rows": [run(n, a.ckpt.resolve(), work, a.size, a.frames) for n in names]}
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return emit({**provenance(), "size": a.size, "frames": a.frames,
+                 "rows": [run(n, a.ckpt.resolve(), work, a.size, a.frames) for n in names]}, a.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ settings, print the wall time of each click as JSON. The first click loads the p
     python benchmarks/bench_sample_tab.py "$(python -c 'from longcat_nb.tiny import tiny_checkpoint; print(tiny_checkpoint())')" \\
         --size 64x48 --frames 5 --steps 2                                    # the tiny checkpoint, on a CPU
 """
-import argparse, json, platform, sys, tempfile, time
+import argparse, json, sys, tempfile, time
 from pathlib import Path
 
 
@@ -25,7 +25,6 @@ def main(argv=None) -> dict:
                         "fullscale_e2e.py comes without one")
     p.add_argument("--json", type=Path, help="also write the result here, with date, commit, GPU and torch")
     a = p.parse_args(argv)
-    import torch
     from longcat_nb.widgets import SampleView
     if a.with_random_distilled_lora:
         write_random_distilled_lora(Path(a.checkpoint))
@@ -42,17 +41,11 @@ def main(argv=None) -> dict:
         path = view.generate()
         if path is None: raise SystemExit(f"generate failed: {view.status.value}")
         clicks.append(round(time.perf_counter() - t0, 2))
-    result = {"checkpoint": str(a.checkpoint), "size": a.size, "frames": int(a.frames), "steps": int(a.steps),
-              "distilled": a.distilled, "precision": a.precision, "first_click_s": clicks[0], "second_click_s": clicks[1],
-              "pipeline_loads": view.sampler.loads, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-              else platform.processor() or "cpu", "date": time.strftime("%Y-%m-%d")}
     sys.path.insert(0, str(Path(__file__).parent))
-    from provenance import provenance   # benchmarks/provenance.py
-    result = {**provenance(), **result}
-    print(json.dumps(result, indent=2))
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    from provenance import emit, provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
+    return emit({**provenance(), "checkpoint": str(a.checkpoint), "size": a.size, "frames": int(a.frames),
+                 "steps": int(a.steps), "distilled": a.distilled, "precision": a.precision, "first_click_s": clicks[0],
+                 "second_click_s": clicks[1], "pipeline_loads": view.sampler.loads}, a.json)
 
 
 def write_random_distilled_lora(ckpt: Path) -> None:

@@ -441,8 +441,10 @@ def _frames_uint8(frames: torch.Tensor, chunk: int = 16) -> np.ndarray:
     frames = frames.detach()
     if frames.ndim >= 4 and frames.shape[-3] in (1, 3) and frames.shape[-1] not in (1, 3):
         frames = frames.movedim(-3, -1)          # 'pt' layout [.., F, 3, H, W] → [.., F, H, W, 3]
-    if frames.dtype == torch.uint8 or frames.ndim < 4:
-        return frames.cpu().numpy() if frames.dtype == torch.uint8 else frames.float().cpu().numpy()
+    if frames.dtype == torch.uint8:
+        return frames.cpu().numpy()
+    if frames.ndim < 4:                          # not a video: `_video_array` says so
+        return frames.float().cpu().numpy()
     out = torch.empty(frames.shape, dtype=torch.uint8)
     for i in range(0, frames.shape[-4], chunk):
         part = frames[..., i:i + chunk, :, :, :].float().clamp(0, 1)      # a new tensor: the caller's stays as it is
