@@ -307,6 +307,17 @@ def use_loras(self: Sampler, loras: list):
     self.loras = want
 
 # %% ../nbs/07a_service.ipynb #d238b0f7
+def _check_sampling_memory(cfg) -> None:
+    "`offload.check_memory_settings` of `cfg` for sampling on this machine, as a one-line `ConfigError` (before loading)."
+    from longcat_nb.caching import default_device
+    from longcat_nb.offload import check_memory_settings
+    from longcat_nb.quantise import MemorySettingsError
+    try:
+        check_memory_settings(cfg, default_device(), training=False)
+    except MemorySettingsError as e:
+        raise ConfigError(f"{cfg.config_path or '<config>'}: {e}") from None
+
+
 @patch
 def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     """Sample what `req` asks with `cfg`'s checkpoint and memory settings; writes one video to `req.output` and returns
@@ -316,6 +327,7 @@ def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     import torch
     from longcat_nb.sampling import save_video, use_config_attention, video_frames
     plan = check_sample_args(req, cfg)
+    _check_sampling_memory(cfg)
     ckpt = resolve_checkpoint(cfg)
     distill = _released_lora(ckpt, "cfg_step_lora.safetensors", "--distilled") if req.distilled else None
     refine = _released_lora(ckpt, "refinement_lora.safetensors", "--refine") if req.refine else None
