@@ -308,7 +308,7 @@ def use_loras(self: Sampler, loras: list):
 
 # %% ../nbs/07a_service.ipynb #d238b0f7
 def _check_sampling_memory(cfg) -> None:
-    "`offload.check_memory_settings` of `cfg` for sampling on this machine, as a one-line `ConfigError` (before loading)."
+    "`offload.check_memory_settings` of `cfg` for sampling on this machine, as a one-line `ConfigError`."
     from longcat_nb.caching import default_device
     from longcat_nb.offload import check_memory_settings
     from longcat_nb.quantise import MemorySettingsError
