@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Assemble what a device call carries (both folders git-ignored, ~44 MiB together) before `bash
+# benchmarks/gpu_session.sh PART` runs there with the device tool's `carry: [".whl", ".dev"]`:
+#   .whl/      the shared py3.12 wheels (diffusers, PyAV, fastcore, ftfy, wcwidth, importlib_metadata)
+#   .dev/whl/  optimum-quanto 0.2.7 and torchao 0.17.0 (pure-Python wheels, fetched from the package index once)
+#   .dev/fullscale_e2e.py   the shared full-size end-to-end tool
+# Idempotent; run from anywhere: bash benchmarks/device_carry.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared}
+mkdir -p .whl .dev/whl
+cp -u "$SHARED"/wheels/device-py312/*.whl .whl/
+cp -u "$SHARED"/tools/fullscale_e2e.py .dev/
+ls .dev/whl/optimum_quanto-0.2.7-*.whl .dev/whl/torchao-0.17.0-*.whl >/dev/null 2>&1 ||
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+    -d .dev/whl optimum-quanto==0.2.7 torchao==0.17.0
+du -sh .whl .dev
