@@ -42,9 +42,19 @@ from bench_attention import timed as attention_timed  # one CUDA-event timer for
 from provenance import provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command
 
 
+DEV = "cuda"   # `--smoke`: "cpu" (Triton's interpreter)
+
+
 def timed(fn, repeats):
-    "Median milliseconds of `fn()` over `repeats` CUDA-event timings, after three warm-up calls (compiled kernels)."
-    return attention_timed(fn, repeats, warmup=3)
+    """Median milliseconds of `fn()` over `repeats` CUDA-event timings, after three warm-up calls (compiled kernels);
+    on the CPU (`--smoke`, a wiring check) one call's wall time."""
+    if DEV == "cuda": return attention_timed(fn, repeats, warmup=3)
+    t0 = time.perf_counter(); fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def sync():
+    if DEV == "cuda": torch.cuda.synchronize()
 
 
 def fwd_bwd(fn, xs, grad):
@@ -57,15 +67,15 @@ def fwd_bwd(fn, xs, grad):
 
 def structured_qkv(grid, heads=32, dim=128, seed=0):
     "q, k, v [1, heads, N, dim] bf16 from smooth random fields over the grid; q, k RMS-normalised and RoPE-rotated."
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=DEV).manual_seed(seed)
     T, H, W = grid
     out = []
     for i in range(3):
-        coarse = torch.randn(1, heads * dim, max(T // 4, 1), max(H // 4, 1), max(W // 4, 1), device="cuda", generator=g)
+        coarse = torch.randn(1, heads * dim, max(T // 4, 1), max(H // 4, 1), max(W // 4, 1), device=DEV, generator=g)
         f = F.interpolate(coarse, size=grid, mode="trilinear", align_corners=False)
-        f = f + 0.3 * torch.randn(f.shape, device="cuda", generator=g)                  # local detail
+        f = f + 0.3 * torch.randn(f.shape, device=DEV, generator=g)                  # local detail
         x = f.reshape(heads, dim, -1).permute(0, 2, 1)[None]                               # [1, heads, N, dim]
-        if i < 2: x = apply_rope(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6), rope_3d(grid, dim, "cuda"))
+        if i < 2: x = apply_rope(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6), rope_3d(grid, dim, DEV))
         out.append(x.to(torch.bfloat16).contiguous())
     return out
 
@@ -91,11 +101,11 @@ def dkdv_balance(q, k, grid, sparsity):
 
 def bench_grid(grid, args, record):
     N, heads, dim = math.prod(grid), args.heads, args.dim
-    q, k, v = (torch.randn(1, heads, N, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(1, heads, N, dim, device=DEV, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     grad = torch.randn_like(q)
     dense = lambda q, k, v: attention(q, k, v, "sdpa")
     r = dict(grid=list(grid), tokens=N)
-    real = real_tokens(grid, device="cuda")                     # None unless the grid is padded to whole chunks
+    real = real_tokens(grid, device=DEV)                     # None unless the grid is padded to whole chunks
     with torch.no_grad():
         r["dense_fwd_ms"] = timed(lambda: dense(q, k, v), args.repeats)
         qc, kc, vc = (to_chunks(x, grid) for x in (q, k, v))
@@ -112,7 +122,7 @@ def bench_grid(grid, args, record):
         t0 = time.time()
         with torch.no_grad(): bsa(q, k, v)
         fwd_bwd(bsa, (q, k, v), grad)()
-        torch.cuda.synchronize(); r[f"{name}_first_call_s"] = round(time.time() - t0, 1)   # includes compiling
+        sync(); r[f"{name}_first_call_s"] = round(time.time() - t0, 1)   # includes compiling
         with torch.no_grad(): r[f"{name}_fwd_ms"] = timed(lambda: bsa(q, k, v), args.repeats)
         r[f"{name}_fwdbwd_ms"] = timed(fwd_bwd(bsa, (q, k, v), grad), args.repeats)
         r[f"{name}_speedup_fwd"] = r["dense_fwd_ms"] / r[f"{name}_fwd_ms"]
@@ -133,10 +143,10 @@ def bench_grid(grid, args, record):
     record(r)
 
 
-def accuracy(args, record, grid=(8, 16, 32)):
-    "Each kernel's whole path (bf16) against the fp32 dense-under-mask reference at 4,096 tokens: output, dq, dk, dv."
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, args.heads, math.prod(grid), args.dim, device="cuda", generator=g, dtype=torch.bfloat16)
+def accuracy(args, record, grid):
+    "Each kernel's whole path (bf16) against the fp32 dense-under-mask reference on `grid`: output, dq, dk, dv."
+    g = torch.Generator(device=DEV).manual_seed(0)
+    q, k, v = (torch.randn(1, args.heads, math.prod(grid), args.dim, device=DEV, generator=g, dtype=torch.bfloat16)
                for _ in range(3))
     ref = output_and_grads(lambda q, k, v: block_sparse_reference(q, k, v, grid, args.sparsity), q.float(), k.float(),
                            v.float())
@@ -153,9 +163,9 @@ def bench_block(grid, args, record):
     block = LongCatBlock(4096, 32, 4, 512).to("cuda", torch.bfloat16).requires_grad_(False)
     for p in block.parameters(): p.data.normal_(0, 0.02)
     N, T = math.prod(grid), grid[0]
-    x = torch.randn(1, N, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    y = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
-    t = torch.randn(1, T, 512, device="cuda")
+    x = torch.randn(1, N, 4096, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    y = torch.randn(1, 512, 4096, device=DEV, dtype=torch.bfloat16)
+    t = torch.randn(1, T, 512, device=DEV)
     rope = rope_3d(grid, 128, "cuda")
     r = dict(what="full-size block fwd+bwd", grid=list(grid))
     for name, backend in [("sdpa", "sdpa"), ("bsa", BlockSparse(tuple(grid), args.sparsity))]:
@@ -166,7 +176,8 @@ def bench_block(grid, args, record):
     record(r)
 
 
-def main():
+def main(argv=None) -> dict:
+    global DEV
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--grids", default="24x32x52,24x44x80")
     ap.add_argument("--heads", type=int, default=32)
@@ -177,11 +188,18 @@ def main():
     ap.add_argument("--triton-steps", default="1,2", help="key chunks per iteration to time our kernel alone at")
     ap.add_argument("--block", action="store_true", help="also time one full-size transformer block")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true",
+                    help="a wiring check on the CPU under TRITON_INTERPRET=1: triton only, 2 heads × 64, grids 4x8x8 and "
+                         "4x6x6 (padded), 1 repeat (its times mean nothing)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        DEV, args.heads, args.dim, args.repeats, args.kernel, args.grids = "cpu", 2, 64, 1, "triton", "4x8x8,4x6x6"
+        if args.block: ap.error("--block needs a GPU (a full-size block)")
     args.kernel = args.kernel.split(",")
     args.triton_steps = [int(n) for n in args.triton_steps.split(",")]
     if not set(args.kernel) <= {"flex", "triton"}: ap.error(f"--kernel {args.kernel}: expected flex and/or triton")
-    results = dict(**provenance(), device=torch.cuda.get_device_name(), kernel_options=kernel_settings("flex"),
+    device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (Triton interpreter)"
+    results = dict(**provenance(), device=device, kernel_options=kernel_settings("flex"),
                    triton_kernel_options=kernel_settings("triton"),
                    heads=args.heads, dim=args.dim, sparsity=args.sparsity, repeats=args.repeats, rows=[])
     def record(r):
@@ -190,9 +208,10 @@ def main():
         if args.json:
             with open(args.json, "w") as f: json.dump(results, f, indent=1)
     grids = [tuple(int(n) for n in g.split("x")) for g in args.grids.split(",")]
-    accuracy(args, record)
+    accuracy(args, record, (4, 8, 8) if args.smoke else (8, 16, 32))
     for grid in grids: bench_grid(grid, args, record)
     if args.block: bench_block(grids[0], args, record)
+    return results
 
 
 if __name__ == "__main__":

@@ -1,37 +1,43 @@
 # The GPU measurements still open (issues 19, 20, 22, 23: benchmarks/RESULTS.md "Still to measure"), one part per
 # device call (each fits the 10-minute limit).
 #
-# Carry the shared py3.12 wheels as .whl/ (/work/shared/wheels/device-py312) and the extra ones (optimum-quanto 0.2.7,
-# torchao 0.17.0, py3.12 manylinux) as .dev/whl/, and a copy of /work/shared/tools/fullscale_e2e.py as
-# .dev/fullscale_e2e.py (all git-ignored; ~46 MiB), i.e. the device tool's `carry: [".whl", ".dev"]`, and run in the
-# checkout's root on the GPU machine ($OUT is the device's result folder):
+# Carry .whl/ and .dev/ (git-ignored; `bash benchmarks/device_carry.sh` assembles them here: the shared py3.12 wheels,
+# optimum-quanto 0.2.7 and torchao 0.17.0, and a copy of the shared fullscale_e2e.py), i.e. the device tool's
+# `carry: [".whl", ".dev"]`, and run in the checkout's root on the GPU machine ($OUT is the device's result folder):
 #
 #     bash benchmarks/gpu_session.sh PART
 #
-# PART, in the order worth running, with rough minutes of device time (a machine released between calls loses /tmp,
-# so a part rebuilds the full-size checkpoint, ~1 min, when it is missing): tests ~4, train ~8, memory ~8 (×2),
-# bsa ~9, long ~8, train2 ~9, profile ~8 (×3) — a 30-minute budget covers tests, train, memory, bsa:
-#   tests    the CUDA tests (precision, block swap/offload with the packed pinned arena, compile, speed, kernels)
-#   train    issue 14: `longcat-nb train` at 832×480×93, rank 16, default vs checkpoint_attention recompute (builds the
-#            full-size checkpoint in $WORK first); train2: the same with compiled blocks. NB the earlier H200 figures
-#            (22.2 s/step, 58.9 GiB) were at 43,008 tokens (896×512, the old example bucket): compare within one session
-#   memory   issue 11: the 24 GB and 16 GB plans and fp8 through `longcat-nb train`, capped with
-#            set_per_process_memory_fraction; int8 host RSS
-#   bsa      issue 23: the kernels' CUDA tests and bench_bsa (FlexAttention and our Triton kernel); bsa2: training steps
-#            at 832×512×93, attention bsa (both kernels; triton also compiled, keeping its output) vs dense, and 832×480
-#   long     issue 16: continuation, a 3-segment long video, refinement, K/V-cache saving per step
-#   profile  issue 14: the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
-# Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/RESULTS.md.
+# PART, one per device call (each within the 10-minute limit; a machine released between calls loses /tmp, so a part
+# rebuilds the full-size checkpoint, ~1 min, when it is missing). The calls still open, in the order worth running, are
+# listed in benchmarks/RESULTS.md ("Still to measure"):
+#   tests      the CUDA tests (precision, block swap/offload, compile, speed, kernels)
+#   memtests   issue 19: block swap / offload / recompute CUDA tests, fused elementwise on CUDA, the allocator setting
+#   gradcheck  issue 19: one step of the 24 GB and 16 GB plans' settings against the resident int8 model, full size
+#   probe      issue 19: where a plan's host memory goes, then the 16 GB plan's settings through `longcat-nb train`
+#   memory     issue 19: plans and precisions through `longcat-nb train`, capped with set_per_process_memory_fraction
+#              (MEM_ONLY=variant,... from benchmarks/bench_memory.py; ≤ 2 variants a call, int4 alone)
+#   sampletab  issue 20: the Sample tab's two clicks at full size
+#   speed      issue 22: the speed levers' CUDA tests and bench_levers (each lever on and off, one block)
+#   sample     issue 22: `longcat-nb sample`, whole command (SAMPLE_VARIANTS=...)
+#   train      issue 22: `longcat-nb train` at 832×480×93, rank 16, default vs checkpoint_attention recompute;
+#              train2: the same with compiled blocks
+#   bsa, bsa2  issue 23: the kernels' CUDA tests and bench_bsa; training steps with sparse attention
+#   long       continuation, a 3-segment long video, refinement, K/V-cache saving per step
+#   profile    the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
+# Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/results/.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|sample|train|train2|memory|bsa|bsa2|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|sample|train|train2|memory|bsa|bsa2|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
 shopt -s nullglob
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .dev/whl/*.whl
-[ -f "$E2E" ] || { echo "copy /work/shared/tools/fullscale_e2e.py to $E2E (and carry .dev)"; exit 2; }
+[ -f "$E2E" ] || { echo "no $E2E: run bash benchmarks/device_carry.sh here and carry .whl and .dev"; exit 2; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 E2E_SAMPLE_BEFORE_S=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+# results named as benchmarks/tables.py finds them (copy them into benchmarks/results/ here): GPU and date
+TAG=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oE '[AHL][0-9]+' | head -1 | tr A-Z a-z)
+TAG=${TAG:-gpu}_$(date +%F)
 
 e2e() {  # name, extra JSON, further e2e arguments
     local name=$1 extra=$2; shift 2
@@ -48,13 +54,18 @@ case $PART in
              # tests on the exact-size page-locked arena, fused elementwise on CUDA, one block eager vs fused
     python -m pytest -q -rs tests/test_memory.py tests/test_compile_cuda.py 2>&1 | tee "$OUT/pytest_memory.log" | tail -8 || echo "FAILED tests (above): the rest still runs"
     python benchmarks/bench_elementwise.py --json "$OUT/elementwise.json" 2>&1 | tail -3
-    python .dev/race_old.py 2>&1 | tail -3
+    [ ! -f .dev/race_old.py ] || python .dev/race_old.py 2>&1 | tail -3   # the old prefetch, where a session kept it
     python -c "import longcat_nb, os, torch; x = torch.empty(2**28, device='cuda'); \
 print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']][:3])" ;;
   gradcheck)   # issue 19: one step of an int8 24 GB plan (21 swapped) and the 16 GB plan for 27 GiB of host RAM (42
                # swapped, 32 inputs recomputed) against the resident int8 model, full size
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/grad_check_plans.py "$WORK/ckpt" --json "$OUT/grad_check.json" 2>&1 | tee "$OUT/grad_check.log" | tail -4 ;;
+  speed)   # issue 22: the CUDA tests of the speed levers, then each lever on and off on one full-width block
+    python -m pytest -q -rs tests/test_fused_qk.py tests/test_lora_epilogue.py tests/test_loader.py \
+        tests/test_recompile.py tests/test_compile_cuda.py tests/test_speed.py 2>&1 | tee "$OUT/pytest_speed.log" | tail -12 \
+        || echo "FAILED tests (above): the rest still runs"
+    python benchmarks/bench_levers.py --json "$OUT/levers_$TAG.json" 2>&1 | tee "$OUT/levers.log" | tail -4 ;;
   train)   # the first run builds the checkpoint (~60 s) and the caches; later ones reuse both
     e2e default '{}'
     e2e recompute '{"checkpoint_attention": "recompute"}' ;;
@@ -77,19 +88,21 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
   sampletab)   # issue 20: the Sample tab's two clicks at full size (distilled 16-step preview; a random full-width
                # rank-128 cfg_step_lora is written into the checkpoint first, as the release has one)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
-    python benchmarks/bench_sample_tab.py "$WORK/ckpt" --distilled --with-random-distilled-lora --json "$OUT/sample_tab.json" \
+    python benchmarks/bench_sample_tab.py "$WORK/ckpt" --distilled --with-random-distilled-lora --json "$OUT/sample_tab_$TAG.json" \
         2>&1 | tee "$OUT/sample_tab.log" | tail -25 ;;
-  sample)   # issue 22: `longcat-nb sample`, whole command, at 832×480×93 (bench_sample_cli.py); two calls:
+  sample)   # issue 22: `longcat-nb sample`, whole command, at 832×480×93 (bench_sample_cli.py); two calls (the second
+            # call's file sorts after the first's: tables.py takes the newest row per variant):
             # SAMPLE_VARIANTS=distilled,distilled_fused,distilled_compiled (~7 min), then cfg40_compiled,cfg40_fused
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
+    V=${SAMPLE_VARIANTS:-distilled,distilled_fused,distilled_compiled}
     python benchmarks/bench_sample_cli.py "$WORK/ckpt" --with-random-distilled-lora \
-        --variants "${SAMPLE_VARIANTS:-distilled,distilled_fused,distilled_compiled}" --json "$OUT/sample_cli.json" \
+        --variants "$V" --json "$OUT/sample_cli_${TAG}_${V//,/-}.json" \
         2>&1 | tee "$OUT/sample_cli.log" | tail -8 ;;
   bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (then set kernels.CUDA_AUTO_KERNEL = "triton"),
          # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block
     python -m pytest -q -s tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/pytest_bsa.log" | grep -E "rel|passed|failed" || echo "FAILED tests (above)"
-    python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bench_bsa.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
-    python benchmarks/bench_bsa.py --kernel triton --grids 24x30x52 --repeats 10 --json "$OUT/bench_bsa_480.json" \
+    python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bsa_whole_path_$TAG.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
+    python benchmarks/bench_bsa.py --kernel triton --grids 24x30x52 --repeats 10 --json "$OUT/bsa_whole_path_${TAG}_480.json" \
         2>&1 | tail -4 ;;
   bsa2)  # issue 23, call 2: training steps at 832×512×93 — dense, flex, triton, triton with compiled blocks keeping its
          # output — and triton at 832×480×93 (padded)

@@ -17,6 +17,7 @@ PROVENANCE = ("date", "commit", "torch")  # and the GPU, as `gpu` or (older file
 
 # Arithmetic, not measured: FLOPs at 832×480×93 (37,440 tokens), SPEC §9; they turn bench_model's times into rates.
 PFLOP = {"forward": 1.97, "lora_step": 7.4}
+DEPTH = 48                                                       # the released model's blocks (SPEC)
 
 
 def _rows(name: str) -> list[dict]:
@@ -38,6 +39,31 @@ def _from(d: dict, name: str) -> str:
 
 
 def _pct(new: float, old: float) -> str: return f"{(new / old - 1) * 100:+.0f}%".replace("-", "−")
+
+
+def _newest(pattern: str) -> list[str]:
+    "The names of results files matching `pattern`, oldest first (names end in their date, so by name)."
+    return sorted(p.name for p in RESULTS.glob(pattern))
+
+
+def _pending(pattern: str, command: str) -> str:
+    "What a table shows before its first run: the command, and the results file it waits for."
+    return "\n".join(_table(["not measured yet", "command (a GPU)"], [["—", f"`{command}`"]])
+                      + ["", f"(No `benchmarks/results/{pattern}` yet: the command's JSON goes there, named with the GPU "
+                             "and date, then `python benchmarks/tables.py`.)"])
+
+
+def _latest_rows(pattern: str, key: str) -> tuple[list[dict], list[str]]:
+    """The rows of every file matching `pattern`, a later file's row replacing an earlier one with the same `key`;
+    and the files used."""
+    rows, used = {}, []
+    for name in _newest(pattern):
+        d = _json(name)
+        for r in d["rows"]:
+            if key in r:
+                rows[str(r[key])] = {**r, "_file": name}
+        used.append(name)
+    return list(rows.values()), used
 
 
 def _table(head: list[str], rows: list[list]) -> list[str]:
@@ -108,6 +134,30 @@ def compile_() -> str:
                      + ["", f"Largest absolute difference between eager and compiled outputs: "
                             f"{d['compiled_vs_eager_max_abs_diff']:.3f} at an output range of ±{d['ref_abs_max']:.1f}.",
                         "", _from(d, name) + " " + _from(m, model)])
+
+
+def step_floor() -> str:
+    """What a dense LoRA step at 832×480×93 cannot go below on this GPU (issue 22): attention kept (not recomputed), so
+    its fwd+bwd once per block; the frozen base's matmuls three times (forward, recompute, input gradient)."""
+    names = "bench_attention_h200.json", "bench_compile_h200.json", "train_h200_2026-12-04.json"
+    a, c, t = map(_json, names)
+    depth = DEPTH
+    attn = depth * a["model/cudnn"]["fwd_bwd_ms"] / 1e3
+    attn_fwd = depth * a["model/cudnn"]["fwd_ms"] / 1e3
+    matmul = 3 * c["eager_profile_ms"]["matmul"] / 1e3
+    eager, compiled = (next(r["s_per_step"] for r in t["rows"] if r["what"].startswith(w)) for w in ("eager", "compile"))
+    rows = [[f"self-attention fwd+bwd, {depth} blocks (cuDNN SDPA, the model's q/k/v layout; kept, so run once)",
+             f"{depth} × {a['model/cudnn']['fwd_bwd_ms']:.1f} ms", f"{attn:.2f} s"],
+            ["the base weights' matmuls: forward, recompute, input gradient",
+             f"3 × {c['eager_profile_ms']['matmul']:,.0f} ms (one forward's matmul kernels)", f"{matmul:.2f} s"],
+            ["**floor**: the two above and nothing else (no elementwise, norms, RoPE, LoRA, optimizer)", "",
+             f"**{attn + matmul:.2f} s**"],
+            ["the 10.0 s goal minus the floor: left for everything else", "", f"{10.0 - attn - matmul:+.2f} s".replace("-", "−")],
+            ["measured: eager step, attention kept", "`longcat-nb train`", f"{eager:.2f} s"],
+            ["estimate: compiled blocks keeping attention", f"measured compiled step {compiled:.2f} s (attention "
+             f"recomputed) − {depth} attention forwards", f"{compiled - attn_fwd:.2f} s"]]
+    return "\n".join(_table(["part of the step", "from", "time"], rows)
+                     + [""] + [_from(d, n) for d, n in zip((a, c, t), names)])
 
 
 def attention() -> str:
@@ -261,6 +311,110 @@ def precision() -> str:
                      + ["", f"{d['shape']}. " + _from(d, name)])
 
 
+# the released block-sparse kernel, fwd+bwd vs dense cuDNN (SPEC §9: 23.7 vs 160.5 ms; 92.3 vs 725.6 ms), issue 23's goals
+RELEASED_BSA = {39936: 160.5 / 23.7, 84480: 725.6 / 92.3}
+BSA_GOAL = {39936: 13.0, 84480: 14.0}
+BSA_PATTERN = "bsa_whole_path_*.json"
+BSA_COMMAND = "bash benchmarks/gpu_session.sh bsa"
+
+
+def bsa_whole_path() -> str:
+    """Issue 23's table: the block-sparse whole path (and each kernel alone) fwd+bwd against dense cuDNN SDPA per token
+    grid, with the released kernel and the goals beside it (benchmarks/bench_bsa.py's JSON; all files, newest per grid)."""
+    rows, used = _latest_rows(BSA_PATTERN, "grid")
+    rows = [r for r in rows if "dense_fwdbwd_ms" in r]
+    if not rows:
+        return _pending(BSA_PATTERN, BSA_COMMAND)
+    x = lambda r, k: f"{r[k]:.2f}×" if k in r else "—"
+    out = [[f"{r['tokens']:,} ({'×'.join(map(str, r['grid']))})", f"{r['dense_fwdbwd_ms']:.1f}",
+            x(r, "triton_speedup_fwdbwd"), x(r, "flex_speedup_fwdbwd"), x(r, "triton1_kernel_speedup_fwdbwd"),
+            x(r, "triton2_kernel_speedup_fwdbwd"), f"{r['select_ms']:.2f}", f"{r['dkdv_max_over_mean_structured']:.2f}",
+            f"{RELEASED_BSA[r['tokens']]:.2f}×" if r["tokens"] in RELEASED_BSA else "—",
+            f"≥ {BSA_GOAL[r['tokens']]:.0f}×" if r["tokens"] in BSA_GOAL else "—"] for r in rows]
+    accuracy = [f"{k.split('_rel_')[0]} {k.split('_rel_')[1]} {v:.1e}" for n in used for r in _json(n)["rows"]
+                if r.get("what", "").startswith("accuracy") for k, v in r.items() if "_rel_" in k]
+    return "\n".join(_table(["tokens (grid)", "dense fwd+bwd ms", "whole path, Triton", "whole path, Flex",
+                             "Triton kernel alone, 1 key chunk/step", "2 chunks/step", "selection ms",
+                             "dk/dv work max/mean", "released kernel", "goal"], out)
+                     + ["", "Speed-ups are fwd+bwd over dense cuDNN SDPA; a grid that does not divide by the 4×4×4 "
+                            "chunk runs padded. Accuracy against the fp32 reference (relative): "
+                            + ", ".join(dict.fromkeys(accuracy)) + ".", ""]
+                     + [_from(_json(n), n) for n in used])
+
+
+LEVERS_PATTERN = "levers_*.json"
+
+
+def levers() -> str:
+    """Issue 22's per-lever table: one full-width block at 832×480×93 as the trainer runs it, each lever on and off in
+    one run (benchmarks/bench_levers.py's JSON, the newest file)."""
+    used = _newest(LEVERS_PATTERN)
+    if not used:
+        return _pending(LEVERS_PATTERN, "python benchmarks/bench_levers.py --json $OUT/levers.json")
+    name = used[-1]
+    d = _json(name)
+    on = lambda v: ", ".join(filter(None, [v[0] and "LoRA epilogue", v[1] and f"q/k norm + RoPE: {v[1]}",
+                                           v[2] and f"elementwise: {v[2]}", v[3] and "compiled"])) or "none"
+    rel = lambda r, k: f"{r[k]:.1e}" if k in r else "—"
+    rows = [[v, on(d["variants"][v]), f"{r['first_s']:.2f}", f"{r['median_s'] * 1e3:.0f}",
+             f"{r['median_s'] * DEPTH:.2f}",
+             f"{r['speedup']:.2f}×" if "speedup" in r else "1.00×",
+             f"{r['peak_allocated_gib']:.1f}" if "peak_allocated_gib" in r else "—",
+             rel(r, "output_rel_diff"), rel(r, "max_grad_rel_diff")] for v, r in d["block"].items()]
+    lines = _table(["variant", "levers on", "first s", "median ms", "× 48 blocks, s", "speed-up", "peak GiB",
+                    "output vs plain", "LoRA grads vs plain"], rows)
+    if "qk_alone" in d:
+        lines += ["", "The q/k norm + RoPE alone over the packed qkv:", ""] + _table(
+            ["how", "fwd ms", "fwd+bwd ms", "q vs fp32", "k vs fp32"],
+            [[k, f"{r['fwd_ms']:.2f}", f"{r['fwd_bwd_ms']:.2f}", f"{r['q_rel_vs_fp32']:.1e}", f"{r['k_rel_vs_fp32']:.1e}"]
+             for k, r in d["qk_alone"].items()])
+    if "lora_alone" in d:
+        lines += ["", "One LoRA linear alone, PEFT's sum against the epilogue:", ""] + _table(
+            ["layer", "fwd ms", "fwd+bwd ms", "output vs PEFT"],
+            [[k, f"{r['fwd_ms']:.2f}", f"{r['fwd_bwd_ms']:.2f}", rel(r, "output_rel_diff")]
+             for k, r in d["lora_alone"].items()])
+    return "\n".join(lines + ["", f"{d['tokens']:,} tokens, hidden {d['hidden']}, rank {d['rank']}, backend "
+                                   f"{d['backend']}, median of {d['steps']}. " + _from(d, name)])
+
+
+SAMPLE_CLI_PATTERN = "sample_cli_*.json"
+SAMPLE_GOAL_S = {"cfg40": 240, "distilled": 50}          # issue 22: the whole command at 832×480×93
+
+
+def sample_cli() -> str:
+    """Issue 22's sampling table: `longcat-nb sample`, the whole command per variant (benchmarks/bench_sample_cli.py's
+    JSON; all files, newest per variant)."""
+    rows, used = _latest_rows(SAMPLE_CLI_PATTERN, "variant")
+    if not rows:
+        return _pending(SAMPLE_CLI_PATTERN, "bash benchmarks/gpu_session.sh sample")
+    goal = lambda v: SAMPLE_GOAL_S[v.split("_")[0]]
+    verdict = lambda r: ("failed (exit {})".format(r["rc"]) if r["rc"] else
+                         "met" if r["wall_s"] <= goal(r["variant"]) else "not met")
+    out = [[r["variant"], " ".join(r["args"]), ", ".join(f"{k}: {v}" for k, v in r["config_keys"].items()) or "—",
+            f"{r['wall_s']:.1f}", f"≤ {goal(r['variant'])}", verdict(r)] for r in rows]
+    sizes = sorted({f"{_json(n)['size'].replace('x', '×')}×{_json(n)['frames']}" for n in used})
+    return "\n".join(_table(["variant", "arguments", "config", "whole command s", "goal s", ""], out)
+                     + ["", f"{', '.join(sizes)}; from launch to exit: load, prompt encoding, denoising, VAE decode, "
+                            "the mp4 written.", ""] + [_from(_json(n), n) for n in used])
+
+
+SAMPLE_TAB_PATTERN = "sample_tab_*.json"
+
+
+def sample_tab() -> str:
+    "Issue 20's Sample tab: two Generate clicks on one loaded pipeline (benchmarks/bench_sample_tab.py, the newest file)."
+    used = _newest(SAMPLE_TAB_PATTERN)
+    if not used:
+        return _pending(SAMPLE_TAB_PATTERN, "bash benchmarks/gpu_session.sh sampletab")
+    name = used[-1]
+    d = _json(name)
+    what = f"{d['size'].replace('x', '×')}×{d['frames']}, {d['steps']} steps" + (", distilled" if d["distilled"] else "")
+    rows = [["first click (loads the pipeline)", f"{d['first_click_s']:.1f}"],
+            ["second click (the same pipeline)", f"{d['second_click_s']:.1f}"],
+            ["pipeline loads in both clicks", d["pipeline_loads"]]]
+    return "\n".join(_table(["Sample tab, " + what + f", {d['precision']}", "s"], rows) + ["", _from(d, name)])
+
+
 KERNELS_NB = ROOT / "nbs" / "09_kernels.ipynb"
 TRAINING_NB = ROOT / "nbs" / "07_training.ipynb"
 # name → (renderer, the files that show it)
@@ -269,9 +423,14 @@ TABLES = {"transformer": (transformer, [RESULTS_MD]),
           "sampling": (sampling, [RESULTS_MD]),
           "compile": (compile_, [RESULTS_MD]),
           "attention": (attention, [RESULTS_MD]),
+          "step-floor": (step_floor, [RESULTS_MD]),
           "fsdp": (fsdp, [RESULTS_MD]),
           "bsa": (bsa, [RESULTS_MD, KERNELS_NB]),
           "bsa-kernels": (bsa_kernels, [RESULTS_MD, KERNELS_NB]),
+          "bsa-whole-path": (bsa_whole_path, [RESULTS_MD]),
+          "levers": (levers, [RESULTS_MD]),
+          "sample-cli": (sample_cli, [RESULTS_MD]),
+          "sample-tab": (sample_tab, [RESULTS_MD]),
           "training": (training, [RESULTS_MD]),
           "long-video": (long_video, [RESULTS_MD]),
           "memory-settings": (memory_settings, [RESULTS_MD]),

@@ -198,6 +198,15 @@ def test_bench_levers_runs_tiny(tmp_path):
     assert list(res["block"]) == ["plain", "both", "compiled_both"]
     for name in ("both", "compiled_both"):
         assert res["block"][name]["output_rel_diff"] < 1e-2 and res["block"][name]["max_grad_rel_diff"] < 3e-2, res
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import tables                                                  # issue 22's per-lever table renders it
+    named = tmp_path / "results" / "levers_cpu_2026-12-05.json"
+    named.parent.mkdir()
+    out.rename(named)
+    with mock.patch.object(tables, "RESULTS", named.parent):
+        table = tables.levers()
+    assert "| compiled_both | LoRA epilogue, q/k norm + RoPE: triton, compiled |" in table, table
+    assert "The q/k norm + RoPE alone" in table and "levers_cpu_2026-12-05.json" in table
     assert set(res["qk_alone"]) == {"eager", "inductor", "triton"}
     assert all(v["q_rel_vs_fp32"] < 1e-2 and v["k_rel_vs_fp32"] < 1e-2 for v in res["qk_alone"].values())
     assert all(v["output_rel_diff"] < 1e-2 for k, v in res["lora_alone"].items() if k.endswith("_epilogue"))

@@ -5,6 +5,7 @@ The kernel-level CPU checks (selection, reorder, gathered kernel vs reference, c
 nbs/09_kernels.ipynb; here: the model's forced 'bsa' path, gradient checkpointing, compiled blocks, and the GPU kernel.
 """
 import importlib.util, itertools, json, math, os, subprocess, sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -438,3 +439,25 @@ def test_triton_kernels_compile_for_h200_without_spills():
         os.remove(path)
         assert "wgmma" in compiled.asm["ptx"], (fn.__name__, pad)           # Hopper tensor-core MMAs
         assert "STACK:0 " in usage, (fn.__name__, pad, usage)                 # no register spills
+
+
+@needs_triton
+def test_bench_bsa_smoke_runs_and_renders(tmp_path, monkeypatch):
+    """`benchmarks/bench_bsa.py --smoke` (CPU, interpreter: the wiring the H200 call runs, on two small grids, one
+    padded) writes the JSON that `benchmarks/tables.py` renders as issue 23's whole-path table."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "results" / "bsa_whole_path_cpu_2026-12-05.json"
+    out.parent.mkdir()
+    r = subprocess.run([sys.executable, "benchmarks/bench_bsa.py", "--smoke", "--json", str(out)], cwd=root,
+                       env=os.environ | dict(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads(out.read_text())
+    accuracy, *grids = res["rows"]
+    assert max(v for k, v in accuracy.items() if "_rel_" in k) < 2e-2, accuracy        # bf16 against fp32
+    assert [g["grid"] for g in grids] == [[4, 8, 8], [4, 6, 6]] and all(g["triton_fwdbwd_ms"] > 0 for g in grids)
+    sys.path.insert(0, str(root / "benchmarks"))
+    import tables
+    monkeypatch.setattr(tables, "RESULTS", out.parent)
+    table = tables.bsa_whole_path()
+    assert "| 256 (4×8×8) |" in table and "| 144 (4×6×6) |" in table and "triton out" in table, table
+    assert "bsa_whole_path_cpu_2026-12-05.json" in table

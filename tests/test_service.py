@@ -46,6 +46,19 @@ def _bench(name: str):
     return bench
 
 
+def _rendered(kind: str, result, tmp_path) -> str:
+    "The table `benchmarks/tables.py` renders from the benchmark's JSON `result` (saved as `{kind}_cpu_<date>.json`)."
+    from unittest import mock
+    tables = _bench("tables")
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    shutil.copy(result, results / f"{kind}_cpu_2026-12-05.json")
+    with mock.patch.object(tables, "RESULTS", results):
+        table = getattr(tables, kind)()
+    assert f"{kind}_cpu_2026-12-05.json" in table, table
+    return table
+
+
 def test_sample_tab_benchmark_runs_on_the_tiny_checkpoint(capsys, tmp_path):
     """benchmarks/bench_sample_tab.py, which the H200 runs at full size: two clicks of the distilled preview, one
     pipeline load, both timed, with provenance; a checkpoint without the distilled LoRA gets a random one."""
@@ -60,6 +73,7 @@ def test_sample_tab_benchmark_runs_on_the_tiny_checkpoint(capsys, tmp_path):
     assert {"date", "commit", "gpu", "torch", "command"} <= result.keys()       # what benchmarks/tables.py asks for
     printed = capsys.readouterr().out
     assert json.loads(printed.strip().splitlines()[-1]) == result == json.loads(out.read_text())   # one JSON line
+    assert "| second click (the same pipeline) |" in _rendered("sample_tab", out, tmp_path)
 
 
 def test_sample_cli_benchmark_runs_on_the_tiny_checkpoint(tmp_path):
@@ -69,3 +83,4 @@ def test_sample_cli_benchmark_runs_on_the_tiny_checkpoint(tmp_path):
     (row,) = result["rows"]
     assert row["variant"] == "distilled" and row["rc"] == 0 and row["video_bytes"] > 0 and row["wall_s"] > 0, row
     assert json.loads((tmp_path / "cli.json").read_text()) == result and result["commit"]
+    assert "| distilled | --distilled | — |" in _rendered("sample_cli", tmp_path / "cli.json", tmp_path)
