@@ -108,11 +108,17 @@ class SampleRequest:
     distilled: bool = False              # the 16-step preview with the released cfg_step_lora
     compile: bool = False
     output: str = "sample.mp4"
+    source: str = "command line"         # who asks, for the error messages
+    labels: dict | None = None           # how `source` names an option (None: `--size` and so on)
 
     @classmethod
     def from_args(cls, args):
         "The request parsed `longcat-nb sample` arguments describe."
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("source", "labels")})
+
+    def option(self, name: str) -> str:
+        "How this request's source names option `name`: `--name` on the command line."
+        return (self.labels or {}).get(name, f"--{name}")
 
 # %% ../nbs/07a_service.ipynb #e7c62708
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -153,35 +159,36 @@ def _check_video(path: str, need: int, fix: str) -> int:
     return info.frames
 
 # %% ../nbs/07a_service.ipynb #d5c7c941
-def _check_image(path: str):
-    "A `ConfigError` unless `path` is a readable image file."
+def _check_image(path: str, option: str = "--image"):
+    "A `ConfigError` unless `path` is a readable image file (`option`: how the asker names it)."
     from PIL import Image
     if not Path(path).is_file():
-        raise ConfigError(f"--image {path}: no such file — give the path of a PNG or JPEG start frame")
+        raise ConfigError(f"{option} {path}: no such file — give the path of a PNG or JPEG start frame")
     try:
         with Image.open(path) as im:
             im.verify()
     except (OSError, SyntaxError, ValueError) as e:
-        raise ConfigError(f"--image {path}: not a readable image ({e.__class__.__name__}) — give a PNG or JPEG "
+        raise ConfigError(f"{option} {path}: not a readable image ({e.__class__.__name__}) — give a PNG or JPEG "
                           "start frame") from None
 
 
 def check_sample_args(args, cfg) -> SamplePlan:
     "A `ConfigError` (one line) for an option of `args` (a `SampleRequest`) that cannot work; else the `SamplePlan`."
     from longcat_nb.config import check_frames, parse_resolution
-    width, height = parse_resolution(args.size or cfg.validation_resolution, "--size", "command line")
+    width, height = parse_resolution(args.size or cfg.validation_resolution, args.option("size"), args.source)
     if args.frames is not None:
         if args.frames < 1:
-            raise ConfigError(f"--frames {args.frames}: must be at least 1 — e.g. 93 (or 1 for an image)")
-        check_frames(args.frames, "--frames", "command line")
+            raise ConfigError(f"{args.option('frames')} {args.frames}: must be at least 1 — e.g. 93 (or 1 for an "
+                              "image)")
+        check_frames(args.frames, args.option("frames"), args.source)
     frames, cond = args.frames or cfg.validation_num_video_frames, args.cond_frames
     for spec in args.lora or []:
         path, _ = parse_lora_spec(spec)
         if not Path(path).is_file():
-            raise ConfigError(f"--lora {spec}: {path} is not a file "
+            raise ConfigError(f"{args.option('lora')} {spec}: {path} is not a file "
                               "— give PATH or PATH:MULTIPLIER (e.g. lora.safetensors:0.8)")
     if args.image:
-        _check_image(args.image)
+        _check_image(args.image, args.option("image"))
     out = Path(args.output)
     if out.is_dir() or args.output.endswith(("/", "\\")):
         raise ConfigError(f"--output {args.output}: is a folder — give a file name, e.g. {out / 'sample.mp4'}")

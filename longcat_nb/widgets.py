@@ -855,7 +855,8 @@ def request(self: SampleView, output) -> SampleRequest:
                          lora=[f"{self.lora.value}:{self.strength.value:g}"] if self.lora.value else None,
                          frames=_number(self.frames, "frames", int, 93), steps=_number(self.steps, "steps", int, 40),
                          guidance=_number(self.guidance, "guidance", float, 4.0), seed=self.seed.value,
-                         distilled=self.distilled.value, output=str(output))
+                         distilled=self.distilled.value, output=str(output), source="Sample tab",
+                         labels={k: getattr(self, k).description for k in ("size", "frames", "image", "lora")})
 
 @patch
 def _generate(self: SampleView) -> Path:

@@ -177,7 +177,7 @@ def main():
         prompt.send_keys("a red ball moves from left to right on a dark blue background")
         lab.type_into(lab.field("size"), "480p")
         lab.button("Generate")
-        one_line_error(lab, '--size = "480p": expected "WIDTHxHEIGHT"', "the Sample tab's error")
+        one_line_error(lab, 'Sample tab: size = "480p": expected "WIDTHxHEIGHT"', "the Sample tab's error")
         lab.no_red_blocks("the Sample tab's error")
         lab.shot("sample_error")
         lab.type_into(lab.field("size"), "")

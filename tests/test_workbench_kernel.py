@@ -43,7 +43,7 @@ wb.sample.button.click()
 report(wb.sample)
 """,
     "sample_image": """
-wb.sample.size.value, wb.sample.image.value = "64x48", str(root / "missing.png")
+wb.sample.size.value, wb.sample.image.value = "64x48", "missing.png"   # the kernel runs in root
 wb.sample.button.click()
 report(wb.sample)
 """,
@@ -66,9 +66,9 @@ print(json.dumps({"form": {"status": nowhere.form.status.value}, "check": {"stat
 }
 EXPECTED = {
     "cache": ("CacheView", "directory not found — point it at the checkpoint folder"),
-    "sample_size": ("SampleView", '--size = "480p": expected "WIDTHxHEIGHT"'),
-    "sample_image": ("SampleView", "missing.png: no such file — give the path of a PNG or JPEG start frame"),
-    "sample_frames": ("SampleView", "--frames = 10: (frames - 1) % 4 must be 0"),
+    "sample_size": ("SampleView", 'Sample tab: size = "480p": expected "WIDTHxHEIGHT"'),
+    "sample_image": ("SampleView", "start image missing.png: no such file — give the path of a PNG or JPEG start frame"),
+    "sample_frames": ("SampleView", "Sample tab: frames = 10: (frames - 1) % 4 must be 0"),
 }
 
 
