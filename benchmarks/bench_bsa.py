@@ -160,13 +160,13 @@ def accuracy(args, record, grid):
 def bench_block(grid, args, record):
     "One full-size block (hidden 4096, 32 heads), bf16, fwd+bwd w.r.t. its input, frozen weights."
     torch.manual_seed(0)
-    block = LongCatBlock(4096, 32, 4, 512).to("cuda", torch.bfloat16).requires_grad_(False)
+    block = LongCatBlock(4096, 32, 4, 512).to(DEV, torch.bfloat16).requires_grad_(False)
     for p in block.parameters(): p.data.normal_(0, 0.02)
     N, T = math.prod(grid), grid[0]
     x = torch.randn(1, N, 4096, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     y = torch.randn(1, 512, 4096, device=DEV, dtype=torch.bfloat16)
     t = torch.randn(1, T, 512, device=DEV)
-    rope = rope_3d(grid, 128, "cuda")
+    rope = rope_3d(grid, 128, DEV)
     r = dict(what="full-size block fwd+bwd", grid=list(grid))
     for name, backend in [("sdpa", "sdpa"), ("bsa", BlockSparse(tuple(grid), args.sparsity))]:
         run = lambda: block(x, y, t, rope, None, 0, backend).float().sum().backward()

@@ -42,8 +42,11 @@ def _pct(new: float, old: float) -> str: return f"{(new / old - 1) * 100:+.0f}%"
 
 
 def _newest(pattern: str) -> list[str]:
-    "The names of results files matching `pattern`, oldest first (names end in their date, so by name)."
-    return sorted(p.name for p in RESULTS.glob(pattern))
+    "The names of results files matching `pattern`, oldest first: by the date in the name (`kind_gpu_YYYY-MM-DD…`)."
+    def dated(name: str) -> tuple[str, str]:
+        m = re.search(r"\d{4}-\d{2}-\d{2}", name)
+        return (m[0] if m else "", name)
+    return sorted((p.name for p in RESULTS.glob(pattern)), key=dated)
 
 
 def _pending(pattern: str, command: str) -> str:
@@ -61,7 +64,7 @@ def _latest_rows(pattern: str, key: str) -> tuple[list[dict], list[str]]:
         d = _json(name)
         for r in d["rows"]:
             if key in r:
-                rows[str(r[key])] = {**r, "_file": name}
+                rows[str(r[key])] = r
         used.append(name)
     return list(rows.values()), used
 
@@ -141,13 +144,12 @@ def step_floor() -> str:
     its fwd+bwd once per block; the frozen base's matmuls three times (forward, recompute, input gradient)."""
     names = "bench_attention_h200.json", "bench_compile_h200.json", "train_h200_2026-12-04.json"
     a, c, t = map(_json, names)
-    depth = DEPTH
-    attn = depth * a["model/cudnn"]["fwd_bwd_ms"] / 1e3
-    attn_fwd = depth * a["model/cudnn"]["fwd_ms"] / 1e3
+    attn = DEPTH * a["model/cudnn"]["fwd_bwd_ms"] / 1e3
+    attn_fwd = DEPTH * a["model/cudnn"]["fwd_ms"] / 1e3
     matmul = 3 * c["eager_profile_ms"]["matmul"] / 1e3
     eager, compiled = (next(r["s_per_step"] for r in t["rows"] if r["what"].startswith(w)) for w in ("eager", "compile"))
-    rows = [[f"self-attention fwd+bwd, {depth} blocks (cuDNN SDPA, the model's q/k/v layout; kept, so run once)",
-             f"{depth} × {a['model/cudnn']['fwd_bwd_ms']:.1f} ms", f"{attn:.2f} s"],
+    rows = [[f"self-attention fwd+bwd, {DEPTH} blocks (cuDNN SDPA, the model's q/k/v layout; kept, so run once)",
+             f"{DEPTH} × {a['model/cudnn']['fwd_bwd_ms']:.1f} ms", f"{attn:.2f} s"],
             ["the base weights' matmuls: forward, recompute, input gradient",
              f"3 × {c['eager_profile_ms']['matmul']:,.0f} ms (one forward's matmul kernels)", f"{matmul:.2f} s"],
             ["**floor**: the two above and nothing else (no elementwise, norms, RoPE, LoRA, optimizer)", "",
@@ -155,7 +157,7 @@ def step_floor() -> str:
             ["the 10.0 s goal minus the floor: left for everything else", "", f"{10.0 - attn - matmul:+.2f} s".replace("-", "−")],
             ["measured: eager step, attention kept", "`longcat-nb train`", f"{eager:.2f} s"],
             ["estimate: compiled blocks keeping attention", f"measured compiled step {compiled:.2f} s (attention "
-             f"recomputed) − {depth} attention forwards", f"{compiled - attn_fwd:.2f} s"]]
+             f"recomputed) − {DEPTH} attention forwards", f"{compiled - attn_fwd:.2f} s"]]
     return "\n".join(_table(["part of the step", "from", "time"], rows)
                      + [""] + [_from(d, n) for d, n in zip((a, c, t), names)])
 

@@ -70,3 +70,11 @@ def test_check_command_fails_on_a_changed_figure(tmp_path):
     run = subprocess.run([sys.executable, str(BENCH / "tables.py"), "--check", "--results", str(copy)],
                          capture_output=True, text=True)
     assert run.returncode == 1 and "stale tables: bsa" in run.stdout, run.stdout + run.stderr
+
+
+def test_newest_results_come_last_by_the_date_in_their_names(results_copy):
+    "A table that takes the newest file reads the date in its name, not the GPU before it."
+    for name in ("levers_h200_2026-12-06.json", "levers_h100_2026-12-07.json", "levers_h200_2026-12-06_b.json"):
+        (results_copy / name).write_text("{}")
+    assert tables._newest("levers_*.json")[-1] == "levers_h100_2026-12-07.json"
+    assert tables._newest("levers_*.json")[:2] == ["levers_h200_2026-12-06.json", "levers_h200_2026-12-06_b.json"]
