@@ -170,8 +170,8 @@ TRAIN_KEYS = [
         "benchmarks/RESULTS.md were measured); `on` also for resident blocks (not measured there).",
         ("off", "auto", "on")),
     Key("compile_transformer", False, "bool",
-        "Compile each transformer block with torch.compile (GPU: −20% per training step on an H200, after ~30 s of "
-        "compiling)."),
+        "Compile each transformer block with torch.compile (GPU): the first steps compile (shown as such in the "
+        "progress bar), later ones run faster — by how much: benchmarks/RESULTS.md."),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
     Key("group_offload_type", "block_level", "str", "Group offload granularity.", ("block_level", "leaf_level")),
     Key("group_offload_blocks_per_group", 1, "int", "Blocks per offload group.", minimum=1),
