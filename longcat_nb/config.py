@@ -153,8 +153,7 @@ TRAIN_KEYS = [
         "larger count wins.", nullable=True, minimum=0),
     Key("bsa_kernel", "auto", "str",
         "Block-sparse attention's sparse step: `flex` (FlexAttention, CUDA), `triton` (ours, CUDA; reads q, k, v in "
-        "place; 6.85× over dense fwd+bwd at 39,936 tokens on an H200 in its earlier chunk-major form, against flex's "
-        "5.65×), `gathered` (any device; tests); "
+        "place; both measured against dense in benchmarks/RESULTS.md), `gathered` (any device; tests); "
         "`auto` → flex on CUDA, gathered elsewhere. The environment variable LONGCAT_BSA_KERNEL, when set, "
         "overrides it.", BSA_KERNELS),
     Key("bsa_kernel_options", None, "dict",
