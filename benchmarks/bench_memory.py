@@ -88,7 +88,8 @@ def run(name, extra, gpu_gib, a, site):
         time.sleep(0.5)
     out = proc.stdout.read()
     line = next((l for l in reversed(out.splitlines()) if l.startswith("{")), "{}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    from provenance import commit as tree_commit   # benchmarks/provenance.py: $LONGCAT_NB_COMMIT on the device
+    commit = tree_commit()
     res = dict(date=time.strftime("%Y-%m-%d"), commit=commit, command=" ".join(sys.argv), variant=name, extra=extra,
                gpu_gib_cap=gpu_gib, peak_host_rss_gib=round(peak / 2**30, 1), wall_s=round(time.time() - t0, 1),
                **json.loads(line))

@@ -4,6 +4,7 @@
 #   .whl/      the shared py3.12 wheels (diffusers, PyAV, fastcore, ftfy, wcwidth, importlib_metadata)
 #   .dev/whl/  optimum-quanto 0.2.7 and torchao 0.17.0 (pure-Python wheels, fetched from the package index once)
 #   .dev/fullscale_e2e.py   the shared full-size end-to-end tool
+#   .dev/commit   the tree's commit (run this again after committing, before a call)
 # Idempotent; run from anywhere: bash benchmarks/device_carry.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,7 @@ cp -u "$SHARED"/tools/fullscale_e2e.py .dev/
 ls .dev/whl/optimum_quanto-0.2.7-*.whl .dev/whl/torchao-0.17.0-*.whl >/dev/null 2>&1 ||
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
     -d .dev/whl optimum-quanto==0.2.7 torchao==0.17.0
+# the tree's commit, for results written on the device (its copy's git metadata is not this tree's): "-dirty" when
+# the tree has uncommitted changes
+echo "$(git rev-parse --short HEAD)$([ -z "$(git status --porcelain --untracked-files=no)" ] || echo -dirty)" > .dev/commit
 du -sh .whl .dev

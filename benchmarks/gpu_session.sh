@@ -34,6 +34,7 @@ shopt -s nullglob
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .dev/whl/*.whl
 [ -f "$E2E" ] || { echo "no $E2E: run bash benchmarks/device_carry.sh here and carry .whl and .dev"; exit 2; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 E2E_SAMPLE_BEFORE_S=0
+[ ! -f .dev/commit ] || export LONGCAT_NB_COMMIT=$(cat .dev/commit)   # device_carry.sh: the tree's commit
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 # results named as benchmarks/tables.py finds them (copy them into benchmarks/results/ here): GPU and date
 TAG=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oE '[AHL][0-9]+' | head -1 | tr A-Z a-z)

@@ -417,6 +417,21 @@ def sample_tab() -> str:
     return "\n".join(_table(["Sample tab, " + what + f", {d['precision']}", "s"], rows) + ["", _from(d, name)])
 
 
+def memory_h100() -> str:
+    """The 16 GB plan's settings through `longcat-nb train` on an H100 (2026-12-05): inductor's compile-worker pool
+    against compiling in-process (benchmarks/bench_memory.py rows; host figures: the process tree's peak RSS, and the
+    trainer's own peak from its progress.jsonl)."""
+    name = "memory_h100_2026-12-05.jsonl"
+    rows = _rows(name)
+    trainer_peak = lambda r: max(e[3] for e in r["host_by_event"] if e[3] is not None)
+    out = [[r["variant"], r["compile_threads"], f"{r['gpu_gib_cap']:.1f}", f"{statistics.median(r['train_step_s']):.2f}",
+            f"{r['train_reserved_gib']:.1f}", f"{r['peak_host_rss_gib']:.1f}", f"{trainer_peak(r):.1f}"] for r in rows]
+    return "\n".join(_table(["settings", "inductor compile workers", "GPU cap GiB", "s/step", "peak reserved GiB",
+                             "host peak GiB (all processes)", "host peak GiB (trainer)"], out)
+                     + ["", f"{rows[0]['extra']}; 832×480×93, rank 16, 2 steps, T2V and I2V validation. "
+                            + _from(rows[0], name)])
+
+
 KERNELS_NB = ROOT / "nbs" / "09_kernels.ipynb"
 TRAINING_NB = ROOT / "nbs" / "07_training.ipynb"
 # name → (renderer, the files that show it)
@@ -437,6 +452,7 @@ TABLES = {"transformer": (transformer, [RESULTS_MD]),
           "long-video": (long_video, [RESULTS_MD]),
           "memory-settings": (memory_settings, [RESULTS_MD]),
           "memory-plans": (memory_plans, [RESULTS_MD]),
+          "memory-h100": (memory_h100, [RESULTS_MD]),
           "precision": (precision, [RESULTS_MD, TRAINING_NB])}
 
 

@@ -12,7 +12,7 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'FUSED_RECOMPILE_LIMIT', 'ATTENTION_
            'qk_norm_rope', 'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock',
            'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV',
            'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention',
-           'fused_elementwise_wanted']
+           'fused_elementwise_wanted', 'compile_in_process']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -748,6 +748,16 @@ def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool, stream
     if setting == "on":
         return True
     return setting == "auto" and torch.device(device).type == "cuda" and streamed and not blocks_compiled
+
+
+def compile_in_process(streamed: bool) -> None:
+    """For a run whose blocks stream (`streamed`: block swap or activation offload, the plans bound by host RAM):
+    compile in this process, without inductor's pool of compile workers — one Python process with torch per CPU core,
+    each holding host RAM (measured in a 16 GB plan's run: benchmarks/results/memory_h100_2026-12-05.jsonl). What such
+    runs compile is small (the fused elementwise functions). Other runs keep the pool."""
+    if streamed:
+        import torch._inductor.config as inductor_config
+        inductor_config.compile_threads = 1
 
 
 @patch

@@ -271,7 +271,7 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
     """The pipeline for `cfg`: the loaded one when its key still matches, else a fresh load (the old one freed first);
     its elementwise work fused as the config's `fused_elementwise` says, as in training (set on the loaded one too)."""
     from longcat_nb.caching import default_device, default_dtype
-    from longcat_nb.model import fused_elementwise_wanted
+    from longcat_nb.model import compile_in_process, fused_elementwise_wanted
     from longcat_nb.sampling import LongCatVideoPipeline
     ckpt, device = resolve_checkpoint(cfg), default_device()
     key = pipeline_key(cfg, ckpt, compile)
@@ -289,6 +289,7 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
             pipe.transformer.compile_blocks()
         self.pipe, self.key, self.loads = pipe, key, self.loads + 1
     streamed = cfg.musubi_blocks_to_swap > 0 or cfg.enable_group_offload
+    compile_in_process(streamed)
     self.pipe.transformer.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, compiled,
                                                                          streamed))
     return self.pipe

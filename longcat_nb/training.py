@@ -32,8 +32,8 @@ from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
                              training_metadata)
 from .model import (ATTENTION_OPS, BSA_MIN_FRAME_TOKENS, LongCatVideoTransformer3DModel, autocasts,
-                               checkpoint_keeping_attention, compute_autocast, fused_elementwise_wanted,
-                               keeping_self_attention, set_ffn_chunks)
+                               checkpoint_keeping_attention, compile_in_process, compute_autocast,
+                               fused_elementwise_wanted, keeping_self_attention, set_ffn_chunks)
 from .sampling import (LongCatVideoPipeline, eval_samples_for, run_validation, use_config_attention,
                                  validation_jobs)
 
@@ -721,6 +721,7 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     if cfg.compile_transformer:
         model.compile_blocks(backend=compile_backend())
     streamed = cfg.musubi_blocks_to_swap > 0 or cfg.activation_offload
+    compile_in_process(streamed)
     fuse = fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer, streamed)
     model.set_fused_elementwise(fuse)
     return model
