@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from provenance import commit as tree_commit   # benchmarks/provenance.py: $LONGCAT_NB_COMMIT on the device
+
 # validation inside each plan: the e2e config renders its T2V prompt at the end; this adds the I2V clip as the eval set
 I2V_VALIDATION = {"validation_using_datasets": True, "eval_dataset_id": "example-i2v"}
 VARIANTS = {
@@ -88,7 +90,6 @@ def run(name, extra, gpu_gib, a, site):
         time.sleep(0.5)
     out = proc.stdout.read()
     line = next((l for l in reversed(out.splitlines()) if l.startswith("{")), "{}")
-    from provenance import commit as tree_commit   # benchmarks/provenance.py: $LONGCAT_NB_COMMIT on the device
     commit = tree_commit()
     res = dict(date=time.strftime("%Y-%m-%d"), commit=commit, command=" ".join(sys.argv), variant=name, extra=extra,
                gpu_gib_cap=gpu_gib, peak_host_rss_gib=round(peak / 2**30, 1), wall_s=round(time.time() - t0, 1),

@@ -319,3 +319,16 @@ def test_fused_elementwise_training_and_validation_stay_compiled():
     for fused, eager in zip(videos["aot_eager"], videos[None]):
         torch.testing.assert_close(fused, eager, atol=1e-5, rtol=0)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("streams", [dict(activation_offload=True), dict(musubi_blocks_to_swap=1), {}])
+def test_streamed_runs_compile_in_process(streams):
+    """The trainer's model setup (`make_trainable`) compiles in-process for runs whose blocks stream (inductor's pool of
+    compile workers held 8 GiB of host RAM in a 16 GB plan's run) and leaves the pool to the others."""
+    import torch._inductor.config as inductor_config
+    from longcat_nb.config import parse_config
+    from longcat_nb.model import TINY_DIT_CONFIG, LongCatVideoTransformer3DModel
+    from longcat_nb.training import make_trainable
+    with mock.patch.object(inductor_config, "compile_threads", 7):
+        make_trainable(LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG), parse_config(streams))
+        eq_(inductor_config.compile_threads, 1 if streams else 7)
