@@ -169,7 +169,11 @@ def run_settings(row) -> tuple[str, int, bool, int, int]:
 
 
 def measured_since(row: dict, rev: str) -> bool:
-    "Whether `row` was measured at commit `rev` or one after it (its `commit` descends from `rev` in this repository)."
+    """Whether `row` was measured at commit `rev` or one after it (its `commit` descends from `rev` in this repository),
+    or with inductor compiling in-process (`TORCHINDUCTOR_COMPILE_THREADS=1` in its `env`: what d8a72a8 made the
+    default for streamed blocks, set by hand)."""
+    if row.get("env", {}).get("TORCHINDUCTOR_COMPILE_THREADS") == "1":
+        return True
     commit = row.get("commit") or "unknown"
     return subprocess.run(["git", "merge-base", "--is-ancestor", rev, commit], capture_output=True).returncode == 0
 
@@ -212,7 +216,7 @@ if __name__ == "__main__":
     f = sub.add_parser("fit", help="reserved_slack and the host base from benchmark rows (bench_memory.py's JSON lines)")
     f.add_argument("results", type=Path, nargs="+")
     f.add_argument("--swapped-since", metavar="COMMIT", help="fit the swapped host term only on rows measured at COMMIT "
-                   "or later (f2f72ad: swapped blocks pinned as they load)")
+                   "or later (d8a72a8: streamed blocks compile in-process, without inductor's pool of compile workers)")
     a = p.parse_args()
     if a.cmd == "measure":
         block, sampling = block_activation_model(), sampling_activation_model()

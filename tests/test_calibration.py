@@ -67,3 +67,5 @@ def test_host_base_fit_by_commit():
     eq_(cm.fit_host_base(rows), {"swapped": {"int8-quanto": 11.1}, "resident": {"int8-quanto": 4.5}})
     eq_(cm.fit_host_base(rows, swapped_since=new), {"swapped": {"int8-quanto": 5.1}, "resident": {"int8-quanto": 4.5}})
     eq_(cm.fit_host_base([swapped(20.0, "unknown")], swapped_since=new), {})
+    by_hand = {**swapped(pinned + 8.0, old), "env": {"TORCHINDUCTOR_COMPILE_THREADS": "1"}}   # in-process compile
+    eq_(cm.fit_host_base([by_hand, resident], swapped_since=new), {"swapped": {"int8-quanto": 8.1}, "resident": {"int8-quanto": 4.5}})
