@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import PRECISIONS, continuation_frames
-from .model import cond_cache_bytes, ffn_hidden_size
+from .model import cond_cache_bytes, ffn_hidden_size, fused_elementwise_wanted
 from .offload import aligned_bytes, longest_recomputed_run
 from .quantise import MemorySettingsError
 
@@ -125,11 +125,13 @@ def offload_host_bytes(blocks: int, input_bytes: int) -> int:
     return aligned_bytes([input_bytes] * blocks)
 
 
-def workspace_bytes(tokens: int, ffn_chunks: int = 1, hidden: int = 4096, cal: dict = CALIBRATION) -> float:
+def workspace_bytes(tokens: int, ffn_chunks: int = 1, hidden: int = 4096, cal: dict = CALIBRATION,
+                    fused: bool = False) -> float:
     """One block's recompute + backward peak at `tokens` tokens: the measured block (scaled to `hidden`) ×
-    `workspace_slack`."""
+    `workspace_slack`, × `fused_workspace` with `fused` elementwise work (its fp32 intermediates never reach memory)."""
     m = cal["block"][1 if ffn_chunks == 1 else FFN_CHUNKS]
-    return cal["workspace_slack"] * (m["peak"] * tokens + m["constant"]) * hidden / 4096
+    fused_share = cal["fused_workspace"] if fused else 1.0
+    return fused_share * cal["workspace_slack"] * (m["peak"] * tokens + m["constant"]) * hidden / 4096
 
 
 def resident_bytes(precision: str, blocks_to_swap: int, rank: int = 16, depth: int = 48, hidden: int = 4096) -> float:
@@ -152,11 +154,12 @@ def _host_base(precision: str, swapped: bool, measured: dict) -> float:
 
 def predict(precision: str, blocks_to_swap: int, activation_offload: bool, tokens: int, rank: int = 16,
             tflops: float = 989, depth: int = 48, hidden: int = 4096, cal: dict = CALIBRATION, ffn_chunks: int = 1,
-            keep_attention: bool = False, heads: int = 32, recomputed_inputs: int = 0) -> MemoryPlan:
+            keep_attention: bool = False, heads: int = 32, recomputed_inputs: int = 0,
+            fused: bool = False) -> MemoryPlan:
     """Predicted peak GPU (reserved, the figure that runs out; `allocated_gib` beside it) and host GiB and s/step of a
     LoRA step over `tokens` tokens (batch included) with these settings; `keep_attention`: each checkpointed block also
     keeps its attention output (no attention forward in the recompute); `recomputed_inputs`: that many block inputs are
-    not kept but recomputed (one more block forward each)."""
+    not kept but recomputed (one more block forward each); `fused`: elementwise work fused (`fused_elementwise`)."""
     blk, n = block_bytes(precision, hidden), blocks_to_swap
     act = tokens * hidden * 2
     kept = depth * tokens * (hidden * 2 + heads * 4) if keep_attention else 0
@@ -164,7 +167,7 @@ def predict(precision: str, blocks_to_swap: int, activation_offload: bool, token
     rebuilt = longest_recomputed_run(depth, recomputed_inputs)   # recomputed inputs a backward holds at once
     inputs = (cal["offload_inputs_on_gpu"] if activation_offload else kept_inputs) + rebuilt
     gpu = resident_bytes(precision, n, rank, depth, hidden) + inputs * act + kept \
-        + workspace_bytes(tokens, ffn_chunks, hidden, cal)
+        + workspace_bytes(tokens, ffn_chunks, hidden, cal, fused)
     base = _host_base(precision, n > 0, cal["host_base_gib"])
     host = base * GiB + swap_host_bytes(n, precision, hidden) \
         + (offload_host_bytes(kept_inputs, act) if activation_offload else 0)
@@ -218,12 +221,13 @@ def check_bf16(gpu_name: str, tokens: int = 37440, rank: int = 16) -> None:
 def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gpu_name: str = "NVIDIA H200",
                 precisions=PRECISIONS, depth: int = 48, hidden: int = 4096, margin: float = 0.95,
                 ffn_chunks=(1, FFN_CHUNKS), sample_tokens: int = 0, sample_cond_tokens: int = 0,
-                recomputed=RECOMPUTED_INPUTS) -> MemoryPlan:
+                recomputed=RECOMPUTED_INPUTS, fused_elementwise: str = "auto") -> MemoryPlan:
     """The fastest plan whose peaks fit `margin` × `gpu_gib` and × `host_gib` (ties: bf16 first, fewer swapped blocks,
     no offload, no FFN chunks, fewer recomputed inputs); `ffn_chunks` and `recomputed` the values it may choose
     (`ffn_chunks=(1,)` with LoRA dropout); `sample_tokens`: the
     validation videos' tokens (CFG batch included), whose sampling steps must fit the GPU too, with the K/V cache of
-    `sample_cond_tokens` conditioning tokens."""
+    `sample_cond_tokens` conditioning tokens; `fused_elementwise`: the config's setting, resolved for each plan as the
+    trainer resolves it on a CUDA GPU."""
     check_bf16(gpu_name, tokens, rank)
     tflops, _ = gpu_rate(gpu_name)
     def samples_fit(p, n):
@@ -231,7 +235,8 @@ def choose_plan(tokens: int, gpu_gib: float, host_gib: float, rank: int = 16, gp
             return True
         peak = predict_sampling(p, n, sample_tokens, rank, depth, hidden, cond_tokens=sample_cond_tokens)
         return peak <= margin * gpu_gib
-    cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c, recomputed_inputs=k)
+    fused = lambda n, o: fused_elementwise_wanted(fused_elementwise, "cuda", False, n > 0 or o)
+    cands = [predict(p, n, o, tokens, rank, tflops, depth, hidden, ffn_chunks=c, recomputed_inputs=k, fused=fused(n, o))
              for p in precisions for o in (False, True) for n in range(depth + 1) for c in ffn_chunks
              for k in recomputed if k < depth and samples_fit(p, n)]
     if not cands:
@@ -339,12 +344,15 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     tokens, what = config_tokens(cfg)
     check_bf16(gpu_name, tokens, cfg.lora_rank)
     tflops, _ = gpu_rate(gpu_name)
+    streamed = cfg.musubi_blocks_to_swap > 0 or cfg.activation_offload
+    fused = fused_elementwise_wanted(cfg.fused_elementwise, "cuda", cfg.compile_transformer, streamed)
     plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank,
-                    tflops, recomputed_inputs=cfg.recomputed_block_inputs, ffn_chunks=cfg.ffn_chunks)
+                    tflops, recomputed_inputs=cfg.recomputed_block_inputs, ffn_chunks=cfg.ffn_chunks, fused=fused)
     sample, cond = validation_tokens(cfg)
     chunks = (1,) if cfg.lora_dropout else (1, FFN_CHUNKS)
     chosen = choose_plan(tokens, gpu_gib, host_gib, cfg.lora_rank, gpu_name, usable_precisions(gpu_name),
-                         ffn_chunks=chunks, sample_tokens=sample, sample_cond_tokens=cond)
+                         ffn_chunks=chunks, sample_tokens=sample, sample_cond_tokens=cond,
+                         fused_elementwise=cfg.fused_elementwise)
     notes = [f"{gpu_name}: {gpu_gib:.1f} GiB GPU, {host_gib:.1f} GiB host; largest bucket {what} = {tokens:,} tokens"]
     if sample:
         peak = predict_sampling(chosen.precision, chosen.blocks_to_swap, sample, cfg.lora_rank, cond_tokens=cond)

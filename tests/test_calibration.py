@@ -45,9 +45,10 @@ def test_full_width_matches_the_calibration():
 
 def test_reserved_slack_fit(tmp_path):
     rows = [dict(gpu_gib_cap=None, train_peak_gib=50.0, train_reserved_gib=51.5),
-            dict(gpu_gib_cap=22.5, train_peak_gib=21.9, train_reserved_gib=22.5),       # capped: not evidence of slack
+            dict(gpu_gib_cap=22.5, train_peak_gib=21.9, train_reserved_gib=22.5),       # at its cap: not evidence of slack
+            dict(gpu_gib_cap=22.5, train_peak_gib=18.0, train_reserved_gib=21.6),       # below its cap: 1.2
             dict(gpu_gib_cap=None, train_peak_gib=40.0, train_reserved_gib=41.0)]
-    eq_(cm.fit_reserved_slack(rows), 1.03)
+    eq_(cm.fit_reserved_slack(rows), round((1.025 * 1.2) ** 0.5, 3))                 # the smallest and largest ratio's mean
     path = tmp_path / "cal.json"
     path.write_text('{"reserved_slack": 1.0, "_reserved_slack": "note"}')
     cm.write({"reserved_slack": 1.03}, path)
