@@ -235,7 +235,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("measure", help="block and sampling bytes a token at the released width (CPU)")
-    f = sub.add_parser("fit", help="reserved_slack and the host base from benchmark rows (bench_memory.py's JSON lines)")
+    f = sub.add_parser("fit", help="reserved_slack, fused_workspace and the host base from benchmark rows "
+                       "(bench_memory.py's JSON lines)")
     f.add_argument("results", type=Path, nargs="+")
     f.add_argument("--swapped-since", metavar="COMMIT", help="fit the swapped host term only on rows measured at COMMIT "
                    "or later (d8a72a8: streamed blocks compile in-process, without inductor's pool of compile workers)")
