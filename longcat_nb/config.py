@@ -519,6 +519,11 @@ class TrainConfig:
         return self.lora_rank if self.lora_alpha is None else self.lora_alpha
 
     @property
+    def streams_blocks(self) -> bool:
+        "Whether training streams blocks between host and GPU: block swap or activation offload."
+        return self.musubi_blocks_to_swap > 0 or self.activation_offload
+
+    @property
     def validation_prompts(self) -> list[str]:
         p = self.validation_prompt
         return [] if p is None else [p] if isinstance(p, str) else list(p)

@@ -344,8 +344,7 @@ def plan_for_config(cfg, gpu_gib: float | None = None, host_gib: float | None = 
     tokens, what = config_tokens(cfg)
     check_bf16(gpu_name, tokens, cfg.lora_rank)
     tflops, _ = gpu_rate(gpu_name)
-    streamed = cfg.musubi_blocks_to_swap > 0 or cfg.activation_offload
-    fused = fused_elementwise_wanted(cfg.fused_elementwise, "cuda", cfg.compile_transformer, streamed)
+    fused = fused_elementwise_wanted(cfg.fused_elementwise, "cuda", cfg.compile_transformer, cfg.streams_blocks)
     plain = predict(cfg.base_model_precision, cfg.musubi_blocks_to_swap, cfg.activation_offload, tokens, cfg.lora_rank,
                     tflops, recomputed_inputs=cfg.recomputed_block_inputs, ffn_chunks=cfg.ffn_chunks, fused=fused)
     sample, cond = validation_tokens(cfg)

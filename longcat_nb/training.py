@@ -720,9 +720,8 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     # after the LoRA (one later would recompile)
     if cfg.compile_transformer:
         model.compile_blocks(backend=compile_backend())
-    streamed = cfg.musubi_blocks_to_swap > 0 or cfg.activation_offload
-    compile_in_process(streamed)
-    fuse = fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer, streamed)
+    compile_in_process(cfg.streams_blocks)
+    fuse = fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer, cfg.streams_blocks)
     model.set_fused_elementwise(fuse)
     return model
 
