@@ -181,11 +181,8 @@ def run_settings(row) -> tuple[str, int, bool, int, int, int]:
     832×480×93)."""
     lines = row.get("plan_lines", [])
     tokens = next((int(m[1].replace(",", "")) for l in lines if (m := re.search(r"= ([0-9,]+) tokens", l))), 37440)
-    plan = next((l.split() for l in lines if l.startswith("plan ")), None)
-    if plan:
-        recomputed = int(plan[5]) if len(plan) == 9 else 0
-        return plan[1], int(plan[2]), plan[3] == "yes", recomputed, tokens, int(plan[4])
-    x = row["extra"]
+    from longcat_nb.memory import planned_settings
+    x = next((planned_settings(l) for l in lines if l.startswith("plan ")), None) or row["extra"]
     return (x.get("base_model_precision", "bf16"), x.get("musubi_blocks_to_swap", 0), x.get("activation_offload", False),
             x.get("recomputed_block_inputs", 0), tokens, x.get("ffn_chunks", 1))
 

@@ -56,14 +56,14 @@ def _pending(pattern: str, command: str) -> str:
                              "and date, then `python benchmarks/tables.py`.)"])
 
 
-def _latest_rows(pattern: str, key: str) -> tuple[list[dict], list[str]]:
-    """The rows of every file matching `pattern`, a later file's row replacing an earlier one with the same `key`;
-    and the files used."""
+def _latest_rows(pattern: str, key: str, keep=lambda r: True) -> tuple[list[dict], list[str]]:
+    """The rows of every file matching `pattern` that `keep` accepts, a later file's row replacing an earlier one with
+    the same `key`; and the files used."""
     rows, used = {}, []
     for name in _newest(pattern):
         d = _json(name)
         for r in d["rows"]:
-            if key in r:
+            if key in r and keep(r):
                 rows[str(r[key])] = r
         used.append(name)
     return list(rows.values()), used
@@ -248,11 +248,15 @@ def memory_settings() -> str:
 
 def _plan(row: dict) -> str:
     "The settings a memory run trained with: the planner's choice (`plan_lines`) or the variant's own keys."
-    chosen = next((line.split() for line in row.get("plan_lines", []) if line.startswith("plan ")), None)
+    from longcat_nb.memory import planned_settings
+    chosen = next((planned_settings(l) for l in row.get("plan_lines", []) if l.startswith("plan ")), None)
     if chosen:
-        recomputed = f", {chosen[5]} inputs recomputed" if len(chosen) == 9 else ""
+        recomputed = chosen["recomputed_block_inputs"]
+        recomputed = f", {recomputed} inputs recomputed" if recomputed else ""
         fused = ", fused elementwise" if row["extra"].get("fused_elementwise") == "on" else ""
-        return f"{chosen[1]}, {chosen[2]} swapped, offload {chosen[3]}, FFN chunks {chosen[4]}{recomputed}{fused}"
+        offload = "yes" if chosen["activation_offload"] else "no"
+        return (f"{chosen['base_model_precision']}, {chosen['musubi_blocks_to_swap']} swapped, offload {offload}, "
+                f"FFN chunks {chosen['ffn_chunks']}{recomputed}{fused}")
     return ", ".join(f"{k}: {v}" for k, v in row["extra"].items())
 
 
@@ -323,8 +327,7 @@ BSA_COMMAND = "bash benchmarks/gpu_session.sh bsa"
 def bsa_whole_path() -> str:
     """Issue 23's table: the block-sparse whole path (and each kernel alone) fwd+bwd against dense cuDNN SDPA per token
     grid, with the released kernel and the goals beside it (benchmarks/bench_bsa.py's JSON; all files, newest per grid)."""
-    rows, used = _latest_rows(BSA_PATTERN, "grid")
-    rows = [r for r in rows if "dense_fwdbwd_ms" in r]
+    rows, used = _latest_rows(BSA_PATTERN, "grid", keep=lambda r: "dense_fwdbwd_ms" in r)   # not the accuracy rows
     if not rows:
         return _pending(BSA_PATTERN, BSA_COMMAND)
     x = lambda r, k: f"{r[k]:.2f}×" if k in r else "—"
@@ -335,12 +338,17 @@ def bsa_whole_path() -> str:
             f"≥ {BSA_GOAL[r['tokens']]:.0f}×" if r["tokens"] in BSA_GOAL else "—"] for r in rows]
     accuracy = [f"{k.split('_rel_')[0]} {k.split('_rel_')[1]} {v:.1e}" for n in used for r in _json(n)["rows"]
                 if r.get("what", "").startswith("accuracy") for k, v in r.items() if "_rel_" in k]
+    blocks = [f"{'×'.join(map(str, r['grid']))}: SDPA {r['sdpa_ms']:.1f} ms, block-sparse {r['bsa_ms']:.1f} ms "
+              f"({r['sdpa_ms'] / r['bsa_ms']:.2f}×)" for n in used for r in _json(n)["rows"]
+              if r.get("what") == "full-size block fwd+bwd"]
     return "\n".join(_table(["tokens (grid)", "dense fwd+bwd ms", "whole path, Triton", "whole path, Flex",
                              "Triton kernel alone, 1 key chunk/step", "2 chunks/step", "selection ms",
                              "dk/dv work max/mean", "released kernel", "goal"], out)
                      + ["", "Speed-ups are fwd+bwd over dense cuDNN SDPA; a grid that does not divide by the 4×4×4 "
                             "chunk runs padded. Accuracy against the fp32 reference (relative): "
-                            + ", ".join(dict.fromkeys(accuracy)) + ".", ""]
+                            + ", ".join(dict.fromkeys(accuracy)) + "."]
+                     + ([f"One full-size block (hidden 4096, bf16, frozen weights, no LoRA) fwd+bwd w.r.t. its input, {'; '.join(blocks)}."]
+                        if blocks else []) + [""]
                      + [_from(_json(n), n) for n in used])
 
 

@@ -23,7 +23,7 @@ __all__ = ['CALIBRATION', 'FFN_CHUNKS', 'RECOMPUTED_INPUTS', 'GPUS', 'GiB', 'CGR
            'block_host_sizes', 'swap_host_bytes', 'offload_host_bytes', 'workspace_bytes', 'resident_bytes', 'predict',
            'predict_sampling', 'PlanError', 'check_bf16', 'choose_plan', 'host_memory_bytes', 'machine_memory',
            'bucket_tokens', 'config_tokens', 'usable_precisions', 'validation_tokens', 'plan_for_config',
-           'format_plans', 'apply_memory_plan', 'checkpoint_attention_choice']
+           'format_plans', 'planned_settings', 'apply_memory_plan', 'checkpoint_attention_choice']
 
 # %% ../nbs/10_memory.ipynb #89e4d91f
 def load_calibration(path=None) -> dict:
@@ -373,6 +373,15 @@ def format_plans(plain: MemoryPlan, chosen: MemoryPlan, notes=()) -> str:
                      f"{p.step_s:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join([*notes, *("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)])
+
+
+def planned_settings(line: str) -> dict:
+    """The config keys of a `format_plans` row as printed ("plan  int8-quanto  38  yes  8  24  14.2  25.6  22.2"; rows
+    printed before recomputed inputs were planned have no such column): what a logged plan trained with."""
+    f = line.split()
+    recomputed = int(f[5]) if len(f) == 9 else 0
+    return {"base_model_precision": f[1], "musubi_blocks_to_swap": int(f[2]), "activation_offload": f[3] == "yes",
+            "ffn_chunks": int(f[4]), "recomputed_block_inputs": recomputed}
 
 # %% ../nbs/10_memory.ipynb #0dfe67f9
 def apply_memory_plan(cfg):
