@@ -99,7 +99,7 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
     python benchmarks/bench_sample_cli.py "$WORK/ckpt" --with-random-distilled-lora \
         --variants "$V" --json "$OUT/sample_cli_${TAG}_${V//,/-}.json" \
         2>&1 | tee "$OUT/sample_cli.log" | tail -8 ;;
-  bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (then set kernels.CUDA_AUTO_KERNEL = "triton"),
+  bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (auto runs them on CUDA since 2026-12-06),
          # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block
     python -m pytest -q -s tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/pytest_bsa.log" | grep -E "rel|passed|failed" || echo "FAILED tests (above)"
     python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bsa_whole_path_$TAG.json" 2>&1 | tee "$OUT/bsa.log" | tail -20

@@ -154,7 +154,7 @@ TRAIN_KEYS = [
     Key("bsa_kernel", "auto", "str",
         "Block-sparse attention's sparse step: `flex` (FlexAttention, CUDA), `triton` (ours, CUDA; reads q, k, v in "
         "place; both measured against dense in benchmarks/RESULTS.md), `gathered` (any device; tests); "
-        "`auto` → flex on CUDA, gathered elsewhere. The environment variable LONGCAT_BSA_KERNEL, when set, "
+        "`auto` → triton on CUDA, gathered elsewhere. The environment variable LONGCAT_BSA_KERNEL, when set, "
         "overrides it.", BSA_KERNELS),
     Key("bsa_kernel_options", None, "dict",
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step), "
