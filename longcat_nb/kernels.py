@@ -338,7 +338,7 @@ def _flex_64_tiles():
 # %% ../nbs/09_kernels.ipynb #810ba23d
 _DEFAULT_SETTINGS = dict(
     flex=dict(fwd_BLOCK_M=64, fwd_BLOCK_N=64, bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64),
-    triton=dict(num_warps=4, num_stages=2, chunks_per_step=1, dkdv_chunks_per_step=1, dkdv_num_stages=1))
+    triton=dict(num_warps=4, num_stages=2, chunks_per_step=1, dkdv_chunks_per_step=1, dkdv_num_stages=1, tma=0))
 
 
 def kernel_settings(kernel: str, options: dict | None = None) -> dict:
@@ -348,6 +348,10 @@ def kernel_settings(kernel: str, options: dict | None = None) -> dict:
     if unknown:
         raise ValueError(f"bsa_kernel_options {unknown}: not a setting of the triton kernel — use "
                          f"{', '.join(_DEFAULT_SETTINGS['triton'])}")
+    one_chunk = (settings.get("chunks_per_step"), settings.get("dkdv_chunks_per_step")) == (1, 1)
+    if kernel == "triton" and settings["tma"] and not one_chunk:
+        raise ValueError("bsa_kernel_options tma: 1 loads one chunk a step — set chunks_per_step and "
+                         "dkdv_chunks_per_step to 1 with it")
     return settings
 
 
@@ -442,14 +446,46 @@ def _bsa_tile_source(LIST, j, stop, T, H, W, nH, nW, BLOCK: tl.constexpr, TILE: 
     return rows, valid
 
 
+def _bsa_desc_source(X, b, sxb, sxh, sxn, HEADS, T, H, W, D: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
+                     CW: tl.constexpr):
+    """A tensor descriptor over batch `b` of raster-order X [B, h, N, d] seen as [h, T, H, W, d], whose box is one
+    chunk (Hopper's TMA loads it in one request; a box past the grid's edge reads zeros)."""
+    return tl.make_tensor_descriptor(X + b * sxb, shape=[HEADS, T, H, W, D],
+                                     strides=[sxh, H * W * sxn, W * sxn, sxn, 1], block_shape=[1, CT, CH, CW, D])
+
+
+def _bsa_box_source(desc, h, chunk, nH, nW, BLOCK: tl.constexpr, D: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
+                    CW: tl.constexpr):
+    "The rows of chunk `chunk` of head `h` through `desc` ([BLOCK, d], in `_bsa_rows`'s order)."
+    box = desc.load([h, chunk // (nH * nW) * CT, chunk // nW % nH * CH, chunk % nW * CW, 0])
+    return tl.reshape(box, [BLOCK, D])
+
+
+def _bsa_pair_source(A, B, a_desc, b_desc, LIST, j, rows, valid, b, h, sab, sah, san, sbb, sbh, sbn, HEADS, nH, nW,
+                     BLOCK: tl.constexpr, D: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+                     TMA: tl.constexpr):
+    """The tile of entry j of an index list from A and B (k and v, or q and the output's gradient), [TILE, d] each:
+    with `TMA` the listed chunk as one box through `a_desc` / `b_desc`, else its `rows` one by one (`valid` ones)."""
+    if TMA:
+        chunk = tl.load(LIST + j)
+        a = _bsa_box(a_desc, h.to(tl.int32), chunk, nH, nW, BLOCK, D, CT, CH, CW)
+        x = _bsa_box(b_desc, h.to(tl.int32), chunk, nH, nW, BLOCK, D, CT, CH, CW)
+    else:
+        cols = tl.arange(0, D)
+        a = tl.load(A + b * sab + h * sah + rows[:, None] * san + cols[None, :], mask=valid[:, None], other=0.0)
+        x = tl.load(B + b * sbb + h * sbh + rows[:, None] * sbn + cols[None, :], mask=valid[:, None], other=0.0)
+    return a, x
+
+
 # the kernels call these by name: `_bsa_kernels` makes them Triton functions
-_bsa_rows, _bsa_tile = _bsa_rows_source, _bsa_tile_source
+_bsa_rows, _bsa_tile, _bsa_desc, _bsa_box = _bsa_rows_source, _bsa_tile_source, _bsa_desc_source, _bsa_box_source
+_bsa_pair = _bsa_pair_source
 
 
 def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, HEADS, N, T, H, W,
              nH, nW, n_chunks, L, qk_scale, D: tl.constexpr, BLOCK: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
              CW: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr, IN: tl.constexpr, DOT: tl.constexpr,
-             PAD: tl.constexpr):
+             PAD: tl.constexpr, TMA: tl.constexpr):
     qb, bh = tl.program_id(0), tl.program_id(1)
     b, h, lst = (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), bh.to(tl.int64) * n_chunks + qb
     count, idx_ptr = tl.load(CNT + lst), IDX + lst * L
@@ -460,10 +496,14 @@ def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, 
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, D], tl.float32)
+    k_desc, v_desc = K, V                                         # with TMA: descriptors of them
+    if TMA:
+        k_desc = _bsa_desc(K, b, skb, skh, skn, HEADS, T, H, W, D, CT, CH, CW)
+        v_desc = _bsa_desc(V, b, svb, svh, svn, HEADS, T, H, W, D, CT, CH, CW)
     for j in range(0, count, TILE // BLOCK):
         rows_k, valid = _bsa_tile(idx_ptr, j, count, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)   # kept keys
-        k = tl.load(K + b * skb + h * skh + rows_k[:, None] * skn + cols[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(V + b * svb + h * svh + rows_k[:, None] * svn + cols[None, :], mask=valid[:, None], other=0.0)
+        k, v = _bsa_pair(K, V, k_desc, v_desc, idx_ptr, j, rows_k, valid, b, h, skb, skh, skn, svb, svh, svn, HEADS,
+                         nH, nW, BLOCK, D, CT, CH, CW, TMA)
         s = tl.dot(q, tl.trans(k.to(DOT)), input_precision=PREC) * qk_scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -501,7 +541,7 @@ def _bsa_delta(O, DO, DELTA, sob, soh, son, sdb, sdh, sdn, HEADS, N, D: tl.const
 def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ORDER, OFF, QIDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh,
               sdn, HEADS, N, T, H, W, nH, nW, n_chunks, qk_scale, sm_scale, D: tl.constexpr, BLOCK: tl.constexpr,
               CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr,
-              IN: tl.constexpr, DOT: tl.constexpr, PAD: tl.constexpr):
+              IN: tl.constexpr, DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr):
     f = tl.load(ORDER + tl.program_id(0))                      # (batch·head, key chunk), the most-kept first
     bh, kb = f // n_chunks, f % n_chunks
     b, h, cols = (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), tl.arange(0, D)
@@ -512,10 +552,14 @@ def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ORDER, OFF, QIDX, sqb, sqh, sqn, 
     k, v = k.to(DOT), v.to(DOT)
     dk = tl.zeros([BLOCK, D], tl.float32)
     dv = tl.zeros([BLOCK, D], tl.float32)
+    q_desc, do_desc = Q, DO                                       # with TMA: descriptors of them
+    if TMA:
+        q_desc = _bsa_desc(Q, b, sqb, sqh, sqn, HEADS, T, H, W, D, CT, CH, CW)
+        do_desc = _bsa_desc(DO, b, sdb, sdh, sdn, HEADS, T, H, W, D, CT, CH, CW)
     for j in range(start, stop, TILE // BLOCK):
         rows_q, valid = _bsa_tile(QIDX, j, stop, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)   # keepers' rows
-        q = tl.load(Q + b * sqb + h * sqh + rows_q[:, None] * sqn + cols[None, :], mask=valid[:, None], other=0.0)
-        do = tl.load(DO + b * sdb + h * sdh + rows_q[:, None] * sdn + cols[None, :], mask=valid[:, None], other=0.0)
+        q, do = _bsa_pair(Q, DO, q_desc, do_desc, QIDX, j, rows_q, valid, b, h, sqb, sqh, sqn, sdb, sdh, sdn, HEADS,
+                          nH, nW, BLOCK, D, CT, CH, CW, TMA)
         q, do = q.to(DOT), do.to(DOT)
         lse = tl.load(LSE + bh.to(tl.int64) * N + rows_q, mask=valid, other=0.0)
         dl = tl.load(DELTA + bh.to(tl.int64) * N + rows_q, mask=valid, other=0.0)
@@ -532,7 +576,7 @@ def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ORDER, OFF, QIDX, sqb, sqh, sqn, 
 def _bsa_dq(Q, K, V, DO, LSE, DELTA, DQ, CNT, IDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn, HEADS, N,
             T, H, W, nH, nW, n_chunks, L, qk_scale, sm_scale, D: tl.constexpr, BLOCK: tl.constexpr, CT: tl.constexpr,
             CH: tl.constexpr, CW: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr, IN: tl.constexpr,
-            DOT: tl.constexpr, PAD: tl.constexpr):
+            DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr):
     qb, bh = tl.program_id(0), tl.program_id(1)
     b, h, lst = (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), bh.to(tl.int64) * n_chunks + qb
     count, idx_ptr = tl.load(CNT + lst), IDX + lst * L
@@ -544,10 +588,14 @@ def _bsa_dq(Q, K, V, DO, LSE, DELTA, DQ, CNT, IDX, sqb, sqh, sqn, skb, skh, skn,
     lse = tl.load(LSE + bh.to(tl.int64) * N + rows_q, mask=real_q, other=0.0)
     dl = tl.load(DELTA + bh.to(tl.int64) * N + rows_q, mask=real_q, other=0.0)
     dq = tl.zeros([BLOCK, D], tl.float32)
+    k_desc, v_desc = K, V                                         # with TMA: descriptors of them
+    if TMA:
+        k_desc = _bsa_desc(K, b, skb, skh, skn, HEADS, T, H, W, D, CT, CH, CW)
+        v_desc = _bsa_desc(V, b, svb, svh, svn, HEADS, T, H, W, D, CT, CH, CW)
     for j in range(0, count, TILE // BLOCK):
         rows_k, valid = _bsa_tile(idx_ptr, j, count, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)
-        k = tl.load(K + b * skb + h * skh + rows_k[:, None] * skn + cols[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(V + b * svb + h * svh + rows_k[:, None] * svn + cols[None, :], mask=valid[:, None], other=0.0)
+        k, v = _bsa_pair(K, V, k_desc, v_desc, idx_ptr, j, rows_k, valid, b, h, skb, skh, skn, svb, svh, svn, HEADS,
+                         nH, nW, BLOCK, D, CT, CH, CW, TMA)
         k, v = k.to(DOT), v.to(DOT)
         p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale - lse[:, None])
         p = tl.where(valid[None, :], p, 0.0)
@@ -562,14 +610,16 @@ _BSA_KERNELS = {}
 
 def _bsa_kernels(interpret: bool):
     """(means, fwd, delta, dkdv, dq) as compiled Triton kernels, or under Triton's CPU interpreter when `interpret`;
-    `_bsa_rows` and `_bsa_tile`, which they call, become Triton functions with them."""
-    global _bsa_rows, _bsa_tile
+    `_bsa_rows`, `_bsa_tile`, `_bsa_desc`, `_bsa_box` and `_bsa_pair`, which they call, become Triton functions with
+    them."""
+    global _bsa_rows, _bsa_tile, _bsa_desc, _bsa_box, _bsa_pair
     if interpret not in _BSA_KERNELS:
         _triton(interpret)
         from triton.runtime.interpreter import InterpretedFunction
         wrap = InterpretedFunction if interpret else triton.jit
         helper = (lambda fn: fn) if interpret else triton.jit
         _bsa_rows, _bsa_tile = helper(_bsa_rows_source), helper(_bsa_tile_source)
+        _bsa_desc, _bsa_box, _bsa_pair = helper(_bsa_desc_source), helper(_bsa_box_source), helper(_bsa_pair_source)
         _BSA_KERNELS[interpret] = tuple(map(wrap, (_bsa_means, _bsa_fwd, _bsa_delta, _bsa_dkdv, _bsa_dq)))
     return _BSA_KERNELS[interpret]
 
@@ -590,16 +640,30 @@ def _bsa_grid(x, geometry) -> dict:
                 CH=chunk[1], CW=chunk[2], PAD=padded_grid((T, H, W), chunk) != (T, H, W))
 
 
-def _bsa_launch(x, geometry, settings):
+def _descriptor_memory(size: int, alignment: int, stream):
+    "Global memory Triton asks for at a launch whose kernels build tensor descriptors (`tma`)."
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _tma_aligned(*xs) -> bool:
+    "Whether each x [B, h, N, d] starts and strides (batch, head, token) on 16 bytes, as a tensor descriptor needs."
+    return all(x.data_ptr() % 16 == 0 and all(s * x.element_size() % 16 == 0 for s in x.stride()[:3]) for x in xs)
+
+
+def _bsa_launch(x, geometry, settings, *others):
     """Launch arguments for inputs like `x` on `geometry` with `settings` (the values of `kernel_settings("triton")`):
-    (kwargs for fwd and dq, kwargs for dk/dv, the kernels, interpret?)."""
+    (kwargs for fwd and dq, kwargs for dk/dv, the kernels, interpret?). `tma` takes effect where `x` and `others` (the
+    tensors the kernels read by box) are aligned for tensor descriptors; elsewhere the rows load one by one."""
     opts = dict(zip(_DEFAULT_SETTINGS["triton"], settings))
     grid = _bsa_grid(x, geometry)
     interpret = not x.is_cuda
     kernels = _bsa_kernels(interpret)
     IN = getattr(tl, str(x.dtype).removeprefix("torch."))
+    tma = bool(opts["tma"]) and _tma_aligned(x, *others)
+    if tma and not interpret:
+        triton.set_allocator(_descriptor_memory)
     kw = grid | dict(TILE=opts["chunks_per_step"] * grid["BLOCK"], PREC="ieee" if x.dtype == torch.float32 else "tf32",
-                     IN=IN, DOT=tl.float32 if interpret else IN, num_warps=opts["num_warps"],
+                     IN=IN, DOT=tl.float32 if interpret else IN, TMA=tma, num_warps=opts["num_warps"],
                      num_stages=opts["num_stages"])
     dkdv = dict(TILE=opts["dkdv_chunks_per_step"] * grid["BLOCK"], num_stages=opts["dkdv_num_stages"])
     return kw, kw | dkdv, kernels, interpret
@@ -613,10 +677,12 @@ def _strides(*xs):
     return [s for x in xs for s in x.stride()[:3]]
 
 # %% ../nbs/09_kernels.ipynb #8e2d4a61
-# (num_warps, num_stages, chunks_per_step, dkdv_chunks_per_step, dkdv_num_stages), in `kernel_settings` order;
-# the defaults first
-TUNING_CANDIDATES = ((4, 2, 1, 1, 1), (8, 2, 1, 1, 1), (4, 3, 1, 1, 1), (4, 1, 1, 1, 1), (4, 2, 2, 1, 1),
-                     (8, 2, 2, 1, 1), (4, 2, 1, 1, 2), (8, 2, 1, 1, 2))
+# (num_warps, num_stages, chunks_per_step, dkdv_chunks_per_step, dkdv_num_stages, tma), in `kernel_settings` order;
+# the defaults first; tma: chunks loaded as boxes through tensor descriptors (TMA on Hopper; before it Triton loads
+# them through pointers)
+TUNING_CANDIDATES = ((4, 2, 1, 1, 1, 0), (8, 2, 1, 1, 1, 0), (4, 3, 1, 1, 1, 0), (4, 1, 1, 1, 1, 0), (4, 2, 2, 1, 1, 0),
+                     (8, 2, 2, 1, 1, 0), (4, 2, 1, 1, 2, 0), (8, 2, 1, 1, 2, 0),
+                     (4, 2, 1, 1, 1, 1), (8, 2, 1, 1, 1, 1), (4, 3, 1, 1, 2, 1), (4, 1, 1, 1, 1, 1))
 TUNE_DEVICES = ("cuda",)          # where the op tunes; elsewhere the defaults (the interpreter's times mean nothing)
 _TUNED = None                     # key → settings, read from `tuning_file()` on first use
 
@@ -635,13 +701,15 @@ def _tuning_key(q, idx, geometry) -> str:
 
 
 def _tuned() -> dict:
-    "The tuned settings by key (read once; an unreadable file counts as empty and is rewritten)."
+    """The tuned settings by key (read once; an unreadable file counts as empty and is rewritten; an entry tuned
+    before a setting was added is tuned again)."""
     global _TUNED
     if _TUNED is None:
         try:
             _TUNED = json.loads(tuning_file().read_text())
         except (OSError, ValueError):
             _TUNED = {}
+        _TUNED = {k: v for k, v in _TUNED.items() if len(v) == len(_DEFAULT_SETTINGS["triton"])}
     return _TUNED
 
 
@@ -738,7 +806,7 @@ def _triton_means(x, geometry):
 def _triton_fwd(q, k, v, counts, idx, geometry, settings):
     B, nh, N, D = q.shape
     settings = _launch_settings(q, k, v, counts, idx, geometry, settings)
-    kw, _, (_, fwd, *_), interpret = _bsa_launch(q, geometry, settings)
+    kw, _, (_, fwd, *_), interpret = _bsa_launch(q, geometry, settings, k, v)
     o, lse = _output_like(q), q.new_empty(B, nh, N, dtype=torch.float32)
     with _interpreting(interpret):
         fwd[(kw["n_chunks"], B * nh)](q, k, v, o, lse, counts, idx, *_strides(q, k, v, o), L=idx.shape[-1],
@@ -749,10 +817,10 @@ def _triton_fwd(q, k, v, counts, idx, geometry, settings):
 def _triton_bwd(do, q, k, v, o, lse, counts, idx, geometry, settings):
     B, nh, N, D = q.shape
     settings = _launch_settings(q, k, v, counts, idx, geometry, settings)     # the forward's
-    kw, kw_dkdv, (_, _, pre, dkdv, dq_kernel), interpret = _bsa_launch(q, geometry, settings)
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    kw, kw_dkdv, (_, _, pre, dkdv, dq_kernel), interpret = _bsa_launch(q, geometry, settings, k, v, do)
     n = kw["n_chunks"]
     order, offsets, queries = _transposed_lists(counts, idx, n)          # per key chunk: who kept it
-    do = do if do.stride(-1) == 1 else do.contiguous()
     dq, dk, dv, delta = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
     scales = dict(qk_scale=_LOG2E / math.sqrt(D), sm_scale=1 / math.sqrt(D))
     strides = _strides(q, k, v, do)
