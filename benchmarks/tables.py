@@ -342,6 +342,9 @@ def bsa_whole_path() -> str:
     blocks = [f"{'×'.join(map(str, r['grid']))}: SDPA {r['sdpa_ms']:.1f} ms, block-sparse {r['bsa_ms']:.1f} ms "
               f"({r['sdpa_ms'] / r['bsa_ms']:.2f}×)" for n in used for r in _json(n)["rows"]
               if r.get("what") == "full-size block fwd+bwd"]
+    if blocks:
+        blocks = [f"One full-size block (hidden 4096, bf16, frozen weights, no LoRA) fwd+bwd w.r.t. its input, "
+                  f"{'; '.join(blocks)}."]
     return "\n".join(_table(["tokens (grid)", "dense fwd+bwd ms", "whole path, Triton", "whole path, Flex",
                              "Triton kernel alone, 1 key chunk/step", "2 chunks/step", "1 chunk/step, TMA boxes",
                              "selection ms",
@@ -349,8 +352,7 @@ def bsa_whole_path() -> str:
                      + ["", "Speed-ups are fwd+bwd over dense cuDNN SDPA; a grid that does not divide by the 4×4×4 "
                             "chunk runs padded. Accuracy against the fp32 reference (relative): "
                             + ", ".join(dict.fromkeys(accuracy)) + "."]
-                     + ([f"One full-size block (hidden 4096, bf16, frozen weights, no LoRA) fwd+bwd w.r.t. its input, {'; '.join(blocks)}."]
-                        if blocks else []) + [""]
+                     + blocks + [""]
                      + [_from(_json(n), n) for n in used])
 
 
