@@ -348,8 +348,7 @@ def kernel_settings(kernel: str, options: dict | None = None) -> dict:
     if unknown:
         raise ValueError(f"bsa_kernel_options {unknown}: not a setting of the triton kernel — use "
                          f"{', '.join(_DEFAULT_SETTINGS['triton'])}")
-    one_chunk = (settings.get("chunks_per_step"), settings.get("dkdv_chunks_per_step")) == (1, 1)
-    if kernel == "triton" and settings["tma"] and not one_chunk:
+    if kernel == "triton" and settings["tma"] and settings["chunks_per_step"] * settings["dkdv_chunks_per_step"] > 1:
         raise ValueError("bsa_kernel_options tma: 1 loads one chunk a step — set chunks_per_step and "
                          "dkdv_chunks_per_step to 1 with it")
     return settings

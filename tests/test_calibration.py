@@ -70,3 +70,19 @@ def test_host_base_fit_by_commit():
     eq_(cm.fit_host_base([swapped(20.0, "unknown")], swapped_since=new), {})
     by_hand = {**swapped(pinned + 8.0, old), "env": {"TORCHINDUCTOR_COMPILE_THREADS": "1"}}   # in-process compile
     eq_(cm.fit_host_base([by_hand, resident], swapped_since=new), {"swapped": {"int8-quanto": 8.1}, "resident": {"int8-quanto": 4.5}})
+
+
+def test_fused_workspace_fit_reads_the_logged_plan():
+    """The fused share: the largest over runs with `fused_elementwise: on` of (peak allocated − the planner's other
+    terms) / the unfused workspace, rounded up — with each run's settings read from the plan it logged; unfused and
+    failed runs say nothing of it."""
+    from longcat_nb.memory import GiB, predict, workspace_bytes
+    line = "plan    int8-quanto  38              yes           8           24                 14.2          25.6      22.2"
+    unfused = predict("int8-quanto", 38, True, 37440, ffn_chunks=8, recomputed_inputs=24).allocated_gib * GiB
+    ws = workspace_bytes(37440, 8)
+    peak = lambda share: (unfused - ws + share * ws) / GiB
+    fused = lambda share, **kw: dict(extra={"fused_elementwise": "on"}, plan_lines=[line], train_peak_gib=peak(share),
+                                     **kw)
+    unfused_run = dict(extra={}, plan_lines=[line], train_peak_gib=peak(1.0))
+    rows = [fused(0.775), fused(0.795), fused(0.95, train_rc=1), unfused_run]
+    eq_(cm.fused_workspace(rows), 0.8)

@@ -353,6 +353,16 @@ def test_triton_launch_settings_tuned_once_and_kept(triton_cpu):
     for what in ("out", "dq", "dk", "dv"): assert r[what] < 1e-4, (what, r)
 
 
+def test_tuning_entries_from_before_a_setting_are_tuned_again(tmp_path, monkeypatch):
+    """A tuning file written before `tma` was a setting (five values an entry) is not launched with: those entries are
+    dropped on reading (the shape tunes again), current ones kept."""
+    path = tmp_path / "bsa_tuning.json"
+    path.write_text(json.dumps({"old": [8, 2, 2, 1, 1], "new": [4, 2, 1, 1, 1, 1]}))
+    monkeypatch.setenv("LONGCAT_NB_TUNING", str(path))
+    monkeypatch.setattr(kernels, "_TUNED", None)
+    eq_(kernels._tuned(), {"new": [4, 2, 1, 1, 1, 1]})
+
+
 def test_bsa_kernel_choice(monkeypatch):
     """The named kernel ('auto'/None: `CUDA_AUTO_KERNEL` on CUDA, gathered elsewhere); LONGCAT_BSA_KERNEL, read at each
     call, overrides it; an unknown name says the choices and where it came from."""
