@@ -5,8 +5,9 @@ and together, eager and in a compiled block, beside the existing fused-elementwi
 The block is the released width (hidden 4096, 32 heads, LoRA rank 16 on the trainer's targets, random bf16 weights,
 `calibrate_memory.one_block_model`) at 832×480×93's 37,440 tokens (latent grid 24×30×52, one conditioning frame: the
 image-to-video step) with 512 text tokens, run as the trainer runs each block: under the bf16 autocast
-(`compute_autocast`), checkpointed — keeping self-attention's output (`checkpoint_keeping_attention`) when eager, as
-the trainer does; plain checkpointing when compiled, as the trainer does today — forward, then backward of a loss on
+(`compute_autocast`), checkpointed keeping self-attention's output, as the trainer does on CUDA (eager:
+`checkpoint_keeping_attention`; compiled: `training.compiled_checkpointing`, checkpoint and block in one graph; the
+`compiled_recompute` variant recomputes attention, as compiled blocks did before) — forward, then backward of a loss on
 its output. Each variant: the first step (compiles, if it does), the median of `--steps` steps, peak GPU memory, and its
 output's and LoRA gradients' distance from the `plain` variant's (today's eager trainer: PEFT's LoRA layers, eager
 elementwise work). Then each lever alone, fwd and fwd+bwd: the q/k norm + RoPE over the packed qkv [1, 37440, 12288]
@@ -25,7 +26,8 @@ import torch
 from bench_elementwise import autocast, inputs, rel, step, timed   # one block as the trainer runs it, timed
 from provenance import emit, provenance   # benchmarks/provenance.py: date, commit, GPU, torch, command; the JSON line
 
-# variant: (LoRA in the epilogue, what self-attention's q/k work runs on, the rest's elementwise backend, compiled)
+# variant: (LoRA in the epilogue, what self-attention's q/k work runs on, the rest's elementwise backend, compiled
+# — "keep": keeping attention's output, "recompute": recomputing it)
 VARIANTS = {
     "plain": (False, None, None, False),
     "lora_epilogue": (True, None, None, False),
@@ -33,9 +35,10 @@ VARIANTS = {
     "both": (True, "triton", None, False),
     "fused_inductor": (False, "inductor", "inductor", False),
     "fused_inductor_both": (True, "triton", "inductor", False),
-    "compiled": (False, None, None, True),
-    "compiled_lora_epilogue": (True, None, None, True),
-    "compiled_both": (True, "triton", None, True),
+    "compiled_recompute": (True, None, None, "recompute"),
+    "compiled": (False, None, None, "keep"),
+    "compiled_lora_epilogue": (True, None, None, "keep"),
+    "compiled_both": (True, "triton", None, "keep"),
 }
 
 
@@ -49,18 +52,16 @@ def configure(model, variant: str, backend: str):
     "Put `model` in `variant`'s state (`VARIANTS`), undoing the previous variant's."
     from longcat_nb.lora import set_lora_epilogue
     from longcat_nb.model import SelfAttention, checkpoint_keeping_attention
+    from longcat_nb.training import compiled_checkpointing
     epilogue, qk, rest, compiled = VARIANTS[variant]
     set_lora_epilogue(model, epilogue)
     model.set_fused_elementwise(backend if rest else None)
     for m in model.modules():
         if isinstance(m, SelfAttention):
             m.fused_elementwise = "triton" if qk == "triton" else backend if qk else None
-    block = model.blocks[0]
-    block._compiled_call_impl = None                 # eager again (nn.Module.compile sets it)
     torch._dynamo.reset()
     if compiled:
-        model.enable_gradient_checkpointing()
-        block.compile(backend=backend)
+        model.enable_gradient_checkpointing(compiled_checkpointing(compiled == "keep", backend))
     else:
         model.enable_gradient_checkpointing(checkpoint_keeping_attention)
 

@@ -2,14 +2,16 @@
 (issue 22's sampling targets: a 40-step CFG video at 832×480×93 ≤ 240 s, the distilled 16-step preview ≤ 50 s).
 
 Each variant is one fresh `longcat-nb sample` process on the checkpoint (a config naming only it and an output folder,
-plus the variant's config keys), timed from launch to exit; the stderr tail is kept when it fails. The full-size random
+plus the variant's config keys), timed from launch to exit, and split into stages by when the command's own stderr
+says so: start → the denoising bar's first line (imports, load, prompt encoding), → "denoised; decoding" (the steps),
+→ exit (VAE decode, mp4 written). The stderr tail is kept when it fails. The full-size random
 checkpoint of fullscale_e2e.py has a 2-layer text encoder at the real width (its encode costs less than the release's
 UMT5-XXL) and no distilled LoRA: `--with-random-distilled-lora` writes a random one of the released rank and targets.
 
     python benchmarks/bench_sample_cli.py CKPT --variants distilled,distilled_compiled --json $OUT/sample_cli.json
     python benchmarks/bench_sample_cli.py TINY_CKPT --size 64x48 --frames 5 --variants distilled      # CPU smoke test
 """
-import argparse, json, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -27,8 +29,40 @@ VARIANTS = {
 }
 
 
+DENOISE_BAR = re.compile(r"^\s*0%\|.*\| 0/\d+ \[")    # the pipeline's unlabelled step bar, as it starts
+
+
+def stages(lines: list[tuple[float, str]], wall: float) -> dict:
+    """Seconds per stage from `(seconds since launch, stderr line)` pairs: `to_denoise_s` (imports, load, prompt
+    encoding), `denoise_s`, `decode_write_s`; a stage whose marks are missing is left out."""
+    start = next((t for t, line in lines if DENOISE_BAR.match(line)), None)
+    decode = next((t for t, line in lines if line.startswith("denoised; decoding")), None)
+    out = {}
+    if start is not None:
+        out["to_denoise_s"] = round(start, 1)
+    if start is not None and decode is not None:
+        out["denoise_s"] = round(decode - start, 1)
+    if decode is not None:
+        out["decode_write_s"] = round(wall - decode, 1)
+    return out
+
+
+def timed_lines(cmd: list[str], stdout) -> tuple[int, float, list[tuple[float, str]]]:
+    "Run `cmd`: its exit code, wall seconds and each stderr line (progress bars split at \\r) with when it came."
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    lines = []
+    while chunk := os.read(proc.stderr.fileno(), 1 << 16):
+        now = round(time.perf_counter() - t0, 2)
+        text = chunk.decode(errors="replace").replace("\r", "\n")
+        lines += [(now, line) for line in text.split("\n") if line.strip()]
+    rc = proc.wait()
+    return rc, time.perf_counter() - t0, lines
+
+
 def run(name: str, ckpt: Path, work: Path, size: str, frames: int) -> dict:
-    "One `longcat-nb sample` process of variant `name`: wall seconds, exit code, the mp4's size (or the stderr tail)."
+    """One `longcat-nb sample` process of variant `name`: wall seconds, its stages, exit code, the mp4's size (or the
+    stderr tail)."""
     argv, keys = VARIANTS[name]
     config = work / f"{name}.json"
     config.write_text(json.dumps({"pretrained_model_name_or_path": str(ckpt), "output_dir": str(work / "out"),
@@ -38,11 +72,11 @@ def run(name: str, ckpt: Path, work: Path, size: str, frames: int) -> dict:
            "sample", "--config", str(config), "--prompt",
            "a red fox runs through fresh snow in a pine forest, morning light", "--size", size, "--frames",
            str(frames), "--output", str(video), *argv]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    row = dict(variant=name, args=argv, config_keys=keys, wall_s=round(time.perf_counter() - t0, 1), rc=r.returncode)
-    if r.returncode or not video.is_file():
-        row["stderr_tail"] = r.stderr[-1500:]
+    with open(work / f"{name}.stdout", "w") as stdout:
+        rc, wall, lines = timed_lines(cmd, stdout)
+    row = dict(variant=name, args=argv, config_keys=keys, wall_s=round(wall, 1), rc=rc, **stages(lines, wall))
+    if rc or not video.is_file():
+        row["stderr_tail"] = "\n".join(line for _, line in lines)[-1500:]
     else:
         row["video_bytes"] = video.stat().st_size
     print(json.dumps(row), flush=True)
@@ -65,8 +99,11 @@ def main(argv=None) -> dict:
     if a.with_random_distilled_lora:
         write_random_distilled_lora(a.ckpt)
     work = Path(tempfile.mkdtemp(prefix="bench_sample_cli_"))
-    return emit({**provenance(), "size": a.size, "frames": a.frames,
-                 "rows": [run(n, a.ckpt.resolve(), work, a.size, a.frames) for n in names]}, a.json)
+    try:
+        rows = [run(n, a.ckpt.resolve(), work, a.size, a.frames) for n in names]
+    finally:
+        shutil.rmtree(work)
+    return emit({**provenance(), "size": a.size, "frames": a.frames, "rows": rows}, a.json)
 
 
 if __name__ == "__main__":

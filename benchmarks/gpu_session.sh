@@ -19,14 +19,14 @@
 #   sampletab  issue 20: the Sample tab's two clicks at full size
 #   speed      issue 22: the speed levers' CUDA tests and bench_levers (each lever on and off, one block)
 #   sample     issue 22: `longcat-nb sample`, whole command (SAMPLE_VARIANTS=...)
-#   train      issue 22: `longcat-nb train` at 832×480×93, rank 16, default vs checkpoint_attention recompute;
-#              train2: the same with compiled blocks
+#   train      issue 22: `longcat-nb train` at 832×480×93, rank 16, eager (attention kept); train2: compiled blocks
+#              keeping attention, a validation inside; train3: both recomputing attention
 #   bsa, bsa2  issue 23: the kernels' CUDA tests and bench_bsa; training steps with sparse attention
 #   long       continuation, a 3-segment long video, refinement, K/V-cache saving per step
 #   profile    the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/results/.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|sample|train|train2|memory|bsa|bsa2|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|sample|train|train2|train3|memory|bsa|bsa2|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -62,16 +62,22 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
                # swapped, 32 inputs recomputed) against the resident int8 model, full size
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/grad_check_plans.py "$WORK/ckpt" --json "$OUT/grad_check.json" 2>&1 | tee "$OUT/grad_check.log" | tail -4 ;;
-  speed)   # issue 22: the CUDA tests of the speed levers, then each lever on and off on one full-width block
+  speed)   # issue 22: each lever on and off on one full-width block (first: its JSON comes back even if the tests
+           # run past the call's limit), then the CUDA tests of the speed levers
+    python benchmarks/bench_levers.py --json "$OUT/levers_$TAG.json" 2>&1 | tee "$OUT/levers.log" | grep -v "^{" | tail -14
     python -m pytest -q -rs tests/test_fused_qk.py tests/test_lora_epilogue.py tests/test_loader.py \
         tests/test_recompile.py tests/test_compile_cuda.py tests/test_speed.py 2>&1 | tee "$OUT/pytest_speed.log" | tail -12 \
-        || echo "FAILED tests (above): the rest still runs"
-    python benchmarks/bench_levers.py --json "$OUT/levers_$TAG.json" 2>&1 | tee "$OUT/levers.log" | tail -4 ;;
-  train)   # the first run builds the checkpoint (~60 s) and the caches; later ones reuse both
+        || echo "FAILED tests (above)" ;;
+  train)   # issue 22, one call each (the first builds the checkpoint, ~60 s, and the caches; later ones reuse both):
+           # train: the eager step (attention kept); train2: compiled blocks keeping attention, 8 steps with a validation
+           # after the fourth (the steps before and after it: a recompile would show); train3: both recomputing attention
     e2e default '{}'
-    e2e recompute '{"checkpoint_attention": "recompute"}' ;;
+    python benchmarks/step_timeline.py "$WORK/out_default" | tee "$OUT/timeline_default.json" ;;
   train2)
-    e2e compiled '{"compile_transformer": true}'
+    e2e compiled '{"compile_transformer": true, "validation_steps": 4}' --steps 8
+    python benchmarks/step_timeline.py "$WORK/out_compiled" | tee "$OUT/timeline_compiled.json" ;;
+  train3)
+    e2e recompute '{"checkpoint_attention": "recompute"}'
     e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
   memory)   # calls of ≤ 2 variants (~3.5 min each; int4 ~8 min alone): issue 19's next ones are
             # MEM_ONLY=plan16g_kaggle,fp8 then int8,plan24 (plan24 unfused: the fused lever's own share)

@@ -368,7 +368,9 @@ def levers() -> str:
     name = used[-1]
     d = _json(name)
     on = lambda v: ", ".join(filter(None, [v[0] and "LoRA epilogue", v[1] and f"q/k norm + RoPE: {v[1]}",
-                                           v[2] and f"elementwise: {v[2]}", v[3] and "compiled"])) or "none"
+                                           v[2] and f"elementwise: {v[2]}",
+                                           v[3] and f"compiled ({'keeping' if v[3] != 'recompute' else 'recomputing'} "
+                                                    "attention)"])) or "none"
     rel = lambda r, k: f"{r[k]:.1e}" if k in r else "—"
     rows = [[v, on(d["variants"][v]), f"{r['first_s']:.2f}", f"{r['median_s'] * 1e3:.0f}",
              f"{r['median_s'] * DEPTH:.2f}",
@@ -404,12 +406,17 @@ def sample_cli() -> str:
     goal = lambda v: SAMPLE_GOAL_S[v.split("_")[0]]
     verdict = lambda r: ("failed (exit {})".format(r["rc"]) if r["rc"] else
                          "met" if r["wall_s"] <= goal(r["variant"]) else "not met")
+    stage = lambda r, k: f"{r[k]:.1f}" if k in r else "—"
     out = [[r["variant"], " ".join(r["args"]), ", ".join(f"{k}: {v}" for k, v in r["config_keys"].items()) or "—",
+            stage(r, "to_denoise_s"), stage(r, "denoise_s"), stage(r, "decode_write_s"),
             f"{r['wall_s']:.1f}", f"≤ {goal(r['variant'])}", verdict(r)] for r in rows]
     sizes = sorted({f"{_json(n)['size'].replace('x', '×')}×{_json(n)['frames']}" for n in used})
-    return "\n".join(_table(["variant", "arguments", "config", "whole command s", "goal s", ""], out)
-                     + ["", f"{', '.join(sizes)}; from launch to exit: load, prompt encoding, denoising, VAE decode, "
-                            "the mp4 written.", ""] + [_from(_json(n), n) for n in used])
+    return "\n".join(_table(["variant", "arguments", "config", "to the first step s", "steps s", "decode + write s",
+                             "whole command s", "goal s", ""], out)
+                     + ["", f"{', '.join(sizes)}; from launch to exit: imports, load and prompt encoding (to the first "
+                            "step), denoising (a compiled run's first step compiles), VAE decode and the mp4 written; "
+                            "the stages as the command's own stderr marks them.", ""]
+                     + [_from(_json(n), n) for n in used])
 
 
 SAMPLE_TAB_PATTERN = "sample_tab_*.json"

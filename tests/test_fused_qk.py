@@ -205,7 +205,7 @@ def test_bench_levers_runs_tiny(tmp_path):
     out.rename(named)
     with mock.patch.object(tables, "RESULTS", named.parent):
         table = tables.levers()
-    assert "| compiled_both | LoRA epilogue, q/k norm + RoPE: triton, compiled |" in table, table
+    assert "| compiled_both | LoRA epilogue, q/k norm + RoPE: triton, compiled (keeping attention) |" in table, table
     assert "The q/k norm + RoPE alone" in table and "levers_cpu_2026-12-05.json" in table
     assert set(res["qk_alone"]) == {"eager", "inductor", "triton"}
     assert all(v["q_rel_vs_fp32"] < 1e-2 and v["k_rel_vs_fp32"] < 1e-2 for v in res["qk_alone"].values())

@@ -1,6 +1,8 @@
 "The CLI face of the service: `check` refuses what cannot train, and a training run prints none of the third-party noise."
 import json, shutil, subprocess, sys
 
+import pytest
+
 from longcat_nb.tiny import make_example_dataset, tiny_checkpoint
 
 CLI = [sys.executable, "-c", "import sys; from longcat_nb.cli import main; sys.exit(main())"]
@@ -82,5 +84,7 @@ def test_sample_cli_benchmark_runs_on_the_tiny_checkpoint(tmp_path):
                                              "--variants", "distilled", "--json", str(tmp_path / "cli.json")])
     (row,) = result["rows"]
     assert row["variant"] == "distilled" and row["rc"] == 0 and row["video_bytes"] > 0 and row["wall_s"] > 0, row
+    stages = row["to_denoise_s"], row["denoise_s"], row["decode_write_s"]   # the command's own marks were read
+    assert all(s >= 0 for s in stages) and sum(stages) == pytest.approx(row["wall_s"], abs=0.3), row
     assert json.loads((tmp_path / "cli.json").read_text()) == result and result["commit"]
     assert "| distilled | --distilled | — |" in _rendered("sample_cli", tmp_path / "cli.json", tmp_path)
