@@ -104,7 +104,7 @@ def one_variant(a) -> dict:
     from longcat_nb import training
     from longcat_nb.config import LORA_TARGETS, parse_config
     from longcat_nb.model import TINY_DIT_CONFIG, autocasts
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not a.tiny          # --tiny: the CPU, on a GPU machine too
     device = torch.device("cuda" if cuda else "cpu")
     cfg = parse_config({"lora_rank": a.rank, "report_to": "none", **VARIANTS[a.one]})
     config = dict(TINY_DIT_CONFIG) if a.tiny else {}

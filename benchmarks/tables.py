@@ -294,6 +294,24 @@ def training() -> str:
     return "\n".join(_table(["what", "clips", "s/step", "peak GPU GiB", "notes"], rows) + ["", _from(d, name)])
 
 
+TRAIN_STEPS_PATTERN = "train_h100_*.json"          # issue 22's trainer runs since 2026-12-06 (H200 runs: "training")
+
+
+def train_steps() -> str:
+    """Issue 22's trainer runs: `longcat-nb train` at full size per setting, step times from the run's progress.jsonl
+    (benchmarks/step_timeline.py), the newest file."""
+    used = _newest(TRAIN_STEPS_PATTERN)
+    if not used:
+        return _pending(TRAIN_STEPS_PATTERN, "bash benchmarks/gpu_session.sh train")
+    name = used[-1]
+    d = _json(name)
+    fig = lambda r, k, f="{:.2f}": f.format(r[k]) if r.get(k) is not None else "—"
+    rows = [[r["what"], r["size"].replace("x", "×"), r["steps"], fig(r, "first_step_s", "{:.1f}"), fig(r, "s_per_step"),
+             fig(r, "peak_gib", "{:.1f}"), fig(r, "reserved_gib", "{:.1f}"), r.get("note", "")] for r in d["rows"]]
+    return "\n".join(_table(["what", "clips", "steps", "first step s", "steady s/step", "peak allocated GiB",
+                             "peak reserved GiB", "notes"], rows) + ["", _from(d, name)])
+
+
 def long_video() -> str:
     "Long videos: continuation and refinement at full size (benchmarks/bench_long_video.py)."
     name = "long_video_h200_2026-12-04.json"
@@ -468,6 +486,7 @@ TABLES = {"transformer": (transformer, [RESULTS_MD]),
           "sample-cli": (sample_cli, [RESULTS_MD]),
           "sample-tab": (sample_tab, [RESULTS_MD]),
           "training": (training, [RESULTS_MD]),
+          "train-steps": (train_steps, [RESULTS_MD]),
           "long-video": (long_video, [RESULTS_MD]),
           "memory-settings": (memory_settings, [RESULTS_MD]),
           "memory-plans": (memory_plans, [RESULTS_MD]),

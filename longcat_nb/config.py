@@ -101,8 +101,9 @@ TRAIN_KEYS = [
     Key("checkpoint_attention", "auto", "str",
         "Under gradient_checkpointing: `keep` saves each block's self-attention output and softmax statistics (tokens "
         "× hidden × 2 bytes + small, per block) so the backward does not run attention's forward again; `recompute` "
-        "recomputes it; `auto` keeps it on CUDA when the memory planner predicts the step still fits (recompute with "
-        "block swap, activation offload, compiled blocks or bsa_kernel `flex`).", ("auto", "keep", "recompute")),
+        "recomputes it; `auto` keeps it on CUDA when the memory planner predicts the step's allocated peak stays under "
+        "85% of the GPU (recompute with block swap, activation offload or bsa_kernel `flex`).",
+        ("auto", "keep", "recompute")),
     Key("lora_rank", 8, "int", "LoRA rank.", minimum=1),
     Key("lora_alpha", None, "float", "LoRA alpha; null → lora_rank (scale 1).", nullable=True, minimum=0),
     Key("lora_dropout", 0.0, "float", "Dropout on the LoRA input.", minimum=0),
@@ -169,6 +170,12 @@ TRAIN_KEYS = [
         "tab. `auto`: on for CUDA runs with block swap or activation offload (how the memory plans in "
         "benchmarks/RESULTS.md were measured); `on` also for resident blocks (not measured there).",
         ("off", "auto", "on")),
+    Key("fused_qk_norm_rope", "auto", "str",
+        "Self-attention's q/k RMSNorm + 3D RoPE as one Triton kernel over the packed qkv (fp32 in registers, rounded "
+        "once; CUDA), in training and in `longcat-nb sample` / the Sample tab, eager and compiled blocks alike. "
+        "`auto`: on for CUDA runs whose blocks do not stream (block swap and activation offload keep the path their "
+        "memory plans were measured with); `on`: every CUDA run; `off`: torch ops. Measured: benchmarks/RESULTS.md, "
+        "the levers table.", ("off", "auto", "on")),
     Key("compile_transformer", False, "bool",
         "Compile each transformer block with torch.compile (GPU): the first steps compile (shown as such in the "
         "progress bar), later ones run faster — by how much: benchmarks/RESULTS.md."),

@@ -405,12 +405,14 @@ KEEP_ATTENTION_MARGIN = 0.85   # a speed option must not take a run to the edge 
 
 def checkpoint_attention_choice(cfg, tokens: int, device, depth: int = 48, hidden: int = 4096, heads: int = 32) -> bool:
     """`checkpoint_attention: "auto"`: keep self-attention's outputs through the checkpointed backward (CUDA only, no
-    block swap or activation offload) when the step with them kept (`predict(..., keep_attention=True)`) fits
-    `KEEP_ATTENTION_MARGIN` × the GPU memory (or `memory_budget_gib`)."""
+    block swap or activation offload) when the step's allocated peak with them kept (`predict(...,
+    keep_attention=True)`) fits `KEEP_ATTENTION_MARGIN` × the GPU memory (or `memory_budget_gib`). Allocated, not
+    reserved: the reserved prediction carries the slack the allocator keeps while it has room, which it gives back
+    before it fails; the margin is the headroom."""
     device = torch.device(device)
     if device.type != "cuda" or cfg.musubi_blocks_to_swap or cfg.activation_offload or cfg.recomputed_block_inputs:
         return False
     budget = cfg.memory_budget_gib or torch.cuda.get_device_properties(device).total_memory / GiB
     plan = predict(cfg.base_model_precision, 0, False, tokens, cfg.lora_rank, depth=depth, hidden=hidden,
                    ffn_chunks=cfg.ffn_chunks, keep_attention=True, heads=heads)
-    return plan.gpu_gib <= KEEP_ATTENTION_MARGIN * budget
+    return plan.allocated_gib <= KEEP_ATTENTION_MARGIN * budget

@@ -11,7 +11,7 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'FUSED_RECOMPILE_LIMIT', 'ATTENTION_
            'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention',
            'qk_norm_rope', 'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock',
            'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV',
-           'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention',
+           'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention', 'fused_qk_wanted',
            'fused_elementwise_wanted', 'compile_in_process']
 
 # %% ../nbs/03_model.ipynb #81a7a708
@@ -363,10 +363,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     fused_elementwise = None   # a torch.compile backend for `qk_norm_rope` (`set_fused_elementwise`), or None: eager
+    qk_kernel = False          # `qk_norm_rope` as its Triton kernel (`set_qk_kernel`) whatever `fused_elementwise` is
 
     def qkv_heads(self, x, rope):
         "x [B, N, C], rope `(cos, sin)` [N, d/2] → q, k, v [B, heads, N, d], q and k RMS-normed and rotated."
-        if self.fused_elementwise == "triton":     # the Triton kernel (longcat_nb.kernels), eager and compiled alike
+        if self.qk_kernel or self.fused_elementwise == "triton":   # the Triton kernel (kernels), eager and compiled
             qk = qk_norm_rope_triton
         else:
             qk = fused(qk_norm_rope, self.fused_elementwise)
@@ -741,6 +742,14 @@ def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
     return self
 
 # %% ../nbs/03_model.ipynb #d213c279
+def fused_qk_wanted(setting: str, device, streamed: bool = False) -> bool:
+    """The config's `fused_qk_norm_rope` (`off` | `auto` | `on`) for a run on `device`: the Triton kernel runs on CUDA
+    only (the CPU runs it under Triton's interpreter, for tests); `auto` leaves runs whose blocks stream (`streamed`:
+    block swap or activation offload) on the path their memory plans were measured with."""
+    on_cuda = torch.device(device).type == "cuda"
+    return on_cuda and (setting == "on" or setting == "auto" and not streamed)
+
+
 def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool, streamed: bool = False) -> bool:
     """The config's `fused_elementwise` (`off` | `auto` | `on`) for a run on `device`: `auto` is on for CUDA runs whose
     blocks stream (`streamed`: block swap or activation offload), which cannot compile their blocks — how the memory
@@ -769,4 +778,14 @@ def set_fused_elementwise(self: LongCatVideoTransformer3DModel, backend: str | b
     for m in self.modules():
         if hasattr(m, "fused_elementwise"):
             m.fused_elementwise = backend
+    return self
+
+
+@patch
+def set_qk_kernel(self: LongCatVideoTransformer3DModel, on: bool = True):
+    """Run every self-attention's q/k RMSNorm + RoPE as the Triton kernel `qk_norm_rope_triton` (`on`; eager blocks
+    and compiled ones alike) or as `fused_elementwise` says; returns the model."""
+    for m in self.modules():
+        if isinstance(m, SelfAttention):
+            m.qk_kernel = on
     return self

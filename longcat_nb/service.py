@@ -269,9 +269,10 @@ class Sampler:
 @patch
 def pipeline(self: Sampler, cfg, compile: bool = False):
     """The pipeline for `cfg`: the loaded one when its key still matches, else a fresh load (the old one freed first);
-    its elementwise work fused as the config's `fused_elementwise` says, as in training (set on the loaded one too)."""
+    its elementwise work fused as the config's `fused_elementwise` and `fused_qk_norm_rope` say, as in training (set on
+    the loaded one too)."""
     from longcat_nb.caching import default_device, default_dtype
-    from longcat_nb.model import compile_in_process, fused_elementwise_wanted
+    from longcat_nb.model import compile_in_process, fused_elementwise_wanted, fused_qk_wanted
     from longcat_nb.sampling import LongCatVideoPipeline
     ckpt, device = resolve_checkpoint(cfg), default_device()
     key = pipeline_key(cfg, ckpt, compile)
@@ -292,6 +293,7 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
     compile_in_process(streamed)
     self.pipe.transformer.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, compiled,
                                                                          streamed))
+    self.pipe.transformer.set_qk_kernel(fused_qk_wanted(cfg.fused_qk_norm_rope, device, streamed))
     return self.pipe
 
 

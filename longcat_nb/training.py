@@ -33,7 +33,7 @@ from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_
                              training_metadata)
 from .model import (ATTENTION_OPS, BSA_MIN_FRAME_TOKENS, LongCatVideoTransformer3DModel, autocasts,
                                checkpoint_keeping_attention, compile_in_process, compute_autocast,
-                               fused_elementwise_wanted, keeping_self_attention, set_ffn_chunks)
+                               fused_elementwise_wanted, fused_qk_wanted, keeping_self_attention, set_ffn_chunks)
 from .sampling import (LongCatVideoPipeline, eval_samples_for, run_validation, use_config_attention,
                                  validation_jobs)
 
@@ -723,6 +723,7 @@ def make_trainable(model, cfg, keep_attention: bool = False, lora_input_cast: bo
     compile_in_process(cfg.streams_blocks)
     fuse = fused_elementwise_wanted(cfg.fused_elementwise, device, cfg.compile_transformer, cfg.streams_blocks)
     model.set_fused_elementwise(fuse)
+    model.set_qk_kernel(fused_qk_wanted(cfg.fused_qk_norm_rope, device, cfg.streams_blocks))
     return model
 
 

@@ -102,7 +102,8 @@ def test_keep_attention_fp32_and_bsa():
 
 
 def test_trainer_wires_the_levers(example, tmp_path):
-    "`train` keeps attention when checkpoint_attention says so, and sets the LoRA cast from its autocast (on, on a CPU)."
+    """`train` keeps attention when checkpoint_attention says so, and sets the LoRA cast from its autocast (on without
+    one, on a CPU; off under CUDA's bf16 autocast)."""
     from longcat_nb import training
     from longcat_nb.config import load_config
     seen = {}
@@ -119,8 +120,11 @@ def test_trainer_wires_the_levers(example, tmp_path):
         with mock.patch.object(training, "load_trainable_transformer", spy):
             losses[mode] = training.train(cfg).losses
         eq_(seen["func"] is training.checkpoint_keeping_attention, mode == "keep")
-        eq_(seen["cast"], {True})                                # CPU: no autocast, PEFT's cast stays
-    eq_(losses["keep"], losses["recompute"])
+        eq_(seen["cast"], {not torch.cuda.is_available()})       # CPU: no autocast, PEFT's cast stays
+    if torch.cuda.is_available():                                # the backward's kernels may sum in any order
+        assert losses["keep"] == pytest.approx(losses["recompute"], rel=1e-3), losses
+    else:
+        eq_(losses["keep"], losses["recompute"])
 
 
 def test_profile_script_runs_tiny(tmp_path):

@@ -74,7 +74,7 @@ def test_check_command_fails_on_a_changed_figure(tmp_path):
 
 def test_newest_results_come_last_by_the_date_in_their_names(results_copy):
     "A table that takes the newest file reads the date in its name, not the GPU before it."
-    for name in ("levers_h200_2026-12-06.json", "levers_h100_2026-12-07.json", "levers_h200_2026-12-06_b.json"):
-        (results_copy / name).write_text("{}")
-    assert tables._newest("levers_*.json")[-1] == "levers_h100_2026-12-07.json"
-    assert tables._newest("levers_*.json")[:2] == ["levers_h200_2026-12-06.json", "levers_h200_2026-12-06_b.json"]
+    for name in ("dated_h200_2026-12-06.json", "dated_h100_2026-12-07.json", "dated_h200_2026-12-06_b.json"):
+        (results_copy / name).write_text("{}")                  # a kind no real results file has
+    assert tables._newest("dated_*.json") == ["dated_h200_2026-12-06.json", "dated_h200_2026-12-06_b.json",
+                                              "dated_h100_2026-12-07.json"]
