@@ -39,14 +39,16 @@ def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def _fused_step(A, fused: bool, frames: int = 4, low_memory: bool = False):
+def _fused_step(A, fused: bool, frames: int = 4, low_memory: bool = False, qk_kernel: bool = False):
     """Loss and LoRA gradients of the trainer's CUDA step, its elementwise work fused (Inductor) or eager, on `frames`
-    latent frames; `low_memory`: one block swapped and activation offload (`offload.place_model`)."""
+    latent frames; `low_memory`: one block swapped and activation offload (`offload.place_model`); `qk_kernel`: the
+    q/k norm + RoPE as the Triton kernel (`set_qk_kernel`, the `fused_qk_norm_rope` default on CUDA)."""
     from longcat_nb.offload import place_model
     model = A.build()
     if low_memory: place_model(model, "cuda", blocks_to_swap=1, activation_offload=True, max_tokens=560)
     else: model.cuda()
     model.set_fused_elementwise(fused)
+    model.set_qk_kernel(qk_kernel)
     b, sigma, drop, noise, empty = A.make_batch(device="cuda")
     b = b | dict(latents=b["latents"][:, :, :frames])
     torch.manual_seed(123)
@@ -66,3 +68,17 @@ def test_fused_elementwise_matches_eager_on_cuda():
         for n, g in eager[1].items(): assert _rel(fused[1][n], g) <= 2e-2, (low_memory, n)
     _fused_step(A, True, frames=3)
     with torch._dynamo.config.patch(error_on_recompile=True): _fused_step(A, True, frames=2)
+
+
+def test_qk_kernel_matches_eager_on_cuda():
+    """`fused_qk_norm_rope` on a CUDA run: the trainer's step with the Triton q/k norm + RoPE gives eager's loss and
+    LoRA gradients within bf16 rounding, alone and with the rest of the elementwise work fused by inductor; a new token
+    count recompiles nothing."""
+    A = _audit()
+    eager = _fused_step(A, False)
+    for fused in (False, True):
+        kernel = _fused_step(A, fused, qk_kernel=True)
+        assert abs(kernel[0] - eager[0]) <= 1e-3 * abs(eager[0]), (fused, kernel[0], eager[0])
+        for n, g in eager[1].items(): assert _rel(kernel[1][n], g) <= 2e-2, (fused, n)
+    _fused_step(A, True, frames=3, qk_kernel=True)
+    with torch._dynamo.config.patch(error_on_recompile=True): _fused_step(A, True, frames=2, qk_kernel=True)
