@@ -336,3 +336,18 @@ def test_streamed_runs_compile_in_process(streams):
     with mock.patch.object(inductor_config, "compile_threads", 7):
         make_trainable(LongCatVideoTransformer3DModel(**TINY_DIT_CONFIG), parse_config(streams))
         eq_(inductor_config.compile_threads, 1 if streams else 7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (a full-width block: 37,440 tokens)")
+def test_levers_at_full_width_within_bf16_noise_cuda(monkeypatch):
+    """One released-width block at 832×480×93 as the trainer runs it on CUDA (benchmarks/bench_levers.py, one step
+    each): the LoRA epilogue with the Triton q/k norm + RoPE, and those with the rest of the elementwise work fused by
+    inductor, give the plain path's output and LoRA gradients within bf16 noise."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_levers as L
+    device = torch.device("cuda")
+    model = L.build(4096, 32, 16, device)
+    args = L.inputs(model, (24, 30, 52), 512, device)
+    res = L.block_variants(model, args, ["plain", "both", "fused_inductor_both"], device, 1, "inductor", 30 * 52)
+    for name in ("both", "fused_inductor_both"):
+        assert res[name]["output_rel_diff"] < 1e-2 and res[name]["max_grad_rel_diff"] < 2e-2, (name, res[name])
