@@ -80,7 +80,9 @@ def run(name, extra, gpu_gib, a, site):
     env = dict(os.environ, PYTHONUNBUFFERED="1", E2E_SAMPLE_BEFORE_S="0", PYTHONPATH=f"{site}:{os.environ.get('PYTHONPATH', '')}")
     if gpu_gib: env["BENCH_GPU_GIB"] = str(gpu_gib)
     t0, peak, trace = time.time(), 0, []
-    proc = subprocess.Popen([sys.executable, a.e2e, str(work), "--steps", str(a.steps), "--rank", "16", "--extra", json.dumps(extra)],
+    # eager blocks, as every row here was measured (compile_transformer's auto would compile the resident ones)
+    run_keys = {"compile_transformer": False, **extra}
+    proc = subprocess.Popen([sys.executable, a.e2e, str(work), "--steps", str(a.steps), "--rank", "16", "--extra", json.dumps(run_keys)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:

@@ -70,15 +70,16 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
         tests/test_recompile.py tests/test_compile_cuda.py tests/test_speed.py 2>&1 | tee "$OUT/pytest_speed.log" | tail -30 \
         || echo "FAILED tests (above)" ;;
   train)   # issue 22, one call each (the first builds the checkpoint, ~60 s, and the caches; later ones reuse both):
-           # train: the eager step (attention kept); train2: compiled blocks keeping attention, 8 steps with a validation
-           # after the fourth (the steps before and after it: a recompile would show); train3: both recomputing attention
-    e2e default '{}'
-    python benchmarks/step_timeline.py "$WORK/out_default" | tee "$OUT/timeline_default.json" ;;
+           # train: eager blocks (compile_transformer false; attention kept where auto keeps it); train2: the default
+           # (compiled blocks on an sm_80+ GPU), 8 steps with a validation after the fourth (steps 5-8 read as one
+           # interval after the compiles; a recompile after the validation would show); train3: both recomputing attention
+    e2e eager '{"compile_transformer": false}'
+    python benchmarks/step_timeline.py "$WORK/out_eager" | tee "$OUT/timeline_eager.json" ;;
   train2)
-    e2e compiled '{"compile_transformer": true, "validation_steps": 4}' --steps 8
-    python benchmarks/step_timeline.py "$WORK/out_compiled" | tee "$OUT/timeline_compiled.json" ;;
+    e2e default '{"validation_steps": 4}' --steps 8
+    python benchmarks/step_timeline.py "$WORK/out_default" | tee "$OUT/timeline_default.json" ;;
   train3)
-    e2e recompute '{"checkpoint_attention": "recompute"}'
+    e2e recompute '{"compile_transformer": false, "checkpoint_attention": "recompute"}'
     e2e compiled_recompute '{"compile_transformer": true, "checkpoint_attention": "recompute"}' ;;
   memory)   # calls of ≤ 2 variants (~3.5 min each; int4 ~8 min alone): issue 19's next ones are
             # MEM_ONLY=plan16g_kaggle,fp8 then int8,plan24 (plan24 unfused: the fused lever's own share)
@@ -116,11 +117,12 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
          # output — and triton at 832×480×93 (padded)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1   # a fresh machine: build it
     mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
-    T='"attention_implementation": "bsa", "bsa_kernel": "triton"'
-    WORK=$WORK-512 e2e dense512 '{}' --size 832x512
-    WORK=$WORK-512 e2e bsa512_flex '{"attention_implementation": "bsa", "bsa_kernel": "flex"}' --size 832x512
+    T='"attention_implementation": "bsa", "bsa_kernel": "triton", "compile_transformer": false'
+    WORK=$WORK-512 e2e dense512 '{"compile_transformer": false}' --size 832x512
+    WORK=$WORK-512 e2e bsa512_flex '{"attention_implementation": "bsa", "bsa_kernel": "flex", "compile_transformer": false}' \
+        --size 832x512
     WORK=$WORK-512 e2e bsa512_triton "{$T}" --size 832x512
-    WORK=$WORK-512 e2e bsa512_triton_compiled "{$T, \"compile_transformer\": true, \"checkpoint_attention\": \"keep\"}" \
+    WORK=$WORK-512 e2e bsa512_triton_compiled "{${T/false/true}, \"checkpoint_attention\": \"keep\"}" \
         --size 832x512
     e2e bsa480_triton "{$T}" ;;
   long)

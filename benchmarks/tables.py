@@ -294,13 +294,13 @@ def training() -> str:
     return "\n".join(_table(["what", "clips", "s/step", "peak GPU GiB", "notes"], rows) + ["", _from(d, name)])
 
 
-TRAIN_STEPS_PATTERN = "train_h100_*.json"          # issue 22's trainer runs since 2026-12-06 (H200 runs: "training")
+TRAIN_STEPS_PATTERN = "train_*.json"
 
 
 def train_steps() -> str:
     """Issue 22's trainer runs: `longcat-nb train` at full size per setting, step times from the run's progress.jsonl
-    (benchmarks/step_timeline.py), the newest file."""
-    used = _newest(TRAIN_STEPS_PATTERN)
+    (benchmarks/step_timeline.py), the newest file that has them (the transcribed 2026-12-04 file: "training")."""
+    used = [n for n in _newest(TRAIN_STEPS_PATTERN) if "timelines" in _json(n)]
     if not used:
         return _pending(TRAIN_STEPS_PATTERN, "bash benchmarks/gpu_session.sh train")
     name = used[-1]

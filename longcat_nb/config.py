@@ -176,9 +176,13 @@ TRAIN_KEYS = [
         "`auto`: on for CUDA runs whose blocks do not stream (block swap and activation offload keep the path their "
         "memory plans were measured with); `on`: every CUDA run; `off`: torch ops. Measured: benchmarks/RESULTS.md, "
         "the levers table.", ("off", "auto", "on")),
-    Key("compile_transformer", False, "bool",
+    Key("compile_transformer", None, "bool",
         "Compile each transformer block with torch.compile (GPU): the first steps compile (shown as such in the "
-        "progress bar), later ones run faster — by how much: benchmarks/RESULTS.md."),
+        "progress bar), later ones run faster — by how much: benchmarks/RESULTS.md. null (auto): in training, on "
+        "where that was measured — a bf16 base with dense attention whose blocks stay resident (no block swap, "
+        "activation offload or recomputed inputs), on a CUDA GPU of sm_80 on, without FSDP; `longcat-nb sample` and "
+        "the Sample tab compile only with `true` or --compile (a one-off sample does not earn its compile back).",
+        nullable=True),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
     Key("group_offload_type", "block_level", "str", "Group offload granularity.", ("block_level", "leaf_level")),
     Key("group_offload_blocks_per_group", 1, "int", "Blocks per offload group.", minimum=1),

@@ -11,8 +11,8 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'FUSED_RECOMPILE_LIMIT', 'ATTENTION_
            'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention',
            'qk_norm_rope', 'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock',
            'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV',
-           'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention', 'fused_qk_wanted',
-           'fused_elementwise_wanted', 'compile_in_process']
+           'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention', 'cuda_ampere',
+           'fused_qk_wanted', 'fused_elementwise_wanted', 'compile_in_process']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -742,12 +742,21 @@ def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
     return self
 
 # %% ../nbs/03_model.ipynb #d213c279
+def cuda_ampere(device) -> bool:
+    """Whether `device` is a CUDA GPU of compute capability 8.0 or newer (Ampere on): where the `auto` speed settings
+    (`fused_qk_norm_rope`, `compile_transformer`) turn their generated kernels on — measured on sm_90."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def fused_qk_wanted(setting: str, device, streamed: bool = False) -> bool:
     """The config's `fused_qk_norm_rope` (`off` | `auto` | `on`) for a run on `device`: the Triton kernel runs on CUDA
-    only (the CPU runs it under Triton's interpreter, for tests); `auto` leaves runs whose blocks stream (`streamed`:
-    block swap or activation offload) on the path their memory plans were measured with."""
-    on_cuda = torch.device(device).type == "cuda"
-    return on_cuda and (setting == "on" or setting == "auto" and not streamed)
+    only (the CPU runs it under Triton's interpreter, for tests); `auto` only on `cuda_ampere` GPUs, and leaves runs
+    whose blocks stream (`streamed`: block swap or activation offload) on the path their memory plans were measured
+    with."""
+    if setting == "on":
+        return torch.device(device).type == "cuda"
+    return setting == "auto" and not streamed and cuda_ampere(device)
 
 
 def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool, streamed: bool = False) -> bool:

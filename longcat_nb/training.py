@@ -32,7 +32,7 @@ from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
                              training_metadata)
 from .model import (ATTENTION_OPS, BSA_MIN_FRAME_TOKENS, LongCatVideoTransformer3DModel, autocasts,
-                               checkpoint_keeping_attention, compile_in_process, compute_autocast,
+                               checkpoint_keeping_attention, compile_in_process, compute_autocast, cuda_ampere,
                                fused_elementwise_wanted, fused_qk_wanted, keeping_self_attention, set_ffn_chunks)
 from .sampling import (LongCatVideoPipeline, eval_samples_for, run_validation, use_config_attention,
                                  validation_jobs)
@@ -46,9 +46,9 @@ __all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LO
            'save_sharded_training_state', 'load_sharded_training_state', 'previous_run', 'check_output_dir',
            'clear_previous_run', 'OutputDirInUse', 'lock_holder', 'output_dir_lock', 'resume_changes',
            'good_checkpoint', 'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan',
-           'make_lr_scheduler', 'seed_process', 'gpu_peaks', 'batch_tokens', 'keeps_attention', 'compile_backend',
-           'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'host_memory', 'ProgressLog',
-           'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
+           'make_lr_scheduler', 'seed_process', 'gpu_peaks', 'batch_tokens', 'compiles_blocks', 'keeps_attention',
+           'compile_backend', 'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'host_memory',
+           'ProgressLog', 'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -860,6 +860,17 @@ def batch_tokens(samples, batch_size: int) -> int:
     return max((bucket_tokens(*s.bucket, batch_size) for s in samples), default=0)
 
 
+def compiles_blocks(cfg, device, fsdp: bool = False) -> bool:
+    """`compile_transformer` for this training run: as set, or with null (auto) on where compiled blocks were measured
+    to win — a bf16 base with dense attention whose blocks stay resident (no block swap, activation offload or
+    recomputed inputs), on a `cuda_ampere` GPU, without FSDP (`fsdp`)."""
+    if cfg.compile_transformer is not None:
+        return cfg.compile_transformer
+    resident = not cfg.streams_blocks and not cfg.recomputed_block_inputs
+    measured = cfg.base_model_precision == "bf16" and cfg.attention_implementation != "bsa"
+    return resident and measured and not fsdp and cuda_ampere(device)
+
+
 def keeps_attention(cfg, tokens: int, device) -> bool:
     """`checkpoint_attention` for this run: `keep`/`recompute` as set (nothing to keep without gradient checkpointing);
     `auto` keeps on CUDA when the memory planner says `tokens` still fit, but not with bsa_kernel "flex"."""
@@ -1090,6 +1101,11 @@ def _prepare_run(cfg) -> SimpleNamespace:
     fsdp = accelerator.distributed_type == DistributedType.FSDP  # FSDP: sharded by `prepare`, never whole on a GPU
     # the largest batch: plans and buffers are sized for it
     tokens = batch_tokens(dataset.samples, cfg.train_batch_size)
+    auto_compile = cfg.compile_transformer is None
+    cfg.compile_transformer = compiles_blocks(cfg, device, fsdp)   # resolved once: every later reader sees a bool
+    if auto_compile and cfg.compile_transformer and main:
+        print("compile_transformer auto: compiling the transformer blocks (the first steps compile; "
+              "`compile_transformer: false` runs them eagerly)")
     keep = keeps_attention(cfg, tokens, device) \
         and not (fsdp and cfg.checkpoint_attention == "auto")  # auto: not with FSDP (not measured together)
     if keep and main and cfg.checkpoint_attention == "auto":

@@ -69,8 +69,12 @@ def _note(text: str, error: bool = False) -> str:
 
 
 def _input(key: Key) -> W.Widget:
-    "A checkbox for booleans, a text box with suggestions for keys with choices, a text box otherwise."
+    """A checkbox for booleans (a choice of auto / true / false where null means auto), a text box with suggestions for
+    keys with choices, a text box otherwise."""
     layout = W.Layout(width="240px", flex="0 0 240px")
+    if key.kind == "bool" and key.nullable:
+        return W.Dropdown(options=[("auto (null)", None), ("true", True), ("false", False)], value=key.default,
+                          layout=layout)
     if key.kind == "bool":
         return W.Checkbox(value=bool(key.default), indent=False, layout=layout)
     if key.choices and key.kind == "str":
@@ -184,7 +188,7 @@ def load(self: ConfigForm, path=None):
     unshowable = {}                                       # a non-boolean for a checkbox: shown as its error
     for k in TRAIN_KEYS:
         v = d.get(k.name, k.default)
-        if k.kind == "bool" and not isinstance(v, bool):
+        if k.kind == "bool" and not isinstance(v, bool) and not (k.nullable and v is None):
             unshowable[k.name] = field_error(k.name, v)
         else:
             self.inputs[k.name].value = v if k.kind == "bool" else field_text(k, v)

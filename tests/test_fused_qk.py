@@ -158,21 +158,28 @@ def test_triton_setting_compiles_the_rest_with_inductor():
 
 
 def test_fused_qk_norm_rope_setting(tmp_path):
-    """`fused_qk_norm_rope`: `auto` runs the kernel on CUDA unless blocks stream, `on` on every CUDA run, never on the
-    CPU; the trainer's `make_trainable` and the sampler's pipeline switch every self-attention as it says."""
+    """`fused_qk_norm_rope`: `auto` runs the kernel on CUDA GPUs of sm_80 on unless blocks stream, `on` on every CUDA
+    run, never on the CPU; the trainer's `make_trainable` and the sampler's pipeline switch every self-attention as it
+    says."""
     from longcat_nb import training
     from longcat_nb.config import parse_config
     from longcat_nb.service import Sampler
     from longcat_nb.tiny import tiny_checkpoint
-    table = {(s, d, streamed): M.fused_qk_wanted(s, d, streamed)
-             for s in ("off", "auto", "on") for d in ("cpu", "cuda") for streamed in (False, True)}
+    with mock.patch.object(torch.cuda, "get_device_capability", return_value=(7, 5)):     # a T4: auto leaves it
+        assert not M.cuda_ampere("cuda") and not M.fused_qk_wanted("auto", "cuda") and M.fused_qk_wanted("on", "cuda")
+    ampere = mock.patch.object(torch.cuda, "get_device_capability", return_value=(9, 0))   # as on an H100 / H200
+    with ampere:
+        table = {(s, d, streamed): M.fused_qk_wanted(s, d, streamed)
+                 for s in ("off", "auto", "on") for d in ("cpu", "cuda") for streamed in (False, True)}
     assert [k for k, on in table.items() if on] == [("auto", "cuda", False), ("on", "cuda", False), ("on", "cuda", True)]
     kernels_on = lambda model: {m.qk_kernel for m in model.modules() if isinstance(m, M.SelfAttention)}
     for keys, device, want in (({}, "cuda", True), ({"musubi_blocks_to_swap": 1}, "cuda", False),
                                ({"fused_qk_norm_rope": "on", "musubi_blocks_to_swap": 1}, "cuda", True),
                                ({"fused_qk_norm_rope": "off"}, "cuda", False), ({}, "cpu", False)):
         model = M.LongCatVideoTransformer3DModel(**M.TINY_DIT_CONFIG)   # `make_trainable` touches no CUDA memory
-        training.make_trainable(model, parse_config({"lora_rank": 4, **keys}), device=device)
+        with ampere:
+            training.make_trainable(model, parse_config({"lora_rank": 4, "compile_transformer": False, **keys}),
+                                    device=device)
         assert kernels_on(model) == {want}, (keys, device)
     cfg = parse_config({"pretrained_model_name_or_path": str(tiny_checkpoint()), "output_dir": str(tmp_path)})
     sampler = Sampler()
@@ -181,6 +188,25 @@ def test_fused_qk_norm_rope_setting(tmp_path):
     assert wanted.call_args.args == ("auto", torch.device("cpu"), False)
     assert kernels_on(sampler.pipeline(cfg).transformer) == {False}                # the same pipeline, on the CPU
     assert sampler.loads == 1
+
+
+def test_compile_transformer_auto():
+    """`compile_transformer` null (auto) compiles the blocks of a training run where that was measured: bf16 base,
+    dense attention, resident blocks, a CUDA GPU of sm_80 on, no FSDP; as set otherwise. (`longcat-nb sample` reads it
+    as set: null does not compile.)"""
+    from longcat_nb import training
+    from longcat_nb.config import parse_config
+    cfg = lambda **keys: parse_config({"lora_rank": 4, **keys})
+    with mock.patch.object(torch.cuda, "get_device_capability", return_value=(9, 0)):
+        assert training.compiles_blocks(cfg(), "cuda") and not training.compiles_blocks(cfg(), "cpu")
+        assert not training.compiles_blocks(cfg(), "cuda", fsdp=True)
+        for other in ({"musubi_blocks_to_swap": 2}, {"activation_offload": True}, {"recomputed_block_inputs": 4},
+                      {"base_model_precision": "int8-quanto"}, {"attention_implementation": "bsa"}):
+            assert not training.compiles_blocks(cfg(**other), "cuda"), other            # not measured compiled
+        assert not training.compiles_blocks(cfg(compile_transformer=False), "cuda")
+    with mock.patch.object(torch.cuda, "get_device_capability", return_value=(7, 5)):
+        assert not training.compiles_blocks(cfg(), "cuda")
+    assert training.compiles_blocks(cfg(compile_transformer=True), "cpu")           # as set
 
 
 @needs_triton

@@ -117,6 +117,7 @@ def test_trainer_wires_the_levers(example, tmp_path):
         cfg = load_config(example)
         cfg.output_dir, cfg.validation_prompt, cfg.report_to = tmp_path / mode, None, "none"
         cfg.max_train_steps, cfg.checkpoint_attention = 2, mode
+        cfg.compile_transformer = False                          # eager blocks: the function checkpoints them itself
         with mock.patch.object(training, "load_trainable_transformer", spy):
             losses[mode] = training.train(cfg).losses
         eq_(seen["func"] is training.checkpoint_keeping_attention, mode == "keep")
