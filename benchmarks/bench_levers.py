@@ -9,8 +9,8 @@ image-to-video step) with 512 text tokens, run as the trainer runs each block: u
 `checkpoint_keeping_attention`; compiled: `training.compiled_checkpointing`, checkpoint and block in one graph; the
 `compiled_recompute` variant recomputes attention, as compiled blocks did before) — forward, then backward of a loss on
 its output. Each variant: the first step (compiles, if it does), the median of `--steps` steps, peak GPU memory, and its
-output's and LoRA gradients' distance from the `plain` variant's (today's eager trainer: PEFT's LoRA layers, eager
-elementwise work). Then each lever alone, fwd and fwd+bwd: the q/k norm + RoPE over the packed qkv [1, 37440, 12288]
+output's and LoRA gradients' distance from the `plain` variant's (no lever: PEFT's LoRA layers, eager elementwise
+work; the trainer's eager blocks carry the LoRA epilogue, and on sm_80+ GPUs the q/k kernel: `both`). Then each lever alone, fwd and fwd+bwd: the q/k norm + RoPE over the packed qkv [1, 37440, 12288]
 (eager torch ops, inductor-compiled, Triton kernel; their distance from the fp32 computation) and one LoRA linear per
 shape (qkv 4096→12288, w1 4096→11008, w2 11008→4096) with PEFT's sum and with the epilogue. Prints one JSON
 object, with `benchmarks/provenance.py`'s fields.
