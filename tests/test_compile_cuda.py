@@ -55,6 +55,18 @@ def _fused_step(A, fused: bool, frames: int = 4, low_memory: bool = False, qk_ke
     return A.trainer_step(model, (b, sigma, drop, noise[:, :, :frames], empty))
 
 
+def _like_eager(got, eager, what):
+    "`got`'s loss within 1e-3 and each LoRA gradient within 2e-2 (of its norm) of `eager`'s: bf16 rounding."
+    assert abs(got[0] - eager[0]) <= 1e-3 * abs(eager[0]), (what, got[0], eager[0])
+    for n, g in eager[1].items(): assert _rel(got[1][n], g) <= 2e-2, (what, n)
+
+
+def _no_recompile_after_two_counts(A, **kw):
+    "A fused step on a third token count after a second one compiles nothing."
+    _fused_step(A, True, frames=3, **kw)
+    with torch._dynamo.config.patch(error_on_recompile=True): _fused_step(A, True, frames=2, **kw)
+
+
 def test_fused_elementwise_matches_eager_on_cuda():
     """`set_fused_elementwise(True)` (Inductor's Triton kernels) under the trainer's CUDA bf16 autocast: eager's loss
     and LoRA gradients within bf16 rounding (loss 1e-3, each gradient 2e-2 of its norm), resident and in the low-memory
@@ -63,11 +75,8 @@ def test_fused_elementwise_matches_eager_on_cuda():
     A = _audit()
     eager = _fused_step(A, False)
     for low_memory in (False, True):
-        fused = _fused_step(A, True, low_memory=low_memory)
-        assert abs(fused[0] - eager[0]) <= 1e-3 * abs(eager[0]), (low_memory, fused[0], eager[0])
-        for n, g in eager[1].items(): assert _rel(fused[1][n], g) <= 2e-2, (low_memory, n)
-    _fused_step(A, True, frames=3)
-    with torch._dynamo.config.patch(error_on_recompile=True): _fused_step(A, True, frames=2)
+        _like_eager(_fused_step(A, True, low_memory=low_memory), eager, low_memory)
+    _no_recompile_after_two_counts(A)
 
 
 def test_qk_kernel_matches_eager_on_cuda():
@@ -77,8 +86,5 @@ def test_qk_kernel_matches_eager_on_cuda():
     A = _audit()
     eager = _fused_step(A, False)
     for fused in (False, True):
-        kernel = _fused_step(A, fused, qk_kernel=True)
-        assert abs(kernel[0] - eager[0]) <= 1e-3 * abs(eager[0]), (fused, kernel[0], eager[0])
-        for n, g in eager[1].items(): assert _rel(kernel[1][n], g) <= 2e-2, (fused, n)
-    _fused_step(A, True, frames=3, qk_kernel=True)
-    with torch._dynamo.config.patch(error_on_recompile=True): _fused_step(A, True, frames=2, qk_kernel=True)
+        _like_eager(_fused_step(A, fused, qk_kernel=True), eager, fused)
+    _no_recompile_after_two_counts(A, qk_kernel=True)

@@ -57,6 +57,15 @@ wb.train.start_button.click()
 assert wb.train.proc is None
 report(wb.train)
 """,
+    "nullable_bool": """
+from longcat_nb.widgets import ConfigForm
+default = wb.form.inputs["compile_transformer"].value
+wb.form.inputs["compile_transformer"].value = False
+saved = wb.form.save(root / "eager" / "config.json")
+stored = json.loads(saved.read_text())["compile_transformer"]
+print(json.dumps({"default": default, "stored": stored, "reloaded": ConfigForm(saved).inputs["compile_transformer"].value}))
+wb.form.inputs["compile_transformer"].value = None
+""",
     "missing_config": """
 nowhere = Workbench(root / "nowhere" / "config.json")
 nowhere.check.button.click()
@@ -124,3 +133,9 @@ def test_setup_cell_is_quiet(executed):
     "Training in the kernel printed no third-party noise."
     text = "".join(o.get("text", "") for o in executed[1]["setup"].outputs)
     assert "Failed to load" not in text and "register_constant" not in text and "Unable to import" not in text, text
+
+
+def test_nullable_boolean_round_trips_in_the_form(executed):
+    "`compile_transformer` (null: auto) shows as auto, and a choice of false is saved and read back as false."
+    eq = _printed(executed[1]["nullable_bool"])
+    assert eq == {"default": None, "stored": False, "reloaded": False}, eq
