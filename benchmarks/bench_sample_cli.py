@@ -11,7 +11,7 @@ UMT5-XXL) and no distilled LoRA: `--with-random-distilled-lora` writes a random 
     python benchmarks/bench_sample_cli.py CKPT --variants distilled,distilled_compiled --json $OUT/sample_cli.json
     python benchmarks/bench_sample_cli.py TINY_CKPT --size 64x48 --frames 5 --variants distilled      # CPU smoke test
 """
-import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, bisect, codecs, itertools, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,14 +29,20 @@ VARIANTS = {
 }
 
 
-DENOISE_BAR = re.compile(r"^\s*0%\|.*\| 0/\d+ \[")    # the pipeline's unlabelled step bar, as it starts
+DENOISE_BAR = re.compile(r"^\s*0%\|[^\n]*\| 0/\d+ \[", re.M)   # the pipeline's unlabelled step bar, as it starts
+DECODING = "denoised; decoding"                              # `service.generate`'s line after the last step
 
 
-def stages(lines: list[tuple[float, str]], wall: float) -> dict:
-    """Seconds per stage from `(seconds since launch, stderr line)` pairs: `to_denoise_s` (imports, load, prompt
-    encoding), `denoise_s`, `decode_write_s`; a stage whose marks are missing is left out."""
-    start = next((t for t, line in lines if DENOISE_BAR.match(line)), None)
-    decode = next((t for t, line in lines if line.startswith("denoised; decoding")), None)
+def stages(chunks: list[tuple[float, str]], wall: float) -> dict:
+    """Seconds per stage from `(seconds since launch, stderr text)` reads: `to_denoise_s` (imports, load, prompt
+    encoding), `denoise_s`, `decode_write_s`; each mark is timed by the read that brought its first character (a bar
+    redraws after \\r, the decode line follows a bar's text unbroken); a stage whose marks are missing is left out."""
+    text = "".join(t for _, t in chunks).replace("\r", "\n")
+    ends = list(itertools.accumulate(len(t) for _, t in chunks))
+    when = lambda pos: chunks[bisect.bisect_right(ends, pos)][0]
+    bar, decode = DENOISE_BAR.search(text), text.find(DECODING)
+    start = when(bar.start()) if bar else None
+    decode = when(decode) if decode >= 0 else None
     out = {}
     if start is not None:
         out["to_denoise_s"] = round(start, 1)
@@ -47,17 +53,15 @@ def stages(lines: list[tuple[float, str]], wall: float) -> dict:
     return out
 
 
-def timed_lines(cmd: list[str], stdout) -> tuple[int, float, list[tuple[float, str]]]:
-    "Run `cmd`: its exit code, wall seconds and each stderr line (progress bars split at \\r) with when it came."
+def timed_reads(cmd: list[str], stdout) -> tuple[int, float, list[tuple[float, str]]]:
+    "Run `cmd`: its exit code, wall seconds and its stderr as `(seconds since launch, text)` per read."
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
-    lines = []
+    decode, chunks = codecs.getincrementaldecoder("utf-8")("replace").decode, []
     while chunk := os.read(proc.stderr.fileno(), 1 << 16):
-        now = round(time.perf_counter() - t0, 2)
-        text = chunk.decode(errors="replace").replace("\r", "\n")
-        lines += [(now, line) for line in text.split("\n") if line.strip()]
+        chunks.append((round(time.perf_counter() - t0, 2), decode(chunk)))
     rc = proc.wait()
-    return rc, time.perf_counter() - t0, lines
+    return rc, time.perf_counter() - t0, chunks
 
 
 def run(name: str, ckpt: Path, work: Path, size: str, frames: int) -> dict:
@@ -73,10 +77,10 @@ def run(name: str, ckpt: Path, work: Path, size: str, frames: int) -> dict:
            "a red fox runs through fresh snow in a pine forest, morning light", "--size", size, "--frames",
            str(frames), "--output", str(video), *argv]
     with open(work / f"{name}.stdout", "w") as stdout:
-        rc, wall, lines = timed_lines(cmd, stdout)
-    row = dict(variant=name, args=argv, config_keys=keys, wall_s=round(wall, 1), rc=rc, **stages(lines, wall))
+        rc, wall, chunks = timed_reads(cmd, stdout)
+    row = dict(variant=name, args=argv, config_keys=keys, wall_s=round(wall, 1), rc=rc, **stages(chunks, wall))
     if rc or not video.is_file():
-        row["stderr_tail"] = "\n".join(line for _, line in lines)[-1500:]
+        row["stderr_tail"] = "".join(t for _, t in chunks)[-1500:]
     else:
         row["video_bytes"] = video.stat().st_size
     print(json.dumps(row), flush=True)
