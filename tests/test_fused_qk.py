@@ -163,6 +163,7 @@ def test_fused_qk_norm_rope_setting(tmp_path):
     says."""
     from longcat_nb import training
     from longcat_nb.config import parse_config
+    from longcat_nb.caching import default_device
     from longcat_nb.service import Sampler
     from longcat_nb.tiny import tiny_checkpoint
     with mock.patch.object(torch.cuda, "get_device_capability", return_value=(7, 5)):     # a T4: auto leaves it
@@ -183,10 +184,12 @@ def test_fused_qk_norm_rope_setting(tmp_path):
         assert kernels_on(model) == {want}, (keys, device)
     cfg = parse_config({"pretrained_model_name_or_path": str(tiny_checkpoint()), "output_dir": str(tmp_path)})
     sampler = Sampler()
+    device = default_device()                                                      # where the sampler runs
     with mock.patch.object(M, "fused_qk_wanted", return_value=True) as wanted:     # as on a GPU
         assert kernels_on(sampler.pipeline(cfg).transformer) == {True}
-    assert wanted.call_args.args == ("auto", torch.device("cpu"), False)
-    assert kernels_on(sampler.pipeline(cfg).transformer) == {False}                # the same pipeline, on the CPU
+    assert wanted.call_args.args == ("auto", device, False)
+    here = M.fused_qk_wanted("auto", device, False)                                 # off on a CPU, on on an H100
+    assert kernels_on(sampler.pipeline(cfg).transformer) == {here}                 # the same pipeline, unmocked
     assert sampler.loads == 1
 
 

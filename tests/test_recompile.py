@@ -198,6 +198,6 @@ def test_flex_attention_one_graph_for_every_token_count():
         q, k, v = (torch.randn(1, 2, 64 * n, 128, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
                    for _ in range(3))
         keep = (torch.rand(1, 2, n, n, device="cuda", generator=g) < 0.5) | torch.eye(n, dtype=torch.bool, device="cuda")
-        kernels.flex_block_attention(q, k, v, keep).float().square().mean().backward()
+        kernels.flex_block_attention(q, k, v, kernels.Kept.from_mask(keep)).float().square().mean().backward()
     assert graphs(flex_attention) <= 2, graphs(flex_attention)
     torch._dynamo.reset()
