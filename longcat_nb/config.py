@@ -155,7 +155,8 @@ TRAIN_KEYS = [
     Key("bsa_kernel", "auto", "str",
         "Block-sparse attention's sparse step: `flex` (FlexAttention, CUDA), `triton` (ours, CUDA; reads q, k, v in "
         "place; both measured against dense in benchmarks/RESULTS.md), `gathered` (any device; tests); "
-        "`auto` → triton on CUDA, gathered elsewhere. The environment variable LONGCAT_BSA_KERNEL, when set, "
+        "`auto` → triton on CUDA with triton installed, gathered elsewhere. The environment variable "
+        "LONGCAT_BSA_KERNEL, when set, "
         "overrides it.", BSA_KERNELS),
     Key("bsa_kernel_options", None, "dict",
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step), "
@@ -167,20 +168,23 @@ TRAIN_KEYS = [
     Key("fused_elementwise", "auto", "str",
         "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "
         "torch.compile — for runs whose blocks are not compiled, in training and in `longcat-nb sample` / the Sample "
-        "tab. `auto`: on for CUDA runs with block swap or activation offload (how the memory plans in "
+        "tab. `auto`: on for CUDA runs (triton installed) with block swap or activation offload (how the memory "
+        "plans in "
         "benchmarks/RESULTS.md were measured); `on` also for resident blocks (not measured there).",
         ("off", "auto", "on")),
     Key("fused_qk_norm_rope", "auto", "str",
         "Self-attention's q/k RMSNorm + 3D RoPE as one Triton kernel over the packed qkv (fp32 in registers, rounded "
         "once; CUDA), in training and in `longcat-nb sample` / the Sample tab, eager and compiled blocks alike. "
-        "`auto`: on for CUDA runs whose blocks do not stream (block swap and activation offload keep the path their "
+        "`auto`: on for runs on CUDA GPUs of sm_80 on, with triton installed, whose blocks do not stream (block swap "
+        "and activation offload keep the path their "
         "memory plans were measured with); `on`: every CUDA run; `off`: torch ops. Measured: benchmarks/RESULTS.md, "
         "the levers table.", ("off", "auto", "on")),
     Key("compile_transformer", None, "bool",
         "Compile each transformer block with torch.compile (GPU): the first steps compile (shown as such in the "
         "progress bar), later ones run faster — by how much: benchmarks/RESULTS.md. null (auto): in training, on "
         "where that was measured — a bf16 base with dense attention whose blocks stay resident (no block swap, "
-        "activation offload or recomputed inputs), on a CUDA GPU of sm_80 on, without FSDP; `longcat-nb sample` and "
+        "activation offload or recomputed inputs), on a CUDA GPU of sm_80 on with triton installed, without FSDP; "
+        "`longcat-nb sample` and "
         "the Sample tab compile only with `true` or --compile (a one-off sample does not earn its compile back).",
         nullable=True),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),

@@ -12,6 +12,7 @@ __all__ = ['TUNING_CANDIDATES', 'TUNE_DEVICES', 'SPARSE_KERNELS', 'CUDA_AUTO_KER
            'block_sparse_attention', 'BlockSparse', 'qk_norm_rope_triton']
 
 # %% ../nbs/09_kernels.ipynb #b3b2783f
+import importlib.util
 import json
 import math
 import os
@@ -388,6 +389,12 @@ class _NoTriton:
 
 
 triton, tl = None, _NoTriton
+
+
+def triton_installed() -> bool:
+    """Whether the triton package can be imported here (Linux wheels; not on Windows or macOS): the `auto` settings
+    turn generated GPU kernels (ours, inductor's, FlexAttention's) on only where it is."""
+    return triton is not None or importlib.util.find_spec("triton") is not None
 
 # %% ../nbs/09_kernels.ipynb #512d5a1b
 def _triton(interpret: bool):
@@ -854,12 +861,13 @@ CUDA_AUTO_KERNEL = "triton"
 
 
 def _sparse_kernel(name, device) -> str:
-    """The sparse step to run: `name` ('triton' | 'flex' | 'gathered'; 'auto' or None → `CUDA_AUTO_KERNEL` on CUDA,
-    gathered elsewhere) — or the environment variable LONGCAT_BSA_KERNEL, read now, which overrides it when set."""
+    """The sparse step to run: `name` ('triton' | 'flex' | 'gathered'; 'auto' or None → `CUDA_AUTO_KERNEL` on CUDA
+    with triton installed, gathered elsewhere) — or the environment variable LONGCAT_BSA_KERNEL, read now, which
+    overrides it when set."""
     env = os.environ.get("LONGCAT_BSA_KERNEL")
     name = env or name or "auto"
     if name == "auto":
-        return CUDA_AUTO_KERNEL if device.type == "cuda" else "gathered"
+        return CUDA_AUTO_KERNEL if device.type == "cuda" and triton_installed() else "gathered"
     if name not in SPARSE_KERNELS:
         where = "environment variable LONGCAT_BSA_KERNEL" if env else "bsa_kernel"
         raise ValueError(f"block-sparse kernel {name!r} ({where}): expected one of auto, {', '.join(SPARSE_KERNELS)}")

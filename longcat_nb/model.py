@@ -11,8 +11,8 @@ __all__ = ['BSA_PARAMS', 'TINY_DIT_CONFIG', 'FUSED_RECOMPILE_LIMIT', 'ATTENTION_
            'rope_split', 'rope_3d', 'apply_rope', 'check_attention_backend', 'attention', 'plan_attention',
            'qk_norm_rope', 'SelfAttention', 'CrossAttention', 'UpcastNorm', 'modulate', 'gated_add', 'LongCatBlock',
            'FinalLayer', 'unpatchify', 'text_mask', 'frame_timesteps', 'LongCatVideoTransformer3DModel', 'CondKV',
-           'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention', 'cuda_ampere',
-           'fused_qk_wanted', 'fused_elementwise_wanted', 'compile_in_process']
+           'cond_cache_bytes', 'CondKVCache', 'keeps_self_attention', 'checkpoint_keeping_attention',
+           'generated_kernels', 'cuda_ampere', 'fused_qk_wanted', 'fused_elementwise_wanted', 'compile_in_process']
 
 # %% ../nbs/03_model.ipynb #81a7a708
 import importlib.util
@@ -244,7 +244,7 @@ def apply_rope(x: torch.Tensor, rope) -> torch.Tensor:
     return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2).to(x.dtype)
 
 # %% ../nbs/03_model.ipynb #e1aba610
-from .kernels import BlockSparse, check_sparsity, qk_norm_rope_triton
+from .kernels import BlockSparse, check_sparsity, qk_norm_rope_triton, triton_installed
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "bsa")
 BSA_MIN_FRAME_TOKENS = 44 * 80   # tokens per latent frame at 1280×704: the 720p refinement stage ran block-sparse
@@ -742,6 +742,12 @@ def compile_blocks(self: LongCatVideoTransformer3DModel, **compile_kwargs):
     return self
 
 # %% ../nbs/03_model.ipynb #d213c279
+def generated_kernels(device) -> bool:
+    """Where the `auto` speed settings (`fused_qk_norm_rope`, `compile_transformer`) turn their generated kernels on:
+    a `cuda_ampere` GPU with triton installed (no triton — Windows, macOS — runs the plain torch ops)."""
+    return cuda_ampere(device) and triton_installed()
+
+
 def cuda_ampere(device) -> bool:
     """Whether `device` is a CUDA GPU of compute capability 8.0 or newer (Ampere on): where the `auto` speed settings
     (`fused_qk_norm_rope`, `compile_transformer`) turn their generated kernels on — measured on sm_90."""
@@ -751,12 +757,12 @@ def cuda_ampere(device) -> bool:
 
 def fused_qk_wanted(setting: str, device, streamed: bool = False) -> bool:
     """The config's `fused_qk_norm_rope` (`off` | `auto` | `on`) for a run on `device`: the Triton kernel runs on CUDA
-    only (the CPU runs it under Triton's interpreter, for tests); `auto` only on `cuda_ampere` GPUs, and leaves runs
+    only (the CPU runs it under Triton's interpreter, for tests); `auto` only where `generated_kernels`, and leaves runs
     whose blocks stream (`streamed`: block swap or activation offload) on the path their memory plans were measured
     with."""
     if setting == "on":
         return torch.device(device).type == "cuda"
-    return setting == "auto" and not streamed and cuda_ampere(device)
+    return setting == "auto" and not streamed and generated_kernels(device)
 
 
 def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool, streamed: bool = False) -> bool:
@@ -765,7 +771,8 @@ def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool, stream
     plans in benchmarks/RESULTS.md were measured."""
     if setting == "on":
         return True
-    return setting == "auto" and torch.device(device).type == "cuda" and streamed and not blocks_compiled
+    auto = torch.device(device).type == "cuda" and streamed and not blocks_compiled and triton_installed()
+    return setting == "auto" and auto
 
 
 def compile_in_process(streamed: bool) -> None:

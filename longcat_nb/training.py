@@ -32,7 +32,7 @@ from .data import BatchKey, BucketBatchSampler
 from .lora import (add_lora, lora_layers, read_lora, report_lora_coverage, save_lora, set_lora_input_cast,
                              training_metadata)
 from .model import (ATTENTION_OPS, BSA_MIN_FRAME_TOKENS, LongCatVideoTransformer3DModel, autocasts,
-                               checkpoint_keeping_attention, compile_in_process, compute_autocast, cuda_ampere,
+                               checkpoint_keeping_attention, compile_in_process, compute_autocast, generated_kernels,
                                fused_elementwise_wanted, fused_qk_wanted, keeping_self_attention, set_ffn_chunks)
 from .sampling import (LongCatVideoPipeline, eval_samples_for, run_validation, use_config_attention,
                                  validation_jobs)
@@ -863,12 +863,12 @@ def batch_tokens(samples, batch_size: int) -> int:
 def compiles_blocks(cfg, device, fsdp: bool = False) -> bool:
     """`compile_transformer` for this training run: as set, or with null (auto) on where compiled blocks were measured
     to win — a bf16 base with dense attention whose blocks stay resident (no block swap, activation offload or
-    recomputed inputs), on a `cuda_ampere` GPU, without FSDP (`fsdp`)."""
+    recomputed inputs), where `generated_kernels` (an sm_80+ CUDA GPU, triton installed), without FSDP (`fsdp`)."""
     if cfg.compile_transformer is not None:
         return cfg.compile_transformer
     resident = not cfg.streams_blocks and not cfg.recomputed_block_inputs
     measured = cfg.base_model_precision == "bf16" and cfg.attention_implementation != "bsa"
-    return resident and measured and not fsdp and cuda_ampere(device)
+    return resident and measured and not fsdp and generated_kernels(device)
 
 
 def keeps_attention(cfg, tokens: int, device) -> bool:

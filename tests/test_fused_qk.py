@@ -188,7 +188,7 @@ def test_fused_qk_norm_rope_setting(tmp_path):
     with mock.patch.object(M, "fused_qk_wanted", return_value=True) as wanted:     # as on a GPU
         assert kernels_on(sampler.pipeline(cfg).transformer) == {True}
     assert wanted.call_args.args == ("auto", device, False)
-    here = M.fused_qk_wanted("auto", device, False)                                 # off on a CPU, on on an H100
+    here = M.fused_qk_wanted("auto", device, False)                                # off on a CPU, on on an H100
     assert kernels_on(sampler.pipeline(cfg).transformer) == {here}                 # the same pipeline, unmocked
     assert sampler.loads == 1
 
@@ -211,6 +211,27 @@ def test_compile_transformer_auto():
         assert not training.compiles_blocks(cfg(), "cuda")
     assert training.compiles_blocks(cfg(compile_transformer=True), "cpu")           # as set
 
+
+
+def test_auto_settings_need_triton(monkeypatch):
+    """Without triton (Windows, macOS) the `auto` settings leave generated kernels off on any GPU — the q/k kernel,
+    compiled blocks, inductor-fused elementwise work, the Triton / Flex sparse steps — and run the plain torch ops;
+    with it they are on. (`on` / `true` stay as set.)"""
+    from longcat_nb import kernels, training
+    from longcat_nb.config import parse_config
+    monkeypatch.delenv("LONGCAT_BSA_KERNEL", raising=False)
+    cfg = parse_config({"lora_rank": 4})
+    cuda = torch.device("cuda")
+    autos = lambda: (M.fused_qk_wanted("auto", cuda), training.compiles_blocks(cfg, cuda),
+                     M.fused_elementwise_wanted("auto", cuda, False, streamed=True),
+                     kernels._sparse_kernel("auto", cuda) != "gathered")
+    with mock.patch.object(torch.cuda, "get_device_capability", return_value=(9, 0)):
+        for installed in (True, False):
+            with mock.patch.object(M, "triton_installed", return_value=installed), \
+                    mock.patch.object(kernels, "triton_installed", return_value=installed):
+                assert autos() == (installed,) * 4, installed
+                assert M.fused_qk_wanted("on", cuda)
+                assert training.compiles_blocks(parse_config({"compile_transformer": True}), cuda)
 
 @needs_triton
 def test_kernels_compile_for_h200_without_spills():
