@@ -11,7 +11,8 @@ For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×4
 - its parts: selection alone; each sparse kernel alone on a prebuilt selection, fwd and fwd+bwd (flex on chunk-major
   inputs, ours on raster-order ones, also at each of `--triton-steps` key chunks per iteration in its forward and dq:
   1 is the FlexAttention-like 64×64 tile, 2 the 128-wide key tile, 1tma one chunk a step read as a box through TMA
-  (`tma: 1`); its dk/dv kernel keeps its own settings), and how
+  (`tma: 1`), 1packed one chunk a step read from chunk-major copies of the other side (`packed: 1`: the copies are
+  timed with it); its dk/dv kernel keeps its own settings), and how
   unevenly the key chunks are kept (max / mean, structured inputs: the dk/dv kernel's longest program).
 Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
 relative errors), the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the
@@ -86,10 +87,12 @@ def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 def sparse_kernel(name, grid, steps=None):
     """The sparse step alone on prebuilt index lists: FlexAttention (chunk-major inputs), or ours (raster-order inputs,
-    read in place) at `steps` key chunks a step ("1tma": one, read as a box through TMA)."""
+    read in place) at `steps` key chunks a step ("1tma": one, read as a box through TMA; "1packed": one, from
+    chunk-major copies)."""
     if name == "flex": return flex_block_attention
-    tma = steps is not None and steps.endswith("tma")
-    opts = None if steps is None else dict(chunks_per_step=int(steps.removesuffix("tma")), tma=int(tma))
+    read = "tma" if str(steps).endswith("tma") else "packed" if str(steps).endswith("packed") else None
+    opts = None if steps is None else dict(chunks_per_step=int(steps.removesuffix(read or "")), tma=int(read == "tma"),
+                                           packed=int(read == "packed"))
     return lambda q, k, v, kept, real: triton_block_attention(q, k, v, kept, grid, kernel_options=opts)
 
 
@@ -187,8 +190,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--sparsity", type=float, default=0.9375)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--kernel", default="flex,triton", help="sparse kernels to time, comma-separated: flex, triton")
-    ap.add_argument("--triton-steps", default="1,2,1tma",
-                    help="key chunks per iteration to time our kernel alone at (1tma: one, as a box through TMA)")
+    ap.add_argument("--triton-steps", default="1,2,1tma,1packed",
+                    help="key chunks per iteration to time our kernel alone at (1tma: one, as a box through TMA; "
+                         "1packed: one, from chunk-major copies)")
     ap.add_argument("--block", action="store_true", help="also time one full-size transformer block")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true",
@@ -200,8 +204,9 @@ def main(argv=None) -> dict:
         if args.block: ap.error("--block needs a GPU (a full-size block)")
     args.kernel = args.kernel.split(",")
     args.triton_steps = args.triton_steps.split(",")
-    if any(not n.removesuffix("tma").isdigit() for n in args.triton_steps):
-        ap.error(f"--triton-steps {args.triton_steps}: expected chunk counts, 1tma for one chunk through TMA")
+    if any(not n.removesuffix("tma").removesuffix("packed").isdigit() for n in args.triton_steps):
+        ap.error(f"--triton-steps {args.triton_steps}: expected chunk counts, 1tma for one chunk through TMA, "
+                 "1packed for one from chunk-major copies")
     if not set(args.kernel) <= {"flex", "triton"}: ap.error(f"--kernel {args.kernel}: expected flex and/or triton")
     device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (Triton interpreter)"
     results = dict(**provenance(), device=device, kernel_options=kernel_settings("flex"),

@@ -161,9 +161,10 @@ TRAIN_KEYS = [
     Key("bsa_kernel_options", None, "dict",
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step), "
         "`dkdv_chunks_per_step`, `num_warps`, `num_stages`, `dkdv_num_stages`, `tma` (1: each kept chunk read as one "
-        "box through a tensor descriptor, Hopper; with one chunk a step); for `flex` FlexAttention's "
+        "box through a tensor descriptor, Hopper; with one chunk a step), `packed` (1: the kept chunks read from "
+        "chunk-major copies made for each kernel; not with `tma`); for `flex` FlexAttention's "
         "`kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → flex's defaults; `triton` tunes "
-        "them on the GPU at its first call for each shape (once: 12 launch settings timed) and keeps the fastest in "
+        "them on the GPU at its first call for each shape (once: 16 launch settings timed) and keeps the fastest in "
         "~/.cache/longcat_nb/bsa_tuning.json ($LONGCAT_NB_TUNING).", nullable=True),
     Key("fused_elementwise", "auto", "str",
         "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "

@@ -339,7 +339,8 @@ def _flex_64_tiles():
 # %% ../nbs/09_kernels.ipynb #810ba23d
 _DEFAULT_SETTINGS = dict(
     flex=dict(fwd_BLOCK_M=64, fwd_BLOCK_N=64, bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64),
-    triton=dict(num_warps=4, num_stages=2, chunks_per_step=1, dkdv_chunks_per_step=1, dkdv_num_stages=1, tma=0))
+    triton=dict(num_warps=4, num_stages=2, chunks_per_step=1, dkdv_chunks_per_step=1, dkdv_num_stages=1, tma=0,
+                packed=0))
 
 
 def kernel_settings(kernel: str, options: dict | None = None) -> dict:
@@ -352,6 +353,8 @@ def kernel_settings(kernel: str, options: dict | None = None) -> dict:
     if kernel == "triton" and settings["tma"] and settings["chunks_per_step"] * settings["dkdv_chunks_per_step"] > 1:
         raise ValueError("bsa_kernel_options tma: 1 loads one chunk a step — set chunks_per_step and "
                          "dkdv_chunks_per_step to 1 with it")
+    if kernel == "triton" and settings["tma"] and settings["packed"]:
+        raise ValueError("bsa_kernel_options: tma and packed are two ways to read the kept chunks — set one of them")
     return settings
 
 
@@ -442,14 +445,14 @@ def _bsa_rows_source(chunk, i, T, H, W, nH, nW, CT: tl.constexpr, CH: tl.constex
 def _bsa_tile_source(LIST, j, stop, T, H, W, nH, nW, BLOCK: tl.constexpr, TILE: tl.constexpr, CT: tl.constexpr,
                      CH: tl.constexpr, CW: tl.constexpr, PAD: tl.constexpr):
     """The rows of one tile: the chunks at entries j … j + TILE/BLOCK − 1 of an index list, those before `stop`
-    (rows, and which to use: listed, and real tokens)."""
+    (raster rows, and which to use: listed, and real tokens; and the same rows in a chunk-major copy)."""
     entry = j + tl.arange(0, TILE) // BLOCK
     valid = entry < stop
     chunk = tl.load(LIST + entry, mask=valid, other=0)
     rows, real = _bsa_rows(chunk, tl.arange(0, TILE) % BLOCK, T, H, W, nH, nW, CT, CH, CW)
     if PAD:                                                       # padded tokens: not there
         valid = valid & real
-    return rows, valid
+    return rows, valid, chunk * BLOCK + tl.arange(0, TILE) % BLOCK
 
 
 def _bsa_desc_source(X, b, sxb, sxh, sxn, HEADS, T, H, W, D: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
@@ -491,7 +494,7 @@ _bsa_pair = _bsa_pair_source
 def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, HEADS, N, T, H, W,
              nH, nW, n_chunks, L, qk_scale, D: tl.constexpr, BLOCK: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
              CW: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr, IN: tl.constexpr, DOT: tl.constexpr,
-             PAD: tl.constexpr, TMA: tl.constexpr):
+             PAD: tl.constexpr, TMA: tl.constexpr, PACKED: tl.constexpr):
     qb, bh = tl.program_id(0), tl.program_id(1)
     b, h, lst = (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), bh.to(tl.int64) * n_chunks + qb
     count, idx_ptr = tl.load(CNT + lst), IDX + lst * L
@@ -507,9 +510,9 @@ def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, 
         k_desc = _bsa_desc(K, b, skb, skh, skn, HEADS, T, H, W, D, CT, CH, CW)
         v_desc = _bsa_desc(V, b, svb, svh, svn, HEADS, T, H, W, D, CT, CH, CW)
     for j in range(0, count, TILE // BLOCK):
-        rows_k, valid = _bsa_tile(idx_ptr, j, count, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)   # kept keys
-        k, v = _bsa_pair(K, V, k_desc, v_desc, idx_ptr, j, rows_k, valid, b, h, skb, skh, skn, svb, svh, svn, HEADS,
-                         nH, nW, BLOCK, D, CT, CH, CW, TMA)
+        rows_k, valid, packed = _bsa_tile(idx_ptr, j, count, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)   # kept
+        k, v = _bsa_pair(K, V, k_desc, v_desc, idx_ptr, j, packed if PACKED else rows_k, valid, b, h, skb, skh, skn,
+                         svb, svh, svn, HEADS, nH, nW, BLOCK, D, CT, CH, CW, TMA)
         s = tl.dot(q, tl.trans(k.to(DOT)), input_precision=PREC) * qk_scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -547,7 +550,7 @@ def _bsa_delta(O, DO, DELTA, sob, soh, son, sdb, sdh, sdn, HEADS, N, D: tl.const
 def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ORDER, OFF, QIDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh,
               sdn, HEADS, N, T, H, W, nH, nW, n_chunks, qk_scale, sm_scale, D: tl.constexpr, BLOCK: tl.constexpr,
               CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr,
-              IN: tl.constexpr, DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr):
+              IN: tl.constexpr, DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr, PACKED: tl.constexpr):
     f = tl.load(ORDER + tl.program_id(0))                      # (batch·head, key chunk), the most-kept first
     bh, kb = f // n_chunks, f % n_chunks
     b, h, cols = (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), tl.arange(0, D)
@@ -563,12 +566,14 @@ def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ORDER, OFF, QIDX, sqb, sqh, sqn, 
         q_desc = _bsa_desc(Q, b, sqb, sqh, sqn, HEADS, T, H, W, D, CT, CH, CW)
         do_desc = _bsa_desc(DO, b, sdb, sdh, sdn, HEADS, T, H, W, D, CT, CH, CW)
     for j in range(start, stop, TILE // BLOCK):
-        rows_q, valid = _bsa_tile(QIDX, j, stop, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)   # keepers' rows
-        q, do = _bsa_pair(Q, DO, q_desc, do_desc, QIDX, j, rows_q, valid, b, h, sqb, sqh, sqn, sdb, sdh, sdn, HEADS,
-                          nH, nW, BLOCK, D, CT, CH, CW, TMA)
+        # keepers' rows; packed, a padded query needs no mask: its packed log-sum-exp is +inf, so its P is 0
+        rows_q, valid, packed = _bsa_tile(QIDX, j, stop, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD and not PACKED)
+        q, do = _bsa_pair(Q, DO, q_desc, do_desc, QIDX, j, packed if PACKED else rows_q, valid, b, h, sqb, sqh, sqn,
+                          sdb, sdh, sdn, HEADS, nH, nW, BLOCK, D, CT, CH, CW, TMA)
         q, do = q.to(DOT), do.to(DOT)
-        lse = tl.load(LSE + bh.to(tl.int64) * N + rows_q, mask=valid, other=0.0)
-        dl = tl.load(DELTA + bh.to(tl.int64) * N + rows_q, mask=valid, other=0.0)
+        at = packed if PACKED else rows_q                         # LSE and DELTA packed like q with it
+        lse = tl.load(LSE + bh.to(tl.int64) * (n_chunks * BLOCK if PACKED else N) + at, mask=valid, other=0.0)
+        dl = tl.load(DELTA + bh.to(tl.int64) * (n_chunks * BLOCK if PACKED else N) + at, mask=valid, other=0.0)
         pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale - lse[None, :])   # Pᵀ [BLOCK, TILE]
         pt = tl.where(valid[None, :] & real_k[:, None] if PAD else valid[None, :], pt, 0.0)
         dv += tl.dot(pt.to(IN).to(DOT), do, input_precision=PREC)
@@ -582,7 +587,7 @@ def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ORDER, OFF, QIDX, sqb, sqh, sqn, 
 def _bsa_dq(Q, K, V, DO, LSE, DELTA, DQ, CNT, IDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn, HEADS, N,
             T, H, W, nH, nW, n_chunks, L, qk_scale, sm_scale, D: tl.constexpr, BLOCK: tl.constexpr, CT: tl.constexpr,
             CH: tl.constexpr, CW: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr, IN: tl.constexpr,
-            DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr):
+            DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr, PACKED: tl.constexpr):
     qb, bh = tl.program_id(0), tl.program_id(1)
     b, h, lst = (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), bh.to(tl.int64) * n_chunks + qb
     count, idx_ptr = tl.load(CNT + lst), IDX + lst * L
@@ -599,9 +604,9 @@ def _bsa_dq(Q, K, V, DO, LSE, DELTA, DQ, CNT, IDX, sqb, sqh, sqn, skb, skh, skn,
         k_desc = _bsa_desc(K, b, skb, skh, skn, HEADS, T, H, W, D, CT, CH, CW)
         v_desc = _bsa_desc(V, b, svb, svh, svn, HEADS, T, H, W, D, CT, CH, CW)
     for j in range(0, count, TILE // BLOCK):
-        rows_k, valid = _bsa_tile(idx_ptr, j, count, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)
-        k, v = _bsa_pair(K, V, k_desc, v_desc, idx_ptr, j, rows_k, valid, b, h, skb, skh, skn, svb, svh, svn, HEADS,
-                         nH, nW, BLOCK, D, CT, CH, CW, TMA)
+        rows_k, valid, packed = _bsa_tile(idx_ptr, j, count, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)
+        k, v = _bsa_pair(K, V, k_desc, v_desc, idx_ptr, j, packed if PACKED else rows_k, valid, b, h, skb, skh, skn,
+                         svb, svh, svn, HEADS, nH, nW, BLOCK, D, CT, CH, CW, TMA)
         k, v = k.to(DOT), v.to(DOT)
         p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale - lse[:, None])
         p = tl.where(valid[None, :], p, 0.0)
@@ -665,11 +670,12 @@ def _bsa_launch(x, geometry, settings, *others):
     interpret = not x.is_cuda
     kernels = _bsa_kernels(interpret)
     IN = getattr(tl, str(x.dtype).removeprefix("torch."))
-    tma = bool(opts["tma"]) and _tma_aligned(x, *others)
+    tma = bool(opts["tma"]) and not opts["packed"] and _tma_aligned(x, *others)
     if tma and not interpret:
         triton.set_allocator(_descriptor_memory)
     kw = grid | dict(TILE=opts["chunks_per_step"] * grid["BLOCK"], PREC="ieee" if x.dtype == torch.float32 else "tf32",
-                     IN=IN, DOT=tl.float32 if interpret else IN, TMA=tma, num_warps=opts["num_warps"],
+                     IN=IN, DOT=tl.float32 if interpret else IN, TMA=tma, PACKED=bool(opts["packed"]),
+                     num_warps=opts["num_warps"],
                      num_stages=opts["num_stages"])
     dkdv = dict(TILE=opts["dkdv_chunks_per_step"] * grid["BLOCK"], num_stages=opts["dkdv_num_stages"])
     return kw, kw | dkdv, kernels, interpret
@@ -683,12 +689,13 @@ def _strides(*xs):
     return [s for x in xs for s in x.stride()[:3]]
 
 # %% ../nbs/09_kernels.ipynb #8e2d4a61
-# (num_warps, num_stages, chunks_per_step, dkdv_chunks_per_step, dkdv_num_stages, tma), in `kernel_settings` order;
-# the defaults first; tma: chunks loaded as boxes through tensor descriptors (TMA on Hopper; before it Triton loads
-# them through pointers)
-TUNING_CANDIDATES = ((4, 2, 1, 1, 1, 0), (8, 2, 1, 1, 1, 0), (4, 3, 1, 1, 1, 0), (4, 1, 1, 1, 1, 0), (4, 2, 2, 1, 1, 0),
-                     (8, 2, 2, 1, 1, 0), (4, 2, 1, 1, 2, 0), (8, 2, 1, 1, 2, 0),
-                     (4, 2, 1, 1, 1, 1), (8, 2, 1, 1, 1, 1), (4, 3, 1, 1, 2, 1), (4, 1, 1, 1, 1, 1))
+# (num_warps, num_stages, chunks_per_step, dkdv_chunks_per_step, dkdv_num_stages, tma, packed), in `kernel_settings`
+# order; the defaults first; tma: chunks loaded as boxes through tensor descriptors (TMA on Hopper; before it Triton
+# loads them through pointers); packed: the other side's chunks read from one chunk-major copy a kernel
+TUNING_CANDIDATES = ((4, 2, 1, 1, 1, 0, 0), (8, 2, 1, 1, 1, 0, 0), (4, 3, 1, 1, 1, 0, 0), (4, 1, 1, 1, 1, 0, 0),
+                     (4, 2, 2, 1, 1, 0, 0), (8, 2, 2, 1, 1, 0, 0), (4, 2, 1, 1, 2, 0, 0), (8, 2, 1, 1, 2, 0, 0),
+                     (4, 2, 1, 1, 1, 1, 0), (8, 2, 1, 1, 1, 1, 0), (4, 3, 1, 1, 2, 1, 0), (4, 1, 1, 1, 1, 1, 0),
+                     (4, 2, 1, 1, 1, 0, 1), (8, 2, 1, 1, 1, 0, 1), (4, 3, 1, 1, 2, 0, 1), (4, 2, 2, 1, 1, 0, 1))
 TUNE_DEVICES = ("cuda",)          # where the op tunes; elsewhere the defaults (the interpreter's times mean nothing)
 _TUNED = None                     # key → settings, read from `tuning_file()` on first use
 
@@ -809,11 +816,27 @@ def _triton_means(x, geometry):
     return out
 
 
+def _packed(kw, geometry, *xs):
+    "With the `packed` setting, chunk-major copies of `xs` (the tensors a kernel reads by kept chunk); else `xs`."
+    return [to_chunks(x, geometry[:3], geometry[3:]) for x in xs] if kw["PACKED"] else list(xs)
+
+
+def _packed_rows(kw, geometry, lse, delta):
+    """For dk/dv with the `packed` setting: the rows' log-sum-exp and delta [B, h, N] chunk-major like its packed q,
+    a padded row's log-sum-exp +inf (its P is 0: no mask needed); else as they are."""
+    if not kw["PACKED"]:
+        return lse, delta
+    lse, delta = (to_chunks(x[..., None], geometry[:3], geometry[3:])[..., 0] for x in (lse, delta))
+    real = real_tokens(geometry[:3], geometry[3:], lse.device)
+    return (lse if real is None else lse.masked_fill(~real, float("inf"))), delta
+
+
 def _triton_fwd(q, k, v, counts, idx, geometry, settings):
     B, nh, N, D = q.shape
     settings = _launch_settings(q, k, v, counts, idx, geometry, settings)
     kw, _, (_, fwd, *_), interpret = _bsa_launch(q, geometry, settings, k, v)
     o, lse = _output_like(q), q.new_empty(B, nh, N, dtype=torch.float32)
+    k, v = _packed(kw, geometry, k, v)                                    # read by kept chunk
     with _interpreting(interpret):
         fwd[(kw["n_chunks"], B * nh)](q, k, v, o, lse, counts, idx, *_strides(q, k, v, o), L=idx.shape[-1],
                                       qk_scale=_LOG2E / math.sqrt(D), **kw)
@@ -829,11 +852,16 @@ def _triton_bwd(do, q, k, v, o, lse, counts, idx, geometry, settings):
     order, offsets, queries = _transposed_lists(counts, idx, n)          # per key chunk: who kept it
     dq, dk, dv, delta = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
     scales = dict(qk_scale=_LOG2E / math.sqrt(D), sm_scale=1 / math.sqrt(D))
-    strides = _strides(q, k, v, do)
+    qp, dop = _packed(kw, geometry, q, do)                                # dk/dv reads q, do by kept chunk
     with _interpreting(interpret):
         pre[(triton.cdiv(N, 64), B * nh)](o, do, delta, *_strides(o, do), nh, N, D=D, BLOCK=64)
-        dkdv[(B * nh * n,)](q, k, v, do, lse, delta, dk, dv, order, offsets, queries, *strides, **scales, **kw_dkdv)
-        dq_kernel[(n, B * nh)](q, k, v, do, lse, delta, dq, counts, idx, *strides, L=idx.shape[-1], **scales, **kw)
+        lse_p, delta_p = _packed_rows(kw, geometry, lse, delta)
+        dkdv[(B * nh * n,)](qp, k, v, dop, lse_p, delta_p, dk, dv, order, offsets, queries, *_strides(qp, k, v, dop),
+                            **scales, **kw_dkdv)
+        del qp, dop, lse_p, delta_p
+        kp, vp = _packed(kw, geometry, k, v)                              # dq reads k, v by kept chunk
+        dq_kernel[(n, B * nh)](q, kp, vp, do, lse, delta, dq, counts, idx, *_strides(q, kp, vp, do), L=idx.shape[-1],
+                               **scales, **kw)
     return dq, dk, dv
 
 

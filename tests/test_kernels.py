@@ -208,21 +208,25 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 TRITON_CASES = {  # name: (sparsity, cdf_threshold, head_dim, dtype, chunks per step (fwd, dq, dk/dv), head 1 keeps all,
                  #        padded: the 7×6×6 grid in 8 chunks of 4×4×4 (else 8×8×8), v a strided view as from qkv,
-                 #        tma: chunks loaded as boxes through tensor descriptors)
-    "topk_even_fp32_d64": (0.5, None, 64, "float32", 2, False, False, 0),        # 4 kept of 8
-    "topk_odd_fp32_d128": (0.625, None, 128, "float32", 2, False, False, 0),     # 3 kept: the last pair is half masked
-    "cdf_fp32_d64": (None, 0.6, 64, "float32", 2, False, False, 0),              # counts vary per query chunk
-    "topk_odd_dense_head_fp32_d64": (0.625, None, 64, "float32", 2, True, False, 0),
-    "topk_odd_bf16_d128": (0.625, None, 128, "bfloat16", 2, False, False, 0),
-    "cdf_dense_head_bf16_d64": (None, 0.6, 64, "bfloat16", 2, True, False, 0),
-    "topk_odd_step1_fp32_d64": (0.625, None, 64, "float32", 1, False, False, 0),  # one chunk per iteration
-    "cdf_step4_fp32_d64": (None, 0.6, 64, "float32", 4, False, False, 0),         # four: 256-wide tiles
-    "topk_odd_padded_fp32_d64": (0.625, None, 64, "float32", 1, False, True, 0),
-    "cdf_padded_step2_fp32_d64": (None, 0.6, 64, "float32", 2, True, True, 0),
-    "topk_padded_bf16_d128": (0.5, None, 128, "bfloat16", 1, False, True, 0),
-    "topk_odd_tma_fp32_d64": (0.625, None, 64, "float32", 1, False, False, 1),
-    "cdf_dense_head_padded_tma_fp32_d64": (None, 0.6, 64, "float32", 1, True, True, 1),   # boxes past the grid's edge
-    "topk_padded_tma_bf16_d128": (0.5, None, 128, "bfloat16", 1, False, True, 1),
+                 #        tma: chunks loaded as boxes through tensor descriptors, packed: the other side's chunks
+                 #        read from a chunk-major copy)
+    "topk_even_fp32_d64": (0.5, None, 64, "float32", 2, False, False, 0, 0),        # 4 kept of 8
+    "topk_odd_fp32_d128": (0.625, None, 128, "float32", 2, False, False, 0, 0),     # 3 kept: the last pair is half masked
+    "cdf_fp32_d64": (None, 0.6, 64, "float32", 2, False, False, 0, 0),              # counts vary per query chunk
+    "topk_odd_dense_head_fp32_d64": (0.625, None, 64, "float32", 2, True, False, 0, 0),
+    "topk_odd_bf16_d128": (0.625, None, 128, "bfloat16", 2, False, False, 0, 0),
+    "cdf_dense_head_bf16_d64": (None, 0.6, 64, "bfloat16", 2, True, False, 0, 0),
+    "topk_odd_step1_fp32_d64": (0.625, None, 64, "float32", 1, False, False, 0, 0),  # one chunk per iteration
+    "cdf_step4_fp32_d64": (None, 0.6, 64, "float32", 4, False, False, 0, 0),         # four: 256-wide tiles
+    "topk_odd_padded_fp32_d64": (0.625, None, 64, "float32", 1, False, True, 0, 0),
+    "cdf_padded_step2_fp32_d64": (None, 0.6, 64, "float32", 2, True, True, 0, 0),
+    "topk_padded_bf16_d128": (0.5, None, 128, "bfloat16", 1, False, True, 0, 0),
+    "topk_odd_tma_fp32_d64": (0.625, None, 64, "float32", 1, False, False, 1, 0),
+    "cdf_dense_head_padded_tma_fp32_d64": (None, 0.6, 64, "float32", 1, True, True, 1, 0),   # boxes past the grid's edge
+    "topk_padded_tma_bf16_d128": (0.5, None, 128, "bfloat16", 1, False, True, 1, 0),
+    "topk_odd_packed_fp32_d64": (0.625, None, 64, "float32", 1, False, False, 0, 1),
+    "cdf_dense_head_padded_packed_step2_fp32_d64": (None, 0.6, 64, "float32", 2, True, True, 0, 1),
+    "topk_padded_packed_bf16_d128": (0.5, None, 128, "bfloat16", 1, False, True, 0, 1),
 }
 
 TRITON_SCRIPT = r"""
@@ -234,7 +238,7 @@ K._bsa_kernels(True)                                 # the interpreted kernels c
 box_calls, box = [], K._bsa_box
 K._bsa_box = lambda *a: box_calls.append(1) or box(*a)
 rel = lambda a, b: ((a - b).norm() / b.norm()).item()
-for name, (sp, cdf, d, dtype, step, dense_head, padded, tma) in json.loads(sys.argv[1]).items():
+for name, (sp, cdf, d, dtype, step, dense_head, padded, tma, packed) in json.loads(sys.argv[1]).items():
     g = torch.Generator().manual_seed(0)
     shape = (7, 6, 6) if padded else (8, 8, 8)
     mean = lambda: 0.5 * torch.randn(1, 2, 8, 1, d, generator=g).expand(-1, -1, -1, 64, -1).reshape(1, 2, 512, d)
@@ -244,7 +248,7 @@ for name, (sp, cdf, d, dtype, step, dense_head, padded, tma) in json.loads(sys.a
     real, chunked = K.real_tokens(shape), lambda x: K.to_chunks(x.float(), shape)
     keep = K.select_blocks(K.block_scores(chunked(q), chunked(k), 64, real), sp, cdf, d).mask(8)
     if dense_head: keep[:, 1] = True
-    opts = dict(chunks_per_step=step, dkdv_chunks_per_step=step, tma=tma)
+    opts = dict(chunks_per_step=step, dkdv_chunks_per_step=step, tma=tma, packed=packed)
     kept = K.Kept.from_mask(keep)
     boxes = len(box_calls)
     got = T.output_and_grads(lambda q, k, v: K.triton_block_attention(q, k, v, kept, shape, kernel_options=opts),
@@ -281,9 +285,9 @@ out["padded_fullgraph"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, T.ou
 K.TUNE_DEVICES, timed = ("cuda", "cpu"), []
 def fake_timer(fn):
     timed.append(fn.args[0])
-    if fn.args[0] == [4, 3, 1, 1, 1, 0]: raise RuntimeError("out of resources")
+    if fn.args[0] == [4, 3, 1, 1, 1, 0, 0]: raise RuntimeError("out of resources")
     fn()
-    return 1.0 if fn.args[0] == [8, 2, 2, 1, 1, 0] else 2.0
+    return 1.0 if fn.args[0] == [8, 2, 2, 1, 1, 0, 0] else 2.0
 K._timer = fake_timer
 fn = lambda q, k, v: K.block_sparse_attention(q, k, v, grid, 0.5, kernel="triton")
 got = T.output_and_grads(fn, q, k, v)
@@ -312,8 +316,8 @@ def triton_cpu(tmp_path_factory):
 @pytest.mark.parametrize("name", list(TRITON_CASES))
 def test_triton_kernel_matches_fp32_reference_cpu(triton_cpu, name):
     """Forward and dq, dk, dv against the fp32 masked reference (bf16: the interpreter rounds toward zero, so 1.5e-2);
-    with `tma` every kept chunk is read as one box."""
-    sp, cdf, d, dtype, step, dense_head, padded, tma = TRITON_CASES[name]
+    with `tma` every kept chunk is read as one box (`packed`: from chunk-major copies, no box)."""
+    sp, cdf, d, dtype, step, dense_head, padded, tma, packed = TRITON_CASES[name]
     errs = triton_cpu[name]
     eq_(errs["boxes"], 6 * errs["kept"] if tma else 0)   # with tma every kept pair loads by box: k, v (fwd, dq), q, do
     if sp == 0.625: assert 3 in errs["counts"], errs["counts"]          # an odd count really occurs
@@ -348,19 +352,19 @@ def test_triton_launch_settings_tuned_once_and_kept(triton_cpu):
     r = triton_cpu["tuning"]
     eq_(r["timed"], len(kernels.TUNING_CANDIDATES))
     eq_(r["timed_again"], 0)
-    eq_(list(r["kept"].values()), [[8, 2, 2, 1, 1, 0]])
+    eq_(list(r["kept"].values()), [[8, 2, 2, 1, 1, 0, 0]])
     assert next(iter(r["kept"])).startswith("cpu|float32|d32|bh2|3x6x10x4x4x4|"), r["kept"]
     for what in ("out", "dq", "dk", "dv"): assert r[what] < 1e-4, (what, r)
 
 
 def test_tuning_entries_from_before_a_setting_are_tuned_again(tmp_path, monkeypatch):
-    """A tuning file written before `tma` was a setting (five values an entry) is not launched with: those entries are
-    dropped on reading (the shape tunes again), current ones kept."""
+    """A tuning file written before `tma` or `packed` was a setting (five or six values an entry) is not launched
+    with: those entries are dropped on reading (the shape tunes again), current ones kept."""
     path = tmp_path / "bsa_tuning.json"
-    path.write_text(json.dumps({"old": [8, 2, 2, 1, 1], "new": [4, 2, 1, 1, 1, 1]}))
+    path.write_text(json.dumps({"old": [8, 2, 2, 1, 1], "older": [4, 2, 1, 1, 1, 1], "new": [4, 2, 1, 1, 1, 0, 1]}))
     monkeypatch.setenv("LONGCAT_NB_TUNING", str(path))
     monkeypatch.setattr(kernels, "_TUNED", None)
-    eq_(kernels._tuned(), {"new": [4, 2, 1, 1, 1, 1]})
+    eq_(kernels._tuned(), {"new": [4, 2, 1, 1, 1, 0, 1]})
 
 
 def test_bsa_kernel_choice(monkeypatch):
@@ -410,30 +414,31 @@ def test_triton_kernel_cpu_without_interpreter_says_how():
 
 @cuda
 @needs_triton
-@pytest.mark.parametrize("sparsity,cdf,num_cond,tma", [(0.9375, None, 0, None), (None, 0.9, 0, None),
-                                                       (0.9375, None, 512, None), (0.9375, None, 512, 1),
-                                                       (None, 0.9, 0, 1)])
-def test_triton_matches_fp32_reference_bf16_cuda(sparsity, cdf, num_cond, tma):
+@pytest.mark.parametrize("sparsity,cdf,num_cond,read", [(0.9375, None, 0, None), (None, 0.9, 0, None),
+                                                        (0.9375, None, 512, None), (0.9375, None, 512, "tma"),
+                                                        (None, 0.9, 0, "tma"), (0.9375, None, 512, "packed"),
+                                                        (None, 0.9, 0, "packed")])
+def test_triton_matches_fp32_reference_bf16_cuda(sparsity, cdf, num_cond, read):
     """32 heads × 128, bf16, our Triton kernel through the whole path vs the fp32 reference: within 1e-2 (tuned launch
-    settings, or chunks loaded as boxes through TMA)."""
+    settings, chunks loaded as boxes through TMA, or read from chunk-major copies)."""
     grid = (8, 16, 32)
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 32, math.prod(grid), 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
-    opts = None if tma is None else dict(tma=tma)
+    opts = None if read is None else {read: 1}
     got = output_and_grads(lambda q, k, v: block_sparse_attention(q, k, v, grid, sparsity, cdf, num_cond=num_cond,
                                                                   kernel="triton", kernel_options=opts), q, k, v)
     ref = output_and_grads(lambda q, k, v: block_sparse_reference(q, k, v, grid, sparsity, cdf, num_cond=num_cond),
                            q.float(), k.float(), v.float())
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
         err = ((a - b).norm() / b.norm()).item()
-        print(f"triton vs reference sparsity={sparsity} cdf={cdf} num_cond={num_cond} tma={tma} {name}: rel {err:.2e}")
+        print(f"triton vs reference sparsity={sparsity} cdf={cdf} num_cond={num_cond} read={read} {name}: rel {err:.2e}")
         assert err < 1e-2, (name, err)
 
 
 @needs_triton
 def test_triton_kernels_compile_for_h200_without_spills():
     """bf16, head dim 128, default options: the forward, dq and dk/dv kernels, without and with padded keys, with rows
-    loaded one by one and as chunk boxes (`tma`: TMA bulk-tensor copies), compile for sm_90 (Triton's bundled ptxas; no
+    loaded one by one, as chunk boxes (`tma`: TMA bulk-tensor copies) and from chunk-major copies (`packed`), compile for sm_90 (Triton's bundled ptxas; no
     GPU needed) and keep every value in registers (cuobjdump: no stack). Not a speed measurement."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -442,15 +447,17 @@ def test_triton_kernels_compile_for_h200_without_spills():
     if isinstance(triton.language.zeros, InterpretedFunction): pytest.skip("this process runs triton interpreted")
     _, fwd, _, dkdv, dq = kernels._bsa_kernels(False)
     opts, tl = kernels.kernel_settings("triton"), triton.language
-    cx = dict(D=128, BLOCK=64, CT=4, CH=4, CW=4, PREC="tf32", IN=tl.bfloat16, DOT=tl.bfloat16, PAD=False, TMA=False)
+    cx = dict(D=128, BLOCK=64, CT=4, CH=4, CW=4, PREC="tf32", IN=tl.bfloat16, DOT=tl.bfloat16, PAD=False, TMA=False,
+              PACKED=False)
     fp32 = dict(LSE="*fp32", DELTA="*fp32", qk_scale="fp32", sm_scale="fp32")
     i32, bf16 = {"CNT", "IDX", "ORDER", "OFF", "QIDX"}, {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
     strides = {f"s{t}{a}" for t in "qkvod" for a in "bhn"}
     cuobjdump = os.path.join(triton.__path__[0], "backends", "nvidia", "bin", "cuobjdump")
     launches = [(fwd, opts["chunks_per_step"], opts["num_stages"]), (dq, opts["chunks_per_step"], opts["num_stages"]),
                 (dkdv, opts["dkdv_chunks_per_step"], opts["dkdv_num_stages"])]
-    for (fn, steps, stages), pad, tma in itertools.product(launches, (False, True), (False, True)):
-        c = {n: v for n, v in (cx | dict(TILE=64 * steps, PAD=pad, TMA=tma)).items() if n in fn.arg_names}
+    reads = ((False, False), (True, False), (False, True))                     # rows, TMA boxes, packed copies
+    for (fn, steps, stages), pad, (tma, packed) in itertools.product(launches, (False, True), reads):
+        c = {n: v for n, v in (cx | dict(TILE=64 * steps, PAD=pad, TMA=tma, PACKED=packed)).items() if n in fn.arg_names}
         kind = lambda n: fp32.get(n) or ("*i32" if n in i32 else "*bf16" if n in bf16 else "i32")   # the rest: ints
         sig = {n: "constexpr" if n in c else kind(n) for n in fn.arg_names}
         # pointers and strides aligned to 16, as Triton's launcher specialises them at full size (d = 128)
@@ -464,7 +471,7 @@ def test_triton_kernels_compile_for_h200_without_spills():
         os.remove(path)
         assert "wgmma" in compiled.asm["ptx"], (fn.__name__, pad, tma)      # Hopper tensor-core MMAs
         assert ("cp.async.bulk.tensor" in compiled.asm["ptx"]) == tma, (fn.__name__, pad, tma)   # boxes through TMA
-        assert "STACK:0 " in usage, (fn.__name__, pad, tma, usage)            # no register spills
+        assert "STACK:0 " in usage, (fn.__name__, pad, tma, packed, usage)    # no register spills
 
 
 @needs_triton
@@ -482,6 +489,7 @@ def test_bench_bsa_smoke_runs_and_renders(tmp_path, monkeypatch):
     assert max(v for k, v in accuracy.items() if "_rel_" in k) < 2e-2, accuracy        # bf16 against fp32
     assert [g["grid"] for g in grids] == [[4, 8, 8], [4, 6, 6]] and all(g["triton_fwdbwd_ms"] > 0 for g in grids)
     assert all(g["triton1tma_kernel_fwdbwd_ms"] > 0 for g in grids)                    # the kernel alone, TMA boxes
+    assert all(g["triton1packed_kernel_fwdbwd_ms"] > 0 for g in grids)                 # and from packed copies
     sys.path.insert(0, str(root / "benchmarks"))
     import tables
     monkeypatch.setattr(tables, "RESULTS", out.parent)
