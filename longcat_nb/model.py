@@ -749,8 +749,8 @@ def generated_kernels(device) -> bool:
 
 
 def cuda_ampere(device) -> bool:
-    """Whether `device` is a CUDA GPU of compute capability 8.0 or newer (Ampere on): where the `auto` speed settings
-    (`fused_qk_norm_rope`, `compile_transformer`) turn their generated kernels on — measured on sm_90."""
+    """Whether `device` is a CUDA GPU of compute capability 8.0 or newer (Ampere on): the GPUs `generated_kernels`
+    allows (measured on sm_90)."""
     device = torch.device(device)
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
@@ -768,7 +768,7 @@ def fused_qk_wanted(setting: str, device, streamed: bool = False) -> bool:
 def fused_elementwise_wanted(setting: str, device, blocks_compiled: bool, streamed: bool = False) -> bool:
     """The config's `fused_elementwise` (`off` | `auto` | `on`) for a run on `device`: `auto` is on for CUDA runs whose
     blocks stream (`streamed`: block swap or activation offload), which cannot compile their blocks — how the memory
-    plans in benchmarks/RESULTS.md were measured."""
+    plans in benchmarks/RESULTS.md were measured — where triton is installed (inductor's GPU code needs it)."""
     if setting == "on":
         return True
     auto = torch.device(device).type == "cuda" and streamed and not blocks_compiled and triton_installed()
