@@ -1,4 +1,5 @@
 "Shared fixtures: the tiny example dataset with its cache built once per test session."
+import background
 import pytest
 
 from longcat_nb.caching import build_cache
@@ -13,3 +14,8 @@ def example(tmp_path_factory):
     path = make_example_dataset(root / "example", n_clips=2, checkpoint=tiny_checkpoint())
     build_cache(load_config(path), progress=False)
     return path
+
+
+def pytest_sessionfinish(session):
+    "Background commands no test waited for (a deselected test's) are killed, not left running."
+    background.kill_unfinished()

@@ -4,11 +4,12 @@ our Triton kernel (`triton_block_attention`) on the CPU under Triton's interpret
 The kernel-level CPU checks (selection, reorder, gathered kernel vs reference, cond rule, sparsity 0 = dense) live in
 nbs/09_kernels.ipynb; here: the model's forced 'bsa' path, gradient checkpointing, compiled blocks, and the GPU kernel.
 """
-import importlib.util, itertools, json, math, os, subprocess, sys
+import importlib.util, itertools, json, math, os, subprocess, sys, tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from background import Background
 from fastcore.test import test_close as close_, test_eq as eq_, test_fail as fail_
 
 from longcat_nb import kernels
@@ -301,13 +302,22 @@ print(json.dumps(out))
 """
 
 
+# the interpreted cases and bench_bsa.py --smoke, queued at collection (tests/background.py)
+TUNING_DIR, BENCH_DIR = tempfile.TemporaryDirectory(), tempfile.TemporaryDirectory()
+BENCH_JSON = Path(BENCH_DIR.name) / "results" / "bsa_whole_path_cpu_2026-12-05.json"
+BENCH_JSON.parent.mkdir()
+TRITON_JOB, BENCH_JOB = (None, None) if importlib.util.find_spec("triton") is None else (
+    Background([sys.executable, "-c", TRITON_SCRIPT, json.dumps(TRITON_CASES)],
+               env=os.environ | dict(TRITON_INTERPRET="1", LONGCAT_BSA_KERNEL="triton",
+                                     LONGCAT_NB_TUNING=str(Path(TUNING_DIR.name) / "bsa_tuning.json"))),
+    Background([sys.executable, "benchmarks/bench_bsa.py", "--smoke", "--json", BENCH_JSON],
+               env=os.environ | dict(TRITON_INTERPRET="1")))
+
+
 @pytest.fixture(scope="module")
-def triton_cpu(tmp_path_factory):
+def triton_cpu():
     "Every case's relative errors (output, dq, dk, dv) from one fresh TRITON_INTERPRET=1 process, kernel switched by env."
-    env = os.environ | dict(TRITON_INTERPRET="1", LONGCAT_BSA_KERNEL="triton",
-                            LONGCAT_NB_TUNING=str(tmp_path_factory.mktemp("tuning") / "bsa_tuning.json"))
-    r = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, json.dumps(TRITON_CASES)], env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = TRITON_JOB.result()
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -475,14 +485,12 @@ def test_triton_kernels_compile_for_h200_without_spills():
 
 
 @needs_triton
-def test_bench_bsa_smoke_runs_and_renders(tmp_path, monkeypatch):
+def test_bench_bsa_smoke_runs_and_renders(monkeypatch):
     """`benchmarks/bench_bsa.py --smoke` (CPU, interpreter: the wiring the H200 call runs, on two small grids, one
     padded) writes the JSON that `benchmarks/tables.py` renders as issue 23's whole-path table."""
     root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "results" / "bsa_whole_path_cpu_2026-12-05.json"
-    out.parent.mkdir()
-    r = subprocess.run([sys.executable, "benchmarks/bench_bsa.py", "--smoke", "--json", str(out)], cwd=root,
-                       env=os.environ | dict(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+    out = BENCH_JSON
+    r = BENCH_JOB.result()
     assert r.returncode == 0, r.stderr[-4000:]
     res = json.loads(out.read_text())
     accuracy, *grids = res["rows"]

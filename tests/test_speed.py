@@ -2,11 +2,14 @@
 CPU's mirrors CUDA's cast policy for linears): no fp32 copies of LoRA inputs, and self-attention kept through the
 checkpointed backward. The op counts come from `benchmarks/audit_step.py`'s dispatch-mode recorder."""
 import importlib.util
+import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
+from background import Background
 from fastcore.test import test_eq as eq_
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,13 +287,17 @@ def test_fused_elementwise_inside_compiled_blocks_is_harmless():
     for n, g in eager[1].items(): assert rel(compiled[1][n], g) <= 1e-5, n
 
 
-def test_bench_elementwise_runs_tiny(tmp_path):
+ELEMENTWISE_DIR = tempfile.TemporaryDirectory()
+ELEMENTWISE = Background([sys.executable, ROOT / "benchmarks" / "bench_elementwise.py", "--tiny", "--steps", "1",
+                          "--json", Path(ELEMENTWISE_DIR.name) / "bench.json"])     # queued at collection
+
+
+def test_bench_elementwise_runs_tiny():
     "benchmarks/bench_elementwise.py --tiny times eager and fused steps of one small block on the CPU, writes JSON."
-    import json, subprocess, sys
-    out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_elementwise.py"), "--tiny", "--steps", "1",
-                    "--json", str(out)], check=True, capture_output=True, timeout=600)
-    r = json.loads(out.read_text())
+    import json
+    run = ELEMENTWISE.result()
+    assert run.returncode == 0, run.stderr[-4000:]
+    r = json.loads((Path(ELEMENTWISE_DIR.name) / "bench.json").read_text())
     eq_((r["tokens"], r["hidden"], r["backend"]), (560, 256, "inductor"))
     assert r["eager"]["median_s"] > 0 and r["fused"]["median_s"] > 0 and r["speedup"] > 0
     assert 0 < r["max_grad_rel_diff"] < 1e-2 and r["output_rel_diff"] < 1e-2, r
