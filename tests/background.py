@@ -14,10 +14,6 @@ _LANE = None                     # the thread that starts them one after another
 _CLOSED = False                  # the session is over: start nothing more
 
 
-def _low_priority():
-    os.nice(10)                  # the tests in the foreground come first
-
-
 class Background:
     """`argv` queued now; its output goes to files (a pipe would fill and stall it). `result()` waits for it and gives
     a `subprocess.CompletedProcess` with its stdout and stderr."""
@@ -36,7 +32,9 @@ class Background:
             if self.proc is not None or _CLOSED:
                 return False
             self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=self.out, stderr=self.err,
-                                         text=True, preexec_fn=_low_priority)
+                                         text=True)
+            if hasattr(os, "setpriority"):       # the tests in the foreground come first (no preexec_fn: threads)
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, 10)
             return True
 
     def result(self) -> subprocess.CompletedProcess:
