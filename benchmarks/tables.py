@@ -299,19 +299,19 @@ TRAIN_STEPS_PATTERN = "train_*.json"
 
 def train_steps() -> str:
     """Issue 22's trainer runs: `longcat-nb train` at full size per setting, step times from the run's progress.jsonl
-    (benchmarks/step_timeline.py): every file that has them for the newest one's GPU, oldest first, each row with the
-    tree it ran (the transcribed 2026-12-04 file: "training")."""
+    (benchmarks/step_timeline.py): every file that has them, oldest first, each row with its GPU and the tree it ran
+    (the transcribed 2026-12-04 file: "training")."""
     used = [n for n in _newest(TRAIN_STEPS_PATTERN) if "timelines" in _json(n)]
     if not used:
         return _pending(TRAIN_STEPS_PATTERN, "bash benchmarks/gpu_session.sh train")
-    gpu = _json(used[-1])["gpu"]
-    used = [n for n in used if _json(n)["gpu"] == gpu]
     fig = lambda r, k, f="{:.2f}": f.format(r[k]) if r.get(k) is not None else "—"
-    rows = [[r["what"], _json(n)["commit"], r["size"].replace("x", "×"), r["steps"], fig(r, "first_step_s", "{:.1f}"),
-             fig(r, "s_per_step"), fig(r, "peak_gib", "{:.1f}"), fig(r, "reserved_gib", "{:.1f}"), r.get("note", "")]
+    rows = [[r["what"], _gpu(_json(n)).removeprefix("NVIDIA "), _json(n)["commit"], r["size"].replace("x", "×"),
+             r["steps"], fig(r, "first_step_s", "{:.1f}"), fig(r, "s_per_step"), fig(r, "peak_gib", "{:.1f}"),
+             fig(r, "reserved_gib", "{:.1f}"), r.get("note", "")]
             for n in used for r in _json(n)["rows"]]
-    return "\n".join(_table(["what", "tree", "clips", "steps", "first step s", "steady s/step", "peak allocated GiB",
-                             "peak reserved GiB", "notes"], rows) + [""] + [_from(_json(n), n) for n in used])
+    return "\n".join(_table(["what", "GPU", "tree", "clips", "steps", "first step s", "steady s/step",
+                             "peak allocated GiB", "peak reserved GiB", "notes"], rows)
+                     + [""] + [_from(_json(n), n) for n in used])
 
 
 def long_video() -> str:

@@ -221,7 +221,6 @@ def test_compile_transformer_auto():
     assert training.compiles_blocks(cfg(compile_transformer=True), "cpu")           # as set
 
 
-
 def test_auto_settings_need_triton(monkeypatch):
     """Without triton (Windows, macOS) the `auto` settings leave generated kernels off on any GPU — the q/k kernel,
     compiled blocks, inductor-fused elementwise work, the Triton / Flex sparse steps — and run the plain torch ops;
@@ -241,6 +240,7 @@ def test_auto_settings_need_triton(monkeypatch):
                 assert autos() == (installed,) * 4, installed
                 assert M.fused_qk_wanted("on", cuda)
                 assert training.compiles_blocks(parse_config({"compile_transformer": True}), cuda)
+
 
 @needs_triton
 def test_kernels_compile_for_h200_without_spills():
