@@ -6,7 +6,7 @@ every format."""
 
 # %% ../nbs/07_training.ipynb #b4bb7e9d
 from __future__ import annotations
-import argparse, contextlib, json, math, os, queue, shutil, signal, socket, sys, tempfile, threading, time
+import argparse, contextlib, copy, json, math, os, queue, shutil, signal, socket, sys, tempfile, threading, time
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1330,6 +1330,7 @@ def train(cfg, stop=None) -> TrainResult:
         with stop_on_signals() as event:
             return train(cfg, event)
     check_training_config(cfg)
+    cfg = copy.copy(cfg)                       # the run resolves its auto settings on its own copy, not the caller's
     main = os.environ.get("RANK", "0") == "0"                   # the main process holds the folder for all of them
     fresh = not Path(cfg.output_dir).exists()                   # made for the lock: gone again if the run never starts
     with output_dir_lock(cfg.output_dir, enabled=main):
