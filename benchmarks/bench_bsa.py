@@ -12,8 +12,10 @@ For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×4
   inputs, ours on raster-order ones, also at each of `--triton-steps` key chunks per iteration in its forward and dq:
   1 is the FlexAttention-like 64×64 tile, 2 the 128-wide key tile, 1tma one chunk a step read as a box through TMA
   (`tma: 1`), 1packed one chunk a step read from chunk-major copies of the other side (`packed: 1`: the copies are
-  timed with it); its dk/dv kernel keeps its own settings), and how
-  unevenly the key chunks are kept (max / mean, structured inputs: the dk/dv kernel's longest program).
+  timed with it), a `fused` suffix (1fused, 1tmafused) dq added by the dk/dv kernel with atomics, no dq kernel
+  (`fused_dq: 1`, that kernel at 8 warps); else its dk/dv kernel keeps its own settings), and how
+  unevenly the key chunks are kept (max / mean, structured inputs: the dk/dv kernel's longest program); and the
+  launch settings the tuner chose for the whole path (`triton_tuned`).
 Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
 relative errors), the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the
 model's 3D RoPE, as q/k are made in the model) and on plain random inputs, and optionally one full-size transformer
@@ -28,14 +30,15 @@ Triton kernel alone 9.84× at 1 key chunk per step against 8.72× at 2, hence 1 
 configuration (`first_call_s`). Its accuracy test at the issue's shape:
 `python -m pytest -q -s tests/test_kernels.py -k cuda`.
 """
-import argparse, json, math, statistics, sys, time
+import argparse, json, math, re, statistics, sys, time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from longcat_nb.kernels import (BlockSparse, block_scores, block_sparse_attention, flex_block_attention,
-                                kernel_settings, real_tokens, select_blocks, to_chunks, triton_block_attention)
+                                kernel_settings, real_tokens, select_blocks, to_chunks, triton_block_attention,
+                                tuning_file)
 from longcat_nb.model import LongCatBlock, apply_rope, attention, rope_3d
 from longcat_nb.testing import block_sparse_reference, output_and_grads
 
@@ -82,17 +85,30 @@ def structured_qkv(grid, heads=32, dim=128, seed=0):
     return out
 
 
+def tuned() -> dict:
+    "The tuning file's entries (key → launch settings); none before the first tuning."
+    path = tuning_file()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+STEPS = re.compile(r"(\d+)(tma|packed)?(fused)?")   # --triton-steps entries: 1, 2, 1tma, 1packed, 1fused, 1tmafused
+
+
+def step_options(steps) -> dict:
+    "Our kernel's options for a `--triton-steps` entry: key chunks a step, read (rows, tma, packed), fused dq."
+    n, read, fused = STEPS.fullmatch(steps).groups()
+    return dict(chunks_per_step=int(n), tma=int(read == "tma"), packed=int(read == "packed"),
+                fused_dq=int(bool(fused))) | (dict(dkdv_num_warps=8) if fused else {})
 
 
 def sparse_kernel(name, grid, steps=None):
     """The sparse step alone on prebuilt index lists: FlexAttention (chunk-major inputs), or ours (raster-order inputs,
-    read in place) at `steps` key chunks a step ("1tma": one, read as a box through TMA; "1packed": one, from
-    chunk-major copies)."""
+    read in place) with `step_options(steps)`."""
     if name == "flex": return flex_block_attention
-    read = "tma" if str(steps).endswith("tma") else "packed" if str(steps).endswith("packed") else None
-    opts = None if steps is None else dict(chunks_per_step=int(steps.removesuffix(read or "")), tma=int(read == "tma"),
-                                           packed=int(read == "packed"))
+    opts = None if steps is None else step_options(steps)
     return lambda q, k, v, kept, real: triton_block_attention(q, k, v, kept, grid, kernel_options=opts)
 
 
@@ -132,6 +148,9 @@ def bench_grid(grid, args, record):
         r[f"{name}_fwdbwd_ms"] = timed(fwd_bwd(bsa, (q, k, v), grad), args.repeats)
         r[f"{name}_speedup_fwd"] = r["dense_fwd_ms"] / r[f"{name}_fwd_ms"]
         r[f"{name}_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{name}_fwdbwd_ms"]
+        if name == "triton":                         # what the tuner chose for this grid's whole path (CUDA only)
+            r["triton_tuned"] = {key: dict(zip(kernel_settings("triton"), v)) for key, v in tuned().items()
+                                 if f"|{'x'.join(map(str, grid))}x4x4x4|" in key}
         for steps in ([None] if name == "flex" else args.triton_steps):
             tag = name if steps is None else f"{name}{steps}"
             fn = sparse_kernel(name, grid, steps)
@@ -190,9 +209,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--sparsity", type=float, default=0.9375)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--kernel", default="flex,triton", help="sparse kernels to time, comma-separated: flex, triton")
-    ap.add_argument("--triton-steps", default="1,2,1tma,1packed",
+    ap.add_argument("--triton-steps", default="1,2,1tma,1packed,1fused,1tmafused",
                     help="key chunks per iteration to time our kernel alone at (1tma: one, as a box through TMA; "
-                         "1packed: one, from chunk-major copies)")
+                         "1packed: one, from chunk-major copies; a fused suffix: dq added by the dk/dv kernel)")
     ap.add_argument("--block", action="store_true", help="also time one full-size transformer block")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true",
@@ -204,9 +223,9 @@ def main(argv=None) -> dict:
         if args.block: ap.error("--block needs a GPU (a full-size block)")
     args.kernel = args.kernel.split(",")
     args.triton_steps = args.triton_steps.split(",")
-    if any(not n.removesuffix("tma").removesuffix("packed").isdigit() for n in args.triton_steps):
+    if not all(STEPS.fullmatch(n) for n in args.triton_steps):
         ap.error(f"--triton-steps {args.triton_steps}: expected chunk counts, 1tma for one chunk through TMA, "
-                 "1packed for one from chunk-major copies")
+                 "1packed for one from chunk-major copies, each with an optional fused suffix (1fused, 1tmafused)")
     if not set(args.kernel) <= {"flex", "triton"}: ap.error(f"--kernel {args.kernel}: expected flex and/or triton")
     device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (Triton interpreter)"
     results = dict(**provenance(), device=device, kernel_options=kernel_settings("flex"),

@@ -346,29 +346,43 @@ BSA_COMMAND = "bash benchmarks/gpu_session.sh bsa"
 
 def bsa_whole_path() -> str:
     """Issue 23's table: the block-sparse whole path (and each kernel alone) fwd+bwd against dense cuDNN SDPA per token
-    grid, with the released kernel and the goals beside it (benchmarks/bench_bsa.py's JSON; all files, newest per grid)."""
-    rows, used = _latest_rows(BSA_PATTERN, "grid", keep=lambda r: "dense_fwdbwd_ms" in r)   # not the accuracy rows
+    grid, with the released kernel and the goals beside it (benchmarks/bench_bsa.py's JSON; all files, newest per GPU
+    and grid; the goals are the H200's)."""
+    rows, used = {}, _newest(BSA_PATTERN)
+    for n in used:                                       # the newest row per GPU and grid (not the accuracy rows)
+        for r in _json(n)["rows"]:
+            if "dense_fwdbwd_ms" in r:
+                rows[_gpu(_json(n)), str(r["grid"])] = {**r, "gpu": _gpu(_json(n)), "commit": _json(n)["commit"]}
+    rows = sorted(rows.values(), key=lambda r: (r["gpu"] != "NVIDIA H200", r["gpu"]))
     if not rows:
         return _pending(BSA_PATTERN, BSA_COMMAND)
     x = lambda r, k: f"{r[k]:.2f}×" if k in r else "—"
-    out = [[f"{r['tokens']:,} ({'×'.join(map(str, r['grid']))})", f"{r['dense_fwdbwd_ms']:.1f}",
+    out = [[f"{r['tokens']:,} ({'×'.join(map(str, r['grid']))})", r["gpu"].removeprefix("NVIDIA "), r["commit"],
+            f"{r['dense_fwdbwd_ms']:.1f}",
             x(r, "triton_speedup_fwdbwd"), x(r, "flex_speedup_fwdbwd"), x(r, "triton1_kernel_speedup_fwdbwd"),
             x(r, "triton2_kernel_speedup_fwdbwd"), x(r, "triton1tma_kernel_speedup_fwdbwd"),
-            x(r, "triton1packed_kernel_speedup_fwdbwd"), f"{r['select_ms']:.2f}",
+            x(r, "triton1packed_kernel_speedup_fwdbwd"), x(r, "triton1fused_kernel_speedup_fwdbwd"),
+            x(r, "triton1tmafused_kernel_speedup_fwdbwd"), f"{r['select_ms']:.2f}",
             f"{r['dkdv_max_over_mean_structured']:.2f}",
             f"{RELEASED_BSA[r['tokens']]:.2f}×" if r["tokens"] in RELEASED_BSA else "—",
             f"≥ {BSA_GOAL[r['tokens']]:.0f}×" if r["tokens"] in BSA_GOAL else "—"] for r in rows]
     accuracy = [f"{k.split('_rel_')[0]} {k.split('_rel_')[1]} {v:.1e}" for n in used for r in _json(n)["rows"]
                 if r.get("what", "").startswith("accuracy") for k, v in r.items() if "_rel_" in k]
-    blocks = [f"{'×'.join(map(str, r['grid']))}: SDPA {r['sdpa_ms']:.1f} ms, block-sparse {r['bsa_ms']:.1f} ms "
+    blocks = [f"{_gpu(_json(n)).removeprefix('NVIDIA ')}, {'×'.join(map(str, r['grid']))}: SDPA {r['sdpa_ms']:.1f} ms, block-sparse {r['bsa_ms']:.1f} ms "
               f"({r['sdpa_ms'] / r['bsa_ms']:.2f}×)" for n in used for r in _json(n)["rows"]
               if r.get("what") == "full-size block fwd+bwd"]
+    tuned = [f"{r['gpu'].removeprefix('NVIDIA ')}, {'×'.join(map(str, r['grid']))}: "
+             + ", ".join(f"{k} {v}" for k, v in settings.items())
+             for r in rows for settings in r.get("triton_tuned", {}).values()]
     if blocks:
         blocks = [f"One full-size block (hidden 4096, bf16, frozen weights, no LoRA) fwd+bwd w.r.t. its input, "
                   f"{'; '.join(blocks)}."]
-    return "\n".join(_table(["tokens (grid)", "dense fwd+bwd ms", "whole path, Triton", "whole path, Flex",
+    if tuned:
+        blocks += [f"The tuner's choice for the Triton whole path: {'; '.join(tuned)}."]
+    return "\n".join(_table(["tokens (grid)", "GPU", "tree", "dense fwd+bwd ms", "whole path, Triton", "whole path, Flex",
                              "Triton kernel alone, 1 key chunk/step", "2 chunks/step", "1 chunk/step, TMA boxes",
-                             "1 chunk/step, packed copies", "selection ms",
+                             "1 chunk/step, packed copies", "rows, dq fused in dk/dv", "TMA, dq fused in dk/dv",
+                             "selection ms",
                              "dk/dv work max/mean", "released kernel", "goal"], out)
                      + ["", "Speed-ups are fwd+bwd over dense cuDNN SDPA; a grid that does not divide by the 4×4×4 "
                             "chunk runs padded. Accuracy against the fp32 reference (relative): "
