@@ -112,11 +112,14 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
         --variants "$V" --json "$OUT/sample_cli_${TAG}_${V//,/-}.json" \
         2>&1 | tee "$OUT/sample_cli.log" | tail -8 ;;
   bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (auto runs them on CUDA since 2026-12-06),
-         # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block
-    python -m pytest -q -s tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/pytest_bsa.log" | grep -E "rel|passed|failed" || echo "FAILED tests (above)"
-    python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bsa_whole_path_$TAG.json" 2>&1 | tee "$OUT/bsa.log" | tail -20
-    python benchmarks/bench_bsa.py --kernel triton --grids 24x30x52 --repeats 10 --json "$OUT/bsa_whole_path_${TAG}_480.json" \
-        2>&1 | tail -4 ;;
+         # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block;
+         # BSA_TESTS: which CUDA tests (-k), SUFFIX: after the date in the JSON names (a second run the same day)
+    python -m pytest -q -s tests/test_kernels.py -k "${BSA_TESTS:-cuda}" 2>&1 | tee "$OUT/pytest_bsa.log" \
+        | grep -E "rel|passed|failed" || echo "FAILED tests (above)"
+    python benchmarks/bench_bsa.py --block --repeats 10 --json "$OUT/bsa_whole_path_$TAG${SUFFIX:-}.json" 2>&1 \
+        | tee "$OUT/bsa.log" | grep -v "^{" | tail -20
+    python benchmarks/bench_bsa.py --kernel triton --grids 24x30x52 --repeats 10 \
+        --json "$OUT/bsa_whole_path_${TAG}${SUFFIX:-}_480.json" 2>&1 | grep -v "^{" | tail -4 ;;
   bsa2)  # issue 23, call 2: training steps at 832×512×93 — dense, flex, triton, triton with compiled blocks keeping its
          # output — and triton at 832×480×93 (padded)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1   # a fresh machine: build it
