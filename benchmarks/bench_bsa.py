@@ -12,8 +12,7 @@ For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×4
   inputs, ours on raster-order ones, also at each of `--triton-steps` key chunks per iteration in its forward and dq:
   1 is the FlexAttention-like 64×64 tile, 2 the 128-wide key tile, 1tma one chunk a step read as a box through TMA
   (`tma: 1`), 1packed one chunk a step read from chunk-major copies of the other side (`packed: 1`: the copies are
-  timed with it), a `fused` suffix (1fused, 1tmafused) dq added by the dk/dv kernel with atomics, no dq kernel
-  (`fused_dq: 1`, that kernel at 8 warps); else its dk/dv kernel keeps its own settings), and how
+  timed with it); its dk/dv kernel keeps its own settings), and how
   unevenly the key chunks are kept (max / mean, structured inputs: the dk/dv kernel's longest program); and the
   launch settings the tuner chose for the whole path (`triton_tuned`).
 Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
@@ -94,14 +93,13 @@ def tuned() -> dict:
 def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-STEPS = re.compile(r"(\d+)(tma|packed)?(fused)?")   # --triton-steps entries: 1, 2, 1tma, 1packed, 1fused, 1tmafused
+STEPS = re.compile(r"(\d+)(tma|packed)?")          # --triton-steps entries: 1, 2, 1tma, 1packed
 
 
 def step_options(steps) -> dict:
-    "Our kernel's options for a `--triton-steps` entry: key chunks a step, read (rows, tma, packed), fused dq."
-    n, read, fused = STEPS.fullmatch(steps).groups()
-    return dict(chunks_per_step=int(n), tma=int(read == "tma"), packed=int(read == "packed"),
-                fused_dq=int(bool(fused))) | (dict(dkdv_num_warps=8) if fused else {})
+    "Our kernel's options for a `--triton-steps` entry: key chunks a step, and how they are read (rows, tma, packed)."
+    n, read = STEPS.fullmatch(steps).groups()
+    return dict(chunks_per_step=int(n), tma=int(read == "tma"), packed=int(read == "packed"))
 
 
 def sparse_kernel(name, grid, steps=None):
@@ -209,9 +207,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--sparsity", type=float, default=0.9375)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--kernel", default="flex,triton", help="sparse kernels to time, comma-separated: flex, triton")
-    ap.add_argument("--triton-steps", default="1,2,1tma,1packed,1fused,1tmafused",
+    ap.add_argument("--triton-steps", default="1,2,1tma,1packed",
                     help="key chunks per iteration to time our kernel alone at (1tma: one, as a box through TMA; "
-                         "1packed: one, from chunk-major copies; a fused suffix: dq added by the dk/dv kernel)")
+                         "1packed: one, from chunk-major copies)")
     ap.add_argument("--block", action="store_true", help="also time one full-size transformer block")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true",
@@ -225,7 +223,7 @@ def main(argv=None) -> dict:
     args.triton_steps = args.triton_steps.split(",")
     if not all(STEPS.fullmatch(n) for n in args.triton_steps):
         ap.error(f"--triton-steps {args.triton_steps}: expected chunk counts, 1tma for one chunk through TMA, "
-                 "1packed for one from chunk-major copies, each with an optional fused suffix (1fused, 1tmafused)")
+                 "1packed for one from chunk-major copies")
     if not set(args.kernel) <= {"flex", "triton"}: ap.error(f"--kernel {args.kernel}: expected flex and/or triton")
     device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (Triton interpreter)"
     results = dict(**provenance(), device=device, kernel_options=kernel_settings("flex"),

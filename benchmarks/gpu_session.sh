@@ -22,12 +22,13 @@
 #   sample     issue 22: `longcat-nb sample`, whole command (SAMPLE_VARIANTS=...)
 #   train      issue 22: `longcat-nb train` at 832×480×93, rank 16, eager (attention kept); train2: compiled blocks
 #              keeping attention, a validation inside; train3: both recomputing attention
-#   bsa, bsa2  issue 23: the kernels' CUDA tests and bench_bsa; training steps with sparse attention
+#   bsa, bsa2  issue 23: the kernels' CUDA tests and bench_bsa; eager training steps with sparse attention;
+#   bsa3, bsa4 issue 23: compiled training steps with sparse attention (832×512 keeping attention; 832×480 defaults)
 #   long       continuation, a 3-segment long video, refinement, K/V-cache saving per step
 #   profile    the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/results/.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|speedtests|speedtests2|sample|train|train2|train3|memory|bsa|bsa2|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|speedtests|speedtests2|sample|train|train2|train3|memory|bsa|bsa2|bsa3|bsa4|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -120,18 +121,30 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
         | tee "$OUT/bsa.log" | grep -v "^{" | tail -20
     python benchmarks/bench_bsa.py --kernel triton --grids 24x30x52 --repeats 10 \
         --json "$OUT/bsa_whole_path_${TAG}${SUFFIX:-}_480.json" 2>&1 | grep -v "^{" | tail -4 ;;
-  bsa2)  # issue 23, call 2: training steps at 832×512×93 — dense, flex, triton, triton with compiled blocks keeping its
-         # output — and triton at 832×480×93 (padded)
+  bsa2)  # issue 23, call 2: eager training steps — dense and triton at 832×512×93, triton at 832×480×93 (padded): ~9.5
+         # minutes on an H100 (run 2026-12-06 with the last one in a call of its own)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1   # a fresh machine: build it
     mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
     T='"attention_implementation": "bsa", "bsa_kernel": "triton", "compile_transformer": false'
     WORK=$WORK-512 e2e dense512 '{"compile_transformer": false}' --size 832x512
-    WORK=$WORK-512 e2e bsa512_flex '{"attention_implementation": "bsa", "bsa_kernel": "flex", "compile_transformer": false}' \
-        --size 832x512
     WORK=$WORK-512 e2e bsa512_triton "{$T}" --size 832x512
-    WORK=$WORK-512 e2e bsa512_triton_compiled "{${T/false/true}, \"checkpoint_attention\": \"keep\"}" \
-        --size 832x512
-    e2e bsa480_triton "{$T}" ;;
+    e2e bsa480_triton "{$T}"
+    for n in dense512 bsa512_triton; do python benchmarks/step_timeline.py "$WORK-512/out_$n" > "$OUT/timeline_$n.json"; done
+    python benchmarks/step_timeline.py "$WORK/out_bsa480_triton" > "$OUT/timeline_bsa480_triton.json" ;;
+  bsa3|bsa4)   # issue 23, one call each: compiled blocks with sparse attention, 8 steps and a validation after the
+               # fourth (steps 5-8 are the steady figure, as train2): bsa3 at 832×512×93 keeping attention's output,
+               # bsa4 at 832×480×93 with the defaults (auto: compiled, attention kept where it fits)
+    [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
+    mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
+    T='"attention_implementation": "bsa", "bsa_kernel": "triton", "validation_steps": 4'
+    if [ "$PART" = bsa3 ]; then
+        WORK=$WORK-512 e2e bsa512_compiled "{$T, \"compile_transformer\": true, \"checkpoint_attention\": \"keep\"}" \
+            --size 832x512 --steps 8
+        python benchmarks/step_timeline.py "$WORK-512/out_bsa512_compiled" | tee "$OUT/timeline_bsa512_compiled.json"
+    else
+        e2e bsa480_default "{$T}" --steps 8
+        python benchmarks/step_timeline.py "$WORK/out_bsa480_default" | tee "$OUT/timeline_bsa480_default.json"
+    fi ;;
   long)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/bench_long_video.py "$WORK/ckpt" --work "$WORK/bench" --steps 2 --kv-steps 3 --refine-steps 50 \

@@ -160,13 +160,12 @@ TRAIN_KEYS = [
         "overrides it.", BSA_KERNELS),
     Key("bsa_kernel_options", None, "dict",
         "Launch settings over the chosen kernel's defaults: for `triton` `chunks_per_step` (key chunks a loop step), "
-        "`dkdv_chunks_per_step`, `num_warps`, `num_stages`, `dkdv_num_stages`, `dkdv_num_warps`, `tma` (1: each kept "
-        "chunk read as one box through a tensor descriptor, Hopper; with one chunk a step), `packed` (1: the kept "
-        "chunks read from chunk-major copies made for each kernel; not with `tma`), `fused_dq` (1: the dk/dv kernel "
-        "adds dq with fp32 atomics, no dq kernel; off while torch runs deterministic algorithms); for `flex` "
-        "FlexAttention's `kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → flex's "
-        "defaults; `triton` tunes them on the GPU at its first call for each shape (once: 22 launch settings timed) "
-        "and keeps the fastest in ~/.cache/longcat_nb/bsa_tuning.json ($LONGCAT_NB_TUNING).", nullable=True),
+        "`dkdv_chunks_per_step`, `num_warps`, `num_stages`, `dkdv_num_stages`, `tma` (1: each kept chunk read as one "
+        "box through a tensor descriptor, Hopper; with one chunk a step), `packed` (1: the kept chunks read from "
+        "chunk-major copies made for each kernel; not with `tma`); for `flex` FlexAttention's "
+        "`kernel_options` (`fwd_BLOCK_M`, `bwd_BLOCK_N1`, …; 64-token tiles). null → flex's defaults; `triton` tunes "
+        "them on the GPU at its first call for each shape (once: 16 launch settings timed) and keeps the fastest in "
+        "~/.cache/longcat_nb/bsa_tuning.json ($LONGCAT_NB_TUNING).", nullable=True),
     Key("fused_elementwise", "auto", "str",
         "Compile only the elementwise work between the matmuls (modulation, norms, RoPE, SwiGLU, gated residuals) with "
         "torch.compile — for runs whose blocks are not compiled, in training and in `longcat-nb sample` / the Sample "

@@ -340,7 +340,7 @@ def _flex_64_tiles():
 _DEFAULT_SETTINGS = dict(
     flex=dict(fwd_BLOCK_M=64, fwd_BLOCK_N=64, bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64),
     triton=dict(num_warps=4, num_stages=2, chunks_per_step=1, dkdv_chunks_per_step=1, dkdv_num_stages=1, tma=0,
-                packed=0, dkdv_num_warps=4, fused_dq=0))
+                packed=0))
 
 
 def kernel_settings(kernel: str, options: dict | None = None) -> dict:
@@ -547,11 +547,10 @@ def _bsa_delta(O, DO, DELTA, sob, soh, son, sdb, sdh, sdn, HEADS, N, D: tl.const
     tl.store(DELTA + bh.to(tl.int64) * N + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=ok)
 
 
-def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, ORDER, OFF, QIDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb,
-              sdh, sdn, HEADS, N, T, H, W, nH, nW, n_chunks, qk_scale, sm_scale, D: tl.constexpr, BLOCK: tl.constexpr,
+def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ORDER, OFF, QIDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh,
+              sdn, HEADS, N, T, H, W, nH, nW, n_chunks, qk_scale, sm_scale, D: tl.constexpr, BLOCK: tl.constexpr,
               CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, TILE: tl.constexpr, PREC: tl.constexpr,
-              IN: tl.constexpr, DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr, PACKED: tl.constexpr,
-              FUSED: tl.constexpr):
+              IN: tl.constexpr, DOT: tl.constexpr, PAD: tl.constexpr, TMA: tl.constexpr, PACKED: tl.constexpr):
     f = tl.load(ORDER + tl.program_id(0))                      # (batch·head, key chunk), the most-kept first
     bh, kb = f // n_chunks, f % n_chunks
     b, h, cols = (bh // HEADS).to(tl.int64), (bh % HEADS).to(tl.int64), tl.arange(0, D)
@@ -566,11 +565,9 @@ def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, ORDER, OFF, QIDX, sqb, sqh, s
     if TMA:
         q_desc = _bsa_desc(Q, b, sqb, sqh, sqn, HEADS, T, H, W, D, CT, CH, CW)
         do_desc = _bsa_desc(DO, b, sdb, sdh, sdn, HEADS, T, H, W, D, CT, CH, CW)
-    # keepers' rows masked to real tokens where padded; packed, a padded query needs no mask (its packed log-sum-exp
-    # is +inf, so its P is 0) unless its dq is added here (FUSED)
-    pad_q: tl.constexpr = PAD and (FUSED or not PACKED)
     for j in range(start, stop, TILE // BLOCK):
-        rows_q, valid, packed = _bsa_tile(QIDX, j, stop, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, pad_q)
+        # keepers' rows; packed, a padded query needs no mask: its packed log-sum-exp is +inf, so its P is 0
+        rows_q, valid, packed = _bsa_tile(QIDX, j, stop, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD and not PACKED)
         q, do = _bsa_pair(Q, DO, q_desc, do_desc, QIDX, j, packed if PACKED else rows_q, valid, b, h, sqb, sqh, sqn,
                           sdb, sdh, sdn, HEADS, nH, nW, BLOCK, D, CT, CH, CW, TMA)
         q, do = q.to(DOT), do.to(DOT)
@@ -580,12 +577,8 @@ def _bsa_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, ORDER, OFF, QIDX, sqb, sqh, s
         pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale - lse[None, :])   # Pᵀ [BLOCK, TILE]
         pt = tl.where(valid[None, :] & real_k[:, None] if PAD else valid[None, :], pt, 0.0)
         dv += tl.dot(pt.to(IN).to(DOT), do, input_precision=PREC)
-        dst = (pt * (tl.dot(v, tl.trans(do), input_precision=PREC) - dl[None, :])).to(IN).to(DOT)
-        dk += tl.dot(dst, q, input_precision=PREC)
-        if FUSED:                                                 # this pair's share of dq, added into fp32 DQ
-            dq = tl.dot(tl.trans(dst), k, input_precision=PREC) * sm_scale
-            at_q = DQ + bh.to(tl.int64) * N * D + rows_q[:, None] * D + cols[None, :]
-            tl.atomic_add(at_q, dq, mask=valid[:, None], sem="relaxed")
+        dst = pt * (tl.dot(v, tl.trans(do), input_precision=PREC) - dl[None, :])
+        dk += tl.dot(dst.to(IN).to(DOT), q, input_precision=PREC)
     out = bh.to(tl.int64) * N * D + rows_k[:, None] * D + cols[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=real_k[:, None])
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=real_k[:, None])
@@ -671,9 +664,7 @@ def _tma_aligned(*xs) -> bool:
 def _bsa_launch(x, geometry, settings, *others):
     """Launch arguments for inputs like `x` on `geometry` with `settings` (the values of `kernel_settings("triton")`):
     (kwargs for fwd and dq, kwargs for dk/dv, the kernels, interpret?). `tma` takes effect where `x` and `others` (the
-    tensors the kernels read by box) are aligned for tensor descriptors; elsewhere the rows load one by one.
-    `fused_dq` (the dk/dv kernel adds each pair's dq with atomics, in no set order) is off while torch runs
-    deterministic algorithms."""
+    tensors the kernels read by box) are aligned for tensor descriptors; elsewhere the rows load one by one."""
     opts = dict(zip(_DEFAULT_SETTINGS["triton"], settings))
     grid = _bsa_grid(x, geometry)
     interpret = not x.is_cuda
@@ -686,9 +677,7 @@ def _bsa_launch(x, geometry, settings, *others):
                      IN=IN, DOT=tl.float32 if interpret else IN, TMA=tma, PACKED=bool(opts["packed"]),
                      num_warps=opts["num_warps"],
                      num_stages=opts["num_stages"])
-    fused = bool(opts["fused_dq"]) and not torch.are_deterministic_algorithms_enabled()   # atomics: any order
-    dkdv = dict(TILE=opts["dkdv_chunks_per_step"] * grid["BLOCK"], num_stages=opts["dkdv_num_stages"],
-                num_warps=opts["dkdv_num_warps"], FUSED=fused)
+    dkdv = dict(TILE=opts["dkdv_chunks_per_step"] * grid["BLOCK"], num_stages=opts["dkdv_num_stages"])
     return kw, kw | dkdv, kernels, interpret
 
 
@@ -700,19 +689,13 @@ def _strides(*xs):
     return [s for x in xs for s in x.stride()[:3]]
 
 # %% ../nbs/09_kernels.ipynb #8e2d4a61
-# (num_warps, num_stages, chunks_per_step, dkdv_chunks_per_step, dkdv_num_stages, tma, packed, dkdv_num_warps,
-# fused_dq), in `kernel_settings` order; the defaults first; tma: chunks loaded as boxes through tensor descriptors (TMA
-# on Hopper; before it Triton loads them through pointers); packed: the other side's chunks read from one chunk-major
-# copy a kernel; fused_dq: dq added by the dk/dv kernel with atomics, no dq kernel (8 warps: with 4 its three fp32
-# accumulators spill on sm_90)
-TUNING_CANDIDATES = ((4, 2, 1, 1, 1, 0, 0, 4, 0), (8, 2, 1, 1, 1, 0, 0, 8, 0), (4, 3, 1, 1, 1, 0, 0, 4, 0),
-                     (4, 1, 1, 1, 1, 0, 0, 4, 0), (4, 2, 2, 1, 1, 0, 0, 4, 0), (8, 2, 2, 1, 1, 0, 0, 8, 0),
-                     (4, 2, 1, 1, 2, 0, 0, 4, 0), (8, 2, 1, 1, 2, 0, 0, 8, 0), (4, 2, 1, 1, 1, 1, 0, 4, 0),
-                     (8, 2, 1, 1, 1, 1, 0, 8, 0), (4, 3, 1, 1, 2, 1, 0, 4, 0), (4, 1, 1, 1, 1, 1, 0, 4, 0),
-                     (4, 2, 1, 1, 1, 0, 1, 4, 0), (8, 2, 1, 1, 1, 0, 1, 8, 0), (4, 3, 1, 1, 2, 0, 1, 4, 0),
-                     (4, 2, 2, 1, 1, 0, 1, 4, 0),
-                     (4, 3, 1, 1, 2, 1, 0, 8, 1), (4, 3, 1, 1, 1, 1, 0, 8, 1), (4, 2, 1, 1, 1, 0, 0, 8, 1),
-                     (4, 1, 1, 1, 1, 0, 0, 8, 1), (4, 2, 1, 1, 2, 0, 0, 8, 1), (4, 3, 1, 1, 2, 0, 1, 8, 1))
+# (num_warps, num_stages, chunks_per_step, dkdv_chunks_per_step, dkdv_num_stages, tma, packed), in `kernel_settings`
+# order; the defaults first; tma: chunks loaded as boxes through tensor descriptors (TMA on Hopper; before it Triton
+# loads them through pointers); packed: the other side's chunks read from one chunk-major copy a kernel
+TUNING_CANDIDATES = ((4, 2, 1, 1, 1, 0, 0), (8, 2, 1, 1, 1, 0, 0), (4, 3, 1, 1, 1, 0, 0), (4, 1, 1, 1, 1, 0, 0),
+                     (4, 2, 2, 1, 1, 0, 0), (8, 2, 2, 1, 1, 0, 0), (4, 2, 1, 1, 2, 0, 0), (8, 2, 1, 1, 2, 0, 0),
+                     (4, 2, 1, 1, 1, 1, 0), (8, 2, 1, 1, 1, 1, 0), (4, 3, 1, 1, 2, 1, 0), (4, 1, 1, 1, 1, 1, 0),
+                     (4, 2, 1, 1, 1, 0, 1), (8, 2, 1, 1, 1, 0, 1), (4, 3, 1, 1, 2, 0, 1), (4, 2, 2, 1, 1, 0, 1))
 TUNE_DEVICES = ("cuda",)          # where the op tunes; elsewhere the defaults (the interpreter's times mean nothing)
 _TUNED = None                     # key → settings, read from `tuning_file()` on first use
 
@@ -867,22 +850,19 @@ def _triton_bwd(do, q, k, v, o, lse, counts, idx, geometry, settings):
     kw, kw_dkdv, (_, _, pre, dkdv, dq_kernel), interpret = _bsa_launch(q, geometry, settings, k, v, do)
     n = kw["n_chunks"]
     order, offsets, queries = _transposed_lists(counts, idx, n)          # per key chunk: who kept it
-    fused = kw_dkdv["FUSED"]                                             # dk/dv adds dq into fp32 itself
-    dq = q.new_zeros(q.shape, dtype=torch.float32) if fused else q.new_empty(q.shape)
-    dk, dv, delta = k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
+    dq, dk, dv, delta = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
     scales = dict(qk_scale=_LOG2E / math.sqrt(D), sm_scale=1 / math.sqrt(D))
     qp, dop = _packed(kw, geometry, q, do)                                # dk/dv reads q, do by kept chunk
     with _interpreting(interpret):
         pre[(triton.cdiv(N, 64), B * nh)](o, do, delta, *_strides(o, do), nh, N, D=D, BLOCK=64)
         lse_p, delta_p = _packed_rows(kw, geometry, lse, delta)
-        dkdv[(B * nh * n,)](qp, k, v, dop, lse_p, delta_p, dk, dv, dq, order, offsets, queries,
-                            *_strides(qp, k, v, dop), **scales, **kw_dkdv)
+        dkdv[(B * nh * n,)](qp, k, v, dop, lse_p, delta_p, dk, dv, order, offsets, queries, *_strides(qp, k, v, dop),
+                            **scales, **kw_dkdv)
         del qp, dop, lse_p, delta_p
-        if not fused:
-            kp, vp = _packed(kw, geometry, k, v)                          # dq reads k, v by kept chunk
-            dq_kernel[(n, B * nh)](q, kp, vp, do, lse, delta, dq, counts, idx, *_strides(q, kp, vp, do),
-                                   L=idx.shape[-1], **scales, **kw)
-    return dq.to(q.dtype), dk, dv
+        kp, vp = _packed(kw, geometry, k, v)                              # dq reads k, v by kept chunk
+        dq_kernel[(n, B * nh)](q, kp, vp, do, lse, delta, dq, counts, idx, *_strides(q, kp, vp, do), L=idx.shape[-1],
+                               **scales, **kw)
+    return dq, dk, dv
 
 
 _STEPS["triton"] = (_triton_means, _triton_fwd, _triton_bwd)
