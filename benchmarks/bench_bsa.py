@@ -14,7 +14,8 @@ For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×4
   (`tma: 1`), 1packed one chunk a step read from chunk-major copies of the other side (`packed: 1`: the copies are
   timed with it); its dk/dv kernel keeps its own settings), and how
   unevenly the key chunks are kept (max / mean, structured inputs: the dk/dv kernel's longest program); and the
-  launch settings the tuner chose for the whole path (`triton_tuned`).
+  launch settings the tuner chose for the whole path (`triton_tuned`) and where its fwd+bwd goes, kernel by kernel
+  (`triton_split_ms`, torch.profiler).
 Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
 relative errors), the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the
 model's 3D RoPE, as q/k are made in the model) and on plain random inputs, and optionally one full-size transformer
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from longcat_nb.kernels import (BlockSparse, block_scores, block_sparse_attention, flex_block_attention,
                                 kernel_settings, real_tokens, select_blocks, to_chunks, triton_block_attention,
@@ -59,6 +61,23 @@ def timed(fn, repeats):
 
 def sync():
     if DEV == "cuda": torch.cuda.synchronize()
+
+
+def kernel_split(fn, repeats=5) -> dict:
+    """Milliseconds a call of `fn()` spends in each of our sparse kernels (`_bsa_*`, by name) and in everything else
+    (`other`: selection, index lists, copies), from torch.profiler's device times — on the CPU (`--smoke`) its op
+    times, where the interpreted kernels are not ops and all of it is `other`."""
+    fn(); sync()
+    cuda = DEV == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats): fn()
+        sync()
+    split = {}
+    for e in prof.key_averages():
+        name = e.key if e.key.startswith("_bsa_") else "other"
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        split[name] = split.get(name, 0.0) + us / 1e3 / repeats
+    return {k: round(v, 3) for k, v in sorted(split.items())}
 
 
 def fwd_bwd(fn, xs, grad):
@@ -146,7 +165,8 @@ def bench_grid(grid, args, record):
         r[f"{name}_fwdbwd_ms"] = timed(fwd_bwd(bsa, (q, k, v), grad), args.repeats)
         r[f"{name}_speedup_fwd"] = r["dense_fwd_ms"] / r[f"{name}_fwd_ms"]
         r[f"{name}_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{name}_fwdbwd_ms"]
-        if name == "triton":                         # what the tuner chose for this grid's whole path (CUDA only)
+        if name == "triton":      # where its fwd+bwd goes, kernel by kernel; what the tuner chose (CUDA only)
+            r["triton_split_ms"] = kernel_split(fwd_bwd(bsa, (q, k, v), grad))
             r["triton_tuned"] = {key: dict(zip(kernel_settings("triton"), v)) for key, v in tuned().items()
                                  if f"|{'x'.join(map(str, grid))}x4x4x4|" in key}
         for steps in ([None] if name == "flex" else args.triton_steps):

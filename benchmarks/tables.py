@@ -380,6 +380,10 @@ def bsa_whole_path() -> str:
                   f"{'; '.join(blocks)}."]
     if tuned:
         blocks += [f"The tuner's choice for the Triton whole path: {'; '.join(tuned)}."]
+    split = [f"{r['gpu'].removeprefix('NVIDIA ')}, {'×'.join(map(str, r['grid']))}: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in r["triton_split_ms"].items()) for r in rows if "triton_split_ms" in r]
+    if split:
+        blocks += [f"Where the Triton whole path's fwd+bwd goes, ms a call (torch.profiler): {'; '.join(split)}."]
     return "\n".join(_table(["tokens (grid)", "GPU", "tree", "dense fwd+bwd ms", "whole path, Triton", "whole path, Flex",
                              "Triton kernel alone, 1 key chunk/step", "2 chunks/step", "1 chunk/step, TMA boxes",
                              "1 chunk/step, packed copies", "selection ms",

@@ -498,9 +498,10 @@ def test_bench_bsa_smoke_runs_and_renders(monkeypatch):
     assert [g["grid"] for g in grids] == [[4, 8, 8], [4, 6, 6]] and all(g["triton_fwdbwd_ms"] > 0 for g in grids)
     assert all(g["triton1tma_kernel_fwdbwd_ms"] > 0 for g in grids)                    # the kernel alone, TMA boxes
     assert all(g["triton1packed_kernel_fwdbwd_ms"] > 0 for g in grids)                 # and from packed copies
+    assert all(g["triton_split_ms"]["other"] > 0 and g["triton_tuned"] == {} for g in grids)   # no tuning on a CPU
     sys.path.insert(0, str(root / "benchmarks"))
     import tables
     monkeypatch.setattr(tables, "RESULTS", out.parent)
     table = tables.bsa_whole_path()
     assert "| 256 (4×8×8) |" in table and "| 144 (4×6×6) |" in table and "triton out" in table, table
-    assert "bsa_whole_path_cpu_2026-12-05.json" in table
+    assert "bsa_whole_path_cpu_2026-12-05.json" in table and "fwd+bwd goes, ms a call (torch.profiler): cpu, 4×8×8: other" in table
