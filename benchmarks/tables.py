@@ -369,8 +369,8 @@ def bsa_whole_path() -> str:
             f"≥ {BSA_GOAL[r['tokens']]:.0f}×" if r["tokens"] in BSA_GOAL else "—"] for r in rows]
     accuracy = [f"{k.split('_rel_')[0]} {k.split('_rel_')[1]} {v:.1e}" for n in used for r in _json(n)["rows"]
                 if r.get("what", "").startswith("accuracy") for k, v in r.items() if "_rel_" in k]
-    blocks = [f"{_gpu(_json(n)).removeprefix('NVIDIA ')}, {'×'.join(map(str, r['grid']))}: SDPA {r['sdpa_ms']:.1f} ms, block-sparse {r['bsa_ms']:.1f} ms "
-              f"({r['sdpa_ms'] / r['bsa_ms']:.2f}×)" for n in used for r in _json(n)["rows"]
+    blocks = [f"{_gpu(_json(n)).removeprefix('NVIDIA ')}, {'×'.join(map(str, r['grid']))}: SDPA {r['sdpa_ms']:.1f} ms, "
+              f"block-sparse {r['bsa_ms']:.1f} ms ({r['sdpa_ms'] / r['bsa_ms']:.2f}×)" for n in used for r in _json(n)["rows"]
               if r.get("what") == "full-size block fwd+bwd"]
     tuned = [f"{r['gpu'].removeprefix('NVIDIA ')}, {'×'.join(map(str, r['grid']))}: "
              + ", ".join(f"{k} {v}" for k, v in settings.items())
@@ -381,7 +381,8 @@ def bsa_whole_path() -> str:
     if tuned:
         blocks += [f"The tuner's choice for the Triton whole path: {'; '.join(tuned)}."]
     split = [f"{r['gpu'].removeprefix('NVIDIA ')}, {'×'.join(map(str, r['grid']))}: "
-             + ", ".join(f"{k} {v:.2f}" for k, v in r["triton_split_ms"].items()) for r in rows if "triton_split_ms" in r]
+             + ", ".join(f"{k} {v:.2f}" for k, v in r["triton_split_ms"].items())
+             for r in rows if "triton_split_ms" in r]
     if split:
         blocks += [f"Where the Triton whole path's fwd+bwd goes, ms a call (torch.profiler): {'; '.join(split)}."]
     return "\n".join(_table(["tokens (grid)", "GPU", "tree", "dense fwd+bwd ms", "whole path, Triton", "whole path, Flex",
