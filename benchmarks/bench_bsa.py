@@ -104,9 +104,10 @@ def structured_qkv(grid, heads=32, dim=128, seed=0):
 
 
 def tuned() -> dict:
-    "The tuning file's entries (key → launch settings); none before the first tuning."
-    path = tuning_file()
-    return json.loads(path.read_text()) if path.exists() else {}
+    "The tuning file's entries for this device (key → launch settings); none before the first tuning."
+    path, device = tuning_file(), torch.cuda.get_device_name() if DEV == "cuda" else DEV
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    return {key: v for key, v in entries.items() if key.startswith(f"{device}|")}
 
 
 def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
