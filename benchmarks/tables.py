@@ -437,25 +437,36 @@ SAMPLE_CLI_PATTERN = "sample_cli_*.json"
 SAMPLE_GOAL_S = {"cfg40": 240, "distilled": 50}          # issue 22: the whole command at 832×480×93
 
 
+def sample_steps(args: list[str]) -> int:
+    "Denoising steps of a `longcat-nb sample` command line: `--steps N`, else 16 with --distilled, else 40."
+    return int(args[args.index("--steps") + 1]) if "--steps" in args else 16 if "--distilled" in args else 40
+
+
 def sample_cli() -> str:
     """Issue 22's sampling table: `longcat-nb sample`, the whole command per variant (benchmarks/bench_sample_cli.py's
     JSON; all files, newest per variant)."""
-    rows, used = _latest_rows(SAMPLE_CLI_PATTERN, "variant")
+    rows, used = {}, _newest(SAMPLE_CLI_PATTERN)
+    for n in used:                                             # the newest row per GPU and variant
+        for r in _json(n)["rows"]:
+            rows[_gpu(_json(n)), r["variant"]] = {**r, "gpu": _gpu(_json(n)), "commit": _json(n)["commit"]}
     if not rows:
         return _pending(SAMPLE_CLI_PATTERN, "bash benchmarks/gpu_session.sh sample")
+    rows = sorted(rows.values(), key=lambda r: (r["gpu"] != "NVIDIA H200", r["gpu"]))
     goal = lambda v: SAMPLE_GOAL_S[v.split("_")[0]]
     verdict = lambda r: ("failed (exit {})".format(r["rc"]) if r["rc"] else
                          "met" if r["wall_s"] <= goal(r["variant"]) else "not met")
     stage = lambda r, k: f"{r[k]:.1f}" if k in r else "—"
-    out = [[r["variant"], " ".join(r["args"]), ", ".join(f"{k}: {v}" for k, v in r["config_keys"].items()) or "—",
-            stage(r, "to_denoise_s"), stage(r, "denoise_s"), stage(r, "decode_write_s"),
+    per_step = lambda r: f"{r['denoise_s'] / sample_steps(r['args']):.2f}" if "denoise_s" in r else "—"
+    out = [[r["variant"], r["gpu"].removeprefix("NVIDIA "), r["commit"], " ".join(r["args"]),
+            ", ".join(f"{k}: {v}" for k, v in r["config_keys"].items()) or "—",
+            stage(r, "to_denoise_s"), stage(r, "denoise_s"), per_step(r), stage(r, "decode_write_s"),
             f"{r['wall_s']:.1f}", f"≤ {goal(r['variant'])}", verdict(r)] for r in rows]
     sizes = sorted({f"{_json(n)['size'].replace('x', '×')}×{_json(n)['frames']}" for n in used})
-    return "\n".join(_table(["variant", "arguments", "config", "to the first step s", "steps s", "decode + write s",
-                             "whole command s", "goal s", ""], out)
+    return "\n".join(_table(["variant", "GPU", "tree", "arguments", "config", "to the first step s", "steps s",
+                             "s/step", "decode + write s", "whole command s", "goal s", ""], out)
                      + ["", f"{', '.join(sizes)}; from launch to exit: imports, load and prompt encoding (to the first "
-                            "step), denoising (a compiled run's first step compiles), VAE decode and the mp4 written; "
-                            "the stages as the command's own stderr marks them.", ""]
+                            "step), denoising (a compiled run's first step compiles: its s/step includes that), VAE "
+                            "decode and the mp4 written; the stages as the command's own stderr marks them.", ""]
                      + [_from(_json(n), n) for n in used])
 
 
