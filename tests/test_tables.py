@@ -78,3 +78,16 @@ def test_newest_results_come_last_by_the_date_in_their_names(results_copy):
         (results_copy / name).write_text("{}")                  # a kind no real results file has
     assert tables._newest("dated_*.json") == ["dated_h200_2026-12-06.json", "dated_h200_2026-12-06_b.json",
                                               "dated_h100_2026-12-07.json"]
+
+
+def test_sample_cli_keeps_each_gpus_newest_row_and_its_seconds_a_step(results_copy):
+    "Another GPU's run adds rows beside the H100's (it does not replace them); s/step is the steps' time per step."
+    d = json.loads((results_copy / "sample_cli_h100_2026-12-06_distilled.json").read_text())
+    row = dict(d["rows"][0], variant="cfg40", args=["--steps", "40", "--guidance", "4"], denoise_s=300.0)
+    h200 = dict(d, gpu="NVIDIA H200", commit="abc1234", rows=[row])
+    (results_copy / "sample_cli_h200_2026-12-07_cfg40.json").write_text(json.dumps(h200))
+    lines = [ln for ln in tables.sample_cli().splitlines() if ln.startswith("| cfg40") or ln.startswith("| distilled")]
+    assert [ln.split(" | ")[:3] for ln in lines] == [["| cfg40", "H200", "abc1234"],
+                                                     ["| distilled", "H100 80GB HBM3", "f96382c"]]
+    assert lines[0].split(" | ")[7] == "7.50" and lines[1].split(" | ")[7] == f"{77.3 / 16:.2f}"
+    assert tables.sample_steps(["--distilled"]) == 16 and tables.sample_steps([]) == 40
