@@ -89,4 +89,5 @@ def test_sample_cli_benchmark_runs_on_the_tiny_checkpoint(tmp_path):
     reads = [(1.0, "Loading\r  0%| | 0/16 ["), (2.0, "00:00]\r 94%| | 15/16 [00:09]denoised; deco"), (3.5, "ding\n")]
     assert _bench("bench_sample_cli").stages(reads, 5.0) == dict(to_denoise_s=1.0, denoise_s=1.0, decode_write_s=3.0)
     assert json.loads((tmp_path / "cli.json").read_text()) == result and result["commit"]
-    assert "| distilled | --distilled | — |" in _rendered("sample_cli", tmp_path / "cli.json", tmp_path)
+    table = _rendered("sample_cli", tmp_path / "cli.json", tmp_path)
+    assert f"| distilled | cpu | {result['commit']} | --distilled | — |" in table, table
