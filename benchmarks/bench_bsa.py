@@ -14,8 +14,8 @@ For each token grid (default 24×32×52 = 39,936 tokens, 832×512×93; and 24×4
   (`tma: 1`), 1packed one chunk a step read from chunk-major copies of the other side (`packed: 1`: the copies are
   timed with it); its dk/dv kernel keeps its own settings), and how
   unevenly the key chunks are kept (max / mean, structured inputs: the dk/dv kernel's longest program); and the
-  launch settings the tuner chose for the whole path (`triton_tuned`) and where its fwd+bwd goes, kernel by kernel
-  (`triton_split_ms`, torch.profiler).
+  launch settings the tuner chose for the whole path (`triton_tuned`, and every candidate's fwd+bwd ms where this run
+  tuned: `triton_tuning_ms`) and where its fwd+bwd goes, kernel by kernel (`triton_split_ms`, torch.profiler).
 Then per kernel, accuracy against the fp32 dense-under-mask reference at 4,096 tokens (8×16×32; output, dq, dk, dv
 relative errors), the output difference sparse vs dense on structured inputs (smooth fields through RMSNorm and the
 model's 3D RoPE, as q/k are made in the model) and on plain random inputs, and optionally one full-size transformer
@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from longcat_nb.kernels import (BlockSparse, block_scores, block_sparse_attention, flex_block_attention,
                                 kernel_settings, real_tokens, select_blocks, to_chunks, triton_block_attention,
-                                tuning_file)
+                                tuning_file, TUNING_TIMES)
 from longcat_nb.model import LongCatBlock, apply_rope, attention, rope_3d
 from longcat_nb.testing import block_sparse_reference, output_and_grads
 
@@ -168,8 +168,10 @@ def bench_grid(grid, args, record):
         r[f"{name}_speedup_fwdbwd"] = r["dense_fwdbwd_ms"] / r[f"{name}_fwdbwd_ms"]
         if name == "triton":      # where its fwd+bwd goes, kernel by kernel; what the tuner chose (CUDA only)
             r["triton_split_ms"] = kernel_split(fwd_bwd(bsa, (q, k, v), grad))
-            r["triton_tuned"] = {key: dict(zip(kernel_settings("triton"), v)) for key, v in tuned().items()
-                                 if f"|{'x'.join(map(str, grid))}x4x4x4|" in key}
+            mine = lambda key: f"|{'x'.join(map(str, grid))}x4x4x4|" in key
+            r["triton_tuned"] = {key: dict(zip(kernel_settings("triton"), v)) for key, v in tuned().items() if mine(key)}
+            r["triton_tuning_ms"] = {key: {",".join(map(str, c)): round(ms, 3) for c, ms in times.items()}
+                                     for key, times in TUNING_TIMES.items() if mine(key)}   # every candidate's time
         for steps in ([None] if name == "flex" else args.triton_steps):
             tag = name if steps is None else f"{name}{steps}"
             fn = sparse_kernel(name, grid, steps)

@@ -297,7 +297,8 @@ first = len(timed)
 K._TUNED = None
 T.output_and_grads(fn, q, k, v)
 out["tuning"] = dict(zip(("out", "dq", "dk", "dv"), map(rel, got, ref)), timed=first, timed_again=len(timed) - first,
-                     kept=json.loads(K.tuning_file().read_text()))
+                     kept=json.loads(K.tuning_file().read_text()),
+                     times={key: sorted(t.values()) for key, t in K.TUNING_TIMES.items()})
 print(json.dumps(out))
 """
 
@@ -364,6 +365,7 @@ def test_triton_launch_settings_tuned_once_and_kept(triton_cpu):
     eq_(r["timed_again"], 0)
     eq_(list(r["kept"].values()), [[8, 2, 2, 1, 1, 0, 0]])
     assert next(iter(r["kept"])).startswith("cpu|float32|d32|bh2|3x6x10x4x4x4|"), r["kept"]
+    eq_(r["times"], {next(iter(r["kept"])): [1.0] + [2.0] * (len(kernels.TUNING_CANDIDATES) - 2)})  # all but the failed
     for what in ("out", "dq", "dk", "dv"): assert r[what] < 1e-4, (what, r)
 
 
