@@ -104,13 +104,15 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/bench_sample_tab.py "$WORK/ckpt" --distilled --with-random-distilled-lora --json "$OUT/sample_tab_$TAG.json" \
         2>&1 | tee "$OUT/sample_tab.log" | tail -25 ;;
-  sample)   # issue 22: `longcat-nb sample`, whole command, at 832×480×93 (bench_sample_cli.py); two calls (the second
-            # call's file sorts after the first's: tables.py takes the newest row per variant):
-            # SAMPLE_VARIANTS=distilled,distilled_fused,distilled_compiled (~7 min), then cfg40_compiled,cfg40_fused
+  sample)   # issue 22: `longcat-nb sample`, whole command, at 832×480×93 (bench_sample_cli.py; cfg40 ~6 min, a
+            # distilled variant ~1.5 min plus its compile). tables.py takes the newest row per GPU and variant, files
+            # ordered by the date in their names, then by name: SUFFIX (after the date, e.g. _run3) makes a later call
+            # of the same day sort after the earlier ones. Next: SUFFIX=_run3
+            # SAMPLE_VARIANTS=distilled_fused,distilled_compiled, then SUFFIX=_run4 SAMPLE_VARIANTS=cfg40_compiled
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
-    V=${SAMPLE_VARIANTS:-distilled,distilled_fused,distilled_compiled}
+    V=${SAMPLE_VARIANTS:-distilled_fused,distilled_compiled}
     python benchmarks/bench_sample_cli.py "$WORK/ckpt" --with-random-distilled-lora \
-        --variants "$V" --json "$OUT/sample_cli_${TAG}_${V//,/-}.json" \
+        --variants "$V" --json "$OUT/sample_cli_${TAG}${SUFFIX:-}_${V//,/-}.json" \
         2>&1 | tee "$OUT/sample_cli.log" | tail -8 ;;
   bsa)   # issue 23, call 1: the raster-order kernels' CUDA accuracy (auto runs them on CUDA since 2026-12-06),
          # the kernel and whole-path speed-ups (both grids, and the padded 832×480 one) and one full-size block;
