@@ -3,6 +3,7 @@ import json, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
+from fastcore.test import test_eq as eq_
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -81,13 +82,16 @@ def test_newest_results_come_last_by_the_date_in_their_names(results_copy):
 
 
 def test_sample_cli_keeps_each_gpus_newest_row_and_its_seconds_a_step(results_copy):
-    "Another GPU's run adds rows beside the H100's (it does not replace them); s/step is the steps' time per step."
+    """Another GPU's run adds rows beside the H100's (it does not replace them); a later file of the same GPU and day
+    replaces an earlier one's row; s/step is the steps' time per step."""
     d = json.loads((results_copy / "sample_cli_h100_2026-12-06_distilled.json").read_text())
     row = dict(d["rows"][0], variant="cfg40", args=["--steps", "40", "--guidance", "4"], denoise_s=300.0)
     h200 = dict(d, gpu="NVIDIA H200", commit="abc1234", rows=[row])
     (results_copy / "sample_cli_h200_2026-12-07_cfg40.json").write_text(json.dumps(h200))
-    lines = [ln for ln in tables.sample_cli().splitlines() if ln.startswith("| cfg40") or ln.startswith("| distilled")]
-    assert [ln.split(" | ")[:3] for ln in lines] == [["| cfg40", "H200", "abc1234"],
-                                                     ["| distilled", "H100 80GB HBM3", "f96382c"]]
-    assert lines[0].split(" | ")[7] == "7.50" and lines[1].split(" | ")[7] == f"{77.3 / 16:.2f}"
+    later = dict(d, commit="def5678", rows=[dict(d["rows"][0], denoise_s=64.0)])
+    (results_copy / "sample_cli_h100_2026-12-06_run9_distilled.json").write_text(json.dumps(later))
+    lines = [ln.split(" | ") for ln in tables.sample_cli().splitlines() if ln.startswith(("| cfg40", "| distilled"))]
+    eq_([ln[:3] for ln in lines], [["| cfg40", "H200", "abc1234"], ["| distilled", "H100 80GB HBM3", "def5678"],
+                                   ["| cfg40", "H100 80GB HBM3", lines[2][2]]])
+    eq_([lines[0][7], lines[1][7]], ["7.50", "4.00"])
     assert tables.sample_steps(["--distilled"]) == 16 and tables.sample_steps([]) == 40
