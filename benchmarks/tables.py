@@ -56,17 +56,16 @@ def _pending(pattern: str, command: str) -> str:
                              "and date, then `python benchmarks/tables.py`.)"])
 
 
-def _latest_rows(pattern: str, key: str, keep=lambda r: True) -> tuple[list[dict], list[str]]:
-    """The rows of every file matching `pattern` that `keep` accepts, a later file's row replacing an earlier one with
-    the same `key`; and the files used."""
-    rows, used = {}, []
+def _newest_per_gpu(pattern: str, key, keep=lambda r: True) -> list[dict]:
+    """The rows of every file matching `pattern` that `keep` accepts, the newest per GPU and `key(row)` (a later file's
+    row replacing an earlier one's), each with its file's `gpu`, `commit` and name (`file`); the H200's first."""
+    rows = {}
     for name in _newest(pattern):
         d = _json(name)
         for r in d["rows"]:
-            if key in r and keep(r):
-                rows[str(r[key])] = r
-        used.append(name)
-    return list(rows.values()), used
+            if keep(r):
+                rows[_gpu(d), key(r)] = {**r, "gpu": _gpu(d), "commit": d["commit"], "file": name}
+    return sorted(rows.values(), key=lambda r: (r["gpu"] != "NVIDIA H200", r["gpu"]))
 
 
 def _table(head: list[str], rows: list[list]) -> list[str]:
@@ -348,13 +347,7 @@ def bsa_whole_path() -> str:
     """Issue 23's table: the block-sparse whole path (and each kernel alone) fwd+bwd against dense cuDNN SDPA per token
     grid, with the released kernel and the goals beside it (benchmarks/bench_bsa.py's JSON; all files, newest per GPU
     and grid; the goals are the H200's)."""
-    rows = {}
-    for n in _newest(BSA_PATTERN):                       # the newest row per GPU and grid (not the accuracy rows)
-        for r in _json(n)["rows"]:
-            if "dense_fwdbwd_ms" in r:
-                rows[_gpu(_json(n)), str(r["grid"])] = {**r, "gpu": _gpu(_json(n)), "commit": _json(n)["commit"],
-                                                        "file": n}
-    rows = sorted(rows.values(), key=lambda r: (r["gpu"] != "NVIDIA H200", r["gpu"]))
+    rows = _newest_per_gpu(BSA_PATTERN, lambda r: str(r["grid"]), lambda r: "dense_fwdbwd_ms" in r)   # not accuracy
     used = list(dict.fromkeys(r["file"] for r in rows))  # the files shown: their accuracy, block and provenance lines
     if not rows:
         return _pending(BSA_PATTERN, BSA_COMMAND)
@@ -444,14 +437,11 @@ def sample_steps(args: list[str]) -> int:
 
 def sample_cli() -> str:
     """Issue 22's sampling table: `longcat-nb sample`, the whole command per variant (benchmarks/bench_sample_cli.py's
-    JSON; all files, newest per variant)."""
-    rows, used = {}, _newest(SAMPLE_CLI_PATTERN)
-    for n in used:                                             # the newest row per GPU and variant
-        for r in _json(n)["rows"]:
-            rows[_gpu(_json(n)), r["variant"]] = {**r, "gpu": _gpu(_json(n)), "commit": _json(n)["commit"]}
+    JSON; all files, newest per GPU and variant)."""
+    rows = _newest_per_gpu(SAMPLE_CLI_PATTERN, lambda r: r["variant"])
+    used = list(dict.fromkeys(r["file"] for r in rows))  # the files shown: their provenance lines
     if not rows:
         return _pending(SAMPLE_CLI_PATTERN, "bash benchmarks/gpu_session.sh sample")
-    rows = sorted(rows.values(), key=lambda r: (r["gpu"] != "NVIDIA H200", r["gpu"]))
     goal = lambda v: SAMPLE_GOAL_S[v.split("_")[0]]
     verdict = lambda r: ("failed (exit {})".format(r["rc"]) if r["rc"] else
                          "met" if r["wall_s"] <= goal(r["variant"]) else "not met")
