@@ -445,10 +445,16 @@ def _bsa_rows_source(chunk, i, T, H, W, nH, nW, CT: tl.constexpr, CH: tl.constex
 def _bsa_tile_source(LIST, j, stop, T, H, W, nH, nW, BLOCK: tl.constexpr, TILE: tl.constexpr, CT: tl.constexpr,
                      CH: tl.constexpr, CW: tl.constexpr, PAD: tl.constexpr):
     """The rows of one tile: the chunks at entries j … j + TILE/BLOCK − 1 of an index list, those before `stop`
-    (raster rows, and which to use: listed, and real tokens; and the same rows in a chunk-major copy)."""
-    entry = j + tl.arange(0, TILE) // BLOCK
-    valid = entry < stop
-    chunk = tl.load(LIST + entry, mask=valid, other=0)
+    (raster rows, and which to use: listed, and real tokens; and the same rows in a chunk-major copy). A tile of one
+    chunk (the loops keep j < stop) reads its entry once, as a scalar: no vector of index entries is carried through
+    the loop's pipeline for a padded grid's mask."""
+    if TILE == BLOCK:
+        chunk = tl.load(LIST + j)
+        valid = tl.full([TILE], 1, tl.int1)
+    else:
+        entry = j + tl.arange(0, TILE) // BLOCK
+        valid = entry < stop
+        chunk = tl.load(LIST + entry, mask=valid, other=0)
     rows, real = _bsa_rows(chunk, tl.arange(0, TILE) % BLOCK, T, H, W, nH, nW, CT, CH, CW)
     if PAD:                                                       # padded tokens: not there
         valid = valid & real
@@ -513,11 +519,11 @@ def _bsa_fwd(Q, K, V, O, LSE, CNT, IDX, sqb, sqh, sqn, skb, skh, skn, svb, svh, 
         rows_k, valid, packed = _bsa_tile(idx_ptr, j, count, T, H, W, nH, nW, BLOCK, TILE, CT, CH, CW, PAD)   # kept
         k, v = _bsa_pair(K, V, k_desc, v_desc, idx_ptr, j, packed if PACKED else rows_k, valid, b, h, skb, skh, skn,
                          svb, svh, svn, HEADS, nH, nW, BLOCK, D, CT, CH, CW, TMA)
-        s = tl.dot(q, tl.trans(k.to(DOT)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans(k.to(DOT)), input_precision=PREC)                 # unscaled: scaled in one FMA
         s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
+        m_new = tl.maximum(m, tl.max(s, 1) * qk_scale)
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)    # no key seen yet: exp2(-inf - 0) = 0, not NaN
-        p, alpha = tl.exp2(s - m_ref[:, None]), tl.exp2(m - m_ref)
+        p, alpha = tl.exp2(s * qk_scale - m_ref[:, None]), tl.exp2(m - m_ref)
         l = l * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(IN).to(DOT), v.to(DOT), input_precision=PREC)
         m = m_new
