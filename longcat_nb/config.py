@@ -183,10 +183,10 @@ TRAIN_KEYS = [
     Key("compile_transformer", None, "bool",
         "Compile each transformer block with torch.compile (GPU): the first steps compile (shown as such in the "
         "progress bar), later ones run faster — by how much: benchmarks/RESULTS.md. null (auto): in training, on "
-        "where that was measured — a bf16 base with dense attention whose blocks stay resident (no block swap, "
-        "activation offload or recomputed inputs), on a CUDA GPU of sm_80 on with triton installed, without FSDP; "
-        "`longcat-nb sample` and "
-        "the Sample tab compile only with `true` or --compile (a one-off sample does not earn its compile back).",
+        "where that was measured — a bf16 base with dense attention, or block-sparse through the Triton kernel "
+        "(`bsa_kernel` auto or triton), whose blocks stay resident (no block swap, activation offload or recomputed "
+        "inputs), on a CUDA GPU of sm_80 on with triton installed, without FSDP; `longcat-nb sample` and the Sample "
+        "tab compile only with `true` or --compile (a one-off sample does not earn its compile back).",
         nullable=True),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
     Key("group_offload_type", "block_level", "str", "Group offload granularity.", ("block_level", "leaf_level")),

@@ -862,12 +862,14 @@ def batch_tokens(samples, batch_size: int) -> int:
 
 def compiles_blocks(cfg, device, fsdp: bool = False) -> bool:
     """`compile_transformer` for this training run: as set, or with null (auto) on where compiled blocks were measured
-    to win — a bf16 base with dense attention whose blocks stay resident (no block swap, activation offload or
-    recomputed inputs), where `generated_kernels` (an sm_80+ CUDA GPU, triton installed), without FSDP (`fsdp`)."""
+    to win — a bf16 base with dense attention, or block-sparse through the Triton op (`bsa_kernel` auto or triton),
+    whose blocks stay resident (no block swap, activation offload or recomputed inputs), where `generated_kernels` (an
+    sm_80+ CUDA GPU, triton installed), without FSDP (`fsdp`)."""
     if cfg.compile_transformer is not None:
         return cfg.compile_transformer
     resident = not cfg.streams_blocks and not cfg.recomputed_block_inputs
-    measured = cfg.base_model_precision == "bf16" and cfg.attention_implementation != "bsa"
+    traced = cfg.attention_implementation != "bsa" or cfg.bsa_kernel in ("auto", "triton")   # flex: compiles itself
+    measured = cfg.base_model_precision == "bf16" and traced
     return resident and measured and not fsdp and generated_kernels(device)
 
 
