@@ -780,10 +780,12 @@ def attach_lora(model: nn.Module, factors: dict[str, LoraFactors], adapter_name:
     r0, a0 = (Counter(d.values()).most_common(1)[0][0] for d in (ranks, alphas))
     config = LoraConfig(r=r0, lora_alpha=a0, target_modules=sorted(factors), use_dora=bool(dora),
                         rank_pattern={re.escape(n): r for n, r in ranks.items() if r != r0},
-                        alpha_pattern={re.escape(n): a for n, a in alphas.items() if a != a0})
+                        alpha_pattern={re.escape(n): a for n, a in alphas.items() if a != a0},
+                        init_lora_weights=False)                     # no initialisation: the factors overwrite it
     active = model.active_adapters() if getattr(model, "_hf_peft_config_loaded", False) else []
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    _inject(model, config, adapter_name)
+    with torch.device(_base_linear(model.get_submodule(next(iter(factors)))).weight.device):
+        _inject(model, config, adapter_name)           # made where the base weights are, not on the CPU and moved
     with torch.no_grad():
         for name, m in lora_layers(model, adapter_name).items():
             f = factors[name]
