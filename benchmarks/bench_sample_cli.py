@@ -30,13 +30,15 @@ VARIANTS = {
 
 
 DENOISE_BAR = re.compile(r"^\s*0%\|[^\n]*\| 0/\d+ \[", re.M)   # the pipeline's unlabelled step bar, as it starts
+FIRST_STEP = re.compile(r"^\s*\d+%\|[^\n]*\| 1/\d+ \[", re.M)  # the bar redrawn after the first step
 DECODING = "denoised; decoding"                              # `service.generate`'s line after the last step
 
 
 def stages(chunks: list[tuple[float, str]], wall: float) -> dict:
     """Seconds per stage from `(seconds since launch, stderr text)` reads: `to_denoise_s` (imports, load, prompt
-    encoding), `denoise_s`, `decode_write_s`; each mark is timed by the read that brought its first character (a bar
-    redraws after \\r, the decode line follows a bar's text unbroken); a stage whose marks are missing is left out."""
+    encoding), `denoise_s` and of it `first_step_s` (a compiled run's compile), `decode_write_s`; each mark is timed by
+    the read that brought its first character (a bar redraws after \\r, the decode line follows a bar's text
+    unbroken); a stage whose marks are missing is left out."""
     text = "".join(t for _, t in chunks).replace("\r", "\n")
     ends = list(itertools.accumulate(len(t) for _, t in chunks))
     when = lambda pos: chunks[bisect.bisect_right(ends, pos)][0]
@@ -44,8 +46,11 @@ def stages(chunks: list[tuple[float, str]], wall: float) -> dict:
     start = when(bar.start()) if bar else None
     decode = when(decode) if decode >= 0 else None
     out = {}
+    first = FIRST_STEP.search(text, bar.end()) if bar else None
     if start is not None:
         out["to_denoise_s"] = round(start, 1)
+    if first:
+        out["first_step_s"] = round(when(first.start()) - start, 1)
     if start is not None and decode is not None:
         out["denoise_s"] = round(decode - start, 1)
     if decode is not None:

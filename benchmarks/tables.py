@@ -447,16 +447,21 @@ def sample_cli() -> str:
                          "met" if r["wall_s"] <= goal(r["variant"]) else "not met")
     stage = lambda r, k: f"{r[k]:.1f}" if k in r else "—"
     per_step = lambda r: f"{r['denoise_s'] / sample_steps(r['args']):.2f}" if "denoise_s" in r else "—"
+    later = lambda r: (f"{(r['denoise_s'] - r['first_step_s']) / (sample_steps(r['args']) - 1):.2f}"
+                       if "first_step_s" in r and "denoise_s" in r else "—")
     out = [[r["variant"], r["gpu"].removeprefix("NVIDIA "), r["commit"], " ".join(r["args"]),
             ", ".join(f"{k}: {v}" for k, v in r["config_keys"].items()) or "—",
-            stage(r, "to_denoise_s"), stage(r, "denoise_s"), per_step(r), stage(r, "decode_write_s"),
+            stage(r, "to_denoise_s"), stage(r, "denoise_s"), per_step(r), stage(r, "first_step_s"), later(r),
+            stage(r, "decode_write_s"),
             f"{r['wall_s']:.1f}", f"≤ {goal(r['variant'])}", verdict(r)] for r in rows]
     sizes = sorted({f"{_json(n)['size'].replace('x', '×')}×{_json(n)['frames']}" for n in used})
     return "\n".join(_table(["variant", "GPU", "tree", "arguments", "config", "to the first step s", "steps s",
-                             "s/step", "decode + write s", "whole command s", "goal s", ""], out)
+                             "s/step", "first step s", "later steps s/step", "decode + write s", "whole command s",
+                             "goal s", ""], out)
                      + ["", f"{', '.join(sizes)}; from launch to exit: imports, load and prompt encoding (to the first "
-                            "step), denoising (a compiled run's first step compiles: its s/step includes that), VAE "
-                            "decode and the mp4 written; the stages as the command's own stderr marks them.", ""]
+                            "step), denoising (a compiled run's first step compiles: s/step includes that, the later "
+                            "steps' mean does not), VAE decode and the mp4 written; the stages as the command's own "
+                            "stderr marks them (— for the first step where a file predates that mark).", ""]
                      + [_from(_json(n), n) for n in used])
 
 

@@ -88,6 +88,8 @@ def test_sample_cli_benchmark_runs_on_the_tiny_checkpoint(tmp_path):
     assert all(s >= 0 for s in stages) and sum(stages) == pytest.approx(row["wall_s"], abs=0.3), row
     reads = [(1.0, "Loading\r  0%| | 0/16 ["), (2.0, "00:00]\r 94%| | 15/16 [00:09]denoised; deco"), (3.5, "ding\n")]
     assert _bench("bench_sample_cli").stages(reads, 5.0) == dict(to_denoise_s=1.0, denoise_s=1.0, decode_write_s=3.0)
+    reads[1:1] = [(1.6, "00:00]\r  6%| | 1/16 [00:00<00:09]")]                    # the bar after the first step
+    assert _bench("bench_sample_cli").stages(reads, 5.0)["first_step_s"] == 0.6
     assert json.loads((tmp_path / "cli.json").read_text()) == result and result["commit"]
     table = _rendered("sample_cli", tmp_path / "cli.json", tmp_path)
     assert f"| distilled | cpu | {result['commit']} | --distilled | — |" in table, table
