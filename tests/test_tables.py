@@ -88,11 +88,12 @@ def test_sample_cli_keeps_each_gpus_newest_row_and_its_seconds_a_step(results_co
     row = dict(d["rows"][0], variant="cfg40", args=["--steps", "40", "--guidance", "4"], denoise_s=300.0)
     h200 = dict(d, gpu="NVIDIA H200", commit="abc1234", rows=[row])
     (results_copy / "sample_cli_h200_2026-12-07_cfg40.json").write_text(json.dumps(h200))
-    later = dict(d, commit="def5678", rows=[dict(d["rows"][0], denoise_s=64.0)])
+    later = dict(d, commit="def5678", rows=[dict(d["rows"][0], denoise_s=64.0, first_step_s=8.5)])
     (results_copy / "sample_cli_h100_2026-12-06_run9_distilled.json").write_text(json.dumps(later))
     lines = [ln.split(" | ") for ln in tables.sample_cli().splitlines()]
     lines = [ln for ln in lines if ln[0] in ("| cfg40", "| distilled")]             # not the other variants' rows
     eq_([ln[:3] for ln in lines], [["| cfg40", "H200", "abc1234"], ["| distilled", "H100 80GB HBM3", "def5678"],
                                    ["| cfg40", "H100 80GB HBM3", lines[2][2]]])
     eq_([lines[0][7], lines[1][7]], ["7.50", "4.00"])
+    eq_([lines[0][8:10], lines[1][8:10]], [["—", "—"], ["8.5", "3.70"]])              # first step, the other 15's mean
     assert tables.sample_steps(["--distilled"]) == 16 and tables.sample_steps([]) == 40
