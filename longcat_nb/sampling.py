@@ -30,11 +30,11 @@ from .model import LongCatVideoTransformer3DModel, autocasts, check_attention_ba
 
 # %% auto #0
 __all__ = ['DISTILL_GRID_STEPS', 'ENHANCE_HF_START', 'ENHANCE_HF_STEPS', 'REFINE_T_THRESH', 'BSA_LATENT_CHUNK',
-           'check_video_size', 'latent_shape', 'sampling_sigmas', 'flow_timesteps', 'adjust_timesteps', 'cfg_zero_star',
-           'LongCatVideoPipelineOutput', 'LongCatVideoPipeline', 'use_config_attention', 'follow_trained_attention',
-           'start_image_pixels', 'save_video', 'show_video', 'video_frames', 'long_video_frames',
-           'segments_for_seconds', 'refine_size', 'refine_layout', 'upsample_frames', 'ValidationJob',
-           'eval_samples_for', 'validation_jobs', 'run_validation']
+           'check_video_size', 'latent_shape', 'sampling_sigmas', 'flow_timesteps', 'adjust_timesteps',
+           'steps_and_guidance', 'cfg_zero_star', 'LongCatVideoPipelineOutput', 'LongCatVideoPipeline',
+           'use_config_attention', 'follow_trained_attention', 'start_image_pixels', 'save_video', 'show_video',
+           'video_frames', 'long_video_frames', 'segments_for_seconds', 'refine_size', 'refine_layout',
+           'upsample_frames', 'ValidationJob', 'eval_samples_for', 'validation_jobs', 'run_validation']
 
 # %% ../nbs/06_sampling.ipynb #f5eb9087
 def check_video_size(width: int, height: int, num_frames: int, source: str = "LongCatVideoPipeline"):
@@ -95,6 +95,13 @@ def adjust_timesteps(timesteps: torch.Tensor, enhance_hf: bool = False, t_thresh
     return timesteps
 
 # %% ../nbs/06_sampling.ipynb #09edc4dd
+def steps_and_guidance(num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                       distilled: bool = False) -> tuple[int, float]:
+    "Denoising steps and guidance with their defaults: 40 steps at guidance 4.0; distilled, 16 at 1.0 (no CFG)."
+    steps = num_inference_steps or (16 if distilled else 40)
+    return steps, guidance_scale if guidance_scale is not None else (1.0 if distilled else 4.0)
+
+
 def cfg_zero_star(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     "Guided velocity (before the sign flip) from v_cond, v_uncond [B, ...] fp32; s* per sample over all elements."
     flat_c, flat_u = v_cond.flatten(1).float(), v_uncond.flatten(1).float()
@@ -380,8 +387,7 @@ def __call__(self: LongCatVideoPipeline, prompt=None, negative_prompt=None, imag
         raise ValueError("give a start image or cond_latents, not both")
     if distilled and enhance_hf:
         flow_timesteps(1, distilled=True, enhance_hf=True)                              # the schedule's own error
-    steps = num_inference_steps or (16 if distilled else 40)
-    guidance = guidance_scale if guidance_scale is not None else (1.0 if distilled else 4.0)
+    steps, guidance = steps_and_guidance(num_inference_steps, guidance_scale, distilled)
     sigmas = sampling_sigmas(steps, distilled)
     if distilled and not any(p.name == "cfg_step_lora.safetensors" for p in self.loaded_loras):
         warnings.warn("distilled=True without lora/cfg_step_lora.safetensors loaded (pipe.load_lora(...)): "

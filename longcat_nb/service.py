@@ -15,8 +15,9 @@ from fastcore.basics import patch
 from .config import ConfigError, load_config, resolve_checkpoint
 
 # %% auto #0
-__all__ = ['WEIGHTS_PARTS', 'VIDEO_SUFFIXES', 'work_errors', 'error_line', 'checkpoint_problems', 'check', 'SampleRequest',
-           'parse_lora_spec', 'SamplePlan', 'check_sample_args', 'pipeline_key', 'Sampler']
+__all__ = ['WEIGHTS_PARTS', 'VIDEO_SUFFIXES', 'SAMPLE_COMPILE_FORWARDS', 'work_errors', 'error_line', 'checkpoint_problems',
+           'check', 'SampleRequest', 'parse_lora_spec', 'SamplePlan', 'check_sample_args', 'pipeline_key',
+           'samples_streamed', 'Sampler', 'sample_compiles']
 
 # %% ../nbs/07a_service.ipynb #0a9371e0
 def work_errors() -> tuple:
@@ -106,7 +107,7 @@ class SampleRequest:
     guidance: float | None = None
     seed: int = 42
     distilled: bool = False              # the 16-step preview with the released cfg_step_lora
-    compile: bool = False
+    compile: bool | None = None          # compile the blocks; None: `compile_transformer`, auto: `sample_compiles`
     output: str = "sample.mp4"
     source: str = "command line"         # who asks, for the error messages
     labels: dict | None = None           # how `source` names an option (None: `--size` and so on)
@@ -242,24 +243,29 @@ def _released_lora(ckpt, name: str, flag: str) -> Path:
     return path
 
 
-def pipeline_key(cfg, ckpt, compile: bool = False) -> tuple:
-    "What shapes a loaded pipeline: the checkpoint, precision, memory settings, autocast and compilation."
+def pipeline_key(cfg, ckpt) -> tuple:
+    """What shapes a loaded pipeline: the checkpoint, precision, memory settings and autocast (not compilation: blocks
+    compile in place, and compiled ones serve every later request)."""
     offload = cfg.group_offload_type if cfg.enable_group_offload else None
     return (str(Path(ckpt).resolve()), cfg.base_model_precision, cfg.musubi_blocks_to_swap, offload,
-            cfg.group_offload_blocks_per_group, cfg.mixed_precision, str(cfg.quantised_base_dir),
-            bool(compile or cfg.compile_transformer))
+            cfg.group_offload_blocks_per_group, cfg.mixed_precision, str(cfg.quantised_base_dir))
+
+
+def samples_streamed(cfg) -> bool:
+    "Whether sampling with `cfg` streams blocks from host memory: block swap or group offload."
+    return cfg.musubi_blocks_to_swap > 0 or cfg.enable_group_offload
 
 # %% ../nbs/07a_service.ipynb #9fbf59bd
 class Sampler:
     "Sample videos with a pipeline kept loaded between requests; `loads` counts the loads (one per distinct key)."
     def __init__(self):
-        self.pipe, self.key, self.loras, self.loads = None, None, (), 0
+        self.pipe, self.key, self.loras, self.loads, self.compiled = None, None, (), 0, False
 
     def release(self):
         "Free the pipeline (its GPU memory); the next request loads it again."
         if self.pipe is None:
             return
-        self.pipe, self.key, self.loras = None, None, ()
+        self.pipe, self.key, self.loras, self.compiled = None, None, (), False
         import gc, torch
         gc.collect()
         if torch.cuda.is_available():
@@ -269,14 +275,14 @@ class Sampler:
 @patch
 def pipeline(self: Sampler, cfg, compile: bool = False):
     """The pipeline for `cfg`: the loaded one when its key still matches, else a fresh load (the old one freed first);
+    its blocks compiled in place when `compile` (once compiled they stay so: later requests reuse them, not a reload);
     its elementwise work fused as the config's `fused_elementwise` and `fused_qk_norm_rope` say, as in training (set on
     the loaded one too)."""
     from longcat_nb.caching import default_device, default_dtype
     from longcat_nb.model import compile_in_process, fused_elementwise_wanted, fused_qk_wanted
     from longcat_nb.sampling import LongCatVideoPipeline
     ckpt, device = resolve_checkpoint(cfg), default_device()
-    key = pipeline_key(cfg, ckpt, compile)
-    compiled = compile or cfg.compile_transformer
+    key = pipeline_key(cfg, ckpt)
     if self.pipe is None or key != self.key:
         self.release()
         # on the GPU when there is one, with the config's memory settings and autocast
@@ -286,12 +292,13 @@ def pipeline(self: Sampler, cfg, compile: bool = False):
             group_offload=cfg.group_offload_type if cfg.enable_group_offload else None,
             group_offload_blocks_per_group=cfg.group_offload_blocks_per_group, mixed_precision=cfg.mixed_precision,
             quantised_dir=cfg.quantised_base_dir)
-        if compiled:
-            pipe.transformer.compile_blocks()
         self.pipe, self.key, self.loads = pipe, key, self.loads + 1
-    streamed = cfg.musubi_blocks_to_swap > 0 or cfg.enable_group_offload
+    if compile and not self.compiled:
+        self.pipe.transformer.compile_blocks()
+        self.compiled = True
+    streamed = samples_streamed(cfg)
     compile_in_process(streamed)
-    self.pipe.transformer.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, compiled,
+    self.pipe.transformer.set_fused_elementwise(fused_elementwise_wanted(cfg.fused_elementwise, device, self.compiled,
                                                                          streamed))
     self.pipe.transformer.set_qk_kernel(fused_qk_wanted(cfg.fused_qk_norm_rope, device, streamed))
     return self.pipe
@@ -328,6 +335,24 @@ def _check_sampling_memory(cfg) -> None:
         raise ConfigError(f"{cfg.config_path or '<config>'}: {e}") from None
 
 
+SAMPLE_COMPILE_FORWARDS = 32   # auto compiles a sample of at least this many forwards (CFG counts two a step)
+
+
+def sample_compiles(cfg, req: SampleRequest, forwards: int, device) -> bool:
+    """Whether sampling `req` compiles the blocks: `req.compile` (`--compile` / `--no-compile`) as given, else the
+    config's `compile_transformer` as set, else (null, auto) where training's auto would (`compile_measured`, blocks
+    not streamed, `generated_kernels`) and the sample runs at least `SAMPLE_COMPILE_FORWARDS` `forwards` (steps, × 2
+    with CFG, × segments) — enough later steps to repay the first one's compile (benchmarks/RESULTS.md, sample-cli)."""
+    from longcat_nb.model import generated_kernels
+    from longcat_nb.training import compile_measured
+    if req.compile is not None:
+        return req.compile
+    if cfg.compile_transformer is not None:
+        return cfg.compile_transformer
+    enough = forwards >= SAMPLE_COMPILE_FORWARDS
+    return enough and compile_measured(cfg) and not samples_streamed(cfg) and generated_kernels(device)
+
+
 @patch
 def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     """Sample what `req` asks with `cfg`'s checkpoint and memory settings; writes one video to `req.output` and returns
@@ -335,22 +360,25 @@ def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     decode). Attention: the config's `attention_implementation` and `bsa_*` keys, then each LoRA's trained one where
     the config says "auto" (`sampling.load_lora`)."""
     import torch
-    from longcat_nb.sampling import save_video, use_config_attention, video_frames
+    from longcat_nb.caching import default_device
+    from longcat_nb.sampling import save_video, steps_and_guidance, use_config_attention, video_frames
     plan = check_sample_args(req, cfg)
     _check_sampling_memory(cfg)
     ckpt = resolve_checkpoint(cfg)
     distill = _released_lora(ckpt, "cfg_step_lora.safetensors", "--distilled") if req.distilled else None
     refine = _released_lora(ckpt, "refinement_lora.safetensors", "--refine") if req.refine else None
-    pipe = self.pipeline(cfg, req.compile)
+    # the distilled preview brings its own 16 steps and guidance 1.0 unless given explicitly; otherwise validation_*
+    steps = req.steps or (None if req.distilled else cfg.validation_num_inference_steps)
+    guidance = req.guidance if req.guidance is not None else (None if req.distilled else cfg.validation_guidance)
+    n_steps, n_guidance = steps_and_guidance(steps, guidance, req.distilled)
+    forwards = n_steps * (2 if n_guidance > 1.0 else 1) * (plan.segments or 1)
+    pipe = self.pipeline(cfg, sample_compiles(cfg, req, forwards, default_device()))
     use_config_attention(pipe.transformer, cfg)
     self.use_loras(([(distill, 1.0)] if distill else []) + [parse_lora_spec(s) for s in req.lora or []])
     image = None
     if req.image:
         from PIL import Image
         image = Image.open(req.image).convert("RGB")
-    # the distilled preview brings its own 16 steps and guidance 1.0 unless given explicitly; otherwise validation_*
-    steps = req.steps or (None if req.distilled else cfg.validation_num_inference_steps)
-    guidance = req.guidance if req.guidance is not None else (None if req.distilled else cfg.validation_guidance)
     width, height, n_frames = plan.width, plan.height, plan.num_frames
     def announce_decode(pipe, i, t, _):                 # the VAE decode after the last step has no bar of its own
         if say and i == len(pipe.scheduler.timesteps) - 1:

@@ -46,9 +46,10 @@ __all__ = ['DELETING', 'LOCK_FILE', 'RESUME_REFUSED', 'RESUME_APPLIED', 'GOOD_LO
            'save_sharded_training_state', 'load_sharded_training_state', 'previous_run', 'check_output_dir',
            'clear_previous_run', 'OutputDirInUse', 'lock_holder', 'output_dir_lock', 'resume_changes',
            'good_checkpoint', 'TrainResult', 'load_trainable_transformer', 'make_trainable', 'steps_plan',
-           'make_lr_scheduler', 'seed_process', 'gpu_peaks', 'batch_tokens', 'compiles_blocks', 'keeps_attention',
-           'compile_backend', 'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher', 'host_memory',
-           'ProgressLog', 'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train', 'main']
+           'make_lr_scheduler', 'seed_process', 'gpu_peaks', 'batch_tokens', 'compiles_blocks', 'compile_measured',
+           'keeps_attention', 'compile_backend', 'compiled_checkpointing', 'MicroBatch', 'micro_batches', 'Prefetcher',
+           'host_memory', 'ProgressLog', 'read_progress', 'request_stop', 'stop_requested', 'stop_on_signals', 'train',
+           'main']
 
 # %% ../nbs/07_training.ipynb #21af06bc
 def shift_sigmas(sigma: torch.Tensor, shift: float = 12.0) -> torch.Tensor:
@@ -868,9 +869,15 @@ def compiles_blocks(cfg, device, fsdp: bool = False) -> bool:
     if cfg.compile_transformer is not None:
         return cfg.compile_transformer
     resident = not cfg.streams_blocks and not cfg.recomputed_block_inputs
-    traced = cfg.attention_implementation != "bsa" or cfg.bsa_kernel in ("auto", "triton")   # flex: compiles itself
-    measured = cfg.base_model_precision == "bf16" and traced
-    return resident and measured and not fsdp and generated_kernels(device)
+    return resident and compile_measured(cfg) and not fsdp and generated_kernels(device)
+
+
+def compile_measured(cfg) -> bool:
+    """Whether compiled blocks were measured to win with `cfg`'s base and attention (training, and sampling's auto): a
+    bf16 base with dense attention, or block-sparse through the Triton op (`bsa_kernel` auto or triton; FlexAttention
+    compiles itself outside the block's graph)."""
+    traced = cfg.attention_implementation != "bsa" or cfg.bsa_kernel in ("auto", "triton")
+    return cfg.base_model_precision == "bf16" and traced
 
 
 def keeps_attention(cfg, tokens: int, device) -> bool:
