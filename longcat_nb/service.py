@@ -372,7 +372,11 @@ def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     guidance = req.guidance if req.guidance is not None else (None if req.distilled else cfg.validation_guidance)
     n_steps, n_guidance = steps_and_guidance(steps, guidance, req.distilled)
     forwards = n_steps * (2 if n_guidance > 1.0 else 1) * (plan.segments or 1)
-    pipe = self.pipeline(cfg, sample_compiles(cfg, req, forwards, default_device()))
+    compile = sample_compiles(cfg, req, forwards, default_device())
+    if compile and say and req.compile is None and cfg.compile_transformer is None:
+        say(f"compile_transformer auto: compiling the transformer blocks for {forwards} forwards (the first step "
+            "compiles; --no-compile or `compile_transformer: false` runs them eagerly)")
+    pipe = self.pipeline(cfg, compile)
     use_config_attention(pipe.transformer, cfg)
     self.use_loras(([(distill, 1.0)] if distill else []) + [parse_lora_spec(s) for s in req.lora or []])
     image = None
