@@ -186,7 +186,9 @@ TRAIN_KEYS = [
         "where that was measured — a bf16 base with dense attention, or block-sparse through the Triton kernel "
         "(`bsa_kernel` auto or triton), whose blocks stay resident (no block swap, activation offload or recomputed "
         "inputs), on a CUDA GPU of sm_80 on with triton installed, without FSDP; `longcat-nb sample` and the Sample "
-        "tab compile only with `true` or --compile (a one-off sample does not earn its compile back).",
+        "tab by the same rule when the video takes at least 32 forwards (steps, × 2 with CFG, × segments: the 40-step "
+        "CFG video compiles, the 16-step distilled preview does not earn its compile back); --compile / --no-compile "
+        "decide for one command.",
         nullable=True),
     Key("enable_group_offload", False, "bool", "Offload groups of transformer blocks to the CPU."),
     Key("group_offload_type", "block_level", "str", "Group offload granularity.", ("block_level", "leaf_level")),
