@@ -19,9 +19,10 @@ from bench_sample_tab import write_random_distilled_lora   # the Sample tab's be
 from provenance import emit, provenance                    # benchmarks/provenance.py
 
 # name: (extra `longcat-nb sample` arguments, extra config keys). Since compile_transformer's auto compiles a sample of
-# ≥ 32 forwards, the 40-step CFG video's default is cfg40_compiled; cfg40 keeps its eager blocks (--no-compile), as
-# measured before that; the distilled preview's 16 forwards stay eager by default.
+# ≥ 32 forwards, the 40-step CFG video's default (cfg40_default, no flag) compiles as cfg40_compiled does; cfg40 keeps
+# its eager blocks (--no-compile), as measured before that; the distilled preview's 16 forwards stay eager by default.
 VARIANTS = {
+    "cfg40_default": (["--steps", "40", "--guidance", "4"], {}),
     "cfg40": (["--steps", "40", "--guidance", "4", "--no-compile"], {}),
     "cfg40_fused": (["--steps", "40", "--guidance", "4", "--no-compile"], {"fused_elementwise": "on"}),
     "cfg40_compiled": (["--steps", "40", "--guidance", "4", "--compile"], {}),
