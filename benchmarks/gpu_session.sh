@@ -107,8 +107,8 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
   sample)   # issue 22: `longcat-nb sample`, whole command, at 832×480×93 (bench_sample_cli.py; cfg40 ~6 min, a
             # distilled variant ~1.5 min plus its compile). tables.py takes the newest row per GPU and variant, files
             # ordered by the date in their names, then by name: SUFFIX (after the date, e.g. _run3) makes a later call
-            # of the same day sort after the earlier ones. Next: SUFFIX=_run4 SAMPLE_VARIANTS=distilled (the LoRA made
-            # on the GPU, its CUDA test first), then SUFFIX=_run5 SAMPLE_VARIANTS=cfg40_default
+            # of the same day sort after the earlier ones. The H100's calls ran (_run4, _run5 at 1ed7988); next, on an
+            # H200: SAMPLE_VARIANTS=cfg40_default,distilled
     python -m pytest -q tests/test_lora_interop.py -k gpu_is_made 2>&1 | tee "$OUT/pytest_lora_gpu.log" | tail -2 \
         || echo "FAILED test (above): the sample still runs"
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
