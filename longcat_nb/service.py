@@ -373,7 +373,7 @@ def generate(self: Sampler, cfg, req: SampleRequest, say=None) -> Path:
     n_steps, n_guidance = steps_and_guidance(steps, guidance, req.distilled)
     forwards = n_steps * (2 if n_guidance > 1.0 else 1) * (plan.segments or 1)
     compile = sample_compiles(cfg, req, forwards, default_device())
-    if compile and say and req.compile is None and cfg.compile_transformer is None:
+    if compile and say and not self.compiled and req.compile is None and cfg.compile_transformer is None:
         say(f"compile_transformer auto: compiling the transformer blocks for {forwards} forwards (the first step "
             "compiles; --no-compile or `compile_transformer: false` runs them eagerly)")
     pipe = self.pipeline(cfg, compile)
