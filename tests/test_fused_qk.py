@@ -205,7 +205,8 @@ def test_fused_qk_norm_rope_setting(tmp_path):
 def test_compile_transformer_auto():
     """`compile_transformer` null (auto) compiles the blocks of a training run where that was measured: bf16 base,
     dense attention or block-sparse through the Triton op (not FlexAttention, which compiles itself), resident blocks, a
-    CUDA GPU of sm_80 on, no FSDP; as set otherwise. (`longcat-nb sample` reads it as set: null does not compile.)"""
+    CUDA GPU of sm_80 on, no FSDP; as set otherwise. (`longcat-nb sample` adds a forward count to the same rule:
+    `service.sample_compiles`, tested in nbs/07a_service.ipynb.)"""
     from longcat_nb import training
     from longcat_nb.config import parse_config
     cfg = lambda **keys: parse_config({"lora_rank": 4, **keys})
