@@ -23,6 +23,7 @@ from provenance import provenance   # benchmarks/provenance.py: date, commit, GP
 def kernel_kind(name: str) -> str:
     "Coarse class of a CUDA kernel name."
     n = name.lower()
+    if "_bsa_" in n: return "attention (block-sparse)"                 # longcat_nb.kernels' Triton kernels
     if any(k in n for k in ("cudnn", "flash", "fmha", "attention", "sdpa")): return "attention"
     if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul")): return "matmul"
     if "triton" in n: return "triton (fused)"

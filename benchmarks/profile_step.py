@@ -16,6 +16,7 @@ Variants (config keys on top of the defaults, rank 16):
   default        what the trainer picks now from the defaults (checkpoint_attention "auto" → the planner's choice)
   compiled       lora_fix + compile_transformer
   compiled_keep  keep + compile_transformer (the combination `auto` does not pick until measured)
+  bsa_compiled_keep  compiled_keep with block-sparse attention (bsa_kernel auto: the Triton op on CUDA; issue 23)
   bare           bench_model.py's loop: bf16 LoRA from `add_adapter`, no autocast, MSE to a random target
 
 On the device (from the repository root, torch 2.11 + CUDA): each variant takes ~2 min at full size (build, 2 warm-up
@@ -46,6 +47,7 @@ VARIANTS = {
     "keep": dict(checkpoint_attention="keep"), "default": {},
     "compiled": dict(checkpoint_attention="recompute", compile_transformer=True),
     "compiled_keep": dict(checkpoint_attention="keep", compile_transformer=True), "bare": {},
+    "bsa_compiled_keep": dict(checkpoint_attention="keep", compile_transformer=True, attention_implementation="bsa"),
 }
 
 
