@@ -23,12 +23,13 @@
 #   train      issue 22: `longcat-nb train` at 832×480×93, rank 16, eager (attention kept); train2: compiled blocks
 #              keeping attention, a validation inside; train3: both recomputing attention
 #   bsa, bsa2  issue 23: the kernels' CUDA tests and bench_bsa; eager training steps with sparse attention;
-#   bsa3, bsa4 issue 23: compiled training steps with sparse attention (832×512 keeping attention; 832×480 defaults)
+#   bsa3, bsa4 issue 23: compiled training steps with sparse attention (832×512 keeping attention; 832×480 defaults);
+#              bsa3d: bsa3's dense comparison
 #   long       continuation, a 3-segment long video, refinement, K/V-cache saving per step
 #   profile    the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/results/.
 set -euo pipefail
-PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|speedtests|speedtests2|sample|train|train2|train3|memory|bsa|bsa2|bsa3|bsa4|long|profile}
+PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|speedtests|speedtests2|sample|train|train2|train3|memory|bsa|bsa2|bsa3|bsa3d|bsa4|long|profile}
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/e2e}
 E2E=.dev/fullscale_e2e.py
@@ -135,13 +136,17 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
     e2e bsa480_triton "{$T}"
     for n in dense512 bsa512_triton; do python benchmarks/step_timeline.py "$WORK-512/out_$n" > "$OUT/timeline_$n.json"; done
     python benchmarks/step_timeline.py "$WORK/out_bsa480_triton" > "$OUT/timeline_bsa480_triton.json" ;;
-  bsa3|bsa4)   # issue 23, one call each: compiled blocks with sparse attention, 8 steps and a validation after the
+  bsa3|bsa3d|bsa4)   # issue 23, one call each: compiled blocks with sparse attention, 8 steps and a validation after the
                # fourth (steps 5-8 are the steady figure, as train2): bsa3 at 832×512×93 keeping attention's output,
                # bsa4 at 832×480×93 with the defaults (auto: compiled, attention kept where it fits)
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     mkdir -p "$WORK-512"; [ -e "$WORK-512/ckpt" ] || ln -s "$WORK/ckpt" "$WORK-512/ckpt"
     T='"attention_implementation": "bsa", "bsa_kernel": "triton", "validation_steps": 4'
-    if [ "$PART" = bsa3 ]; then
+    if [ "$PART" = bsa3d ]; then                          # the dense comparison of bsa3 (2026-12-06: 13.15 s)
+        WORK=$WORK-512 e2e dense512_compiled '{"validation_steps": 4, "compile_transformer": true, "checkpoint_attention": "keep"}' \
+            --size 832x512 --steps 8
+        python benchmarks/step_timeline.py "$WORK-512/out_dense512_compiled" | tee "$OUT/timeline_dense512_compiled.json"
+    elif [ "$PART" = bsa3 ]; then
         WORK=$WORK-512 e2e bsa512_compiled "{$T, \"compile_transformer\": true, \"checkpoint_attention\": \"keep\"}" \
             --size 832x512 --steps 8
         python benchmarks/step_timeline.py "$WORK-512/out_bsa512_compiled" | tee "$OUT/timeline_bsa512_compiled.json"
@@ -153,9 +158,11 @@ print(os.environ['PYTORCH_CUDA_ALLOC_CONF'], [s['is_expandable'] for s in torch.
     [ -d "$WORK/ckpt/dit" ] || python "$E2E" "$WORK" --build-only > "$OUT/build.log" 2>&1
     python benchmarks/bench_long_video.py "$WORK/ckpt" --work "$WORK/bench" --steps 2 --kv-steps 3 --refine-steps 50 \
         --segments 3 --json "$OUT/bench_long_video.json" 2>&1 | tee "$OUT/long.log" | tail -20 ;;
-  profile)   # three groups, one call each: PART=profile GROUP=a|b|c
-    case ${GROUP:-a} in a) V=before,lora_fix,keep ;; b) V=default,bare ;; c) V=compiled,compiled_keep ;; esac
-    python benchmarks/profile_step.py --variants "$V" --steps 2 --json "$OUT/profile_${GROUP:-a}.json" 2>&1 \
+  profile)   # four groups, one call each: PART=profile GROUP=a|b|c|d (d: issue 23, sparse and dense compiled, 832×512)
+    H=480
+    case ${GROUP:-a} in a) V=before,lora_fix,keep ;; b) V=default,bare ;; c) V=compiled,compiled_keep ;;
+                        d) V=bsa_compiled_keep,compiled_keep H=512 ;; esac
+    python benchmarks/profile_step.py --variants "$V" --height $H --steps 2 --json "$OUT/profile_${GROUP:-a}.json" 2>&1 \
         | tee "$OUT/profile_${GROUP:-a}.log" | tail -40 ;;
   *) echo "unknown part $PART"; exit 2 ;;
 esac
