@@ -313,6 +313,37 @@ def train_steps() -> str:
                      + [""] + [_from(_json(n), n) for n in used])
 
 
+STEP_PROFILE_PATTERN = "step_profile_*.json"
+SPARSE_STEP_GOAL_S = 4.0                                         # issue 23, 832×512×93
+
+
+def step_profile() -> str:
+    """Issue 23: the trainer's compiled LoRA step at 832×512×93 (attention kept), block-sparse and dense, by kernel kind
+    (benchmarks/profile_step.py's profiled step, CUDA device time), and what the sparse step's goal leaves once the
+    kinds no attention kernel can remove are counted: the base's matmuls and the cross-attention (cuDNN)."""
+    used = _newest(STEP_PROFILE_PATTERN)
+    if not used:
+        return _pending(STEP_PROFILE_PATTERN, "GROUP=d bash benchmarks/gpu_session.sh profile")
+    kinds = ["matmul", "attention (block-sparse)", "attention", "triton (fused)", "elementwise/copy", "norm/reduce"]
+    out = []
+    for n in used:
+        d = _json(n)
+        rows = [[r["variant"], f"{r['median_s']:.2f}", f"{r['peak_gib']:.1f}",
+                 *(f"{r['by_kind_ms'][k]:,.0f}" if k in r["by_kind_ms"] else "—" for k in kinds),
+                 f"{sum(r['by_kind_ms'].values()):,.0f}"] for r in d["rows"]]
+        out += _table(["variant", "step s (median)", "peak GiB", *(f"{k} ms" for k in kinds), "all kernels ms"], rows)
+        sparse = next((r for r in d["rows"] if r["variant"].startswith("bsa")), None)
+        if sparse:
+            fixed = (sparse["by_kind_ms"]["matmul"] + sparse["by_kind_ms"].get("attention", 0)) / 1e3
+            left = f"{SPARSE_STEP_GOAL_S - fixed:+.2f}".replace("-", "−")
+            out += ["", f"In the sparse step, the base's matmuls and the cuDNN attention left (the cross-attention to the "
+                        f"caption) alone take {fixed:.2f} s of device time, against the ≤ {SPARSE_STEP_GOAL_S} s goal: "
+                        f"{left} s left for self-attention and all the rest ({sparse['tokens']:,} tokens, rank "
+                        f"{sparse['rank']})."]
+        out += ["", _from(d, n)]
+    return "\n".join(out)
+
+
 def long_video() -> str:
     "Long videos: continuation and refinement at full size (benchmarks/bench_long_video.py)."
     name = "long_video_h200_2026-12-04.json"
@@ -515,6 +546,7 @@ TABLES = {"transformer": (transformer, [RESULTS_MD]),
           "sample-tab": (sample_tab, [RESULTS_MD]),
           "training": (training, [RESULTS_MD]),
           "train-steps": (train_steps, [RESULTS_MD]),
+          "step-profile": (step_profile, [RESULTS_MD]),
           "long-video": (long_video, [RESULTS_MD]),
           "memory-settings": (memory_settings, [RESULTS_MD]),
           "memory-plans": (memory_plans, [RESULTS_MD]),
