@@ -26,7 +26,8 @@
 #   bsa3, bsa4 issue 23: compiled training steps with sparse attention (832×512 keeping attention; 832×480 defaults);
 #              bsa3d: bsa3's dense comparison
 #   long       continuation, a 3-segment long video, refinement, K/V-cache saving per step
-#   profile    the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls)
+#   profile    the trainer's step under torch.profiler per lever (GROUP=a, b, c: three calls; d: issue 23's sparse
+#              and dense compiled steps at 832×512)
 # Everything it prints and writes lands in $OUT (or ./gpu_out without it); the numbers go to benchmarks/results/.
 set -euo pipefail
 PART=${1:?usage: bash benchmarks/gpu_session.sh tests|memtests|gradcheck|probe|sampletab|speed|speedtests|speedtests2|sample|train|train2|train3|memory|bsa|bsa2|bsa3|bsa3d|bsa4|long|profile}
